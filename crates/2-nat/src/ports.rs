@@ -1,0 +1,413 @@
+//! Port-block allocation for one external address (RFC 6888 REQ-3/4, RFC 7422).
+//!
+//! The port range `[port_min, port_max]` is cut into blocks of `block_size` ports. A subscriber
+//! holds at most `max_per_subscriber` blocks at once; a block serves the subscriber for every
+//! protocol (TCP, UDP, ICMP identifiers each have their own bitmap). A port inside a block is
+//! picked at random (RFC 6056 spirit) and is never bound twice. A block returns to the pool when
+//! its last port is released. A block may also be *reserved*: held by a peer instance during a
+//! migration, so this instance may not allocate from it until the peer's mappings arrive.
+
+use hashbrown::HashMap;
+use rand::RngExt;
+
+/// Protocol index into the per-block bitmaps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PortProto {
+    Tcp = 0,
+    Udp = 1,
+    Icmp = 2,
+}
+
+impl PortProto {
+    pub(crate) fn from_ip_proto(p: u8) -> Option<Self> {
+        match p {
+            flowshift_wire::packet::proto::TCP => Some(PortProto::Tcp),
+            flowshift_wire::packet::proto::UDP => Some(PortProto::Udp),
+            flowshift_wire::packet::proto::ICMP => Some(PortProto::Icmp),
+            _ => None,
+        }
+    }
+}
+
+const PROTOS: usize = 3;
+
+/// Who may allocate from a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockOwner {
+    /// In the pool.
+    Free,
+    /// Held by this subscriber (IPv4 address as u32).
+    Subscriber(u32),
+    /// Held by a peer instance; not allocatable here.
+    Reserved,
+}
+
+/// A change of block ownership worth a log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BlockChange {
+    pub block: u32,
+    pub subscriber: u32,
+    pub allocated: bool,
+}
+
+/// Why an allocation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AllocError {
+    SubscriberLimit,
+    PoolExhausted,
+}
+
+/// Why a claim (import of a bound port) is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ClaimError {
+    OutOfRange,
+    OwnedByOther,
+    AlreadyBound,
+}
+
+pub(crate) struct PortBlocks {
+    port_min: u16,
+    block_size: u16,
+    words_per_bitmap: usize,
+    max_per_subscriber: usize,
+    owner: Vec<BlockOwner>,
+    used: Vec<u64>,
+    used_count: Vec<u32>,
+    subscribers: HashMap<u32, Vec<u32>>,
+}
+
+impl PortBlocks {
+    pub fn new(port_min: u16, block_size: u16, n_blocks: u32, max_per_subscriber: u16) -> Self {
+        let words = block_size as usize / 64;
+        let n = n_blocks as usize;
+        PortBlocks {
+            port_min,
+            block_size,
+            words_per_bitmap: words,
+            max_per_subscriber: max_per_subscriber as usize,
+            owner: vec![BlockOwner::Free; n],
+            used: vec![0; n * PROTOS * words],
+            used_count: vec![0; n],
+            subscribers: HashMap::new(),
+        }
+    }
+
+    pub fn n_blocks(&self) -> u32 {
+        self.owner.len() as u32
+    }
+
+    /// First and last port of a block.
+    pub fn block_range(&self, block: u32) -> (u16, u16) {
+        let first = self.port_min as u32 + block * self.block_size as u32;
+        (first as u16, (first + self.block_size as u32 - 1) as u16)
+    }
+
+    pub fn block_of(&self, port: u16) -> Option<u32> {
+        let off = port.checked_sub(self.port_min)? as u32;
+        let b = off / self.block_size as u32;
+        (b < self.n_blocks()).then_some(b)
+    }
+
+    pub fn owner(&self, block: u32) -> BlockOwner {
+        self.owner
+            .get(block as usize)
+            .copied()
+            .unwrap_or(BlockOwner::Reserved)
+    }
+
+    fn bitmap_base(&self, block: u32, proto: PortProto) -> usize {
+        (block as usize * PROTOS + proto as usize) * self.words_per_bitmap
+    }
+
+    pub fn is_bound(&self, port: u16, proto: PortProto) -> bool {
+        let Some(b) = self.block_of(port) else {
+            return false;
+        };
+        let bit = (port - self.port_min) as usize % self.block_size as usize;
+        let w = self.bitmap_base(b, proto) + bit / 64;
+        self.used[w] & (1u64 << (bit % 64)) != 0
+    }
+
+    fn set_bit(&mut self, block: u32, proto: PortProto, bit: usize) {
+        let w = self.bitmap_base(block, proto) + bit / 64;
+        self.used[w] |= 1u64 << (bit % 64);
+        self.used_count[block as usize] += 1;
+    }
+
+    /// Random free port of `proto` in `block`, marked bound.
+    fn pick_in_block(
+        &mut self,
+        block: u32,
+        proto: PortProto,
+        rng: &mut impl RngExt,
+    ) -> Option<u16> {
+        if self.used_count[block as usize] as usize >= PROTOS * self.block_size as usize {
+            return None;
+        }
+        let base = self.bitmap_base(block, proto);
+        let words = self.words_per_bitmap;
+        let start: usize = rng.random_range(0..self.block_size as usize);
+        for i in 0..=words {
+            let wi = (start / 64 + i) % words;
+            let mut free = !self.used[base + wi];
+            if i == 0 {
+                // First word: only bits at or after the random start.
+                free &= u64::MAX << (start % 64);
+            } else if i == words {
+                // Wrapped back to the first word: the bits before the start.
+                free &= !(u64::MAX << (start % 64));
+            }
+            if free != 0 {
+                let bit = wi * 64 + free.trailing_zeros() as usize;
+                self.set_bit(block, proto, bit);
+                return Some(
+                    self.port_min + (block as usize * self.block_size as usize + bit) as u16,
+                );
+            }
+        }
+        None
+    }
+
+    /// Allocates a port for `subscriber`, taking a new block from the pool if needed.
+    pub fn allocate(
+        &mut self,
+        subscriber: u32,
+        proto: PortProto,
+        rng: &mut impl RngExt,
+    ) -> Result<(u16, Option<BlockChange>), AllocError> {
+        let held = self
+            .subscribers
+            .get(&subscriber)
+            .cloned()
+            .unwrap_or_default();
+        for &b in &held {
+            if let Some(p) = self.pick_in_block(b, proto, rng) {
+                return Ok((p, None));
+            }
+        }
+        if held.len() >= self.max_per_subscriber {
+            return Err(AllocError::SubscriberLimit);
+        }
+        let n = self.owner.len();
+        let start = rng.random_range(0..n);
+        let block = (0..n)
+            .map(|i| ((start + i) % n) as u32)
+            .find(|&b| self.owner[b as usize] == BlockOwner::Free)
+            .ok_or(AllocError::PoolExhausted)?;
+        self.owner[block as usize] = BlockOwner::Subscriber(subscriber);
+        self.subscribers.entry(subscriber).or_default().push(block);
+        let port = self
+            .pick_in_block(block, proto, rng)
+            .ok_or(AllocError::PoolExhausted)?;
+        Ok((
+            port,
+            Some(BlockChange {
+                block,
+                subscriber,
+                allocated: true,
+            }),
+        ))
+    }
+
+    /// Unbinds a port; returns the block release if that was the block's last port.
+    pub fn release(&mut self, port: u16, proto: PortProto) -> Option<BlockChange> {
+        let b = self.block_of(port)?;
+        if !self.is_bound(port, proto) {
+            return None;
+        }
+        let bit = (port - self.port_min) as usize % self.block_size as usize;
+        let w = self.bitmap_base(b, proto) + bit / 64;
+        self.used[w] &= !(1u64 << (bit % 64));
+        self.used_count[b as usize] -= 1;
+        if self.used_count[b as usize] != 0 {
+            return None;
+        }
+        match self.owner[b as usize] {
+            BlockOwner::Subscriber(s) => {
+                self.owner[b as usize] = BlockOwner::Free;
+                if let Some(list) = self.subscribers.get_mut(&s) {
+                    list.retain(|&x| x != b);
+                    if list.is_empty() {
+                        self.subscribers.remove(&s);
+                    }
+                }
+                Some(BlockChange {
+                    block: b,
+                    subscriber: s,
+                    allocated: false,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `port` could be claimed for `subscriber` (import), without changing anything.
+    pub fn check_claim(
+        &self,
+        port: u16,
+        proto: PortProto,
+        subscriber: u32,
+    ) -> Result<(), ClaimError> {
+        let b = self.block_of(port).ok_or(ClaimError::OutOfRange)?;
+        match self.owner[b as usize] {
+            BlockOwner::Subscriber(s) if s != subscriber => return Err(ClaimError::OwnedByOther),
+            _ => {}
+        }
+        if self.is_bound(port, proto) {
+            return Err(ClaimError::AlreadyBound);
+        }
+        Ok(())
+    }
+
+    /// Binds `port` for `subscriber` (after [`check_claim`](Self::check_claim) succeeded).
+    /// Returns the ownership change if the block was free or reserved.
+    pub fn claim(&mut self, port: u16, proto: PortProto, subscriber: u32) -> Option<BlockChange> {
+        self.check_claim(port, proto, subscriber).ok()?;
+        let b = self.block_of(port)?;
+        let bit = (port - self.port_min) as usize % self.block_size as usize;
+        let change = if self.owner[b as usize] == BlockOwner::Subscriber(subscriber) {
+            None
+        } else {
+            self.owner[b as usize] = BlockOwner::Subscriber(subscriber);
+            self.subscribers.entry(subscriber).or_default().push(b);
+            Some(BlockChange {
+                block: b,
+                subscriber,
+                allocated: true,
+            })
+        };
+        self.set_bit(b, proto, bit);
+        change
+    }
+
+    /// Marks free blocks as reserved for a peer. Fails (changing nothing) if any is not free.
+    pub fn reserve(&mut self, blocks: &[u32]) -> Result<(), u32> {
+        if let Some(&b) = blocks.iter().find(|&&b| {
+            !matches!(
+                self.owner.get(b as usize),
+                Some(BlockOwner::Free | BlockOwner::Reserved)
+            )
+        }) {
+            return Err(b);
+        }
+        for &b in blocks {
+            self.owner[b as usize] = BlockOwner::Reserved;
+        }
+        Ok(())
+    }
+
+    /// Returns every reserved block to the pool; the number released.
+    pub fn release_reserved(&mut self) -> u32 {
+        let mut n = 0;
+        for o in &mut self.owner {
+            if *o == BlockOwner::Reserved {
+                *o = BlockOwner::Free;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Blocks held by subscribers: (block, subscriber).
+    pub fn held(&self) -> Vec<(u32, u32)> {
+        let mut v: Vec<(u32, u32)> = self
+            .owner
+            .iter()
+            .enumerate()
+            .filter_map(|(b, o)| match o {
+                BlockOwner::Subscriber(s) => Some((b as u32, *s)),
+                _ => None,
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Number of blocks held by `subscriber`.
+    #[cfg(test)]
+    pub fn blocks_of(&self, subscriber: u32) -> usize {
+        self.subscribers.get(&subscriber).map_or(0, Vec::len)
+    }
+
+    /// Number of blocks in each state: (free, held, reserved).
+    pub fn block_counts(&self) -> (u32, u32, u32) {
+        let mut c = (0, 0, 0);
+        for o in &self.owner {
+            match o {
+                BlockOwner::Free => c.0 += 1,
+                BlockOwner::Subscriber(_) => c.1 += 1,
+                BlockOwner::Reserved => c.2 += 1,
+            }
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn allocates_every_port_of_a_block_once_then_takes_another_block() {
+        let mut pb = PortBlocks::new(1024, 64, 4, 2);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..128 {
+            let (p, change) = pb.allocate(1, PortProto::Udp, &mut rng).unwrap();
+            assert!(seen.insert(p), "port {p} bound twice");
+            assert_eq!(change.is_some(), i == 0 || i == 64);
+        }
+        assert_eq!(
+            pb.allocate(1, PortProto::Udp, &mut rng),
+            Err(AllocError::SubscriberLimit)
+        );
+        // TCP has its own bitmap in the same blocks.
+        assert!(
+            pb.allocate(1, PortProto::Tcp, &mut rng)
+                .unwrap()
+                .1
+                .is_none()
+        );
+        assert_eq!(pb.blocks_of(1), 2);
+    }
+
+    #[test]
+    fn block_returns_to_pool_when_its_last_port_is_released() {
+        let mut pb = PortBlocks::new(1024, 64, 1, 1);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let (p, _) = pb.allocate(9, PortProto::Tcp, &mut rng).unwrap();
+        assert_eq!(
+            pb.allocate(10, PortProto::Tcp, &mut rng),
+            Err(AllocError::PoolExhausted)
+        );
+        let rel = pb.release(p, PortProto::Tcp).unwrap();
+        assert!(!rel.allocated);
+        assert!(pb.allocate(10, PortProto::Tcp, &mut rng).is_ok());
+    }
+
+    #[test]
+    fn reserved_blocks_are_not_allocated_but_can_be_claimed() {
+        let mut pb = PortBlocks::new(1024, 64, 2, 2);
+        pb.reserve(&[0]).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..64 {
+            let (p, _) = pb.allocate(5, PortProto::Udp, &mut rng).unwrap();
+            assert_eq!(pb.block_of(p), Some(1));
+        }
+        assert_eq!(pb.check_claim(1030, PortProto::Udp, 6), Ok(()));
+        assert!(pb.claim(1030, PortProto::Udp, 6).is_some());
+        assert_eq!(
+            pb.check_claim(1030, PortProto::Udp, 6),
+            Err(ClaimError::AlreadyBound)
+        );
+        assert_eq!(
+            pb.check_claim(1031, PortProto::Udp, 7),
+            Err(ClaimError::OwnedByOther)
+        );
+        assert_eq!(
+            pb.check_claim(2000, PortProto::Udp, 7),
+            Err(ClaimError::OutOfRange)
+        );
+    }
+}
