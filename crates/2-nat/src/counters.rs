@@ -96,6 +96,8 @@ pub struct Counters {
     pub translated_in: u64,
     /// Packets translated both ways (hairpinned).
     pub hairpinned: u64,
+    /// Packets translated by the batch fast path (a subset of the two counters above).
+    pub fast_path: u64,
     /// Packets handed back unchanged for the peer instance (daisy chain).
     pub chained: u64,
     /// Packets held because their mapping is frozen.

@@ -311,6 +311,29 @@ struct Flow {
     icmp_request: bool,
 }
 
+/// What the batch path's first pass learns about a packet.
+#[derive(Clone, Copy, Debug)]
+struct FastMeta {
+    key: SessionKey,
+    ihl: u16,
+    proto: u8,
+    tcp_flags: u8,
+    inbound: bool,
+}
+
+/// A hint to the CPU to fetch the cache line at `ptr`; no effect on program semantics.
+#[inline(always)]
+fn prefetch<T>(ptr: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults and does not dereference in the
+    // language's sense, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(ptr as *const i8, core::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = ptr;
+}
+
 /// How a packet reached the inbound path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ingress {
@@ -635,13 +658,174 @@ impl Nat {
     pub fn process(&mut self, now: Instant, pkt: &mut [u8]) -> Verdict {
         self.counters.packets_in += 1;
         let v = self.translate(now, pkt);
+        self.account(v);
+        v
+    }
+
+    #[inline(always)]
+    fn account(&mut self, v: Verdict) {
         match v {
             Verdict::Drop(r) => self.counters.drop(r),
             Verdict::ToPeer(_) => self.counters.chained += 1,
             Verdict::Hold(_) => self.counters.held += 1,
             Verdict::ToOutside | Verdict::ToInside => {}
         }
-        v
+    }
+
+    /// Translates a batch of packets, exactly as calling [`process`](Self::process) on each
+    /// in order would, but faster for large tables: the batch's index lookups are issued
+    /// back to back and the sessions they find are prefetched before any packet is rewritten,
+    /// so the memory latencies of different packets overlap. `verdicts` is cleared and gets one
+    /// verdict per packet. Batches of 16 to 64 packets work best.
+    pub fn process_batch<P: AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        packets: &mut [P],
+        verdicts: &mut Vec<Verdict>,
+    ) {
+        const CHUNK: usize = 64;
+        verdicts.clear();
+        for chunk in packets.chunks_mut(CHUNK) {
+            let mut fast = [None::<(FastMeta, u32)>; CHUNK];
+            // Pass 1: parse and look up (independent lookups overlap in the CPU).
+            for (i, p) in chunk.iter_mut().enumerate() {
+                if let Some(meta) = self.fast_meta(p.as_mut()) {
+                    if let Some(&slot) = self.session_index.get(&meta.key) {
+                        fast[i] = Some((meta, slot));
+                    }
+                }
+            }
+            // Pass 2: prefetch the sessions found.
+            for (meta, slot) in fast[..chunk.len()].iter().flatten() {
+                let _ = meta;
+                prefetch(self.sessions.as_ptr().wrapping_add(*slot as usize));
+            }
+            // Pass 3: translate, in order; anything unusual takes the full path.
+            for (i, p) in chunk.iter_mut().enumerate() {
+                self.counters.packets_in += 1;
+                let pkt = p.as_mut();
+                let v = match fast[i] {
+                    Some((meta, slot)) => match self.fast_translate(now, pkt, &meta, slot) {
+                        Some(v) => {
+                            self.counters.fast_path += 1;
+                            v
+                        }
+                        None => self.translate(now, pkt),
+                    },
+                    None => self.translate(now, pkt),
+                };
+                self.account(v);
+                verdicts.push(v);
+            }
+        }
+    }
+
+    /// The session key of a plain packet (TCP/UDP/ICMP query, no fragment, no options, TTL > 1),
+    /// `None` for anything the full path must look at.
+    #[inline(always)]
+    fn fast_meta(&self, pkt: &[u8]) -> Option<FastMeta> {
+        let h = packet::parse_ipv4(pkt, self.cfg.verify_ip_checksum).ok()?;
+        if h.has_options() || h.ttl <= 1 || h.is_fragment() {
+            return None;
+        }
+        let l4 = packet::parse_l4(h.proto, &pkt[h.header_len..h.total_len]).ok()??;
+        let src = u32::from_be_bytes(h.src);
+        let dst = u32::from_be_bytes(h.dst);
+        let inbound = self.group_by_ext.contains_key(&dst);
+        let (proto, sport, dport, tcp_flags) = match l4 {
+            L4::Tcp {
+                src_port,
+                dst_port,
+                flags,
+            } => (proto::TCP, src_port, dst_port, flags),
+            L4::Udp { src_port, dst_port } => (proto::UDP, src_port, dst_port, 0),
+            L4::Icmp { ty, ident, .. } => match (icmp_kind(ty), inbound) {
+                (IcmpKind::QueryRequest | IcmpKind::QueryReply, false) => {
+                    (proto::ICMP, ident, 0, 0)
+                }
+                (IcmpKind::QueryReply, true) => (proto::ICMP, 0, ident, 0),
+                _ => return None,
+            },
+        };
+        let key = if inbound {
+            skey(Dir::In, proto, dst, dport, src, sport)
+        } else {
+            skey(Dir::Out, proto, src, sport, dst, dport)
+        };
+        Some(FastMeta {
+            key,
+            ihl: h.header_len as u16,
+            proto,
+            tcp_flags,
+            inbound,
+        })
+    }
+
+    /// The fast path for a packet whose session was found: `None` (nothing changed) if the
+    /// session is frozen, halted, hairpinned or gone, so the full path decides.
+    #[inline(always)]
+    fn fast_translate(
+        &mut self,
+        now: Instant,
+        pkt: &mut [u8],
+        meta: &FastMeta,
+        slot: u32,
+    ) -> Option<Verdict> {
+        let s = self.sessions.get(slot as usize)?;
+        if s.flags & (S_LIVE | S_FROZEN | S_HAIRPIN) != S_LIVE {
+            return None;
+        }
+        let group = self.groups.get(s.group as usize)?.as_ref()?;
+        if group.mode == GroupMode::Halted {
+            return None;
+        }
+        let ext = group.ext;
+        let dir = if meta.inbound { Dir::In } else { Dir::Out };
+        if meta.proto == proto::TCP
+            && meta.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0
+        {
+            self.tcp_update(now, slot, dir, meta.tcp_flags);
+        }
+        let refresh = !meta.inbound || self.cfg.inbound_refresh;
+        let s = &mut self.sessions[slot as usize];
+        if refresh {
+            s.last_seen = now;
+        }
+        let (ip_delta, l4_delta) = (Delta::from_raw(s.ip_delta), Delta::from_raw(s.l4_delta));
+        self.last_session = slot;
+        if meta.inbound {
+            let (addr, port) = (s.int_addr.to_be_bytes(), s.int_port);
+            rewrite(
+                pkt,
+                meta.ihl as usize,
+                meta.proto,
+                false,
+                true,
+                addr,
+                port,
+                ip_delta.inverse(),
+                l4_delta.inverse(),
+                true,
+            );
+            self.counters.translated_in += 1;
+            Some(Verdict::ToInside)
+        } else {
+            let port = s.ext_port;
+            rewrite(
+                pkt,
+                meta.ihl as usize,
+                meta.proto,
+                true,
+                true,
+                ext.to_be_bytes(),
+                port,
+                ip_delta,
+                l4_delta,
+                true,
+            );
+            self.counters.translated_out += 1;
+            Some(Verdict::ToOutside)
+        }
     }
 
     fn translate(&mut self, now: Instant, pkt: &mut [u8]) -> Verdict {
@@ -915,7 +1099,16 @@ impl Nat {
             // A subscriber sending to an external address of this NAT: hairpin. (An inbound
             // session never has a subscriber as its remote, so a hit above is never one.)
             None if ingress == Ingress::FromNetwork && self.subscriber_group(src).is_some() => {
-                return self.outbound(now, pkt, h, l4, true);
+                // Keep the bytes the outbound half rewrites (IP header, ports, L4 checksum) so a
+                // refused hairpin leaves the packet unchanged, as `process` promises.
+                let mut saved = [0u8; 80];
+                let n = pkt.len().min(h.header_len + 20).min(saved.len());
+                saved[..n].copy_from_slice(&pkt[..n]);
+                let v = self.outbound(now, pkt, h, l4, true);
+                if !matches!(v, Verdict::ToInside | Verdict::ToOutside) {
+                    pkt[..n].copy_from_slice(&saved[..n]);
+                }
+                return v;
             }
             None => match self.inbound_miss(now, g, dst, src, flow) {
                 Ok(slot) => slot,
@@ -1034,8 +1227,15 @@ impl Nat {
             return;
         }
         s.queued |= bit;
-        let deadline = s.last_seen.max(now)
-            + core::time::Duration::from_nanos(self.timeout_ns[s.class as usize]);
+        // The real deadline (the wheel fires past ones at once), so a refreshed or imported
+        // session expires one timeout after its last packet, not one timeout after the check.
+        // Frozen sessions are only re-checked a timeout from now.
+        let base = if s.flags & S_FROZEN != 0 {
+            s.last_seen.max(now)
+        } else {
+            s.last_seen
+        };
+        let deadline = base + core::time::Duration::from_nanos(self.timeout_ns[s.class as usize]);
         let e = WheelEntry {
             slot,
             generation: s.generation,
@@ -1115,8 +1315,9 @@ impl Nat {
             Delta::from_raw(s.l4_delta).inverse(),
         );
         rewrite_outer_addr(pkt, field::IPV4_DST, int_addr, ip_delta);
+        // Only the ICMP message: bytes past the total length are not the packet's.
         rewrite_embedded(
-            pkt,
+            &mut pkt[..h.total_len],
             &e,
             field::IPV4_SRC,
             true,
@@ -1174,8 +1375,9 @@ impl Nat {
             Delta::from_raw(s.l4_delta),
         );
         rewrite_outer_addr(pkt, field::IPV4_SRC, ext, ip_delta);
+        // Only the ICMP message: bytes past the total length are not the packet's.
         rewrite_embedded(
-            pkt,
+            &mut pkt[..h.total_len],
             &e,
             field::IPV4_DST,
             false,
