@@ -689,15 +689,14 @@ impl Nat {
             let mut fast = [None::<(FastMeta, u32)>; CHUNK];
             // Pass 1: parse and look up (independent lookups overlap in the CPU).
             for (i, p) in chunk.iter_mut().enumerate() {
-                if let Some(meta) = self.fast_meta(p.as_mut()) {
-                    if let Some(&slot) = self.session_index.get(&meta.key) {
-                        fast[i] = Some((meta, slot));
-                    }
+                if let Some(meta) = self.fast_meta(p.as_mut())
+                    && let Some(&slot) = self.session_index.get(&meta.key)
+                {
+                    fast[i] = Some((meta, slot));
                 }
             }
             // Pass 2: prefetch the sessions found.
-            for (meta, slot) in fast[..chunk.len()].iter().flatten() {
-                let _ = meta;
+            for (_, slot) in fast[..chunk.len()].iter().flatten() {
                 prefetch(self.sessions.as_ptr().wrapping_add(*slot as usize));
             }
             // Pass 3: translate, in order; anything unusual takes the full path.
