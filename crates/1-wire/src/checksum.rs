@@ -88,16 +88,20 @@ impl Delta {
 #[inline]
 pub fn compute(bytes: &[u8]) -> u16 {
     if bytes.len() <= 64 {
-        // Headers: a plain word loop beats the general routine at this size.
-        let mut sum: u32 = 0;
-        let mut words = bytes.chunks_exact(2);
+        // Headers: summing 32-bit words into 64 bits beats the general routine at this size
+        // (one's-complement sums may be taken over any word width, RFC 1071 section 2).
+        let mut sum: u64 = 0;
+        let mut words = bytes.chunks_exact(4);
         for w in &mut words {
-            sum += u16::from_be_bytes([w[0], w[1]]) as u32;
+            sum += u32::from_be_bytes([w[0], w[1], w[2], w[3]]) as u64;
         }
-        if let [last] = words.remainder() {
-            sum += (*last as u32) << 8;
-        }
-        return !fold(sum);
+        let rest = words.remainder();
+        let mut tail = [0u8; 4];
+        tail[..rest.len()].copy_from_slice(rest);
+        sum += u32::from_be_bytes(tail) as u64;
+        let sum = (sum & 0xffff_ffff) + (sum >> 32);
+        let sum = (sum & 0xffff_ffff) + (sum >> 32);
+        return !fold(sum as u32);
     }
     u16::from_be_bytes(internet_checksum::checksum(bytes))
 }

@@ -321,6 +321,16 @@ struct FastMeta {
     inbound: bool,
 }
 
+impl FastMeta {
+    const NONE: FastMeta = FastMeta {
+        key: SessionKey(0, 0),
+        ihl: 0,
+        proto: 0,
+        tcp_flags: 0,
+        inbound: false,
+    };
+}
+
 /// A hint to the CPU to fetch the cache line at `ptr`; no effect on program semantics.
 #[inline(always)]
 fn prefetch<T>(ptr: *const T) {
@@ -376,6 +386,7 @@ pub struct Nat {
     rng: ChaCha8Rng,
     timeout_ns: [u64; 4],
     last_session: u32,
+    batch_scratch: Vec<(FastMeta, u32)>,
 }
 
 impl Nat {
@@ -410,6 +421,7 @@ impl Nat {
             rng: ChaCha8Rng::seed_from_u64(cfg.rng_seed),
             timeout_ns,
             last_session: NIL,
+            batch_scratch: Vec::with_capacity(64),
             cfg,
         };
         for g in nat.cfg.groups.clone() {
@@ -685,38 +697,51 @@ impl Nat {
     ) {
         const CHUNK: usize = 64;
         verdicts.clear();
+        let mut scratch = std::mem::take(&mut self.batch_scratch);
         for chunk in packets.chunks_mut(CHUNK) {
-            let mut fast = [None::<(FastMeta, u32)>; CHUNK];
-            // Pass 1: parse and look up (independent lookups overlap in the CPU).
-            for (i, p) in chunk.iter_mut().enumerate() {
-                if let Some(meta) = self.fast_meta(p.as_mut())
-                    && let Some(&slot) = self.session_index.get(&meta.key)
-                {
-                    fast[i] = Some((meta, slot));
+            // Pass 1: parse; `slot == NIL` marks packets for the full path.
+            scratch.clear();
+            for p in chunk.iter_mut() {
+                scratch.push(match self.fast_meta(p.as_mut()) {
+                    Some(meta) => (meta, 0),
+                    None => (FastMeta::NONE, NIL),
+                });
+            }
+            // Pass 2: look up, in a tight loop so that independent lookups overlap in the CPU,
+            // and prefetch the sessions found.
+            for (meta, slot) in scratch.iter_mut() {
+                if *slot == NIL {
+                    continue;
+                }
+                match self.session_index.get(&meta.key) {
+                    Some(&found) => {
+                        *slot = found;
+                        prefetch(self.sessions.as_ptr().wrapping_add(found as usize));
+                    }
+                    None => *slot = NIL,
                 }
             }
-            // Pass 2: prefetch the sessions found.
-            for (_, slot) in fast[..chunk.len()].iter().flatten() {
-                prefetch(self.sessions.as_ptr().wrapping_add(*slot as usize));
-            }
             // Pass 3: translate, in order; anything unusual takes the full path.
-            for (i, p) in chunk.iter_mut().enumerate() {
+            for ((meta, slot), p) in scratch.iter().zip(chunk.iter_mut()) {
                 self.counters.packets_in += 1;
                 let pkt = p.as_mut();
-                let v = match fast[i] {
-                    Some((meta, slot)) => match self.fast_translate(now, pkt, &meta, slot) {
-                        Some(v) => {
-                            self.counters.fast_path += 1;
-                            v
-                        }
-                        None => self.translate(now, pkt),
-                    },
+                let fast = if *slot == NIL {
+                    None
+                } else {
+                    self.fast_translate(now, pkt, meta, *slot)
+                };
+                let v = match fast {
+                    Some(v) => {
+                        self.counters.fast_path += 1;
+                        v
+                    }
                     None => self.translate(now, pkt),
                 };
                 self.account(v);
                 verdicts.push(v);
             }
         }
+        self.batch_scratch = scratch;
     }
 
     /// The session key of a plain packet (TCP/UDP/ICMP query, no fragment, no options, TTL > 1),
@@ -1951,6 +1976,7 @@ impl Nat {
         let mut mappings: HashMap<(u8, u32, u16), (u16, usize)> = HashMap::new();
         let mut ext_ports: HashMap<(u8, u16), (u8, u32, u16)> = HashMap::new();
         let mut remotes: HashMap<(u8, u32, u16, u32, u16), ()> = HashMap::new();
+        let mut batch_blocks: HashMap<u32, u32> = HashMap::new();
         for (i, r) in recs.iter().enumerate() {
             let fail = |why| Err::<(), _>(refuse(i, why));
             if r.version != RECORD_VERSION
@@ -2003,6 +2029,13 @@ impl Nat {
                         Err(crate::ports::ClaimError::AlreadyBound) => {
                             fail("external port already bound")?
                         }
+                    }
+                    // Two subscribers of the batch in one free block: the claim of the second
+                    // would fail at install time, leaving a mapping with an unbound port.
+                    if let Some(b) = group.ports.block_of(ext_port)
+                        && *batch_blocks.entry(b).or_insert(int_addr) != int_addr
+                    {
+                        fail("port block held by another subscriber")?;
                     }
                     mappings.insert(mk, (ext_port, i));
                 }

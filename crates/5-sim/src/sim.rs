@@ -1,0 +1,1039 @@
+//! The simulator: topology builder, event loop, measurement and report.
+
+use std::any::Any;
+use std::time::Duration;
+
+use flowshift_wire::Instant;
+use hdrhistogram::Histogram;
+use rand_chacha::ChaCha8Rng;
+
+use crate::element::{Element, Emit};
+use crate::event::EventQueue;
+use crate::host::{AppSpec, AppStats, FlowRecord, Host, HostConfig, HostStats, POOL_LIMIT};
+use crate::link::{Link, LinkConfig, LinkStats, Offer};
+use crate::measure::{
+    AppReport, DelaySummary, HostReport, Ledger, LedgerReport, LinkReport, Report, summarize_flows,
+};
+use crate::packet::{DropCause, FiveTuple, FlowId, LinkId, NodeId, Packet, PacketMeta, Port};
+use crate::rng::{StreamKind, stream};
+
+/// Largest one-way delay the histogram resolves (larger values are recorded as this).
+const DELAY_HIST_MAX_NS: u64 = 60_000_000_000;
+
+/// Errors of the topology builder and accessors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// No node with this id.
+    #[error("unknown node {0:?}")]
+    UnknownNode(NodeId),
+    /// No link with this id.
+    #[error("unknown link {0:?}")]
+    UnknownLink(LinkId),
+    /// No application with this id.
+    #[error("unknown app {0:?}")]
+    UnknownApp(AppId),
+    /// The port already has an outgoing link.
+    #[error("node {0:?} port {1} already has an outgoing link")]
+    PortInUse(NodeId, Port),
+    /// Hosts only have port 0.
+    #[error("host {0:?} has only port 0, not {1}")]
+    BadHostPort(NodeId, Port),
+    /// The node is not a host (for applications).
+    #[error("node {0:?} is not a host")]
+    NotAHost(NodeId),
+    /// The node is not an element of the requested type.
+    #[error("node {0:?} is not an element of the requested type")]
+    WrongElementType(NodeId),
+    /// A configuration value breaks its contract.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Parameters of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimConfig {
+    /// Decides every random choice of the run (links, smoltcp ISNs, ephemeral ports, and the
+    /// streams handed out by [`Sim::rng`]).
+    pub seed: u64,
+    /// Width of a goodput bin (> 0; default 10 ms).
+    pub goodput_bin: Duration,
+}
+
+impl SimConfig {
+    /// Seed `seed`, 10 ms goodput bins.
+    pub fn new(seed: u64) -> Self {
+        SimConfig {
+            seed,
+            goodput_bin: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Identity of an application (see [`Sim::add_app`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct AppId(pub u32);
+
+/// What the arrival observer sees for each packet delivered to a host.
+#[derive(Debug)]
+pub struct Arrival<'a> {
+    /// Arrival time.
+    pub now: Instant,
+    /// Receiving host.
+    pub host: NodeId,
+    /// The packet (bytes as received, metadata as stamped at the sender).
+    pub packet: &'a Packet,
+    /// One-way delay from the sender's egress.
+    pub delay: Duration,
+    /// True if a later packet of the same flow was delivered before this one.
+    pub reordered: bool,
+}
+
+pub(crate) enum Ev {
+    TxDone {
+        link: LinkId,
+        epoch: u32,
+    },
+    /// A packet arrives at the far end of `link`; the packet waits in `Net::wire[slot]` (so
+    /// heap entries stay small).
+    Arrive {
+        link: LinkId,
+        epoch: u32,
+        slot: u32,
+    },
+    Wake(NodeId),
+    HostTxReady(NodeId),
+    LinkState {
+        link: LinkId,
+        up: bool,
+    },
+}
+
+/// What the drop observer sees for each packet dropped anywhere.
+#[derive(Debug)]
+pub struct DropInfo<'a> {
+    /// Drop time.
+    pub now: Instant,
+    /// The packet (metadata as stamped at its creation).
+    pub packet: &'a Packet,
+    /// Why it was dropped.
+    pub cause: DropCause,
+    /// The element or host that dropped it or sent it into a port without a link; `None` for
+    /// drops inside links (queue full, injected loss, link down).
+    pub node: Option<NodeId>,
+}
+
+type DropObserver = Box<dyn FnMut(&DropInfo<'_>)>;
+
+/// The shared network state an element can act on through [`Emit`].
+pub(crate) struct Net {
+    pub now: Instant,
+    pub queue: EventQueue<Ev>,
+    pub links: Vec<Link>,
+    pub ledger: Ledger,
+    pub flows: Vec<FlowRecord>,
+    pub pool: Vec<Vec<u8>>,
+    pub mtu_hint: usize,
+    /// Packets propagating on a wire (after serialization, before arrival).
+    pub wire: Vec<Option<Packet>>,
+    pub wire_free: Vec<u32>,
+    pub drop_observer: Option<DropObserver>,
+}
+
+impl Net {
+    fn park(&mut self, pkt: Packet) -> u32 {
+        match self.wire_free.pop() {
+            Some(i) => {
+                self.wire[i as usize] = Some(pkt);
+                i
+            }
+            None => {
+                self.wire.push(Some(pkt));
+                (self.wire.len() - 1) as u32
+            }
+        }
+    }
+
+    fn unpark(&mut self, slot: u32) -> Option<Packet> {
+        let p = self.wire.get_mut(slot as usize)?.take()?;
+        self.wire_free.push(slot);
+        Some(p)
+    }
+
+    pub fn new_packet(
+        &mut self,
+        bytes: Vec<u8>,
+        flow: Option<FlowId>,
+        seq: u64,
+        origin: NodeId,
+    ) -> Packet {
+        let id = self.ledger.create();
+        Packet {
+            bytes,
+            meta: PacketMeta {
+                id,
+                flow,
+                seq,
+                sent_at: self.now,
+                origin,
+                seen: None,
+            },
+        }
+    }
+
+    pub fn recycle(&mut self, mut bytes: Vec<u8>) {
+        if self.pool.len() < POOL_LIMIT && bytes.capacity() >= self.mtu_hint {
+            bytes.clear();
+            self.pool.push(bytes);
+        }
+    }
+
+    pub fn drop_pkt(&mut self, pkt: Packet, cause: DropCause, node: Option<NodeId>) {
+        self.ledger.dropped(pkt.meta.id, cause, node);
+        if let Some(obs) = &mut self.drop_observer {
+            obs(&DropInfo {
+                now: self.now,
+                packet: &pkt,
+                cause,
+                node,
+            });
+        }
+        if let Some(f) = pkt.meta.flow
+            && let Some(rec) = self.flows.get_mut(f.0 as usize)
+        {
+            rec.dropped += 1;
+        }
+        self.recycle(pkt.bytes);
+    }
+
+    /// Offers `pkt` to `link` (or drops it as unconnected).
+    pub fn send_on(&mut self, link: Option<LinkId>, pkt: Packet, node: Option<NodeId>) {
+        let Some(link) = link else {
+            self.drop_pkt(pkt, DropCause::Unconnected, node);
+            return;
+        };
+        let l = &mut self.links[link.0 as usize];
+        let epoch = l.epoch;
+        match l.offer(pkt, self.now) {
+            Offer::Dropped(p, cause) => self.drop_pkt(p, cause, node),
+            Offer::Queued => {}
+            Offer::Started(done) => self.queue.push(done, Ev::TxDone { link, epoch }),
+        }
+    }
+}
+
+enum NodeKind {
+    Host(Box<Host>),
+    Element(Box<dyn Element>),
+}
+
+struct NodeSlot {
+    name: String,
+    kind: NodeKind,
+    out: Vec<Option<LinkId>>,
+    armed: Option<Instant>,
+}
+
+fn arm(
+    armed: &mut Option<Instant>,
+    queue: &mut EventQueue<Ev>,
+    node: NodeId,
+    t: Option<Instant>,
+    now: Instant,
+) {
+    let Some(t) = t else { return };
+    let t = t.max(now);
+    if armed.is_none_or(|a| t < a) {
+        *armed = Some(t);
+        queue.push(t, Ev::Wake(node));
+    }
+}
+
+type Observer = Box<dyn FnMut(&Arrival<'_>)>;
+type Progress = (Duration, Instant, Box<dyn FnMut(Instant)>);
+
+/// A deterministic discrete-event network simulation.
+///
+/// Build a topology with [`Sim::add_host`], [`Sim::add_element`] and [`Sim::add_link`] /
+/// [`Sim::connect`], add applications with [`Sim::add_app`], then advance virtual time with
+/// [`Sim::run_until`]. Between runs the driver may act on elements ([`Sim::poke`]), links
+/// ([`Sim::set_link_up`]) and add applications. Given the same seed and the same sequence of
+/// calls, every result is identical.
+pub struct Sim {
+    seed: u64,
+    bin: Duration,
+    net: Net,
+    nodes: Vec<NodeSlot>,
+    apps: Vec<(NodeId, usize)>,
+    delay: Histogram<u64>,
+    delay_max: u64,
+    delay_sum: u128,
+    events: u64,
+    timer_spins: u64,
+    observer: Option<Observer>,
+    progress: Option<Progress>,
+}
+
+impl Sim {
+    /// An empty network at virtual time zero.
+    pub fn new(cfg: SimConfig) -> Sim {
+        Sim {
+            seed: cfg.seed,
+            bin: if cfg.goodput_bin.is_zero() {
+                Duration::from_millis(10)
+            } else {
+                cfg.goodput_bin
+            },
+            net: Net {
+                now: Instant::ZERO,
+                queue: EventQueue::new(),
+                links: Vec::new(),
+                ledger: Ledger::default(),
+                flows: Vec::new(),
+                pool: Vec::new(),
+                mtu_hint: 1500,
+                wire: Vec::new(),
+                wire_free: Vec::new(),
+                drop_observer: None,
+            },
+            nodes: Vec::new(),
+            apps: Vec::new(),
+            delay: Histogram::new_with_bounds(1, DELAY_HIST_MAX_NS, 3)
+                .expect("constant histogram bounds are valid"),
+            delay_max: 0,
+            delay_sum: 0,
+            events: 0,
+            timer_spins: 0,
+            observer: None,
+            progress: None,
+        }
+    }
+
+    /// The seed of this run.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Current virtual time.
+    pub fn now(&self) -> Instant {
+        self.net.now
+    }
+
+    /// Events processed so far.
+    pub fn events_processed(&self) -> u64 {
+        self.events
+    }
+
+    /// An independent random stream for a caller component (element, workload generator),
+    /// derived from the seed and `stream`. The same `stream` gives the same sequence.
+    pub fn rng(&self, stream_id: u64) -> ChaCha8Rng {
+        stream(self.seed, StreamKind::User, stream_id)
+    }
+
+    /// Adds a host with a smoltcp stack; its single port is 0.
+    pub fn add_host(&mut self, cfg: HostConfig) -> Result<NodeId, SimError> {
+        let id = NodeId(self.nodes.len() as u32);
+        let rng = stream(self.seed, StreamKind::Host, id.0 as u64);
+        let name = cfg.name.clone();
+        self.net.mtu_hint = self.net.mtu_hint.max(cfg.mtu);
+        let host = Host::new(cfg, rng, self.net.now).map_err(SimError::Config)?;
+        self.nodes.push(NodeSlot {
+            name,
+            kind: NodeKind::Host(Box::new(host)),
+            out: vec![None],
+            armed: None,
+        });
+        Ok(id)
+    }
+
+    /// Adds an element.
+    pub fn add_element<E: Element>(&mut self, name: impl Into<String>, element: E) -> NodeId {
+        self.add_boxed_element(name, Box::new(element))
+    }
+
+    /// Adds an already boxed element.
+    pub fn add_boxed_element(
+        &mut self,
+        name: impl Into<String>,
+        element: Box<dyn Element>,
+    ) -> NodeId {
+        let id = NodeId(self.nodes.len() as u32);
+        self.nodes.push(NodeSlot {
+            name: name.into(),
+            kind: NodeKind::Element(element),
+            out: Vec::new(),
+            armed: None,
+        });
+        let now = self.net.now;
+        self.rearm_element(id, now);
+        id
+    }
+
+    /// The name of a node.
+    pub fn node_name(&self, node: NodeId) -> Option<&str> {
+        self.nodes.get(node.0 as usize).map(|s| s.name.as_str())
+    }
+
+    fn check_port(&self, (node, port): (NodeId, Port)) -> Result<(), SimError> {
+        let slot = self
+            .nodes
+            .get(node.0 as usize)
+            .ok_or(SimError::UnknownNode(node))?;
+        if matches!(slot.kind, NodeKind::Host(_)) && port != 0 {
+            return Err(SimError::BadHostPort(node, port));
+        }
+        Ok(())
+    }
+
+    /// Adds a unidirectional link from `from` (node, port) to `to` (node, port). A port has at
+    /// most one outgoing link but may receive from any number of links.
+    pub fn add_link(
+        &mut self,
+        from: (NodeId, Port),
+        to: (NodeId, Port),
+        cfg: LinkConfig,
+    ) -> Result<LinkId, SimError> {
+        self.check_port(from)?;
+        self.check_port(to)?;
+        cfg.validate().map_err(SimError::Config)?;
+        let slot = &mut self.nodes[from.0.0 as usize];
+        let p = from.1 as usize;
+        if slot.out.len() <= p {
+            slot.out.resize(p + 1, None);
+        }
+        if slot.out[p].is_some() {
+            return Err(SimError::PortInUse(from.0, from.1));
+        }
+        let id = LinkId(self.net.links.len() as u32);
+        slot.out[p] = Some(id);
+        let name = format!(
+            "{}:{}->{}:{}",
+            self.nodes[from.0.0 as usize].name, from.1, self.nodes[to.0.0 as usize].name, to.1
+        );
+        let rng = stream(self.seed, StreamKind::Link, id.0 as u64);
+        self.net.links.push(Link::new(name, cfg, from, to, rng));
+        Ok(id)
+    }
+
+    /// A full-duplex link: two unidirectional links `a -> b` and `b -> a` with the same
+    /// configuration. Returns `(a->b, b->a)`.
+    pub fn connect(
+        &mut self,
+        a: (NodeId, Port),
+        b: (NodeId, Port),
+        cfg: LinkConfig,
+    ) -> Result<(LinkId, LinkId), SimError> {
+        let ab = self.add_link(a, b, cfg.clone())?;
+        let ba = self.add_link(b, a, cfg)?;
+        Ok((ab, ba))
+    }
+
+    /// Starts an application on `host`. It is serviced from the current virtual time on.
+    pub fn add_app(&mut self, host: NodeId, spec: AppSpec) -> Result<AppId, SimError> {
+        let slot = self
+            .nodes
+            .get_mut(host.0 as usize)
+            .ok_or(SimError::UnknownNode(host))?;
+        let NodeKind::Host(h) = &mut slot.kind else {
+            return Err(SimError::NotAHost(host));
+        };
+        let idx = h.add_app(spec).map_err(SimError::Config)?;
+        let id = AppId(self.apps.len() as u32);
+        self.apps.push((host, idx));
+        self.net.queue.push(self.net.now, Ev::HostTxReady(host));
+        Ok(id)
+    }
+
+    /// Takes a link down or up at virtual time `at` (or now, if `at` is in the past).
+    /// Going down drops everything queued, being serialized or on the wire
+    /// ([`DropCause::LinkDown`]); packets offered while down are dropped the same way.
+    pub fn schedule_link_state(
+        &mut self,
+        link: LinkId,
+        at: Instant,
+        up: bool,
+    ) -> Result<(), SimError> {
+        if link.0 as usize >= self.net.links.len() {
+            return Err(SimError::UnknownLink(link));
+        }
+        self.net
+            .queue
+            .push(at.max(self.net.now), Ev::LinkState { link, up });
+        Ok(())
+    }
+
+    /// Takes a link down or up now (see [`Sim::schedule_link_state`]).
+    pub fn set_link_up(&mut self, link: LinkId, up: bool) -> Result<(), SimError> {
+        if link.0 as usize >= self.net.links.len() {
+            return Err(SimError::UnknownLink(link));
+        }
+        self.apply_link_state(link, up);
+        Ok(())
+    }
+
+    /// Counters of a link.
+    pub fn link_stats(&self, link: LinkId) -> Option<&LinkStats> {
+        self.net.links.get(link.0 as usize).map(|l| &l.stats)
+    }
+
+    /// The two ends of a link: `((from node, port), (to node, port))`.
+    pub fn link_ends(&self, link: LinkId) -> Option<((NodeId, Port), (NodeId, Port))> {
+        self.net.links.get(link.0 as usize).map(|l| (l.from, l.to))
+    }
+
+    /// The outgoing link of a node's port, if any.
+    pub fn out_link(&self, node: NodeId, port: Port) -> Option<LinkId> {
+        self.nodes
+            .get(node.0 as usize)?
+            .out
+            .get(port as usize)
+            .copied()
+            .flatten()
+    }
+
+    /// Bytes waiting in a link's queue.
+    pub fn link_queued_bytes(&self, link: LinkId) -> Option<usize> {
+        self.net
+            .links
+            .get(link.0 as usize)
+            .map(|l| l.queued_bytes())
+    }
+
+    /// Counters of an application.
+    pub fn app_stats(&self, app: AppId) -> Option<&AppStats> {
+        let (node, idx) = *self.apps.get(app.0 as usize)?;
+        match &self.nodes[node.0 as usize].kind {
+            NodeKind::Host(h) => h.apps.get(idx).map(|a| &a.stats),
+            NodeKind::Element(_) => None,
+        }
+    }
+
+    /// Counters of a host.
+    pub fn host_stats(&self, host: NodeId) -> Option<&HostStats> {
+        match &self.nodes.get(host.0 as usize)?.kind {
+            NodeKind::Host(h) => Some(&h.stats),
+            NodeKind::Element(_) => None,
+        }
+    }
+
+    /// All flows seen so far, indexed by [`FlowId`].
+    pub fn flows(&self) -> &[FlowRecord] {
+        &self.net.flows
+    }
+
+    /// The one-way delay histogram of all packets delivered to hosts (ns).
+    pub fn delay_histogram(&self) -> &Histogram<u64> {
+        &self.delay
+    }
+
+    /// Calls `f` for every packet delivered to a host (after order and delay bookkeeping).
+    pub fn set_arrival_observer(&mut self, f: impl FnMut(&Arrival<'_>) + 'static) {
+        self.observer = Some(Box::new(f));
+    }
+
+    /// Calls `f` for every packet dropped anywhere (after the ledger counted it), e.g. to
+    /// count losses by cause for a subset of flows.
+    pub fn set_drop_observer(&mut self, f: impl FnMut(&DropInfo<'_>) + 'static) {
+        self.net.drop_observer = Some(Box::new(f));
+    }
+
+    /// Calls `f(virtual now)` each time virtual time crosses a multiple of `every` during
+    /// [`Sim::run_until`] (for progress display; must not affect the simulation).
+    pub fn set_progress(&mut self, every: Duration, f: impl FnMut(Instant) + 'static) {
+        let every = every.max(Duration::from_nanos(1));
+        self.progress = Some((every, self.net.now + every, Box::new(f)));
+    }
+
+    /// Shared access to an element of type `T`.
+    pub fn element<T: Element>(&self, node: NodeId) -> Option<&T> {
+        match &self.nodes.get(node.0 as usize)?.kind {
+            NodeKind::Element(e) => {
+                let any: &dyn Any = e.as_ref();
+                any.downcast_ref::<T>()
+            }
+            NodeKind::Host(_) => None,
+        }
+    }
+
+    /// Acts on an element of type `T` at the current virtual time; `f` may send packets
+    /// through the [`Emit`]. The element's timer is re-armed afterwards.
+    pub fn poke<T: Element, R>(
+        &mut self,
+        node: NodeId,
+        f: impl FnOnce(&mut T, &mut Emit<'_>) -> R,
+    ) -> Result<R, SimError> {
+        let slot = self
+            .nodes
+            .get_mut(node.0 as usize)
+            .ok_or(SimError::UnknownNode(node))?;
+        let NodeKind::Element(e) = &mut slot.kind else {
+            return Err(SimError::WrongElementType(node));
+        };
+        let any: &mut dyn Any = e.as_mut();
+        let t = any
+            .downcast_mut::<T>()
+            .ok_or(SimError::WrongElementType(node))?;
+        let mut emit = Emit {
+            net: &mut self.net,
+            node,
+            out: &slot.out,
+        };
+        let r = f(t, &mut emit);
+        let now = self.net.now;
+        self.rearm_element(node, now);
+        Ok(r)
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        self.run_until(self.net.now + d);
+    }
+
+    /// Processes every event scheduled at or before `until`, then sets the clock to `until`
+    /// (if later than now).
+    pub fn run_until(&mut self, until: Instant) {
+        while let Some(t) = self.net.queue.peek_time() {
+            if t > until {
+                break;
+            }
+            let Some(e) = self.net.queue.pop() else { break };
+            self.net.now = e.time;
+            self.events += 1;
+            self.handle(e.event);
+            if let Some((every, next, f)) = &mut self.progress
+                && self.net.now >= *next
+            {
+                f(self.net.now);
+                while *next <= self.net.now {
+                    *next = *next + *every;
+                }
+            }
+        }
+        if until > self.net.now {
+            self.net.now = until;
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        let now = self.net.now;
+        match ev {
+            Ev::TxDone { link, epoch } => {
+                let mtu = self.net.mtu_hint;
+                let l = &mut self.net.links[link.0 as usize];
+                if l.epoch != epoch {
+                    return;
+                }
+                let Some(done) = l.tx_done(now, mtu) else {
+                    return;
+                };
+                if let Some(t) = done.next_done {
+                    self.net.queue.push(t, Ev::TxDone { link, epoch });
+                }
+                match done.outcome {
+                    Ok((pkt, at)) => {
+                        let slot = self.net.park(pkt);
+                        self.net.queue.push(at, Ev::Arrive { link, epoch, slot });
+                    }
+                    Err((pkt, cause)) => self.net.drop_pkt(pkt, cause, None),
+                }
+                if let Some(n) = done.wake {
+                    self.net.queue.push(now, Ev::HostTxReady(n));
+                }
+            }
+            Ev::Arrive { link, epoch, slot } => {
+                let Some(pkt) = self.net.unpark(slot) else {
+                    self.net
+                        .ledger
+                        .violations
+                        .push(format!("arrival of an empty wire slot {slot}"));
+                    return;
+                };
+                let l = &mut self.net.links[link.0 as usize];
+                if l.epoch != epoch || !l.up {
+                    l.stats.dropped_link_down += 1;
+                    self.net.drop_pkt(pkt, DropCause::LinkDown, None);
+                    return;
+                }
+                l.stats.delivered_packets += 1;
+                l.stats.delivered_bytes += pkt.len() as u64;
+                let (node, port) = l.to;
+                self.deliver(node, port, pkt);
+            }
+            Ev::Wake(node) => {
+                let slot = &mut self.nodes[node.0 as usize];
+                if slot.armed != Some(now) {
+                    return; // superseded by an earlier deadline
+                }
+                slot.armed = None;
+                if matches!(slot.kind, NodeKind::Host(_)) {
+                    self.poll_host(node);
+                } else {
+                    self.fire_timer(node);
+                }
+            }
+            Ev::HostTxReady(node) => self.poll_host(node),
+            Ev::LinkState { link, up } => self.apply_link_state(link, up),
+        }
+    }
+
+    fn apply_link_state(&mut self, link: LinkId, up: bool) {
+        let flushed = self.net.links[link.0 as usize].set_up(up);
+        for p in flushed {
+            self.net.drop_pkt(p, DropCause::LinkDown, None);
+        }
+        if let Some(n) = self.net.links[link.0 as usize].take_waker() {
+            self.net.queue.push(self.net.now, Ev::HostTxReady(n));
+        }
+    }
+
+    fn deliver(&mut self, node: NodeId, port: Port, pkt: Packet) {
+        let now = self.net.now;
+        let slot = &mut self.nodes[node.0 as usize];
+        match &mut slot.kind {
+            NodeKind::Element(e) => {
+                let mut emit = Emit {
+                    net: &mut self.net,
+                    node,
+                    out: &slot.out,
+                };
+                e.on_packet(now, port, pkt, &mut emit);
+                let next = e.next_timer();
+                arm(&mut slot.armed, &mut self.net.queue, node, next, now);
+            }
+            NodeKind::Host(h) => {
+                if let Err(full) = h.check_ingress(pkt.bytes()) {
+                    let cause = if full {
+                        DropCause::HostRxFull
+                    } else {
+                        DropCause::HostRejected
+                    };
+                    self.net.drop_pkt(pkt, cause, Some(node));
+                    return;
+                }
+                self.net.ledger.delivered(pkt.meta.id);
+                let delay = now - pkt.meta.sent_at;
+                let d_ns = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+                self.delay
+                    .saturating_record(d_ns.clamp(1, DELAY_HIST_MAX_NS));
+                self.delay_max = self.delay_max.max(d_ns);
+                self.delay_sum += d_ns as u128;
+                let mut reordered = false;
+                if let Some(f) = pkt.meta.flow
+                    && let Some(rec) = self.net.flows.get_mut(f.0 as usize)
+                {
+                    rec.delivered += 1;
+                    rec.max_delay_ns = rec.max_delay_ns.max(d_ns);
+                    rec.delay_sum_ns = rec.delay_sum_ns.saturating_add(d_ns);
+                    match rec.max_seq_delivered {
+                        Some(m) if pkt.meta.seq < m => {
+                            rec.reordered += 1;
+                            reordered = true;
+                        }
+                        _ => rec.max_seq_delivered = Some(pkt.meta.seq),
+                    }
+                }
+                if let Some(obs) = &mut self.observer {
+                    obs(&Arrival {
+                        now,
+                        host: node,
+                        packet: &pkt,
+                        delay,
+                        reordered,
+                    });
+                }
+                h.push_ingress(pkt.bytes);
+                self.poll_host(node);
+            }
+        }
+    }
+
+    fn fire_timer(&mut self, node: NodeId) {
+        let now = self.net.now;
+        let slot = &mut self.nodes[node.0 as usize];
+        let NodeKind::Element(e) = &mut slot.kind else {
+            return;
+        };
+        if e.next_timer().is_some_and(|t| t <= now) {
+            let mut emit = Emit {
+                net: &mut self.net,
+                node,
+                out: &slot.out,
+            };
+            e.on_timer(now, &mut emit);
+        }
+        let mut next = e.next_timer();
+        if next.is_some_and(|t| t <= now) {
+            self.timer_spins += 1;
+            next = Some(now + Duration::from_nanos(1));
+        }
+        arm(&mut slot.armed, &mut self.net.queue, node, next, now);
+    }
+
+    fn rearm_element(&mut self, node: NodeId, now: Instant) {
+        let slot = &mut self.nodes[node.0 as usize];
+        if let NodeKind::Element(e) = &slot.kind {
+            let next = e.next_timer();
+            arm(&mut slot.armed, &mut self.net.queue, node, next, now);
+        }
+    }
+
+    fn poll_host(&mut self, node: NodeId) {
+        let now = self.net.now;
+        let slot = &mut self.nodes[node.0 as usize];
+        let NodeKind::Host(h) = &mut slot.kind else {
+            return;
+        };
+        let link = slot.out.first().copied().flatten();
+        let mtu = h.cfg.mtu.max(1);
+        let budget = match link {
+            Some(l) => {
+                let lk = &self.net.links[l.0 as usize];
+                if lk.up {
+                    lk.free_bytes() / mtu + usize::from(lk.is_idle())
+                } else {
+                    usize::MAX / 2
+                }
+            }
+            None => usize::MAX / 2,
+        };
+        std::mem::swap(&mut h.dev.free, &mut self.net.pool);
+        let out = h.poll(now, budget, self.bin);
+        std::mem::swap(&mut h.dev.free, &mut self.net.pool);
+        let mut frames = std::mem::take(&mut h.dev.tx);
+        for frame in frames.drain(..) {
+            let tuple = FiveTuple::of_ipv4(&frame).unwrap_or(FiveTuple {
+                src: h.cfg.addr.octets(),
+                dst: [0; 4],
+                proto: 0,
+                sport: 0,
+                dport: 0,
+            });
+            let flows = &mut self.net.flows;
+            let fid = *h.flows.entry(tuple).or_insert_with(|| {
+                flows.push(FlowRecord {
+                    tuple,
+                    src: node,
+                    sent: 0,
+                    delivered: 0,
+                    dropped: 0,
+                    reordered: 0,
+                    max_seq_delivered: None,
+                    max_delay_ns: 0,
+                    delay_sum_ns: 0,
+                });
+                FlowId((flows.len() - 1) as u32)
+            });
+            let rec = &mut self.net.flows[fid.0 as usize];
+            let seq = rec.sent;
+            rec.sent += 1;
+            let pkt = self.net.new_packet(frame, Some(fid), seq, node);
+            self.net.send_on(link, pkt, Some(node));
+        }
+        h.dev.tx = frames;
+        if out.blocked
+            && let Some(l) = link
+        {
+            self.net.links[l.0 as usize].set_waker(node);
+        }
+        arm(
+            &mut slot.armed,
+            &mut self.net.queue,
+            node,
+            out.next_wake,
+            now,
+        );
+    }
+
+    fn sink_bins(&self, apps: &[AppId]) -> Vec<&[u64]> {
+        let all: Vec<AppId> = (0..self.apps.len() as u32).map(AppId).collect();
+        let sel = if apps.is_empty() { &all[..] } else { apps };
+        sel.iter()
+            .filter_map(|a| {
+                let (node, idx) = *self.apps.get(a.0 as usize)?;
+                match &self.nodes[node.0 as usize].kind {
+                    NodeKind::Host(h) => h.apps.get(idx).map(|a| a.bins.as_slice()),
+                    NodeKind::Element(_) => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Goodput of the given sink applications (all applications if `apps` is empty), summed,
+    /// per goodput bin: `(bin start in ms, Mbit/s)` for every complete bin up to now.
+    /// Goodput counts payload bytes read by the receiving application in the bin.
+    pub fn goodput(&self, apps: &[AppId]) -> Vec<(f64, f64)> {
+        let bin_ns = self.bin.as_nanos().max(1) as u64;
+        let n = (self.net.now.as_nanos() / bin_ns) as usize;
+        let mut sum = vec![0u64; n];
+        for bins in self.sink_bins(apps) {
+            for (s, b) in sum.iter_mut().zip(bins) {
+                *s += *b;
+            }
+        }
+        let bin_s = self.bin.as_secs_f64();
+        sum.iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                (
+                    (i as u64 * bin_ns) as f64 / 1e6,
+                    b as f64 * 8.0 / bin_s / 1e6,
+                )
+            })
+            .collect()
+    }
+
+    /// Mean goodput in bit/s of the given sinks (all if empty) over the bins that start in
+    /// `[from, to)` (bin-aligned).
+    pub fn mean_goodput_bps(&self, apps: &[AppId], from: Instant, to: Instant) -> f64 {
+        let bin_ns = self.bin.as_nanos().max(1) as u64;
+        let (a, b) = (
+            from.as_nanos().div_ceil(bin_ns) as usize,
+            (to.as_nanos() / bin_ns) as usize,
+        );
+        if b <= a {
+            return 0.0;
+        }
+        let bytes: u64 = self
+            .sink_bins(apps)
+            .iter()
+            .map(|bins| bins.iter().take(b).skip(a).sum::<u64>())
+            .sum();
+        bytes as f64 * 8.0 / ((b - a) as f64 * self.bin.as_secs_f64())
+    }
+
+    /// Builds the report, including the end-of-run ledger scan and invariant checks.
+    pub fn report(&self) -> Report {
+        let ledger = &self.net.ledger;
+        let mut violations: Vec<String> = ledger.violations.clone();
+        let mut live = ledger.live_snapshot();
+        let mut in_flight = 0u64;
+        let mut held = 0u64;
+        let mut bad_ticks = 0u64;
+        for l in &self.net.links {
+            l.for_each_packet(&mut |p| {
+                in_flight += 1;
+                if !live.tick(p.meta.id) {
+                    bad_ticks += 1;
+                }
+            });
+        }
+        for pkt in self.net.wire.iter().flatten() {
+            in_flight += 1;
+            if !live.tick(pkt.meta.id) {
+                bad_ticks += 1;
+            }
+        }
+        for slot in &self.nodes {
+            if let NodeKind::Element(e) = &slot.kind {
+                e.held_packets(&mut |p| {
+                    held += 1;
+                    if !live.tick(p.meta.id) {
+                        bad_ticks += 1;
+                    }
+                });
+            }
+        }
+        if bad_ticks > 0 {
+            violations.push(format!(
+                "{bad_ticks} packets found in the network that were already retired or seen twice"
+            ));
+        }
+        let unaccounted_ids: Vec<u64> = live.remaining().take(10).collect();
+        let unaccounted = live.remaining().count() as u64;
+        if unaccounted > 0 {
+            violations.push(format!(
+                "{unaccounted} packets unaccounted for (created, never delivered/dropped, not in flight or held), e.g. ids {unaccounted_ids:?}"
+            ));
+        }
+        let dropped_total = ledger.dropped_total();
+        let sum = ledger.delivered_to_hosts
+            + ledger.consumed_by_elements
+            + dropped_total
+            + in_flight
+            + held
+            + unaccounted;
+        if sum != ledger.created + bad_ticks {
+            violations.push(format!(
+                "ledger does not balance: created {} != delivered {} + consumed {} + dropped {} + in flight {} + held {} + unaccounted {}",
+                ledger.created,
+                ledger.delivered_to_hosts,
+                ledger.consumed_by_elements,
+                dropped_total,
+                in_flight,
+                held,
+                unaccounted
+            ));
+        }
+        let ledger_report = LedgerReport {
+            created: ledger.created,
+            delivered_to_hosts: ledger.delivered_to_hosts,
+            consumed_by_elements: ledger.consumed_by_elements,
+            dropped: ledger.drops.iter().map(|(c, n)| (c.name(), *n)).collect(),
+            element_drops: ledger
+                .element_drops
+                .iter()
+                .map(|((node, r), n)| (format!("{}:{}", self.nodes[node.0 as usize].name, r), *n))
+                .collect(),
+            in_flight_at_end: in_flight,
+            held_by_elements_at_end: held,
+            unaccounted,
+            unaccounted_ids,
+        };
+        let count = self.delay.len();
+        let delay = DelaySummary {
+            count,
+            mean_ns: if count > 0 {
+                self.delay_sum as f64 / count as f64
+            } else {
+                0.0
+            },
+            p50_ns: self.delay.value_at_quantile(0.5),
+            p99_ns: self.delay.value_at_quantile(0.99),
+            max_ns: self.delay_max,
+        };
+        let mut hosts = Vec::new();
+        for slot in &self.nodes {
+            if let NodeKind::Host(h) = &slot.kind {
+                hosts.push(HostReport {
+                    name: slot.name.clone(),
+                    addr: h.cfg.addr.to_string(),
+                    stats: h.stats.clone(),
+                });
+            }
+        }
+        let apps = self
+            .apps
+            .iter()
+            .filter_map(|&(node, idx)| match &self.nodes[node.0 as usize].kind {
+                NodeKind::Host(h) => h.apps.get(idx).map(|a| AppReport {
+                    host: self.nodes[node.0 as usize].name.clone(),
+                    stats: a.stats.clone(),
+                }),
+                NodeKind::Element(_) => None,
+            })
+            .collect();
+        Report {
+            seed: self.seed,
+            now_ns: self.net.now.as_nanos(),
+            events: self.events,
+            timer_spins: self.timer_spins,
+            ledger: ledger_report,
+            links: self
+                .net
+                .links
+                .iter()
+                .map(|l| LinkReport {
+                    name: l.name.clone(),
+                    config: l.cfg.clone(),
+                    stats: l.stats.clone(),
+                    queued_bytes_at_end: l.queued_bytes() as u64,
+                })
+                .collect(),
+            hosts,
+            apps,
+            flows: summarize_flows(&self.net.flows),
+            delay,
+            goodput_mbps: self.goodput(&[]),
+            violations,
+        }
+    }
+}
