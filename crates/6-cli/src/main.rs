@@ -1,6 +1,8 @@
 //! `flowshift`: the command-line front end (layer 6). Subcommands map to the drivers below.
 
 mod bench;
+#[allow(dead_code)] // used by the experiments (next step)
+mod plot;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
