@@ -1,0 +1,11 @@
+//! Layer 4 of flowshift: the controller's policy, sans-IO.
+//!
+//! [`rules`] computes the switch's flow table as plain values ([`rules::Rule`]: priority, match on
+//! in-port / destination MAC / IPv4 source or destination prefix, actions set-destination-MAC and
+//! output), in a form that maps one-to-one to OpenFlow 1.3 flow-mods, and the difference between
+//! two tables as the flow-mods to send. The drivers (simulated switch, Open vSwitch over
+//! OpenFlow) apply them.
+
+#![deny(missing_docs)]
+
+pub mod rules;
