@@ -147,7 +147,7 @@ impl Default for NatConfig {
 /// Why a configuration is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    /// `port_min > port_max` or the range holds no whole block.
+    /// `port_min` is 0, `port_min > port_max`, or the range holds no whole block.
     #[error("port range {min}..={max} holds no block of {block} ports")]
     PortRange {
         /// First port.
@@ -206,7 +206,7 @@ impl NatConfig {
         if self.block_size == 0 || !self.block_size.is_multiple_of(64) {
             return Err(ConfigError::BlockSize(self.block_size));
         }
-        if self.blocks_per_group() == 0 {
+        if self.port_min == 0 || self.blocks_per_group() == 0 {
             return Err(ConfigError::PortRange {
                 min: self.port_min,
                 max: self.port_max,

@@ -121,7 +121,7 @@ pub struct Counters {
     pub events_dropped: u64,
     /// State records installed by import.
     pub records_imported: u64,
-    /// State records refused by import (malformed or conflicting).
+    /// State records refused by import (every record of a refused batch counts).
     pub records_refused: u64,
 }
 

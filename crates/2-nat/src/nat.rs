@@ -1111,7 +1111,7 @@ impl Nat {
                 IcmpKind::Error if self.subscriber_group(u32::from_be_bytes(h.src)).is_none() => {
                     return self.icmp_error_in(now, pkt, h, g);
                 }
-                IcmpKind::Error => return self.outbound(now, pkt, h, l4, true),
+                IcmpKind::Error => return self.icmp_error_hairpin(now, pkt, h, g),
                 IcmpKind::Other => return Verdict::Drop(DropReason::UnsupportedIcmp),
             },
         };
@@ -1354,6 +1354,50 @@ impl Nat {
         self.last_session = slot;
         self.counters.translated_in += 1;
         Verdict::ToInside
+    }
+
+    /// An error from a subscriber about a hairpinned packet (RFC 5508 REQ-7), addressed to an
+    /// external address of group `g`: translated out (as from the sender's mapping), then in
+    /// (towards the subscriber that sent the quoted packet), with one TTL decrement. A refused
+    /// second half leaves the packet unchanged.
+    fn icmp_error_hairpin(
+        &mut self,
+        now: Instant,
+        pkt: &mut [u8],
+        h: &Ipv4Header,
+        g: u16,
+    ) -> Verdict {
+        // Rare path: a copy of the message to restore it if the inbound half refuses it.
+        let saved = pkt[..h.total_len].to_vec();
+        let v = self.icmp_error_out(now, pkt, h);
+        if v != Verdict::ToOutside {
+            return v;
+        }
+        self.counters.translated_out -= 1;
+        let v = match packet::parse_ipv4(pkt, false) {
+            Ok(h2) => self.icmp_error_in(now, pkt, &h2, g),
+            Err(e) => Verdict::Drop(parse_drop(e)),
+        };
+        match v {
+            Verdict::ToInside => {
+                // Both halves decremented the TTL: one decrement only, header checksum redone.
+                pkt[field::IPV4_TTL] = h.ttl - 1;
+                set_u16(pkt, field::IPV4_CHECKSUM, 0);
+                let c = checksum::compute(&pkt[..h.header_len]);
+                set_u16(pkt, field::IPV4_CHECKSUM, c);
+                self.counters.hairpinned += 1;
+                Verdict::ToInside
+            }
+            v => {
+                pkt[..h.total_len].copy_from_slice(&saved);
+                match v {
+                    Verdict::ToPeer(_) | Verdict::Hold(_) => {
+                        Verdict::Drop(DropReason::GroupDraining)
+                    }
+                    v => v,
+                }
+            }
+        }
     }
 
     /// An error from a subscriber about a packet this NAT sent in (inner destination = internal).
@@ -1963,6 +2007,20 @@ impl Nat {
     /// duplicates, and batches that would exceed the table bounds. Imported blocks may exceed
     /// the per-subscriber block limit (the peer allocated them).
     pub fn import(
+        &mut self,
+        g: GroupId,
+        now: Instant,
+        bytes: &[u8],
+    ) -> Result<ImportSummary, NatError> {
+        let result = self.import_all_or_nothing(g, now, bytes);
+        if result.is_err() {
+            self.counters.records_refused +=
+                (bytes.len() / crate::record::RECORD_LEN).max(1) as u64;
+        }
+        result
+    }
+
+    fn import_all_or_nothing(
         &mut self,
         g: GroupId,
         now: Instant,

@@ -66,6 +66,7 @@ pub mod measure;
 pub mod packet;
 pub mod rng;
 pub mod sim;
+pub mod switch;
 
 pub use element::{Element, Emit, RouterStats, StaticRouter};
 pub use flowshift_wire::Instant;
@@ -76,3 +77,4 @@ pub use link::{LinkConfig, LinkStats};
 pub use measure::{DelaySummary, InvariantError, LedgerReport, Report};
 pub use packet::{DropCause, FiveTuple, FlowId, LinkId, NodeId, Packet, PacketId, Port};
 pub use sim::{AppId, Arrival, DropInfo, Sim, SimConfig, SimError};
+pub use switch::{RuleSwitch, SwitchStats};
