@@ -1,11 +1,15 @@
 //! `flowshift`: the command-line front end (layer 6). Subcommands map to the drivers below.
 
+mod alloc;
 mod bench;
 #[allow(dead_code)] // used by the experiments (next step)
 mod plot;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: alloc::HugePageAlloc = alloc::HugePageAlloc;
 
 /// flowshift: a carrier-grade NAT cluster that migrates live flow state between instances.
 #[derive(Parser)]
