@@ -83,6 +83,14 @@ drop_reasons! {
     FreezeBufferFull = "freeze_buffer_full",
     /// Migration: the daisy-chain queue towards the peer instance is full.
     ChainQueueFull = "chain_queue_full",
+    /// Migration: a new flow arrived while the source waited for the destination's
+    /// acknowledgement of `Prepare`, and the buffer for such packets was full.
+    PrepareBufferFull = "prepare_buffer_full",
+    /// Migration: the destination's queue of switch packets held until the end of the daisy
+    /// chain was full.
+    CutoverHoldFull = "cutover_hold_full",
+    /// The driver's output queue was full.
+    OutputQueueFull = "output_queue_full",
 }
 
 /// Packet and table counters of one NAT instance. Plain integers: the owner is single-threaded.

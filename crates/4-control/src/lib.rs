@@ -5,7 +5,11 @@
 //! output), in a form that maps one-to-one to OpenFlow 1.3 flow-mods, and the difference between
 //! two tables as the flow-mods to send. The drivers (simulated switch, Open vSwitch over
 //! OpenFlow) apply them.
+//!
+//! [`orchestrator`] drives migrations step by step (start, redirect, barrier, cutover, done)
+//! by emitting commands for the instances and the switch and consuming their events.
 
 #![deny(missing_docs)]
 
+pub mod orchestrator;
 pub mod rules;

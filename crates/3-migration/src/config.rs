@@ -1,0 +1,224 @@
+//! Configuration of an instance's migration engine ([`MigrationConfig`]) and the parameters of
+//! one migration ([`Params`]). Durations serialize as integer milliseconds.
+
+use core::time::Duration;
+use serde::{Deserialize, Serialize};
+
+/// Engine-wide settings: the transfer channel, buffer bounds, queue bounds. Validated by
+/// [`MigrationConfig::validate`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MigrationConfig {
+    /// First retransmission timeout of a message (default 20 ms).
+    #[serde(with = "millis")]
+    pub rto_initial: Duration,
+    /// Ceiling of the doubled retransmission timeout (default 1 s).
+    #[serde(with = "millis")]
+    pub rto_max: Duration,
+    /// Retransmissions of one message before the channel is declared failed (default 8).
+    pub max_retries: u32,
+    /// Messages a receiver keeps ahead of a gap (default 64); later ones are refused, counted.
+    pub reorder_window: u32,
+    /// Bytes of frames a receiver keeps ahead of a gap, per migration (default 8 MiB).
+    pub reorder_bytes: u32,
+    /// Messages a sender keeps unacknowledged per migration before it stops producing batches
+    /// (default 32; control messages may exceed it by a few).
+    pub max_unacked: u32,
+    /// Source: a keepalive `Ping` is sent after this long without sending anything (default 1 s).
+    #[serde(with = "millis")]
+    pub keepalive: Duration,
+    /// Destination: the migration is abandoned after this long without a frame from the source
+    /// (default 10 s; must exceed `keepalive` plus the retransmission schedule).
+    #[serde(with = "millis")]
+    pub peer_timeout: Duration,
+    /// Packets a source may buffer per migration (frozen mappings' packets and new flows
+    /// waiting for `PrepareAck`); overflow is a counted drop (default 8192).
+    pub freeze_buffer_packets: u32,
+    /// Bytes a source may buffer per migration (default 8 MiB).
+    pub freeze_buffer_bytes: u32,
+    /// Switch packets a destination may hold per migration until the source's end-of-chain
+    /// marker (default 8192); overflow is a counted drop.
+    pub cutover_hold_packets: u32,
+    /// Bytes a destination may hold per migration (default 8 MiB).
+    pub cutover_hold_bytes: u32,
+    /// Longest a destination holds switch packets waiting for the end-of-chain marker; then it
+    /// releases them anyway (default 1 s).
+    #[serde(with = "millis")]
+    pub cutover_hold_max: Duration,
+    /// Bound of the output queue (default 65536). The driver drains `poll_output` after every
+    /// call; overflow is a counted drop.
+    pub max_outputs: u32,
+    /// Bound of the event queue (default 4096); overflow is counted.
+    pub max_events: u32,
+    /// Migrations in progress at once on this instance, either role (default 16).
+    pub max_migrations: u32,
+    /// Finished migrations kept for `report` and for re-acknowledging late frames (default 64);
+    /// the oldest is forgotten first.
+    pub max_finished: u32,
+    /// Hand dropped packets back as `Output::Dropped` (default false: they are only counted).
+    pub report_drops: bool,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        MigrationConfig {
+            rto_initial: Duration::from_millis(20),
+            rto_max: Duration::from_secs(1),
+            max_retries: 8,
+            reorder_window: 64,
+            reorder_bytes: 8 << 20,
+            max_unacked: 32,
+            keepalive: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(10),
+            freeze_buffer_packets: 8192,
+            freeze_buffer_bytes: 8 << 20,
+            cutover_hold_packets: 8192,
+            cutover_hold_bytes: 8 << 20,
+            cutover_hold_max: Duration::from_secs(1),
+            max_outputs: 65536,
+            max_events: 4096,
+            max_migrations: 16,
+            max_finished: 64,
+            report_drops: false,
+        }
+    }
+}
+
+impl MigrationConfig {
+    /// Checks bounds are non-zero and consistent.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.rto_initial.is_zero() || self.rto_max < self.rto_initial {
+            return Err("need 0 < rto_initial <= rto_max");
+        }
+        if self.reorder_window == 0 || self.max_unacked == 0 {
+            return Err("reorder_window and max_unacked must be non-zero");
+        }
+        if self.keepalive.is_zero() || self.peer_timeout <= self.keepalive {
+            return Err("need 0 < keepalive < peer_timeout");
+        }
+        if self.max_migrations == 0 || self.max_events == 0 || self.max_outputs == 0 {
+            return Err("max_migrations, max_events and max_outputs must be non-zero");
+        }
+        if (self.max_outputs as u64)
+            < self.freeze_buffer_packets as u64 + self.cutover_hold_packets as u64
+        {
+            return Err("max_outputs must hold a released freeze buffer and hold queue");
+        }
+        Ok(())
+    }
+}
+
+/// How the idle phase measures the death rate of the source's mappings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RateMode {
+    /// Deaths per second divided by the mappings remaining at the window's start (a fraction
+    /// per second).
+    Relative,
+    /// Deaths per second.
+    Absolute,
+}
+
+/// Parameters of one migration (all algorithms; each reads the fields it needs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Params {
+    /// Most mappings per `Batch` (default 256). A mapping always travels whole, in one batch.
+    pub batch_size: u32,
+    /// Most record bytes per `Batch` (default 64 KiB); a single larger mapping still travels
+    /// alone.
+    pub batch_max_bytes: u32,
+    /// Batches sent and not yet acknowledged at once (default 1: freeze, send, wait for the
+    /// acknowledgement, repeat; stop-copy and pre-copy benefit from more).
+    pub batches_in_flight: u32,
+    /// Idle phase: how often the source counts its remaining mappings (default 1 s, the NAT's
+    /// default expiry granularity).
+    #[serde(with = "millis")]
+    pub idle_sample_interval: Duration,
+    /// Idle phase: the death rate is measured over this many samples (default 10).
+    pub idle_window_samples: u32,
+    /// Idle phase: leave when the death rate falls below this (default 0.005, i.e. 0.5 % of the
+    /// remaining mappings per second in `Relative` mode). Checked once a full window exists.
+    pub idle_rate_threshold: f64,
+    /// Idle phase: how the rate is measured (default `Relative`).
+    pub idle_rate_mode: RateMode,
+    /// Idle phase: leave after this long whatever the rate (default 300 s: longer than the
+    /// default UDP and TCP-transitory timeouts). Zero skips the idle phase. All exit rules are
+    /// evaluated at samples, so the phase ends at the first sample at or after this.
+    #[serde(with = "millis")]
+    pub idle_max: Duration,
+    /// Idle phase: leave as soon as at most this many mappings remain (default 0).
+    pub idle_floor: u32,
+    /// Pre-copy: stop iterating after a round that copied at most this many mappings
+    /// (default 64).
+    pub precopy_stop_threshold: u32,
+    /// Pre-copy: most rounds before the final stop-and-copy, round 0 included (default 30).
+    pub precopy_max_rounds: u32,
+    /// Pre-copy: least time between the starts of two rounds (default 0: a round starts when
+    /// the previous one is acknowledged).
+    #[serde(with = "millis")]
+    pub precopy_min_round_interval: Duration,
+    /// After `cutover_done`, how long the source keeps chaining stragglers before it forgets
+    /// the group (default 50 ms; choose at least twice the switch-to-source delay).
+    #[serde(with = "millis")]
+    pub drain: Duration,
+    /// Freeze-copy: consecutive refused batches before the migration gives up (default 8).
+    pub max_batch_refusals: u32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            batch_size: 256,
+            batch_max_bytes: 64 << 10,
+            batches_in_flight: 1,
+            idle_sample_interval: Duration::from_secs(1),
+            idle_window_samples: 10,
+            idle_rate_threshold: 0.005,
+            idle_rate_mode: RateMode::Relative,
+            idle_max: Duration::from_secs(300),
+            idle_floor: 0,
+            precopy_stop_threshold: 64,
+            precopy_max_rounds: 30,
+            precopy_min_round_interval: Duration::ZERO,
+            drain: Duration::from_millis(50),
+            max_batch_refusals: 8,
+        }
+    }
+}
+
+impl Params {
+    /// Checks the parameters against an engine configuration.
+    pub fn validate(&self, cfg: &MigrationConfig) -> Result<(), &'static str> {
+        if self.batch_size == 0 || self.batch_max_bytes < 24 {
+            return Err("batch_size must be >= 1 and batch_max_bytes >= 24");
+        }
+        if self.batch_max_bytes as usize > crate::proto::MAX_BODY - 4 {
+            return Err("batch_max_bytes exceeds the frame size");
+        }
+        if self.batches_in_flight == 0 || self.batches_in_flight > cfg.max_unacked {
+            return Err("need 1 <= batches_in_flight <= max_unacked");
+        }
+        if self.idle_sample_interval.is_zero() || self.idle_window_samples == 0 {
+            return Err("idle_sample_interval and idle_window_samples must be non-zero");
+        }
+        if !self.idle_rate_threshold.is_finite() || self.idle_rate_threshold < 0.0 {
+            return Err("idle_rate_threshold must be a finite non-negative number");
+        }
+        if self.precopy_max_rounds == 0 {
+            return Err("precopy_max_rounds must be >= 1");
+        }
+        Ok(())
+    }
+}
+
+mod millis {
+    use core::time::Duration;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}

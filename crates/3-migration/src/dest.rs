@@ -1,0 +1,398 @@
+//! The destination side of a migration: passive, it reacts to the source's messages.
+
+use crate::config::MigrationConfig;
+use crate::instance::{Core, GroupMatch, Mig, Side};
+use crate::proto::{self, Algorithm, MappingKey, Message};
+use crate::report::LossCause;
+use crate::{AbortReason, MigrationEvent, Phase};
+use flowshift_nat::record::RECORD_LEN;
+use flowshift_nat::{GroupConfig, GroupMode, RemoveCause};
+use flowshift_wire::Instant;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::Ipv4Addr;
+
+/// Pre-copy: the staged records of one mapping and when they arrived.
+struct Staged {
+    at: Instant,
+    records: Vec<u8>,
+}
+
+#[derive(Default)]
+pub(crate) struct Dst {
+    staged: BTreeMap<MappingKey, Staged>,
+    staged_records: u64,
+    imported_mappings: u32,
+    imported_records: u32,
+    group_added: bool,
+    committed: bool,
+    /// Switch packets of the group held until the end-of-chain marker.
+    held: VecDeque<(Instant, Vec<u8>)>,
+    held_bytes: u64,
+    pub holding: bool,
+    /// From `Done`: chained packets to wait for.
+    pub done_target: Option<u64>,
+    done_at: Instant,
+}
+
+fn key_of(rec: &[u8]) -> MappingKey {
+    MappingKey {
+        proto: rec[0],
+        addr: [rec[4], rec[5], rec[6], rec[7]],
+        port: u16::from_be_bytes([rec[8], rec[9]]),
+    }
+}
+
+impl Mig {
+    fn dst(&mut self) -> &mut Dst {
+        match &mut self.side {
+            Side::Dst(d) => d,
+            Side::Src(_) => unreachable!("destination method on a source"),
+        }
+    }
+
+    pub(crate) fn dst_msg(&mut self, core: &mut Core, now: Instant, msg: Message) {
+        if self.terminal {
+            return;
+        }
+        match msg {
+            Message::Prepare(p) if !self.dst().group_added => self.dst_prepare(core, now, p),
+            Message::Batch { batch, records } if self.dst().group_added => {
+                self.dst_batch(core, now, batch, records)
+            }
+            Message::Delete(keys) => {
+                let d = self.dst();
+                for k in keys {
+                    if let Some(s) = d.staged.remove(&k) {
+                        d.staged_records -= (s.records.len() / RECORD_LEN) as u64;
+                    }
+                }
+            }
+            Message::Commit(c) if self.dst().group_added => self.dst_commit(core, now, c),
+            Message::Cutover => self.set_phase(core, now, Phase::Drain),
+            Message::Done(d) => {
+                if core.nat.release_reserved_blocks(self.group).is_err() {
+                    core.counters.internal_errors += 1;
+                }
+                let dd = self.dst();
+                dd.done_target = Some(d.chained);
+                dd.done_at = now;
+                self.set_phase(core, now, Phase::Drain);
+                self.dst_try_complete(core, now);
+            }
+            Message::Abort(reason) => self.dst_revert(core, now, reason),
+            Message::Ping | Message::Ack => {}
+            _ => core.counters.frames_unknown += 1,
+        }
+    }
+
+    fn dst_refuse(&mut self, core: &mut Core, now: Instant, reason: AbortReason) {
+        self.chan.send(now, &Message::Abort(reason), &core.cfg);
+        self.abort_final(core, now, reason, false);
+    }
+
+    fn dst_prepare(&mut self, core: &mut Core, now: Instant, p: proto::Prepare) {
+        self.set_phase(core, now, Phase::Prepare);
+        let nc = core.nat.config();
+        if (p.port_min, p.port_max, p.block_size) != (nc.port_min, nc.port_max, nc.block_size) {
+            self.dst_refuse(core, now, AbortReason::ConfigMismatch);
+            return;
+        }
+        let Some(subscribers) = flowshift_nat::prefix(Ipv4Addr::from(p.prefix_addr), p.prefix_len)
+        else {
+            self.dst_refuse(core, now, AbortReason::Protocol);
+            return;
+        };
+        let gcfg = GroupConfig {
+            external: Ipv4Addr::from(p.external),
+            subscribers,
+        };
+        // Freeze-copy serves chained new flows at once; the others install at commit.
+        let mode = match p.algorithm {
+            Algorithm::FreezeCopy => GroupMode::Active,
+            Algorithm::StopCopy | Algorithm::PreCopy => GroupMode::Halted,
+        };
+        let Ok(g) = core.nat.add_group(gcfg.clone(), mode) else {
+            self.dst_refuse(core, now, AbortReason::PrepareRefused);
+            return;
+        };
+        let blocks: Vec<u32> = p.held_blocks.iter().map(|b| b.0).collect();
+        if core.nat.reserve_blocks(g, &blocks).is_err() {
+            let _ = core.nat.remove_group(g);
+            self.dst_refuse(core, now, AbortReason::PrepareRefused);
+            return;
+        }
+        self.group = g;
+        self.gm = GroupMatch::new(&gcfg);
+        self.gcfg = Some(gcfg);
+        self.algorithm = p.algorithm;
+        let d = self.dst();
+        d.group_added = true;
+        d.holding = true;
+        self.chan.send(now, &Message::PrepareAck, &core.cfg);
+        core.event(MigrationEvent::Incoming {
+            migration: self.id,
+            group: g.0,
+            from: self.peer,
+        });
+        self.set_phase(core, now, Phase::Transfer);
+    }
+
+    fn dst_batch(&mut self, core: &mut Core, now: Instant, batch: u32, records: Vec<u8>) {
+        let n = (records.len() / RECORD_LEN) as u32;
+        self.st.batches += 1;
+        self.st.records += n as u64;
+        let g = self.group;
+        let (installed, ok) = match self.algorithm {
+            Algorithm::FreezeCopy | Algorithm::StopCopy => {
+                match core.nat.import(g, now, &records) {
+                    Ok(s) => {
+                        let d = self.dst();
+                        d.imported_mappings += s.mappings;
+                        d.imported_records += s.sessions;
+                        if self.algorithm == Algorithm::FreezeCopy {
+                            self.st.transferred += s.mappings;
+                        }
+                        (s.sessions, true)
+                    }
+                    Err(_) => (0, false),
+                }
+            }
+            Algorithm::PreCopy => {
+                let max = core.nat.config().max_sessions as u64;
+                let d = self.dst();
+                let mut by_key: BTreeMap<MappingKey, Vec<u8>> = BTreeMap::new();
+                for rec in records.chunks_exact(RECORD_LEN) {
+                    by_key
+                        .entry(key_of(rec))
+                        .or_default()
+                        .extend_from_slice(rec);
+                }
+                let replaced: u64 = by_key
+                    .keys()
+                    .filter_map(|k| d.staged.get(k))
+                    .map(|s| (s.records.len() / RECORD_LEN) as u64)
+                    .sum();
+                let total = d.staged_records - replaced + n as u64;
+                if total > max {
+                    (0, false)
+                } else {
+                    for (k, recs) in by_key {
+                        d.staged.insert(
+                            k,
+                            Staged {
+                                at: now,
+                                records: recs,
+                            },
+                        );
+                    }
+                    d.staged_records = total;
+                    (n, true)
+                }
+            }
+        };
+        if !ok {
+            self.st.batches_refused += 1;
+        }
+        self.chan.send(
+            now,
+            &Message::BatchAck(proto::BatchAck {
+                batch,
+                installed,
+                ok,
+            }),
+            &core.cfg,
+        );
+    }
+
+    fn dst_commit(&mut self, core: &mut Core, now: Instant, c: proto::Commit) {
+        let g = self.group;
+        let ok = match self.algorithm {
+            Algorithm::StopCopy => {
+                let d = self.dst();
+                d.imported_mappings == c.mappings && d.imported_records == c.records
+            }
+            Algorithm::PreCopy => {
+                let d = self.dst();
+                if d.staged.len() as u64 != c.mappings as u64
+                    || d.staged_records != c.records as u64
+                {
+                    false
+                } else {
+                    // Records carry their idle time at export; add the time they waited here.
+                    let mut all = Vec::with_capacity(d.staged_records as usize * RECORD_LEN);
+                    for s in d.staged.values() {
+                        let extra = u32::try_from(now.saturating_since(s.at).as_millis())
+                            .unwrap_or(u32::MAX);
+                        for rec in s.records.chunks_exact(RECORD_LEN) {
+                            let start = all.len();
+                            all.extend_from_slice(rec);
+                            let idle = &mut all[start + 20..start + 24];
+                            let v = u32::from_be_bytes([idle[0], idle[1], idle[2], idle[3]])
+                                .saturating_add(extra);
+                            idle.copy_from_slice(&v.to_be_bytes());
+                        }
+                    }
+                    match core.nat.import(g, now, &all) {
+                        Ok(s) => {
+                            d.imported_mappings = s.mappings;
+                            d.imported_records = s.sessions;
+                            d.staged.clear();
+                            d.staged_records = 0;
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                }
+            }
+            Algorithm::FreezeCopy => false,
+        };
+        let d = self.dst();
+        let (mappings, records) = (d.imported_mappings, d.imported_records);
+        if ok {
+            d.committed = true;
+            core.set_mode(g, GroupMode::Active);
+            self.st.transferred = mappings;
+            self.set_phase(core, now, Phase::AwaitCutover);
+        }
+        self.chan.send(
+            now,
+            &Message::CommitAck(proto::CommitAck {
+                ok,
+                mappings,
+                records,
+            }),
+            &core.cfg,
+        );
+    }
+
+    /// Drops everything received for the migration and the group (the source reverted).
+    fn dst_drop_group(&mut self, core: &mut Core, now: Instant) {
+        let g = self.group;
+        let d = self.dst();
+        d.staged.clear();
+        d.staged_records = 0;
+        if !d.group_added {
+            return;
+        }
+        d.group_added = false;
+        for id in core.nat.group_mappings(g).unwrap_or_default() {
+            let _ = core.nat.remove_mapping(id, now, RemoveCause::Migrated);
+        }
+        if core.nat.remove_group(g).is_err() {
+            core.counters.internal_errors += 1;
+        }
+        self.st.transferred = 0;
+    }
+
+    fn dst_revert(&mut self, core: &mut Core, now: Instant, reason: AbortReason) {
+        self.dst_drop_group(core, now);
+        self.dst_release(core, now);
+        self.abort_final(core, now, reason, false);
+    }
+
+    /// The source is gone (silence or our own retransmissions exhausted).
+    fn dst_peer_failed(&mut self, core: &mut Core, now: Instant, reason: AbortReason) {
+        let keep = self.algorithm == Algorithm::FreezeCopy || self.dst().committed;
+        if !keep {
+            // The source reverts whatever it did not see committed.
+            self.dst_drop_group(core, now);
+        } else {
+            let d = self.dst();
+            d.staged.clear();
+            d.staged_records = 0;
+        }
+        self.dst_release(core, now);
+        let split = keep && self.dst().done_target.is_none();
+        self.abort_final(core, now, reason, split);
+    }
+
+    /// A switch packet of the group, held until the end-of-chain marker.
+    pub(crate) fn dst_hold(&mut self, core: &mut Core, now: Instant, pkt: Vec<u8>) {
+        let cfg = &core.cfg;
+        let d = self.dst();
+        if d.held.len() >= cfg.cutover_hold_packets as usize
+            || d.held_bytes + pkt.len() as u64 > cfg.cutover_hold_bytes as u64
+        {
+            self.lose(core, LossCause::CutoverHoldFull, pkt);
+            return;
+        }
+        d.held_bytes += pkt.len() as u64;
+        d.held.push_back((now, pkt));
+        self.st.buffered += 1;
+    }
+
+    /// Hands every held packet to the NAT (at the end of the current call), in arrival order.
+    fn dst_flush(&mut self, core: &mut Core, now: Instant) {
+        let held = std::mem::take(&mut self.dst().held);
+        self.dst().held_bytes = 0;
+        for (since, pkt) in held {
+            self.st.max_buffer_delay = self.st.max_buffer_delay.max(now - since);
+            core.reprocess.push(pkt);
+        }
+    }
+
+    /// Stops holding and flushes.
+    fn dst_release(&mut self, core: &mut Core, now: Instant) {
+        self.dst_flush(core, now);
+        self.dst().holding = false;
+    }
+
+    /// After `Done`: completes once every chained packet the source announced has arrived
+    /// (or `cutover_hold_max` after `Done`).
+    pub(crate) fn dst_try_complete(&mut self, core: &mut Core, now: Instant) {
+        let Some(target) = self.dst().done_target else {
+            return;
+        };
+        let rx = core.chain_rx.get(&self.peer).copied().unwrap_or(0);
+        let deadline = self.dst().done_at + core.cfg.cutover_hold_max;
+        if rx < target && now < deadline {
+            return;
+        }
+        if rx < target {
+            core.counters.hold_timeouts += 1;
+        }
+        self.dst_release(core, now);
+        self.complete(core, now);
+    }
+
+    pub(crate) fn dst_timeout(&mut self, core: &mut Core, now: Instant) {
+        self.chan.on_timeout(now, &core.cfg);
+        if self.terminal {
+            return;
+        }
+        if self.chan.failed {
+            self.dst_peer_failed(core, now, AbortReason::ChannelFailed);
+            return;
+        }
+        if now >= self.chan.last_heard + core.cfg.peer_timeout {
+            self.dst_peer_failed(core, now, AbortReason::PeerTimeout);
+            return;
+        }
+        if self.dst().done_target.is_some() {
+            self.dst_try_complete(core, now);
+            return;
+        }
+        let hold_max = core.cfg.cutover_hold_max;
+        if let Some(&(first, _)) = self.dst().held.front()
+            && now >= first + hold_max
+        {
+            // The marker is late: let these through (holding continues for later ones).
+            core.counters.hold_timeouts += 1;
+            self.dst_flush(core, now);
+        }
+    }
+
+    pub(crate) fn dst_next_timeout(&self, d: &Dst, cfg: &MigrationConfig) -> Instant {
+        let mut t = self.chan.next_timeout();
+        if self.terminal {
+            return t;
+        }
+        t = t.min(self.chan.last_heard + cfg.peer_timeout);
+        if d.done_target.is_some() {
+            t = t.min(d.done_at + cfg.cutover_hold_max);
+        } else if let Some(&(first, _)) = d.held.front() {
+            t = t.min(first + cfg.cutover_hold_max);
+        }
+        t
+    }
+}

@@ -1,0 +1,176 @@
+//! Counters and the per-migration report.
+
+use crate::channel::ChannelStats;
+use crate::{AbortReason, Algorithm, InstanceId, MigrationId, Role};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+macro_rules! loss_causes {
+    ($( $(#[doc = $doc:literal])* $name:ident = $label:literal, )*) => {
+        /// Why the migration engine (or the NAT, because of a migration) dropped a packet.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[repr(u8)]
+        pub enum LossCause { $( $(#[doc = $doc])* $name, )* }
+
+        impl LossCause {
+            /// Every cause, in counter order.
+            pub const ALL: &'static [LossCause] = &[$(LossCause::$name,)*];
+            /// Number of causes.
+            pub const COUNT: usize = LossCause::ALL.len();
+            /// Stable snake_case name (JSON keys).
+            pub const fn label(self) -> &'static str {
+                match self { $(LossCause::$name => $label,)* }
+            }
+        }
+    };
+}
+
+loss_causes! {
+    /// Stop-and-copy downtime: the NAT dropped a packet of the halted group (NAT reason
+    /// `GroupHalted`).
+    GroupHalted = "group_halted",
+    /// A hairpinned packet into a draining group, or a packet to chain with no peer (NAT
+    /// reason `GroupDraining`).
+    GroupDraining = "group_draining",
+    /// The source's buffer for frozen mappings' packets was full (NAT reason
+    /// `FreezeBufferFull`).
+    FreezeBufferFull = "freeze_buffer_full",
+    /// The source's buffer for new flows awaiting `PrepareAck` was full (NAT reason
+    /// `PrepareBufferFull`; the space is shared with the freeze buffer).
+    PrepareBufferFull = "prepare_buffer_full",
+    /// The output queue was full when a packet was to be chained (NAT reason
+    /// `ChainQueueFull`).
+    ChainQueueFull = "chain_queue_full",
+    /// The destination's queue of switch packets held until the end-of-chain marker was full
+    /// (NAT reason `CutoverHoldFull`).
+    CutoverHoldFull = "cutover_hold_full",
+}
+
+/// Instance-wide counters of the migration engine (per-migration figures are in reports).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct InstanceCounters {
+    /// Transfer frames handed to `handle_transfer`.
+    pub frames_in: u64,
+    /// Frames that did not decode (dropped).
+    pub frames_malformed: u64,
+    /// Frames for an unknown migration, from the wrong peer, or arriving before their
+    /// `Prepare` (dropped).
+    pub frames_unknown: u64,
+    /// Acknowledgements sent for frames of forgotten migrations.
+    pub stale_acks: u64,
+    /// Such acknowledgements refused because their queue was full.
+    pub stale_acks_dropped: u64,
+    /// Outputs refused because the output queue was full (translated packets lost; chained ones
+    /// are also counted as `ChainQueueFull`).
+    pub outputs_dropped: u64,
+    /// Events refused because the event queue was full.
+    pub events_dropped: u64,
+    /// Packets chained to peers.
+    pub chained_out: u64,
+    /// Packets received chained from peers.
+    pub chained_in: u64,
+    /// Buffered packets the engine processed again after a revert or a hold release.
+    pub reprocessed: u64,
+    /// Destination holds released by `cutover_hold_max` rather than by the end-of-chain marker.
+    pub hold_timeouts: u64,
+    /// Inconsistencies that should not happen (a `Hold` for a mapping no migration froze, a
+    /// mapping that could not be removed, ...); non-zero means a bug.
+    pub internal_errors: u64,
+}
+
+/// One phase of a migration: name, start and end in milliseconds of driver time.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PhaseSpan {
+    /// Phase name.
+    pub name: crate::Phase,
+    /// Start (ms).
+    pub start_ms: f64,
+    /// End (ms); `None` while it lasts.
+    pub end_ms: Option<f64>,
+}
+
+/// One pre-copy round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RoundReport {
+    /// Round number (0: the full copy).
+    pub round: u32,
+    /// Mappings sent.
+    pub copied: u32,
+    /// Of those, dirty.
+    pub dirty: u32,
+    /// Of those, new.
+    pub new: u32,
+    /// Mappings deleted on the destination (died since copied).
+    pub dead: u32,
+    /// Records (sessions) sent.
+    pub records: u32,
+    /// The final, halted round.
+    pub last: bool,
+}
+
+/// Everything worth reporting about one migration, from this instance's side (the source's
+/// report has the algorithm's figures; the destination's its receiving side).
+#[derive(Clone, Debug, Serialize)]
+pub struct MigrationReport {
+    /// Migration.
+    pub migration: MigrationId,
+    /// This instance's role.
+    pub role: Role,
+    /// The peer.
+    pub peer: InstanceId,
+    /// Algorithm.
+    pub algorithm: Algorithm,
+    /// External address of the group.
+    pub external: std::net::Ipv4Addr,
+    /// Phases in order.
+    pub phases: Vec<PhaseSpan>,
+    /// Finished successfully.
+    pub completed: bool,
+    /// Abandoned, and why.
+    pub aborted: Option<AbortReason>,
+    /// The group was left split between the instances.
+    pub split: bool,
+    /// `abort` was called and the migration completed forward.
+    pub forced_forward: bool,
+    /// Source: mappings at the start of the migration.
+    pub mappings_at_start: u32,
+    /// Source (freeze-copy): mappings that expired on the source during prepare and idle.
+    pub states_expired_idle: u32,
+    /// Mappings moved (source: removed after acknowledgement or commit; destination:
+    /// installed).
+    pub states_transferred: u32,
+    /// Records (sessions) sent or received in batches, retransmissions excluded.
+    pub records: u64,
+    /// Batches sent or received.
+    pub batches: u32,
+    /// Batches refused by the destination.
+    pub batches_refused: u32,
+    /// Protocol bytes this side sent (headers, retransmissions and acks included).
+    pub bytes_transferred: u64,
+    /// Protocol bytes this side received.
+    pub bytes_received: u64,
+    /// Channel counters.
+    pub channel: ChannelStats,
+    /// Source: packets buffered (frozen mappings and new flows during prepare); destination:
+    /// switch packets held until the end-of-chain marker.
+    pub packets_buffered: u64,
+    /// Source: packets chained to the destination for this migration.
+    pub packets_chained: u64,
+    /// Packets lost because of the migration, by cause.
+    pub packets_lost_by_cause: BTreeMap<&'static str, u64>,
+    /// Longest time any mapping stayed frozen (freeze-copy: freeze to acknowledgement) or the
+    /// group stayed halted (stop-copy, pre-copy's final round), in ms.
+    pub max_freeze_ms: f64,
+    /// Longest time a buffered packet waited (source: in the freeze buffer; destination: in
+    /// the hold queue), in ms.
+    pub max_buffer_delay_ms: f64,
+    /// Stop-copy and pre-copy: how long the group was halted (the downtime), in ms.
+    pub halted_ms: f64,
+    /// Pre-copy rounds.
+    pub precopy_rounds: Vec<RoundReport>,
+    /// Mappings whose fate is uncertain after a channel failure (see crate docs).
+    pub in_doubt_mappings: u32,
+    /// Freeze-copy: port blocks whose records exceeded a frame and were split across batches
+    /// (port exclusivity is then not guaranteed for that block; 0 with sane configurations).
+    pub blocks_split: u32,
+}

@@ -1,0 +1,928 @@
+//! The source side of a migration: it drives every algorithm.
+
+use crate::channel::Channel;
+use crate::config::{MigrationConfig, Params, RateMode};
+use crate::instance::{Core, GroupMatch, Mig, Route, Side, Stats};
+use crate::proto::{self, Algorithm, MappingKey, Message};
+use crate::report::{LossCause, RoundReport};
+use crate::{AbortOutcome, AbortReason, Error, InstanceId, MigrationEvent, MigrationId, Phase};
+use flowshift_nat::{GroupId, GroupMode, MappingId, RemoveCause};
+use flowshift_wire::Instant;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// A batch sent and not yet acknowledged.
+pub(crate) struct Flight {
+    /// (run key, mapping).
+    ids: Vec<(u32, MappingId)>,
+    sent_at: Instant,
+    /// Freeze-copy: packets of these mappings held meanwhile, in arrival order.
+    held: Vec<(Instant, Vec<u8>)>,
+}
+
+/// What pre-copy remembers of a copied mapping.
+struct Copied {
+    key: MappingKey,
+    at: Instant,
+    sessions: u32,
+    round: u32,
+}
+
+#[derive(Default)]
+pub(crate) struct Src {
+    held_at_prepare: Vec<u32>,
+    /// Freeze-copy: packets needing a new mapping while waiting for `PrepareAck`.
+    prep_buf: Vec<(Instant, Vec<u8>)>,
+    buf_pkts: u32,
+    buf_bytes: u64,
+    flights: BTreeMap<u32, Flight>,
+    next_batch: u32,
+    /// Mappings still to send in the current round (or freeze order), with their run key
+    /// (port block for freeze-copy, unique otherwise).
+    queue: VecDeque<(u32, MappingId)>,
+    // Idle phase.
+    idle_started: Instant,
+    next_sample: Instant,
+    last_count: u32,
+    window: VecDeque<(u32, u32)>,
+    /// Freeze-copy: a refused batch's mappings wait until then.
+    retry_at: Option<Instant>,
+    refusals: u32,
+    acked_any: bool,
+    chained: u64,
+    // Stop-copy / pre-copy.
+    copied: HashMap<MappingId, Copied>,
+    round: Option<RoundReport>,
+    rounds_started: u32,
+    round_started: Instant,
+    next_round: Option<(Instant, bool)>,
+    halted_at: Option<Instant>,
+    commit_sent: bool,
+    forward: bool,
+    drain_until: Instant,
+    done_sent: bool,
+}
+
+impl Mig {
+    fn src(&mut self) -> &mut Src {
+        match &mut self.side {
+            Side::Src(s) => s,
+            Side::Dst(_) => unreachable!("source method on a destination"),
+        }
+    }
+
+    fn src_ref(&self) -> &Src {
+        match &self.side {
+            Side::Src(s) => s,
+            Side::Dst(_) => unreachable!("source method on a destination"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start_source(
+        core: &mut Core,
+        now: Instant,
+        id: MigrationId,
+        group: GroupId,
+        to: InstanceId,
+        algorithm: Algorithm,
+        params: Params,
+    ) -> Result<Mig, Error> {
+        let gcfg = core.nat.group_config(group)?.clone();
+        let held = core.nat.held_blocks(group)?;
+        let stats = core.nat.group_stats(group)?;
+        if algorithm == Algorithm::FreezeCopy {
+            // Draining now, so the block set sent in Prepare is final (no mapping is created
+            // here afterwards) and the destination's allocations can never collide with ours.
+            core.nat.set_group_mode(group, GroupMode::Draining)?;
+            core.routes.push(Route {
+                group,
+                peer: to,
+                mig: id,
+                buffering: true,
+            });
+        }
+        let nc = core.nat.config();
+        let prepare = proto::Prepare {
+            external: gcfg.external.octets(),
+            prefix_addr: gcfg.subscribers.network().octets(),
+            prefix_len: gcfg.subscribers.prefix_len(),
+            algorithm,
+            held_blocks: held
+                .iter()
+                .map(|b| (b.block, b.subscriber.octets()))
+                .collect(),
+            port_min: nc.port_min,
+            port_max: nc.port_max,
+            block_size: nc.block_size,
+        };
+        let src = Src {
+            held_at_prepare: held.iter().map(|b| b.block).collect(),
+            ..Src::default()
+        };
+        let mut m = Mig {
+            id,
+            peer: to,
+            group,
+            gm: GroupMatch::new(&gcfg),
+            gcfg: Some(gcfg),
+            algorithm,
+            params,
+            chan: Channel::new(id, now),
+            phase: Phase::Prepare,
+            phases: Vec::new(),
+            terminal: false,
+            completed: false,
+            aborted: None,
+            split: false,
+            forced_forward: false,
+            listed: false,
+            st: Stats {
+                mappings_at_start: stats.mappings,
+                ..Stats::default()
+            },
+            side: Side::Src(Box::new(src)),
+        };
+        m.chan.send(now, &Message::Prepare(prepare), &core.cfg);
+        m.set_phase(core, now, Phase::Prepare);
+        Ok(m)
+    }
+
+    // ------------------------------------------------------------------ packet-path hooks
+
+    fn buffer_room(&mut self, core: &Core, len: usize) -> bool {
+        let cfg = &core.cfg;
+        let s = self.src();
+        if s.buf_pkts >= cfg.freeze_buffer_packets
+            || s.buf_bytes + len as u64 > cfg.freeze_buffer_bytes as u64
+        {
+            return false;
+        }
+        s.buf_pkts += 1;
+        s.buf_bytes += len as u64;
+        true
+    }
+
+    fn buffer_free(&mut self, len: usize) {
+        let s = self.src();
+        s.buf_pkts = s.buf_pkts.saturating_sub(1);
+        s.buf_bytes = s.buf_bytes.saturating_sub(len as u64);
+    }
+
+    /// Freeze-copy before `PrepareAck`: a packet that needs a new mapping waits.
+    pub(crate) fn src_prepare_buffer(&mut self, core: &mut Core, now: Instant, pkt: Vec<u8>) {
+        if self.terminal || !self.buffer_room(core, pkt.len()) {
+            self.lose(core, LossCause::PrepareBufferFull, pkt);
+            return;
+        }
+        self.st.buffered += 1;
+        self.src().prep_buf.push((now, pkt));
+    }
+
+    /// A packet of a frozen mapping (in `batch`) waits for the batch's acknowledgement.
+    pub(crate) fn src_hold(&mut self, core: &mut Core, now: Instant, batch: u32, pkt: Vec<u8>) {
+        let known = matches!(&self.side, Side::Src(s) if s.flights.contains_key(&batch));
+        if !known {
+            core.counters.internal_errors += 1;
+            self.lose(core, LossCause::FreezeBufferFull, pkt);
+            return;
+        }
+        if !self.buffer_room(core, pkt.len()) {
+            self.lose(core, LossCause::FreezeBufferFull, pkt);
+            return;
+        }
+        self.st.buffered += 1;
+        if let Some(f) = self.src().flights.get_mut(&batch) {
+            f.held.push((now, pkt));
+        }
+    }
+
+    pub(crate) fn src_note_chained(&mut self, ok: bool) {
+        if ok {
+            self.st.chained += 1;
+            if let Side::Src(s) = &mut self.side {
+                s.chained += 1;
+            }
+        } else {
+            self.st.lost[LossCause::ChainQueueFull as usize] += 1;
+        }
+    }
+
+    /// Chains a buffered packet to the peer, tracking its wait.
+    fn release_to_peer(&mut self, core: &mut Core, now: Instant, since: Instant, pkt: Vec<u8>) {
+        self.buffer_free(pkt.len());
+        self.st.max_buffer_delay = self.st.max_buffer_delay.max(now - since);
+        let ok = core.chain(self.peer, pkt);
+        self.src_note_chained(ok);
+    }
+
+    // ----------------------------------------------------------------------- messages
+
+    pub(crate) fn src_msg(&mut self, core: &mut Core, now: Instant, msg: Message) {
+        if self.terminal {
+            return;
+        }
+        match msg {
+            Message::PrepareAck if self.phase == Phase::Prepare => self.src_prepared(core, now),
+            Message::BatchAck(a) => self.src_batch_ack(core, now, a),
+            Message::CommitAck(c) if self.src().commit_sent => self.src_commit_ack(core, now, c),
+            // The destination refused Prepare: it installed nothing.
+            Message::Abort(reason) => self.src_revert(core, now, reason, false),
+            Message::Ack | Message::Ping => {}
+            _ => core.counters.frames_unknown += 1,
+        }
+    }
+
+    pub(crate) fn src_after_frame(&mut self, core: &mut Core, now: Instant) {
+        if !self.terminal && self.src().done_sent && self.chan.unacked() == 0 {
+            self.complete(core, now);
+        }
+    }
+
+    fn src_prepared(&mut self, core: &mut Core, now: Instant) {
+        match self.algorithm {
+            Algorithm::FreezeCopy => {
+                let g = self.group;
+                if let Some(r) = core.routes.iter_mut().find(|r| r.group == g) {
+                    r.buffering = false;
+                }
+                let buf = std::mem::take(&mut self.src().prep_buf);
+                for (since, pkt) in buf {
+                    self.release_to_peer(core, now, since, pkt);
+                }
+                if self.src().forward || self.params.idle_max.is_zero() {
+                    self.src_start_freeze(core, now);
+                } else {
+                    let count = core.nat.group_stats(g).map_or(0, |s| s.mappings);
+                    let interval = self.params.idle_sample_interval;
+                    let s = self.src();
+                    s.idle_started = now;
+                    s.last_count = count;
+                    s.next_sample = now + interval;
+                    self.set_phase(core, now, Phase::Idle);
+                    if count <= self.params.idle_floor {
+                        self.src_start_freeze(core, now);
+                    }
+                }
+            }
+            Algorithm::StopCopy => self.src_start_round(core, now, true),
+            Algorithm::PreCopy => {
+                let last = self.src().forward;
+                self.src_start_round(core, now, last);
+            }
+        }
+    }
+
+    fn src_batch_ack(&mut self, core: &mut Core, now: Instant, a: proto::BatchAck) {
+        let Some(flight) = self.src().flights.remove(&a.batch) else {
+            core.counters.frames_unknown += 1;
+            return;
+        };
+        if self.algorithm != Algorithm::FreezeCopy {
+            if !a.ok {
+                self.st.batches_refused += 1;
+                self.src_revert(core, now, AbortReason::ImportRefused, true);
+            } else {
+                self.src_pump(core, now);
+            }
+            return;
+        }
+        if a.ok {
+            let mut moved = 0;
+            for (_, id) in &flight.ids {
+                core.frozen.remove(id);
+                match core.nat.remove_mapping(*id, now, RemoveCause::Migrated) {
+                    Ok(_) => moved += 1,
+                    Err(_) => core.counters.internal_errors += 1,
+                }
+            }
+            self.st.transferred += moved;
+            self.st.max_freeze = self.st.max_freeze.max(now - flight.sent_at);
+            let s = self.src();
+            s.acked_any = true;
+            s.refusals = 0;
+            for (since, pkt) in flight.held {
+                self.release_to_peer(core, now, since, pkt);
+            }
+        } else {
+            self.st.batches_refused += 1;
+            for (_, id) in &flight.ids {
+                core.frozen.remove(id);
+                if core.nat.set_frozen(*id, false).is_err() {
+                    core.counters.internal_errors += 1;
+                }
+            }
+            for (_, pkt) in flight.held {
+                self.buffer_free(pkt.len());
+                core.reprocess.push(pkt);
+            }
+            let (retry, max) = (
+                self.params.idle_sample_interval,
+                self.params.max_batch_refusals,
+            );
+            let s = self.src();
+            s.queue.extend(flight.ids);
+            s.refusals += 1;
+            if s.refusals >= max {
+                self.src_give_up(core, now, AbortReason::ImportRefused);
+                return;
+            }
+            s.retry_at = Some(now + retry);
+        }
+        self.src_pump(core, now);
+    }
+
+    fn src_commit_ack(&mut self, core: &mut Core, now: Instant, c: proto::CommitAck) {
+        if !c.ok {
+            self.src_revert(core, now, AbortReason::CommitRefused, true);
+            return;
+        }
+        let g = self.group;
+        let copied = std::mem::take(&mut self.src().copied);
+        let mut ids: Vec<MappingId> = copied.keys().copied().collect();
+        ids.sort_unstable_by_key(|id| copied[id].key);
+        for id in ids {
+            // A mapping that expired here after its last copy is gone already: fine, the
+            // destination's copy expires there too.
+            let _ = core.nat.remove_mapping(id, now, RemoveCause::Migrated);
+        }
+        self.st.transferred = c.mappings;
+        if let Some(t) = self.src().halted_at {
+            self.st.halted = now - t;
+            self.st.max_freeze = self.st.halted;
+        }
+        let left = core.nat.group_stats(g).map_or(0, |s| s.mappings);
+        if left != 0 {
+            // Cannot happen: a halted group creates no mapping. Keep serving what is left.
+            core.counters.internal_errors += 1;
+            self.st.in_doubt = left;
+            core.set_mode(g, GroupMode::Active);
+            self.abort_final(core, now, AbortReason::Protocol, true);
+            return;
+        }
+        core.set_mode(g, GroupMode::Draining);
+        core.routes.push(Route {
+            group: g,
+            peer: self.peer,
+            mig: self.id,
+            buffering: false,
+        });
+        self.src_ready(core, now);
+    }
+
+    fn src_ready(&mut self, core: &mut Core, now: Instant) {
+        self.set_phase(core, now, Phase::AwaitCutover);
+        core.event(MigrationEvent::ReadyForCutover {
+            migration: self.id,
+            group: self.group.0,
+        });
+    }
+
+    pub(crate) fn src_cutover(&mut self, core: &mut Core, now: Instant) {
+        self.set_phase(core, now, Phase::Drain);
+        self.chan.send(now, &Message::Cutover, &core.cfg);
+        let d = self.params.drain;
+        self.src().drain_until = now + d;
+    }
+
+    fn src_drained(&mut self, core: &mut Core, now: Instant) {
+        let g = self.group;
+        if core.nat.remove_group(g).is_err() {
+            core.counters.internal_errors += 1;
+            self.abort_final(core, now, AbortReason::Protocol, true);
+            return;
+        }
+        core.routes.retain(|r| r.group != g);
+        let chained = core.chain_tx.get(&self.peer).copied().unwrap_or(0);
+        let released = self.src().held_at_prepare.clone();
+        self.chan.send(
+            now,
+            &Message::Done(proto::Done {
+                released_blocks: released,
+                chained,
+            }),
+            &core.cfg,
+        );
+        self.src().done_sent = true;
+        self.set_phase(core, now, Phase::Done);
+        if self.chan.failed {
+            // Nobody will acknowledge: the destination times out on its side.
+            self.complete(core, now);
+        }
+    }
+
+    // ------------------------------------------------------------------ freeze-and-copy
+
+    fn src_idle_sample(&mut self, core: &mut Core, now: Instant) {
+        let remaining = core.nat.group_stats(self.group).map_or(0, |s| s.mappings);
+        let p = self.params.clone();
+        let start = self.st.mappings_at_start;
+        let s = self.src();
+        let deaths = s.last_count.saturating_sub(remaining);
+        s.window.push_back((deaths, s.last_count));
+        while s.window.len() > p.idle_window_samples as usize {
+            s.window.pop_front();
+        }
+        s.last_count = remaining;
+        s.next_sample = now + p.idle_sample_interval;
+        let full = s.window.len() == p.idle_window_samples as usize;
+        let total: u32 = s.window.iter().map(|w| w.0).sum();
+        let base = s.window.front().map_or(0, |w| w.1);
+        let secs = p.idle_sample_interval.as_secs_f64() * s.window.len() as f64;
+        let abs = if secs > 0.0 { total as f64 / secs } else { 0.0 };
+        let rate = match p.idle_rate_mode {
+            RateMode::Absolute => abs,
+            RateMode::Relative if base > 0 => abs / base as f64,
+            RateMode::Relative => 0.0,
+        };
+        let timed_out = now >= s.idle_started + p.idle_max;
+        core.event(MigrationEvent::IdleProgress {
+            migration: self.id,
+            remaining,
+            expired: start.saturating_sub(remaining),
+        });
+        if remaining <= p.idle_floor || timed_out || (full && rate < p.idle_rate_threshold) {
+            self.src_start_freeze(core, now);
+        }
+    }
+
+    fn src_start_freeze(&mut self, core: &mut Core, now: Instant) {
+        let g = self.group;
+        let remaining = core.nat.group_stats(g).map_or(0, |s| s.mappings);
+        self.st.expired_idle = self.st.mappings_at_start.saturating_sub(remaining);
+        self.set_phase(core, now, Phase::FreezeCopy);
+        self.src_snapshot(core);
+        self.src_pump(core, now);
+    }
+
+    /// The freeze order, taken once: port block by port block (a block's mappings always
+    /// travel in one batch, see `src_build_batch`), the idlest block (oldest most recent
+    /// packet among its mappings) first.
+    fn src_snapshot(&mut self, core: &mut Core) {
+        let nc = core.nat.config();
+        let (port_min, block_size) = (nc.port_min, nc.block_size.max(1));
+        let ids = core.nat.group_mappings(self.group).unwrap_or_default();
+        let mut blocks: BTreeMap<u32, (Instant, Vec<MappingId>)> = BTreeMap::new();
+        for id in ids {
+            if core.frozen.contains_key(&id) {
+                continue;
+            }
+            let Ok(info) = core.nat.mapping_info(id) else {
+                continue;
+            };
+            let block = info.external_port.saturating_sub(port_min) as u32 / block_size as u32;
+            let e = blocks.entry(block).or_insert((Instant::ZERO, Vec::new()));
+            e.0 = e.0.max(info.last_seen);
+            e.1.push(id);
+        }
+        let mut order: Vec<(Instant, u32, Vec<MappingId>)> = blocks
+            .into_iter()
+            .map(|(b, (last, ids))| (last, b, ids))
+            .collect();
+        order.sort_by_key(|(last, b, _)| (*last, *b));
+        self.src().queue = order
+            .into_iter()
+            .flat_map(|(_, b, ids)| ids.into_iter().map(move |id| (b, id)))
+            .collect();
+    }
+
+    /// Exports the next batch from the queue; `None` if the queue holds no live mapping.
+    ///
+    /// The queue holds (run key, mapping): freeze-copy keys by port block, and a batch takes
+    /// whole runs only, so a block's mappings always travel together (a run longer than
+    /// `batch_size` or `batch_max_bytes` travels alone). Reason: once the destination imports a
+    /// mapping of a block, the block belongs to that subscriber there and the destination may
+    /// allocate its free ports; had the source kept other mappings of the block, one external
+    /// port could end up bound to two different mappings. Only a block whose records exceed a
+    /// frame is split (counted in `blocks_split`).
+    fn src_build_batch(&mut self, core: &mut Core, now: Instant) -> Option<(u32, Vec<u8>)> {
+        const FRAME_ROOM: usize = proto::MAX_BODY - 4;
+        const REC: usize = flowshift_nat::record::RECORD_LEN;
+        let freeze = self.algorithm == Algorithm::FreezeCopy;
+        let (max_n, max_bytes) = (
+            self.params.batch_size as usize,
+            self.params.batch_max_bytes as usize,
+        );
+        let id_self = self.id;
+        let s = match &mut self.side {
+            Side::Src(s) => s,
+            Side::Dst(_) => return None,
+        };
+        let batch = s.next_batch;
+        let round = s.round.map_or(0, |r| r.round);
+        let mut records = Vec::new();
+        let mut ids: Vec<(u32, MappingId)> = Vec::new();
+        let mut n_records = 0u32;
+        'runs: while ids.len() < max_n {
+            let Some(&(key, _)) = s.queue.front() else {
+                break;
+            };
+            let run_len = s.queue.iter().take_while(|(k, _)| *k == key).count();
+            let run_bytes: usize = s
+                .queue
+                .iter()
+                .take(run_len)
+                .filter_map(|(_, id)| core.nat.mapping_info(*id).ok())
+                .map(|i| i.sessions as usize * REC)
+                .sum();
+            if !ids.is_empty()
+                && (ids.len() + run_len > max_n
+                    || records.len() + run_bytes > max_bytes.min(FRAME_ROOM))
+            {
+                break;
+            }
+            for _ in 0..run_len {
+                let Some(&(k, id)) = s.queue.front() else {
+                    break 'runs;
+                };
+                let Ok(info) = core.nat.mapping_info(id) else {
+                    s.queue.pop_front(); // died meanwhile
+                    continue;
+                };
+                if records.len() + info.sessions as usize * REC > FRAME_ROOM {
+                    self.st.blocks_split += 1;
+                    break 'runs;
+                }
+                s.queue.pop_front();
+                let Ok(n) = core.nat.export_mapping(id, now, &mut records) else {
+                    continue;
+                };
+                n_records += n;
+                if freeze {
+                    if core.nat.set_frozen(id, true).is_err() {
+                        core.counters.internal_errors += 1;
+                    }
+                    core.frozen.insert(id, (id_self, batch));
+                } else {
+                    let key = MappingKey {
+                        proto: info.proto,
+                        addr: info.internal.ip().octets(),
+                        port: info.internal.port(),
+                    };
+                    s.copied.insert(
+                        id,
+                        Copied {
+                            key,
+                            at: now,
+                            sessions: n,
+                            round,
+                        },
+                    );
+                }
+                ids.push((k, id));
+            }
+        }
+        if ids.is_empty() {
+            return None;
+        }
+        s.next_batch = s.next_batch.wrapping_add(1);
+        if let Some(r) = s.round.as_mut() {
+            r.copied += ids.len() as u32;
+            r.records += n_records;
+        }
+        s.flights.insert(
+            batch,
+            Flight {
+                ids,
+                sent_at: now,
+                held: Vec::new(),
+            },
+        );
+        self.st.batches += 1;
+        self.st.records += n_records as u64;
+        Some((batch, records))
+    }
+
+    /// Sends batches while the window allows; moves the algorithm on when a round (or the
+    /// freeze-and-copy) is complete.
+    fn src_pump(&mut self, core: &mut Core, now: Instant) {
+        if self.terminal {
+            return;
+        }
+        let in_flight = self.params.batches_in_flight as usize;
+        let max_unacked = core.cfg.max_unacked as usize;
+        loop {
+            let s = self.src();
+            if s.retry_at.is_some_and(|t| t > now) {
+                return;
+            }
+            s.retry_at = None;
+            if s.flights.len() >= in_flight || self.chan.unacked() >= max_unacked {
+                return;
+            }
+            let Some((batch, records)) = self.src_build_batch(core, now) else {
+                break;
+            };
+            self.chan
+                .send(now, &Message::Batch { batch, records }, &core.cfg);
+        }
+        if !self.src().flights.is_empty() {
+            return;
+        }
+        match self.phase {
+            Phase::FreezeCopy => {
+                let left = core.nat.group_stats(self.group).map_or(0, |s| s.mappings);
+                if left == 0 {
+                    self.src_ready(core, now);
+                } else {
+                    // Mappings not in the order (cannot happen while draining): take them too.
+                    self.src_snapshot(core);
+                    if self.src().queue.is_empty() {
+                        core.counters.internal_errors += 1;
+                        return;
+                    }
+                    self.src_pump(core, now);
+                }
+            }
+            Phase::Rounds | Phase::StopCopy if self.src_ref().round.is_some() => {
+                self.src_round_done(core, now);
+            }
+            _ => {}
+        }
+    }
+
+    // ---------------------------------------------------------- stop-copy and pre-copy
+
+    fn src_start_round(&mut self, core: &mut Core, now: Instant, last: bool) {
+        let g = self.group;
+        if last {
+            core.set_mode(g, GroupMode::Halted);
+            let s = self.src();
+            if s.halted_at.is_none() {
+                s.halted_at = Some(now);
+            }
+            self.set_phase(core, now, Phase::StopCopy);
+        } else {
+            self.set_phase(core, now, Phase::Rounds);
+        }
+        let ids = core.nat.group_mappings(g).unwrap_or_default();
+        let s = self.src();
+        let round = s.next_round_number();
+        let (mut new, mut dirty) = (0, 0);
+        // Run keys are unique here: no block grouping is needed when the destination does not
+        // serve the group before the commit.
+        let mut queue = VecDeque::new();
+        for (i, id) in ids.into_iter().enumerate() {
+            let Ok(info) = core.nat.mapping_info(id) else {
+                continue;
+            };
+            match s.copied.get_mut(&id) {
+                None => {
+                    new += 1;
+                    queue.push_back((i as u32, id));
+                }
+                Some(c) => {
+                    c.round = round;
+                    if info.last_seen >= c.at || info.sessions != c.sessions {
+                        dirty += 1;
+                        queue.push_back((i as u32, id));
+                    }
+                }
+            }
+        }
+        let mut dead: Vec<MappingKey> = Vec::new();
+        s.copied.retain(|_, c| {
+            // Entries not seen by this scan died (new ones are inserted when sent).
+            let alive = c.round == round;
+            if !alive {
+                dead.push(c.key);
+            }
+            alive
+        });
+        dead.sort_unstable();
+        s.queue = queue;
+        s.round = Some(RoundReport {
+            round,
+            copied: 0,
+            dirty,
+            new,
+            dead: dead.len() as u32,
+            records: 0,
+            last,
+        });
+        s.round_started = now;
+        s.next_round = None;
+        for chunk in dead.chunks(proto::MAX_DELETE_KEYS) {
+            self.chan
+                .send(now, &Message::Delete(chunk.to_vec()), &core.cfg);
+        }
+        self.src_pump(core, now);
+    }
+
+    fn src_round_done(&mut self, core: &mut Core, now: Instant) {
+        let Some(r) = self.src().round.take() else {
+            return;
+        };
+        if self.algorithm == Algorithm::PreCopy {
+            self.st.rounds.push(r);
+            core.event(MigrationEvent::PrecopyRound {
+                migration: self.id,
+                round: r.round,
+                copied: r.copied,
+                dirty: r.dirty,
+                new: r.new,
+                dead: r.dead,
+                last: r.last,
+            });
+        }
+        if r.last {
+            let s = self.src();
+            let commit = proto::Commit {
+                mappings: s.copied.len() as u32,
+                records: s.copied.values().map(|c| c.sessions).sum(),
+            };
+            s.commit_sent = true;
+            self.chan.send(now, &Message::Commit(commit), &core.cfg);
+            return;
+        }
+        let p = &self.params;
+        let last_next = r.copied <= p.precopy_stop_threshold
+            || r.round + 1 >= p.precopy_max_rounds
+            || matches!(&self.side, Side::Src(s) if s.forward);
+        let at = self.src().round_started + self.params.precopy_min_round_interval;
+        if at <= now {
+            self.src_start_round(core, now, last_next);
+        } else {
+            self.src().next_round = Some((at, last_next));
+        }
+    }
+
+    // ------------------------------------------------------------------ abort and failure
+
+    fn src_revertible(&self) -> bool {
+        let Side::Src(s) = &self.side else {
+            return false;
+        };
+        match self.algorithm {
+            Algorithm::FreezeCopy => !s.acked_any && s.chained == 0,
+            Algorithm::StopCopy | Algorithm::PreCopy => !s.commit_sent,
+        }
+    }
+
+    pub(crate) fn src_abort(&mut self, core: &mut Core, now: Instant) -> AbortOutcome {
+        if self.src_revertible() {
+            self.src_revert(core, now, AbortReason::Requested, true);
+            return AbortOutcome::Reverted;
+        }
+        self.forced_forward = true;
+        self.src().forward = true;
+        match self.phase {
+            Phase::Idle => self.src_start_freeze(core, now),
+            // Between rounds: the final one starts now. During a round: it follows that round.
+            Phase::Rounds if self.src_ref().next_round.is_some() => {
+                self.src_start_round(core, now, true);
+            }
+            _ => {}
+        }
+        AbortOutcome::CompletingForward
+    }
+
+    /// Gives the group back to the source: unfreeze, resume, re-process every buffered
+    /// packet, and (if `notify`) tell the destination to drop what it received.
+    fn src_revert(&mut self, core: &mut Core, now: Instant, reason: AbortReason, notify: bool) {
+        if !self.src_revertible() {
+            self.src_give_up(core, now, reason);
+            return;
+        }
+        let g = self.group;
+        let (flights, prep) = {
+            let s = self.src();
+            s.queue.clear();
+            s.copied.clear();
+            s.buf_pkts = 0;
+            s.buf_bytes = 0;
+            (
+                std::mem::take(&mut s.flights),
+                std::mem::take(&mut s.prep_buf),
+            )
+        };
+        for f in flights.values() {
+            for (_, id) in &f.ids {
+                core.frozen.remove(id);
+                if self.algorithm == Algorithm::FreezeCopy {
+                    core.unfreeze(*id);
+                }
+            }
+        }
+        core.set_mode(g, GroupMode::Active);
+        core.routes.retain(|r| r.group != g);
+        core.reprocess.extend(prep.into_iter().map(|(_, p)| p));
+        for f in flights.into_values() {
+            core.reprocess.extend(f.held.into_iter().map(|(_, p)| p));
+        }
+        if let Some(t) = self.src().halted_at {
+            self.st.halted = now - t;
+        }
+        if notify {
+            self.chan.send(now, &Message::Abort(reason), &core.cfg);
+        }
+        self.abort_final(core, now, reason, false);
+    }
+
+    /// Not revertible and cannot go on: keep what is held here (see the crate docs).
+    fn src_give_up(&mut self, core: &mut Core, now: Instant, reason: AbortReason) {
+        let g = self.group;
+        let flights = std::mem::take(&mut self.src().flights);
+        let mut in_doubt = 0;
+        for f in flights.into_values() {
+            for (_, id) in &f.ids {
+                core.frozen.remove(id);
+                if self.algorithm == Algorithm::FreezeCopy {
+                    core.unfreeze(*id);
+                }
+            }
+            in_doubt += f.ids.len() as u32;
+            for (_, p) in f.held {
+                core.reprocess.push(p);
+            }
+        }
+        let algorithm = self.algorithm;
+        let s = self.src();
+        s.buf_pkts = 0;
+        s.buf_bytes = 0;
+        let split = match algorithm {
+            // Keep serving what is left in Draining mode, chaining misses to the peer.
+            Algorithm::FreezeCopy => true,
+            // Commit sent, answer lost: keep the copies and serve them.
+            Algorithm::StopCopy | Algorithm::PreCopy => {
+                in_doubt = s.copied.len() as u32;
+                s.copied.clear();
+                core.set_mode(g, GroupMode::Active);
+                core.routes.retain(|r| r.group != g);
+                if let Some(t) = s.halted_at {
+                    self.st.halted = now - t;
+                }
+                false
+            }
+        };
+        self.st.in_doubt = in_doubt;
+        self.abort_final(core, now, reason, split);
+    }
+
+    // --------------------------------------------------------------------------- timers
+
+    pub(crate) fn src_timeout(&mut self, core: &mut Core, now: Instant) {
+        self.chan.on_timeout(now, &core.cfg);
+        if self.terminal {
+            return;
+        }
+        if self.chan.failed {
+            match self.phase {
+                // Nothing of the group is left here: finish without the peer.
+                Phase::AwaitCutover | Phase::Drain => {}
+                Phase::Done => {
+                    self.complete(core, now);
+                    return;
+                }
+                _ => {
+                    self.src_revert(core, now, AbortReason::ChannelFailed, false);
+                    return;
+                }
+            }
+        }
+        if self.chan.unacked() == 0 && now >= self.chan.last_sent + core.cfg.keepalive {
+            self.chan.send(now, &Message::Ping, &core.cfg);
+        }
+        match self.phase {
+            Phase::Idle if now >= self.src_ref().next_sample => self.src_idle_sample(core, now),
+            Phase::FreezeCopy if self.src_ref().retry_at.is_some_and(|t| t <= now) => {
+                self.src_pump(core, now)
+            }
+            Phase::Rounds | Phase::StopCopy => {
+                if let Some((at, last)) = self.src().next_round
+                    && at <= now
+                {
+                    self.src_start_round(core, now, last);
+                }
+            }
+            Phase::Drain if now >= self.src_ref().drain_until => self.src_drained(core, now),
+            _ => {}
+        }
+    }
+
+    pub(crate) fn src_next_timeout(&self, s: &Src, cfg: &MigrationConfig) -> Instant {
+        let mut t = self.chan.next_timeout();
+        if self.terminal {
+            return t;
+        }
+        if self.chan.unacked() == 0 && !self.chan.failed {
+            t = t.min(self.chan.last_sent + cfg.keepalive);
+        }
+        let own = match self.phase {
+            Phase::Idle => Some(s.next_sample),
+            Phase::FreezeCopy => s.retry_at,
+            Phase::Rounds | Phase::StopCopy => s.next_round.map(|(at, _)| at),
+            Phase::Drain => Some(s.drain_until),
+            _ => None,
+        };
+        own.map_or(t, |o| t.min(o))
+    }
+}
+
+impl Src {
+    /// Round numbers count the scans: 0 for the first.
+    fn next_round_number(&mut self) -> u32 {
+        let n = self.rounds_started;
+        self.rounds_started += 1;
+        n
+    }
+}

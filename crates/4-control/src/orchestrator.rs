@@ -1,0 +1,461 @@
+//! The controller's migration driver (sans-IO): it owns the group-to-instance map and the
+//! switch table, turns an operator's "move group G to instance B" into commands for the
+//! instances and the switch, and reacts to their events, step by step:
+//!
+//! 1. [`Command::StartMigration`] to the source (prepare, daisy chain, phases run there);
+//!    the driver reports the migration id back with [`Orchestrator::migration_started`].
+//! 2. On the source's `ReadyForCutover`: ownership moves to B and [`Command::UpdateSwitch`]
+//!    carries the flow-mods (two MODIFY_STRICT) and a barrier token.
+//! 3. On the barrier reply ([`Orchestrator::handle_barrier`]): [`Command::CutoverDone`] to the
+//!    source, which drains stragglers to B and finishes with B.
+//! 4. On `Completed` from the source the migration is done; on `Aborted` without a split the
+//!    group stays (or goes back) with the source.
+
+use crate::rules::{self, GroupRoute, Rule, RuleDiff, Topology};
+use flowshift_migration::{Algorithm, InstanceId, MigrationEvent, MigrationId, Role};
+use flowshift_wire::Instant;
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::Ipv4Addr;
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Call `start_migration` on instance `on` for the group with this external address, then
+    /// report the id with [`Orchestrator::migration_started`].
+    StartMigration {
+        /// Source instance.
+        on: InstanceId,
+        /// The group.
+        external: Ipv4Addr,
+        /// Destination.
+        to: InstanceId,
+        /// Algorithm.
+        algorithm: Algorithm,
+    },
+    /// Send these flow-mods, then a barrier; report its reply with
+    /// [`Orchestrator::handle_barrier`]`(token)`.
+    UpdateSwitch {
+        /// Flow-mods.
+        diff: RuleDiff,
+        /// Barrier token.
+        token: u64,
+    },
+    /// Call `cutover_done(migration)` on the source instance.
+    CutoverDone {
+        /// Source instance.
+        on: InstanceId,
+        /// Migration.
+        migration: MigrationId,
+    },
+}
+
+/// Where a migration stands, as the controller sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Start requested; id not known yet.
+    Requested,
+    /// Running on the instances.
+    Running,
+    /// Switch update sent, waiting for the barrier.
+    Redirecting,
+    /// Switch confirmed; source draining.
+    Draining,
+    /// Finished.
+    Done,
+    /// Abandoned.
+    Aborted,
+}
+
+/// One migration's record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MigrationStatus {
+    /// The group.
+    pub external: Ipv4Addr,
+    /// Source.
+    pub from: u16,
+    /// Destination.
+    pub to: u16,
+    /// Algorithm name.
+    pub algorithm: String,
+    /// Stage.
+    pub stage: Stage,
+    /// Id, once known.
+    pub migration: Option<u64>,
+    /// Requested at (ns).
+    pub requested_at: Instant,
+    /// Switch redirect sent at.
+    pub redirect_sent_at: Option<Instant>,
+    /// Switch redirect confirmed at.
+    pub redirect_confirmed_at: Option<Instant>,
+    /// Finished at.
+    pub finished_at: Option<Instant>,
+}
+
+/// Why a request is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// No such group.
+    #[error("no group with external address {0}")]
+    UnknownGroup(Ipv4Addr),
+    /// No such instance.
+    #[error("no instance {0}")]
+    UnknownInstance(u16),
+    /// Already owned by the target.
+    #[error("group {0} is already on instance {1}")]
+    AlreadyThere(Ipv4Addr, u16),
+    /// A migration of the group is in progress.
+    #[error("group {0} is already migrating")]
+    Busy(Ipv4Addr),
+    /// Rules could not be computed.
+    #[error(transparent)]
+    Rules(#[from] rules::RuleError),
+}
+
+/// The controller's state. See the module documentation.
+pub struct Orchestrator {
+    topo: Topology,
+    groups: Vec<GroupRoute>,
+    table: Vec<Rule>,
+    migrations: Vec<MigrationStatus>,
+    by_id: BTreeMap<MigrationId, usize>,
+    by_token: BTreeMap<u64, usize>,
+    next_token: u64,
+    commands: VecDeque<Command>,
+}
+
+impl Orchestrator {
+    /// A controller for this wiring and these groups (with their initial owners).
+    pub fn new(topo: Topology, groups: Vec<GroupRoute>) -> Result<Self, ControlError> {
+        let table = rules::table(&topo, &groups)?;
+        Ok(Orchestrator {
+            topo,
+            groups,
+            table,
+            migrations: Vec::new(),
+            by_id: BTreeMap::new(),
+            by_token: BTreeMap::new(),
+            next_token: 1,
+            commands: VecDeque::new(),
+        })
+    }
+
+    /// The switch table as the controller last computed it (install it at start-up).
+    pub fn table(&self) -> &[Rule] {
+        &self.table
+    }
+
+    /// Groups and their current owners.
+    pub fn groups(&self) -> &[GroupRoute] {
+        &self.groups
+    }
+
+    /// The owner of a group.
+    pub fn owner_of(&self, external: Ipv4Addr) -> Option<InstanceId> {
+        self.groups
+            .iter()
+            .find(|g| g.external == external)
+            .map(|g| InstanceId(g.owner))
+    }
+
+    /// Every migration requested so far.
+    pub fn migrations(&self) -> &[MigrationStatus] {
+        &self.migrations
+    }
+
+    /// Next command for the driver.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// Asks to move a group to instance `to` with `algorithm`.
+    pub fn request_migration(
+        &mut self,
+        now: Instant,
+        external: Ipv4Addr,
+        to: InstanceId,
+        algorithm: Algorithm,
+    ) -> Result<(), ControlError> {
+        let g = self
+            .groups
+            .iter()
+            .find(|g| g.external == external)
+            .ok_or(ControlError::UnknownGroup(external))?;
+        if !self.topo.instances.contains_key(&to.0) {
+            return Err(ControlError::UnknownInstance(to.0));
+        }
+        if g.owner == to.0 {
+            return Err(ControlError::AlreadyThere(external, to.0));
+        }
+        let busy = self
+            .migrations
+            .iter()
+            .any(|m| m.external == external && !matches!(m.stage, Stage::Done | Stage::Aborted));
+        if busy {
+            return Err(ControlError::Busy(external));
+        }
+        self.migrations.push(MigrationStatus {
+            external,
+            from: g.owner,
+            to: to.0,
+            algorithm: format!("{algorithm:?}"),
+            stage: Stage::Requested,
+            migration: None,
+            requested_at: now,
+            redirect_sent_at: None,
+            redirect_confirmed_at: None,
+            finished_at: None,
+        });
+        self.commands.push_back(Command::StartMigration {
+            on: InstanceId(g.owner),
+            external,
+            to,
+            algorithm,
+        });
+        Ok(())
+    }
+
+    /// The driver started the requested migration of `external` and got `id` back (or failed:
+    /// `None`, which abandons the request).
+    pub fn migration_started(&mut self, now: Instant, external: Ipv4Addr, id: Option<MigrationId>) {
+        let Some(i) = self
+            .migrations
+            .iter()
+            .rposition(|m| m.external == external && m.stage == Stage::Requested)
+        else {
+            return;
+        };
+        match id {
+            Some(id) => {
+                self.migrations[i].stage = Stage::Running;
+                self.migrations[i].migration = Some(id.0);
+                self.by_id.insert(id, i);
+            }
+            None => {
+                self.migrations[i].stage = Stage::Aborted;
+                self.migrations[i].finished_at = Some(now);
+            }
+        }
+    }
+
+    /// An event from instance `from`.
+    pub fn handle_instance_event(&mut self, now: Instant, from: InstanceId, ev: &MigrationEvent) {
+        match ev {
+            MigrationEvent::ReadyForCutover { migration, .. } => {
+                let Some(&i) = self.by_id.get(migration) else {
+                    return;
+                };
+                if self.migrations[i].stage != Stage::Running || self.migrations[i].from != from.0 {
+                    return;
+                }
+                let (external, to) = (self.migrations[i].external, self.migrations[i].to);
+                let mut groups = self.groups.clone();
+                if let Some(g) = groups.iter_mut().find(|g| g.external == external) {
+                    g.owner = to;
+                }
+                let Ok(new_table) = rules::table(&self.topo, &groups) else {
+                    return;
+                };
+                let diff = rules::diff(&self.table, &new_table);
+                self.groups = groups;
+                self.table = new_table;
+                let token = self.next_token;
+                self.next_token += 1;
+                self.by_token.insert(token, i);
+                self.migrations[i].stage = Stage::Redirecting;
+                self.migrations[i].redirect_sent_at = Some(now);
+                self.commands
+                    .push_back(Command::UpdateSwitch { diff, token });
+            }
+            MigrationEvent::Completed {
+                migration,
+                role: Role::Source,
+            } => {
+                if let Some(&i) = self.by_id.get(migration) {
+                    self.migrations[i].stage = Stage::Done;
+                    self.migrations[i].finished_at = Some(now);
+                }
+            }
+            MigrationEvent::Aborted {
+                migration,
+                role: Role::Source,
+                split,
+                ..
+            } => {
+                let Some(&i) = self.by_id.get(migration) else {
+                    return;
+                };
+                let m = &mut self.migrations[i];
+                if matches!(m.stage, Stage::Done | Stage::Aborted) {
+                    return;
+                }
+                m.stage = Stage::Aborted;
+                m.finished_at = Some(now);
+                // Before the redirect the source still owns the group; after it, the
+                // destination does (the source aborts forward). A split group stays where the
+                // switch points; an operator must resolve it.
+                let _ = split;
+            }
+            _ => {}
+        }
+    }
+
+    /// The switch confirmed the barrier `token`.
+    pub fn handle_barrier(&mut self, now: Instant, token: u64) {
+        let Some(i) = self.by_token.remove(&token) else {
+            return;
+        };
+        let m = &mut self.migrations[i];
+        if m.stage != Stage::Redirecting {
+            return;
+        }
+        m.stage = Stage::Draining;
+        m.redirect_confirmed_at = Some(now);
+        if let Some(id) = m.migration {
+            self.commands.push_back(Command::CutoverDone {
+                on: InstanceId(m.from),
+                migration: MigrationId(id),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Action, InstancePort};
+
+    fn orch() -> Orchestrator {
+        let topo = Topology {
+            inside_port: 1,
+            outside_port: 2,
+            instances: BTreeMap::from([
+                (
+                    0,
+                    InstancePort {
+                        port: 10,
+                        mac: [2, 0, 0, 0, 0, 10],
+                    },
+                ),
+                (
+                    1,
+                    InstancePort {
+                        port: 11,
+                        mac: [2, 0, 0, 0, 0, 11],
+                    },
+                ),
+            ]),
+        };
+        let groups = vec![GroupRoute {
+            external: [203, 0, 113, 1].into(),
+            subscribers: "100.64.0.0/24".parse().unwrap(),
+            owner: 0,
+        }];
+        Orchestrator::new(topo, groups).unwrap()
+    }
+
+    #[test]
+    fn a_migration_goes_start_redirect_barrier_cutover_done() {
+        let mut o = orch();
+        let ext: Ipv4Addr = [203, 0, 113, 1].into();
+        let t = Instant::from_secs(1);
+        o.request_migration(t, ext, InstanceId(1), Algorithm::FreezeCopy)
+            .unwrap();
+        assert!(matches!(
+            o.request_migration(t, ext, InstanceId(1), Algorithm::FreezeCopy),
+            Err(ControlError::Busy(_))
+        ));
+        assert_eq!(
+            o.poll_command(),
+            Some(Command::StartMigration {
+                on: InstanceId(0),
+                external: ext,
+                to: InstanceId(1),
+                algorithm: Algorithm::FreezeCopy
+            })
+        );
+        let id = MigrationId::new(InstanceId(0), 1);
+        o.migration_started(t, ext, Some(id));
+        assert_eq!(
+            o.poll_command(),
+            None,
+            "nothing to do until the source is ready"
+        );
+        o.handle_instance_event(
+            t,
+            InstanceId(0),
+            &MigrationEvent::ReadyForCutover {
+                migration: id,
+                group: 0,
+            },
+        );
+        let Some(Command::UpdateSwitch { diff, token }) = o.poll_command() else {
+            panic!("expected a switch update")
+        };
+        assert_eq!(diff.modify.len(), 2);
+        assert!(
+            diff.modify
+                .iter()
+                .all(|r| r.actions.last() == Some(&Action::Output(11)))
+        );
+        assert_eq!(o.owner_of(ext), Some(InstanceId(1)));
+        o.handle_barrier(t, token + 99);
+        assert_eq!(o.poll_command(), None, "an unknown barrier changes nothing");
+        o.handle_barrier(t, token);
+        assert_eq!(
+            o.poll_command(),
+            Some(Command::CutoverDone {
+                on: InstanceId(0),
+                migration: id
+            })
+        );
+        o.handle_instance_event(
+            t,
+            InstanceId(0),
+            &MigrationEvent::Completed {
+                migration: id,
+                role: Role::Source,
+            },
+        );
+        assert_eq!(o.migrations()[0].stage, Stage::Done);
+        assert!(
+            o.request_migration(t, ext, InstanceId(0), Algorithm::StopCopy)
+                .is_ok(),
+            "can move it back"
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_groups_instances_and_no_op_moves() {
+        let mut o = orch();
+        let t = Instant::ZERO;
+        assert!(matches!(
+            o.request_migration(
+                t,
+                [203, 0, 113, 9].into(),
+                InstanceId(1),
+                Algorithm::StopCopy
+            ),
+            Err(ControlError::UnknownGroup(_))
+        ));
+        assert!(matches!(
+            o.request_migration(
+                t,
+                [203, 0, 113, 1].into(),
+                InstanceId(7),
+                Algorithm::StopCopy
+            ),
+            Err(ControlError::UnknownInstance(7))
+        ));
+        assert!(matches!(
+            o.request_migration(
+                t,
+                [203, 0, 113, 1].into(),
+                InstanceId(0),
+                Algorithm::StopCopy
+            ),
+            Err(ControlError::AlreadyThere(_, 0))
+        ));
+    }
+}
