@@ -58,11 +58,13 @@
 
 #![deny(missing_docs)]
 
+pub mod cluster;
 pub mod element;
 pub mod event;
 pub mod host;
 pub mod link;
 pub mod measure;
+pub mod nat_element;
 pub mod packet;
 pub mod rng;
 pub mod sim;
@@ -75,6 +77,7 @@ pub use host::{
 };
 pub use link::{LinkConfig, LinkStats};
 pub use measure::{DelaySummary, InvariantError, LedgerReport, Report};
+pub use nat_element::{NatElement, NatElementStats, NatPorts};
 pub use packet::{DropCause, FiveTuple, FlowId, LinkId, NodeId, Packet, PacketId, Port};
 pub use sim::{AppId, Arrival, DropInfo, Sim, SimConfig, SimError};
 pub use switch::{RuleSwitch, SwitchStats};

@@ -2,7 +2,7 @@
 
 mod alloc;
 mod bench;
-#[allow(dead_code)] // used by the experiments (next step)
+mod experiment;
 mod plot;
 
 use anyhow::Result;
@@ -24,6 +24,18 @@ enum Command {
     /// Benchmarks that print figures (never pass/fail).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Experiments that write JSON reports and plots (simulator by default).
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
+}
+
+#[derive(Subcommand)]
+enum ExperimentCommand {
+    /// The poster's Figure 1(c): 100 TCP flows saturating 1 Gbit/s, 65,000 states, one
+    /// migration per algorithm; goodput over time with the phases marked.
+    Fig1c(experiment::Fig1cArgs),
+    /// Migration cost versus state count (1k to 1M) per algorithm.
+    Scaling(experiment::ScalingArgs),
 }
 
 #[derive(Subcommand)]
@@ -37,5 +49,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(BenchCommand::Dataplane(args)) => bench::dataplane(&args),
+        Command::Experiment(ExperimentCommand::Fig1c(args)) => experiment::fig1c(&args),
+        Command::Experiment(ExperimentCommand::Scaling(args)) => experiment::scaling(&args),
     }
 }
