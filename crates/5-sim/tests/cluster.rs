@@ -97,3 +97,40 @@ fn same_seed_same_result() {
     let b = serde_json::to_string(&run(&small(Algorithm::FreezeCopy, 7))).unwrap();
     assert_eq!(a, b);
 }
+
+#[test]
+fn invariants_hold_across_seeds_with_a_lossy_transfer_link() {
+    let mut retransmissions = 0;
+    for seed in 0..12 {
+        for algorithm in [
+            Algorithm::FreezeCopy,
+            Algorithm::StopCopy,
+            Algorithm::PreCopy,
+        ] {
+            let mut c = small(algorithm, 1000 + seed);
+            c.fictive_states = 2_000;
+            c.transfer_loss = 0.05;
+            c.duration = std::time::Duration::from_millis(1_000);
+            let r = run(&c);
+            let src = r.source.as_ref().expect("source report");
+            assert!(
+                src.completed,
+                "seed {}: {:?} did not complete: {:?}",
+                c.seed, algorithm, src.phases
+            );
+            retransmissions += src.channel.retransmissions;
+            if algorithm == Algorithm::FreezeCopy {
+                assert_eq!(lost(&r), 0, "seed {}: freeze-copy lost packets", c.seed);
+                assert_eq!(
+                    r.reordered_packets, 0,
+                    "seed {}: freeze-copy reordered packets",
+                    c.seed
+                );
+            }
+        }
+    }
+    assert!(
+        retransmissions > 0,
+        "the lossy link never made the protocol retransmit"
+    );
+}
