@@ -1619,17 +1619,9 @@ impl Nat {
             next: first,
             prev: NIL,
         };
-        let slot = match self.mapping_free.pop() {
-            Some(slot) => {
-                let generation = self.mappings[slot as usize].generation;
-                self.mappings[slot as usize] = Mapping { generation, ..m };
-                slot
-            }
-            None => {
-                self.mappings.push(m);
-                (self.mappings.len() - 1) as u32
-            }
-        };
+        let slot = slab_insert(&mut self.mappings, &mut self.mapping_free, m, |old, new| {
+            new.generation = old.generation
+        });
         if first != NIL {
             self.mappings[first as usize].prev = slot;
         }
@@ -1727,17 +1719,9 @@ impl Nat {
             next: first,
             prev: NIL,
         };
-        let slot = match self.session_free.pop() {
-            Some(slot) => {
-                let generation = self.sessions[slot as usize].generation;
-                self.sessions[slot as usize] = Session { generation, ..s };
-                slot
-            }
-            None => {
-                self.sessions.push(s);
-                (self.sessions.len() - 1) as u32
-            }
-        };
+        let slot = slab_insert(&mut self.sessions, &mut self.session_free, s, |old, new| {
+            new.generation = old.generation
+        });
         if first != NIL {
             self.sessions[first as usize].prev = slot;
         }
@@ -2295,6 +2279,27 @@ impl Nat {
             }
         }
         Ok(())
+    }
+}
+
+/// Puts `item` in a free slot of `slab` (keeping what `keep` copies from the slot's previous
+/// occupant, i.e. its generation) or at the end; returns the slot.
+fn slab_insert<T>(
+    slab: &mut Vec<T>,
+    free: &mut Vec<u32>,
+    mut item: T,
+    keep: impl Fn(&T, &mut T),
+) -> u32 {
+    match free.pop() {
+        Some(slot) => {
+            keep(&slab[slot as usize], &mut item);
+            slab[slot as usize] = item;
+            slot
+        }
+        None => {
+            slab.push(item);
+            (slab.len() - 1) as u32
+        }
     }
 }
 
