@@ -2,6 +2,7 @@
 
 mod alloc;
 mod bench;
+mod bench_transfer;
 mod experiment;
 mod plot;
 
@@ -43,12 +44,16 @@ enum BenchCommand {
     /// Data-plane throughput on one core: translate 64-byte frames of established flows, and
     /// time a bare hash-lookup loop over the same keys in the same run.
     Dataplane(bench::DataplaneArgs),
+    /// State transfer: export N records, frame them with the migration protocol, send them
+    /// over loopback TCP, decode and install them in a second NAT; compared with a raw TCP copy.
+    Transfer(bench_transfer::TransferArgs),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(BenchCommand::Dataplane(args)) => bench::dataplane(&args),
+        Command::Bench(BenchCommand::Transfer(args)) => bench_transfer::transfer(&args),
         Command::Experiment(ExperimentCommand::Fig1c(args)) => experiment::fig1c(&args),
         Command::Experiment(ExperimentCommand::Scaling(args)) => experiment::scaling(&args),
     }
