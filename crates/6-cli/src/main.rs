@@ -3,6 +3,7 @@
 mod alloc;
 mod bench;
 mod bench_transfer;
+mod exp_precopy;
 mod experiment;
 mod plot;
 
@@ -37,6 +38,9 @@ enum ExperimentCommand {
     Fig1c(experiment::Fig1cArgs),
     /// Migration cost versus state count (1k to 1M) per algorithm.
     Scaling(experiment::ScalingArgs),
+    /// The poster's open question: pre-copy versus idle + freeze-and-copy on realistic flow
+    /// mixes (Poisson arrivals, Pareto/Zipf sizes) or flows replayed from a pcap file.
+    Precopy(Box<exp_precopy::PrecopyArgs>),
 }
 
 #[derive(Subcommand)]
@@ -56,5 +60,6 @@ fn main() -> Result<()> {
         Command::Bench(BenchCommand::Transfer(args)) => bench_transfer::transfer(&args),
         Command::Experiment(ExperimentCommand::Fig1c(args)) => experiment::fig1c(&args),
         Command::Experiment(ExperimentCommand::Scaling(args)) => experiment::scaling(&args),
+        Command::Experiment(ExperimentCommand::Precopy(args)) => exp_precopy::run(&args),
     }
 }
