@@ -139,7 +139,8 @@ fn invariants_hold_across_seeds_with_a_lossy_transfer_link() {
 fn a_broken_transfer_channel_never_leaves_a_mapping_on_both_instances() {
     // Cut during the idle phase (nothing moved yet: revert) and during freeze-and-copy.
     // The last case runs long enough for the retransmissions to give up (about 3 s).
-    for (cut_after_ms, seed, run_ms) in [(50u64, 3u64, 1_300u64), (201, 4, 1_300), (202, 5, 5_000)] {
+    for (cut_after_ms, seed, run_ms) in [(50u64, 3u64, 1_300u64), (201, 4, 1_300), (202, 5, 5_000)]
+    {
         let mut c = small(Algorithm::FreezeCopy, seed);
         c.transfer_down_at = Some(c.migrate_at + std::time::Duration::from_millis(cut_after_ms));
         c.duration = std::time::Duration::from_millis(run_ms);
