@@ -1978,6 +1978,7 @@ fn plot(r: &Report, dir: &Path) -> Result<()> {
                     ],
                     spans: vec![],
                     log_y: true,
+                    log_x: false,
                 };
                 let stem = if wi == 0 {
                     dir.join("precopy")
@@ -2037,6 +2038,7 @@ fn plot(r: &Report, dir: &Path) -> Result<()> {
                     .collect(),
                 spans: vec![],
                 log_y: true,
+                log_x: false,
             };
             let stem = if wi == 0 {
                 dir.join("precopy-sweep")
@@ -2084,6 +2086,7 @@ fn plot(r: &Report, dir: &Path) -> Result<()> {
                 })
                 .collect(),
             log_y: false,
+            log_x: false,
         };
         write(&fig, &dir.join("precopy-idle"))?;
     }

@@ -336,6 +336,7 @@ pub fn fig1c(args: &Fig1cArgs) -> Result<()> {
             })
             .collect(),
         log_y: false,
+        log_x: false,
     };
     plot::write(&fig, &args.out.join("fig1c"))?;
     print_table(&report["runs"]);
@@ -480,7 +481,7 @@ pub fn scaling(args: &ScalingArgs) -> Result<()> {
     }
     let fig = Figure {
         title: "Cost of a migration versus state count",
-        x_label: "states",
+        x_label: "states (log scale)",
         y_label: "ms (log scale)",
         series: series_pts
             .iter()
@@ -491,6 +492,7 @@ pub fn scaling(args: &ScalingArgs) -> Result<()> {
             .collect(),
         spans: Vec::new(),
         log_y: true,
+        log_x: true,
     };
     plot::write(&fig, &args.out.join("scaling"))?;
     println!(

@@ -42,6 +42,8 @@ pub struct Figure<'a> {
     pub spans: Vec<Span<'a>>,
     /// Log-scale y axis.
     pub log_y: bool,
+    /// Log-scale x axis (only together with `log_y`).
+    pub log_x: bool,
 }
 
 const PALETTE: [RGBColor; 6] = [
@@ -141,7 +143,15 @@ where
                 .map_err(|e| anyhow!("{e:?}"))?;
         }};
     }
-    if fig.log_y {
+    if fig.log_y && fig.log_x {
+        let y0 = if y0 == f64::MAX { 1e-3 } else { y0 / 2.0 };
+        let x0 = if x0 <= 0.0 { 1.0 } else { x0 };
+        finish!(
+            builder
+                .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+                .map_err(|e| anyhow!("{e:?}"))?
+        );
+    } else if fig.log_y {
         let y0 = if y0 == f64::MAX { 1e-3 } else { y0 / 2.0 };
         finish!(
             builder
@@ -200,6 +210,7 @@ mod tests {
                 series: 0,
             }],
             log_y: false,
+            log_x: false,
         };
         write(&fig, &dir.join("fig")).unwrap();
         let svg = std::fs::read_to_string(dir.join("fig.svg")).unwrap();
