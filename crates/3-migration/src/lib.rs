@@ -117,15 +117,15 @@ pub use report::{InstanceCounters, LossCause, MigrationReport, PhaseSpan, RoundR
 
 use flowshift_nat::{GroupId, NatError};
 use flowshift_wire::Instant;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Identifies an instance in the cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct InstanceId(pub u16);
 
 /// Identifies a migration cluster-wide: the source instance in the top 16 bits, a counter of
 /// that instance below.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MigrationId(pub u64);
 
 impl MigrationId {
@@ -194,7 +194,7 @@ pub enum Output {
 }
 
 /// Phases of a migration, as reported in events and reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Source: `Prepare` sent; destination: `Prepare` received.
@@ -221,7 +221,7 @@ pub enum Phase {
 }
 
 /// This instance's part in a migration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Moves the group away.
@@ -231,7 +231,7 @@ pub enum Role {
 }
 
 /// What an abort did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AbortOutcome {
     /// The source owns the group again; the destination is told to drop what it received.
     Reverted,
@@ -240,7 +240,7 @@ pub enum AbortOutcome {
 }
 
 /// Events for the controller and the report. Times are driver time.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MigrationEvent {
     /// A destination learned of a migration towards it.
     Incoming {

@@ -8,8 +8,11 @@
 //!
 //! [`orchestrator`] drives migrations step by step (start, redirect, barrier, cutover, done)
 //! by emitting commands for the instances and the switch and consuming their events.
+//!
+//! [`api`] holds the messages of the controller-node channel and of the operator API.
 
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod orchestrator;
 pub mod rules;

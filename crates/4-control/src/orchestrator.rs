@@ -14,7 +14,7 @@
 use crate::rules::{self, GroupRoute, Rule, RuleDiff, Topology};
 use flowshift_migration::{Algorithm, InstanceId, MigrationEvent, MigrationId, Role};
 use flowshift_wire::Instant;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 
@@ -51,7 +51,7 @@ pub enum Command {
 }
 
 /// Where a migration stands, as the controller sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Start requested; id not known yet.
@@ -69,7 +69,7 @@ pub enum Stage {
 }
 
 /// One migration's record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationStatus {
     /// The group.
     pub external: Ipv4Addr,

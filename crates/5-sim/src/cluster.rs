@@ -24,7 +24,6 @@ use flowshift_control::rules::{GroupRoute, InstancePort, Topology};
 use flowshift_migration::{
     Algorithm, Instance, InstanceId, MigrationConfig, MigrationEvent, MigrationReport, Params, Role,
 };
-use flowshift_nat::record::{RECORD_VERSION, StateRecord};
 use flowshift_nat::{GroupConfig, Nat, NatConfig};
 use flowshift_wire::Instant;
 use rand::RngExt;
@@ -34,8 +33,6 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::rc::Rc;
 use std::time::Duration;
-use zerocopy::IntoBytes;
-use zerocopy::network_endian::{U16, U32};
 
 const A: InstanceId = InstanceId(0);
 const B: InstanceId = InstanceId(1);
@@ -44,9 +41,6 @@ const SW_OUTSIDE: u16 = 2;
 const SW_NAT_A: u16 = 10;
 const SW_NAT_B: u16 = 11;
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
-/// Fictive subscribers use 100.64.1.1 and up: 4 blocks of 512 ports each, TCP and UDP.
-const FICTIVE_PER_SUB: u32 = 4 * 512 * 2;
-const FICTIVE_SUBS: u32 = 29;
 
 /// The scenario's knobs. Defaults reproduce the poster: 100 TCP flows over a 1 Gbit/s
 /// bottleneck, 65,000 states on the source, migration at 1 s.
@@ -216,55 +210,6 @@ fn nat_config(max_sessions: u32) -> NatConfig {
     }
 }
 
-/// The fictive records: established TCP and UDP sessions of idle subscribers, filling port
-/// blocks like a busy external address. Mappings never straddle chunks.
-fn fictive_records(states: u32, seed: u64) -> Vec<Vec<u8>> {
-    let capacity = FICTIVE_SUBS * FICTIVE_PER_SUB;
-    let mappings = states.min(capacity).max(1);
-    let per = states.div_ceil(mappings);
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed ^ 0xf1c7);
-    let mut chunks = Vec::new();
-    let mut chunk = Vec::new();
-    let mut left = states;
-    for j in 0..mappings {
-        if left == 0 {
-            break;
-        }
-        let sub = j / FICTIVE_PER_SUB;
-        let within = j % FICTIVE_PER_SUB;
-        let tcp = within < FICTIVE_PER_SUB / 2;
-        let idx = within % (FICTIVE_PER_SUB / 2);
-        let block = sub * 4 + idx / 512;
-        let ext_port = 1024 + block * 512 + idx % 512;
-        let sessions = per.min(left);
-        for k in 0..sessions {
-            let remote = 0x0100 + (j * per + k) % 0xfe00;
-            let rec = StateRecord {
-                proto: if tcp { 6 } else { 17 },
-                tcp_state: if tcp { 3 } else { 0 },
-                flags: 0,
-                version: RECORD_VERSION,
-                int_addr: [100, 64, 1, 1 + sub as u8],
-                int_port: U16::new(10_000 + idx as u16),
-                ext_port: U16::new(ext_port as u16),
-                rem_addr: [198, 19, (remote >> 8) as u8, remote as u8],
-                rem_port: U16::new(443),
-                reserved: U16::ZERO,
-                idle_ms: U32::new(rng.random_range(500..20_000)),
-            };
-            chunk.extend_from_slice(rec.as_bytes());
-        }
-        left -= sessions;
-        if chunk.len() >= 24 * 16_384 {
-            chunks.push(std::mem::take(&mut chunk));
-        }
-    }
-    if !chunk.is_empty() {
-        chunks.push(chunk);
-    }
-    chunks
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -317,7 +262,7 @@ pub fn run(cfg: &ClusterConfig, progress: &mut dyn FnMut(f64)) -> Result<Cluster
     let g = nat_a
         .group_id(EXTERNAL)
         .ok_or_else(|| ClusterError::Config("group missing".into()))?;
-    for chunk in fictive_records(cfg.fictive_states, cfg.seed) {
+    for chunk in flowshift_nat::record::fictive_records(cfg.fictive_states, cfg.seed) {
         nat_a.import(g, Instant::ZERO, &chunk).map_err(cfg_err)?;
     }
     while nat_a.poll_event().is_some() {}

@@ -29,7 +29,7 @@ pub enum AlgorithmChoice {
 }
 
 impl AlgorithmChoice {
-    fn list(self) -> Vec<Algorithm> {
+    pub fn list(self) -> Vec<Algorithm> {
         match self {
             AlgorithmChoice::FreezeCopy => vec![Algorithm::FreezeCopy],
             AlgorithmChoice::StopCopy => vec![Algorithm::StopCopy],
@@ -57,31 +57,32 @@ pub fn algorithm_name(a: Algorithm) -> &'static str {
 pub struct Fig1cArgs {
     /// Algorithm(s) to run, each on the same scenario and seed.
     #[arg(long, value_enum, default_value = "all")]
-    algorithm: AlgorithmChoice,
+    pub algorithm: AlgorithmChoice,
     /// Fictive long-lived states pre-loaded on the source (24 bytes each).
     #[arg(long, default_value_t = 65_000)]
-    states: u32,
+    pub states: u32,
     /// Long-lived TCP flows saturating the bottleneck.
     #[arg(long, default_value_t = 100)]
-    flows: usize,
+    pub flows: usize,
     /// Seed (decides every random choice; same seed, same report).
     #[arg(long, default_value_t = 1)]
-    seed: u64,
+    pub seed: u64,
     /// Output directory for fig1c.json, fig1c.svg and fig1c.png.
     #[arg(long, default_value = "out")]
-    out: PathBuf,
+    pub out: PathBuf,
     /// Simulated seconds per run.
     #[arg(long, default_value_t = 3.0)]
-    duration: f64,
+    pub duration: f64,
     /// When the migration starts (simulated seconds).
     #[arg(long, default_value_t = 1.0)]
-    migrate_at: f64,
+    pub migrate_at: f64,
     /// Random loss on the state-transfer link (fault injection, 0..1).
     #[arg(long, default_value_t = 0.0)]
-    transfer_loss: f64,
-    /// Back end: only the simulator exists so far (the testbed comes with the Linux node).
+    pub transfer_loss: f64,
+    /// Run on the one-machine testbed (root: namespaces, Open vSwitch, real nodes, iperf3)
+    /// instead of the simulator.
     #[arg(long)]
-    testbed: bool,
+    pub testbed: bool,
 }
 
 /// Arguments of `experiment scaling`.
@@ -247,7 +248,7 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
 /// `experiment fig1c`.
 pub fn fig1c(args: &Fig1cArgs) -> Result<()> {
     if args.testbed {
-        bail!("--testbed needs the Linux node and Open vSwitch testbed, which are not built yet");
+        return crate::testbed::fig1c(args);
     }
     if !(0.0..1.0).contains(&args.transfer_loss)
         || args.migrate_at <= 0.0

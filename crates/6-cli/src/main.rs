@@ -3,9 +3,12 @@
 mod alloc;
 mod bench;
 mod bench_transfer;
+mod cmd_controller;
+mod cmd_node;
 mod exp_precopy;
 mod experiment;
 mod plot;
+mod testbed;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -29,6 +32,18 @@ enum Command {
     /// Experiments that write JSON reports and plots (simulator by default).
     #[command(subcommand)]
     Experiment(ExperimentCommand),
+    /// Run one NAT instance on a Linux interface (AF_PACKET), until SIGINT/SIGTERM.
+    Node(cmd_node::NodeArgs),
+    /// Run the controller: OpenFlow 1.3 to the switch, control channels to the nodes, and the
+    /// operator API, until SIGINT/SIGTERM.
+    Controller(cmd_controller::ControllerArgs),
+    /// Ask the running controller to migrate a group to another node.
+    Migrate(cmd_controller::MigrateArgs),
+    /// Show the running controller's view: groups, owners, nodes, migrations.
+    Status(cmd_controller::StatusArgs),
+    /// The one-machine testbed (root): namespaces, Open vSwitch, nodes, controller.
+    #[command(subcommand)]
+    Testbed(testbed::TestbedCommand),
 }
 
 #[derive(Subcommand)]
@@ -51,6 +66,9 @@ enum BenchCommand {
     /// State transfer: export N records, frame them with the migration protocol, send them
     /// over loopback TCP, decode and install them in a second NAT; compared with a raw TCP copy.
     Transfer(bench_transfer::TransferArgs),
+    /// iperf3 throughput through one flowshift node and through Linux nftables NAT on the
+    /// same testbed topology (root); prints both and the ratio.
+    Testbed(testbed::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -61,5 +79,11 @@ fn main() -> Result<()> {
         Command::Experiment(ExperimentCommand::Fig1c(args)) => experiment::fig1c(&args),
         Command::Experiment(ExperimentCommand::Scaling(args)) => experiment::scaling(&args),
         Command::Experiment(ExperimentCommand::Precopy(args)) => exp_precopy::run(&args),
+        Command::Bench(BenchCommand::Testbed(args)) => testbed::bench(&args),
+        Command::Node(args) => cmd_node::run(&args),
+        Command::Controller(args) => cmd_controller::controller(&args),
+        Command::Migrate(args) => cmd_controller::migrate(&args),
+        Command::Status(args) => cmd_controller::status(&args),
+        Command::Testbed(cmd) => testbed::run(&cmd),
     }
 }

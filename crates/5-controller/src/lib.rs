@@ -1,0 +1,1 @@
+//! Layer 5: the controller daemon (being built).
