@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Install the packages the flowshift testbed needs (Open vSwitch userspace datapath, iperf3,
-# iproute2, ethtool, nftables, conntrack, tcpdump) on Debian/Ubuntu.
+# iproute2, ethtool, nftables, conntrack, tcpdump, ping, and the RFC 3489 STUN client and
+# server used by `flowshift testbed check`) on Debian/Ubuntu.
 #
 # Idempotent: exits 0 without touching apt when every tool is already present. Root only.
 # It never starts a service: the testbed starts its own private OVS daemons, and
 # policy-rc.d is set for the duration of the install so package scripts cannot start any.
 set -euo pipefail
 
-readonly TOOLS=(iperf3 ovs-vswitchd ethtool nft conntrack tcpdump ip)
-readonly PACKAGES=(iperf3 openvswitch-switch iproute2 ethtool nftables conntrack tcpdump)
+readonly TOOLS=(iperf3 ovs-vswitchd ethtool nft conntrack tcpdump ip ss ping stun stund timeout)
+readonly PACKAGES=(iperf3 openvswitch-switch iproute2 ethtool nftables conntrack tcpdump
+    iputils-ping stun-client stun-server coreutils)
 
 have() {
-    # ovs-vswitchd, nft, conntrack and ip live in /usr/sbin, which non-root PATHs may lack.
+    # ovs-vswitchd, nft, conntrack, stund and ip live in /usr/sbin, which non-root PATHs may
+    # lack.
     command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]
 }
 

@@ -425,6 +425,12 @@ impl Instance {
         &self.core.nat
     }
 
+    /// Next mapping-log event of the NAT ([`Nat::poll_event`]: port-block allocations and
+    /// releases). A driver drains it like the other queues; the NAT counts what overflows.
+    pub fn poll_nat_event(&mut self) -> Option<flowshift_nat::Event> {
+        self.core.nat.poll_event()
+    }
+
     /// Engine counters.
     pub fn counters(&self) -> &InstanceCounters {
         &self.core.counters

@@ -17,6 +17,18 @@
 //! pid file as a fallback), deletes the namespace (and with it every veth end inside) and
 //! removes the directory. [`Netns`] values delete their namespace on drop too.
 //!
+//! **Persistent instances.** [`OvsOptions::netns_name`] and [`OvsOptions::dir`] choose exact
+//! names (the testbed names everything after its run). [`Ovs::detach`] gives up ownership and
+//! returns an [`OvsRecord`]: the daemons, the namespace and the directory then outlive the
+//! process. [`Ovs::adopt`] takes such a record (possibly of a half-started or already stopped
+//! instance) back, so a later process can drive the switch and stop it by dropping the value.
+//! [`Netns::create_named`], [`Netns::adopt`] and [`Netns::detach`] do the same for namespaces.
+//!
+//! **Offloads.** By default every veth gets `tx off` (TCP through the plain userspace datapath
+//! needs it). With [`OvsOptions::userspace_tso`] the bridge runs with
+//! `other_config:userspace-tso-enable=true` and veths keep their offloads, so GSO frames pass
+//! through the switch.
+//!
 //! A unix-socket controller target (`unix:<path>`) works across namespaces;
 //! [`Ovs::controller_socket_path`] suggests a path inside the private directory. Bind the
 //! listener before calling [`Ovs::set_controller`], or the switch backs off before retrying.
@@ -247,6 +259,8 @@ fn run(cmd: &mut Command, timeout: Duration) -> Result<String, OvsError> {
 pub struct Netns {
     name: String,
     ip: PathBuf,
+    /// Delete the namespace on drop (false after [`Netns::detach`]).
+    owned: bool,
 }
 
 impl Netns {
@@ -266,7 +280,11 @@ impl Netns {
                 COMMAND_TIMEOUT,
             ) {
                 Ok(_) => {
-                    let ns = Netns { name, ip };
+                    let ns = Netns {
+                        name,
+                        ip,
+                        owned: true,
+                    };
                     ns.ip_cmd(&["link", "set", "lo", "up"])?;
                     return Ok(ns);
                 }
@@ -278,6 +296,47 @@ impl Netns {
             "cannot create a network namespace: {}",
             last.map_or_else(|| "no free name".to_owned(), |e| e.to_string())
         )))
+    }
+
+    /// Creates the namespace `name` exactly (at most 64 bytes, no `/`), with its loopback up.
+    /// An existing namespace of that name is an error, never taken over.
+    pub fn create_named(name: &str) -> Result<Netns, OvsError> {
+        if name.is_empty() || name.len() > 64 || name.contains('/') || name.starts_with('.') {
+            return Err(OvsError::Invalid(format!("bad namespace name {name:?}")));
+        }
+        let ip = program("ip")?;
+        if Path::new("/run/netns").join(name).exists() {
+            return Err(OvsError::Invalid(format!(
+                "network namespace {name} exists already"
+            )));
+        }
+        run(
+            Command::new(&ip).args(["netns", "add", name]),
+            COMMAND_TIMEOUT,
+        )?;
+        let ns = Netns {
+            name: name.to_owned(),
+            ip,
+            owned: true,
+        };
+        ns.ip_cmd(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Takes ownership of the existing namespace `name` (deleted when the value drops). The
+    /// namespace need not exist: dropping then does nothing harmful.
+    pub fn adopt(name: &str) -> Result<Netns, OvsError> {
+        Ok(Netns {
+            name: name.to_owned(),
+            ip: program("ip")?,
+            owned: true,
+        })
+    }
+
+    /// Gives up ownership: the namespace outlives the value. Returns its name.
+    pub fn detach(mut self) -> String {
+        self.owned = false;
+        std::mem::take(&mut self.name)
     }
 
     /// The namespace name (for `ip netns exec`).
@@ -308,6 +367,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // Nothing useful can be done about a failure here; the name is unique to this process.
         let _ = run(
             Command::new(&self.ip).args(["netns", "del", &self.name]),
@@ -325,6 +387,16 @@ pub struct OvsOptions {
     pub name_prefix: String,
     /// Datapath id to configure; `None` lets Open vSwitch derive one from the bridge MAC.
     pub datapath_id: Option<u64>,
+    /// Exact namespace name (must not exist yet); `None`: `<name_prefix>-<pid>-<counter>`.
+    pub netns_name: Option<String>,
+    /// Exact private directory (created with its parents; must not hold a database yet);
+    /// `None`: `<temp dir>/<name_prefix>-<pid>-<counter>`. Sockets live in it: keep the path
+    /// short (unix socket paths are limited to 107 bytes).
+    pub dir: Option<PathBuf>,
+    /// Run the userspace datapath with TCP segmentation offload
+    /// (`other_config:userspace-tso-enable=true`) and leave the veths' TX offloads on;
+    /// `false` (default): TSO off in the switch and `tx off` on every veth.
+    pub userspace_tso: bool,
 }
 
 impl Default for OvsOptions {
@@ -333,8 +405,25 @@ impl Default for OvsOptions {
             bridge: "br0".into(),
             name_prefix: "fsof".into(),
             datapath_id: None,
+            netns_name: None,
+            dir: None,
+            userspace_tso: false,
         }
     }
+}
+
+/// What identifies a running (or half-started) instance after [`Ovs::detach`]: enough for
+/// [`Ovs::adopt`] to drive and stop it from another process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OvsRecord {
+    /// The namespace the daemons run in.
+    pub netns: String,
+    /// The private directory (database, sockets, pid files, logs).
+    pub dir: PathBuf,
+    /// The bridge.
+    pub bridge: String,
+    /// Whether the veths keep their TX offloads ([`OvsOptions::userspace_tso`]).
+    pub userspace_tso: bool,
 }
 
 /// Paths of the binaries, resolved once.
@@ -377,6 +466,10 @@ pub struct Ovs {
     tools: Tools,
     dir: PathBuf,
     bridge: String,
+    /// Veths keep their TX offloads ([`OvsOptions::userspace_tso`]).
+    userspace_tso: bool,
+    /// Stop and clean up on drop (false after [`Ovs::detach`]).
+    owned: bool,
     // Dropped after `Drop::drop` has stopped the daemons.
     netns: Netns,
 }
@@ -400,12 +493,34 @@ impl Ovs {
             )));
         }
         let tools = Tools::find()?;
-        let dir = make_private_dir(&options.name_prefix)?;
-        let netns = match Netns::create(&options.name_prefix) {
+        let (dir, made_dir) = match &options.dir {
+            Some(d) => {
+                if d.join("conf.db").exists() {
+                    return Err(OvsError::Invalid(format!(
+                        "{} holds an Open vSwitch database already",
+                        d.display()
+                    )));
+                }
+                let made = !d.exists();
+                fs::create_dir_all(d).map_err(|source| OvsError::Io {
+                    context: format!("creating {}", d.display()),
+                    source,
+                })?;
+                (d.clone(), made)
+            }
+            None => (make_private_dir(&options.name_prefix)?, true),
+        };
+        let netns = match &options.netns_name {
+            Some(name) => Netns::create_named(name),
+            None => Netns::create(&options.name_prefix),
+        };
+        let netns = match netns {
             Ok(ns) => ns,
             Err(e) => {
-                // Best effort: the directory is empty and ours.
-                let _ = fs::remove_dir_all(&dir);
+                if made_dir {
+                    // Best effort: the directory is empty and ours.
+                    let _ = fs::remove_dir_all(&dir);
+                }
                 return Err(e);
             }
         };
@@ -413,10 +528,46 @@ impl Ovs {
             tools,
             dir,
             bridge: options.bridge.clone(),
+            userspace_tso: options.userspace_tso,
+            owned: true,
             netns,
         };
         ovs.boot(options)?;
         Ok(ovs)
+    }
+
+    /// Gives up ownership: the daemons keep running, and the namespace and the directory stay,
+    /// after the value is gone. The record lets [`Ovs::adopt`] take the instance back.
+    pub fn detach(mut self) -> OvsRecord {
+        self.owned = false;
+        let record = self.record();
+        self.netns.owned = false;
+        record
+    }
+
+    /// This instance's record (see [`Ovs::detach`]).
+    pub fn record(&self) -> OvsRecord {
+        OvsRecord {
+            netns: self.netns.name.clone(),
+            dir: self.dir.clone(),
+            bridge: self.bridge.clone(),
+            userspace_tso: self.userspace_tso,
+        }
+    }
+
+    /// Takes back an instance from its record (typically written by another process after
+    /// [`Ovs::detach`]). Nothing is checked beyond the tools being installed: the instance
+    /// may be half-started or gone; dropping the value stops whatever runs, deletes the
+    /// namespace and removes the directory.
+    pub fn adopt(record: &OvsRecord) -> Result<Ovs, OvsError> {
+        Ok(Ovs {
+            tools: Tools::find()?,
+            dir: record.dir.clone(),
+            bridge: record.bridge.clone(),
+            userspace_tso: record.userspace_tso,
+            owned: true,
+            netns: Netns::adopt(&record.netns)?,
+        })
     }
 
     fn boot(&self, options: &OvsOptions) -> Result<(), OvsError> {
@@ -483,6 +634,15 @@ impl Ovs {
             args.push(d);
         }
         self.vsctl(&args)?;
+        if options.userspace_tso {
+            // Read by the datapath when ports are added: set before any port exists.
+            self.vsctl(&[
+                "set",
+                "open_vswitch",
+                ".",
+                "other_config:userspace-tso-enable=true",
+            ])?;
+        }
         Ok(())
     }
 
@@ -610,6 +770,16 @@ impl Ovs {
         self.ofctl("dump-flows", &[])
     }
 
+    /// `ovs-ofctl dump-ports` output (per-port packet, byte, drop and error counters).
+    pub fn dump_ports(&self) -> Result<String, OvsError> {
+        self.ofctl("dump-ports", &[])
+    }
+
+    /// Whether veths keep their TX offloads ([`OvsOptions::userspace_tso`]).
+    pub fn userspace_tso(&self) -> bool {
+        self.userspace_tso
+    }
+
     /// Points the bridge at a controller (`unix:<path>` or `tcp:<ip>:<port>`, the latter as
     /// seen from inside the namespace), out of band, retrying at least every second. This
     /// flushes all flows.
@@ -631,7 +801,8 @@ impl Ovs {
 
     /// Creates a veth pair with `port` inside the switch namespace and `peer` inside
     /// `peer_ns`, brings both up, turns off TX checksum offload on both (needed for TCP through
-    /// the userspace datapath; skipped when `ethtool` is absent), adds `port` to the bridge
+    /// the userspace datapath; skipped when `ethtool` is absent, and with
+    /// [`OvsOptions::userspace_tso`], which keeps the offloads), adds `port` to the bridge
     /// (with OpenFlow port number `ofport` if given) and returns its OpenFlow port number.
     pub fn add_veth_port(
         &self,
@@ -659,7 +830,7 @@ impl Ovs {
         ])?;
         self.netns.ip_cmd(&["link", "set", port, "up"])?;
         peer_ns.ip_cmd(&["link", "set", peer, "up"])?;
-        if let Some(ethtool) = &self.tools.ethtool {
+        if let Some(ethtool) = self.tools.ethtool.as_ref().filter(|_| !self.userspace_tso) {
             run(
                 self.netns.command(ethtool).args(["-K", port, "tx", "off"]),
                 COMMAND_TIMEOUT,
@@ -730,6 +901,9 @@ impl Ovs {
 
 impl Drop for Ovs {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         for daemon in DAEMONS {
             let ctl = self.ctl_socket(daemon);
             if ctl.exists() {

@@ -1,1 +1,153 @@
-//! Layer 5: the controller daemon (being built).
+//! Layer 5: the controller daemon (`flowshift controller`).
+//!
+//! It drives the control layer's [`Orchestrator`](flowshift_control::orchestrator::Orchestrator)
+//! with real I/O:
+//!
+//! * **Switch** ([`switch`]): listens on `openflow_listen`, speaks OpenFlow 1.3 through
+//!   [`flowshift_openflow::Connection`] (hello, features, echo keepalive, flow-mod, barrier,
+//!   errors, flow and port statistics every second), installs the whole table on connect
+//!   (delete all, add all, barrier) and applies table diffs as flow-mods plus a barrier. A
+//!   redirect is confirmed to the orchestrator only by a barrier reply with no error for its
+//!   flow-mods ([`flows`] maps rules to flow-mods).
+//! * **Nodes**: listen on `node_listen`; a node opens with a `Hello` that must match the
+//!   configuration (id and MAC), then gets requests and pushes migration events
+//!   (`flowshift_control::api`, JSON lines). Status is polled every 500 ms.
+//! * **Operator API** ([`http`]): HTTP/1.1 JSON on `api_listen` (TCP or unix socket);
+//!   [`client::ApiClient`] is its client.
+//!
+//! One task owns all state (`core`); socket tasks only frame bytes. Every queue is bounded
+//! and counted ([`ControllerCounters`], [`SwitchCounters`]).
+
+#![deny(missing_docs)]
+
+mod accept;
+pub mod client;
+pub mod config;
+mod core;
+pub mod flows;
+pub mod http;
+mod net;
+pub mod switch;
+
+pub use crate::core::ControllerCounters;
+pub use client::{ApiClient, ClientError};
+pub use config::{ClusterConfig, ConfigError, Endpoint, Mac};
+pub use switch::{FlowCounter, PortCounter, SwitchCounters, SwitchStatus};
+
+use crate::core::{Core, INBOX_CAPACITY, Inbox, Shared};
+use anyhow::{Context, Result};
+use net::Listener;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tracing::info;
+
+/// A controller with its three listeners bound, ready to [`run`](Controller::run).
+pub struct Controller {
+    cfg: ClusterConfig,
+    openflow: Listener,
+    nodes: Listener,
+    api: Listener,
+}
+
+impl Controller {
+    /// Validates `cfg` and binds its listeners (inside a tokio runtime). TCP port 0 binds an
+    /// ephemeral port; the `*_endpoint` methods tell which.
+    pub async fn bind(cfg: ClusterConfig) -> Result<Controller> {
+        cfg.validate()?;
+        let openflow = Listener::bind(&cfg.openflow_listen)
+            .await
+            .context("openflow_listen")?;
+        let nodes = Listener::bind(&cfg.node_listen)
+            .await
+            .context("node_listen")?;
+        let api = Listener::bind(&cfg.api_listen)
+            .await
+            .context("api_listen")?;
+        Ok(Controller {
+            cfg,
+            openflow,
+            nodes,
+            api,
+        })
+    }
+
+    /// Where the switch should connect.
+    pub fn openflow_endpoint(&self) -> Endpoint {
+        self.openflow.local()
+    }
+
+    /// Where nodes should connect.
+    pub fn node_endpoint(&self) -> Endpoint {
+        self.nodes.local()
+    }
+
+    /// Where the operator API listens.
+    pub fn api_endpoint(&self) -> Endpoint {
+        self.api.local()
+    }
+
+    /// Runs until `shutdown` completes. Then every connection is closed and unix socket
+    /// files are removed; the switch keeps its flows (fail-secure mode forwards by them).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let shared = Arc::new(Shared::default());
+        let core = Core::new(
+            self.cfg,
+            flowshift_openflow::Config::default(),
+            shared.clone(),
+        )
+        .context("computing the switch table")?;
+        let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+        let inbox = Inbox::new(tx, shared);
+        info!(
+            openflow = %self.openflow.local(),
+            nodes = %self.nodes.local(),
+            api = %self.api.local(),
+            "controller listening"
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(accept::switches(self.openflow, inbox.clone()));
+        tasks.spawn(accept::nodes(self.nodes, inbox.clone()));
+        tasks.spawn(http::serve(self.api, inbox));
+        core.run(rx, shutdown).await;
+        // Dropping the accept loops drops the listeners (and removes unix socket files).
+        tasks.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Runs a controller for `cfg` on a fresh runtime until SIGINT or SIGTERM.
+pub fn run_until_signal(cfg: ClusterConfig) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let controller = Controller::bind(cfg).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        controller
+            .run(async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+                    _ = term.recv() => info!("SIGTERM received"),
+                }
+            })
+            .await
+    })
+}
+
+/// Sends log lines to standard error at the level named by `FLOWSHIFT_LOG` (`error`, `warn`,
+/// `info` (default), `debug`, `trace`). Does nothing if a logger is already installed.
+pub fn init_logging() {
+    let level = std::env::var("FLOWSHIFT_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    // Err: a subscriber is already installed (e.g. by a test harness); keep it.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_max_level(level)
+        .try_init();
+}

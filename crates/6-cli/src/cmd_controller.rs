@@ -1,8 +1,24 @@
-//! `flowshift controller`, `migrate` and `status` (being built).
+//! `flowshift controller` (the daemon), and `flowshift migrate` / `flowshift status`, which
+//! talk to a running controller's operator API.
 
-use anyhow::{Result, bail};
-use clap::Args;
-use std::path::PathBuf;
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use flowshift_control::api::{ClusterStatus, MigrateRequest};
+use flowshift_control::orchestrator::{MigrationStatus, Stage};
+use flowshift_controller::{ApiClient, ClusterConfig, Endpoint};
+use flowshift_migration::{Algorithm, Params};
+use serde_json::Value;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where `--controller` points when neither it nor `FLOWSHIFT_CONTROLLER` is given and no
+/// single testbed runs.
+const DEFAULT_CONTROLLER: &str = "127.0.0.1:6780";
+/// Where testbeds keep their state (`testbed-<run>/state.json`, field `api`).
+const TESTBED_STATE_DIR: &str = "/run/flowshift";
+/// How often `migrate --wait` polls.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Arguments of `flowshift controller`.
 #[derive(Args, Debug)]
@@ -14,23 +30,449 @@ pub struct ControllerArgs {
 
 /// Arguments of `flowshift migrate`.
 #[derive(Args, Debug)]
-pub struct MigrateArgs {}
+pub struct MigrateArgs {
+    /// The group's external address.
+    #[arg(long)]
+    group: Ipv4Addr,
+    /// Destination node id.
+    #[arg(long)]
+    to: u16,
+    /// Migration algorithm.
+    #[arg(long, value_enum)]
+    algorithm: AlgorithmArg,
+    /// Migration parameters as JSON (fields of the migration `Params`, e.g.
+    /// '{"idle_max": 2000}'; durations in ms); default: the controller's.
+    #[arg(long)]
+    params: Option<String>,
+    /// Controller API: HOST:PORT or unix:/path. Default: $FLOWSHIFT_CONTROLLER, else the API
+    /// of the single running testbed, else 127.0.0.1:6780.
+    #[arg(long)]
+    controller: Option<String>,
+    /// Wait until the migration is done or aborted, then print its report.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    wait_timeout: u64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
 
 /// Arguments of `flowshift status`.
 #[derive(Args, Debug)]
-pub struct StatusArgs {}
+pub struct StatusArgs {
+    /// Controller API: HOST:PORT or unix:/path (default as for `migrate`).
+    #[arg(long)]
+    controller: Option<String>,
+    /// Print the raw `ClusterStatus` JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Migration algorithms as spelled on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+#[allow(clippy::enum_variant_names)] // the names of `flowshift_migration::Algorithm`
+enum AlgorithmArg {
+    /// Idle phase, then iterated freeze-and-copy (the poster's).
+    FreezeCopy,
+    /// Halt, copy everything, resume on the destination.
+    StopCopy,
+    /// Copy in rounds while serving, then a final stop-and-copy.
+    PreCopy,
+}
+
+impl From<AlgorithmArg> for Algorithm {
+    fn from(a: AlgorithmArg) -> Algorithm {
+        match a {
+            AlgorithmArg::FreezeCopy => Algorithm::FreezeCopy,
+            AlgorithmArg::StopCopy => Algorithm::StopCopy,
+            AlgorithmArg::PreCopy => Algorithm::PreCopy,
+        }
+    }
+}
 
 /// Runs the controller until SIGINT/SIGTERM.
 pub fn controller(args: &ControllerArgs) -> Result<()> {
-    bail!("controller not built yet ({})", args.config.display())
+    flowshift_controller::init_logging();
+    let cfg = ClusterConfig::load(&args.config)?;
+    flowshift_controller::run_until_signal(cfg)
 }
 
-/// Asks the running controller to migrate a group.
-pub fn migrate(_args: &MigrateArgs) -> Result<()> {
-    bail!("not built yet")
+/// Asks the running controller to migrate a group; with `--wait`, follows it to the end.
+pub fn migrate(args: &MigrateArgs) -> Result<()> {
+    let client = ApiClient::new(resolve_controller(args.controller.as_deref())?);
+    let params = args
+        .params
+        .as_deref()
+        .map(|p| serde_json::from_str::<Params>(p).context("--params"))
+        .transpose()?;
+    let req = MigrateRequest {
+        group: args.group,
+        to: args.to,
+        algorithm: args.algorithm.into(),
+        params,
+    };
+    let resp = client.migrate(&req)?;
+    let index = resp.index;
+    if !args.wait {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&resp)?);
+        } else {
+            println!(
+                "migration #{index} requested: {} from node {} to node {} ({})",
+                args.group, resp.status.from, resp.status.to, resp.status.algorithm
+            );
+        }
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut last_stage = None;
+    let status = loop {
+        let all = client.migrations()?;
+        let m = all
+            .get(index)
+            .cloned()
+            .with_context(|| format!("the controller no longer lists migration #{index}"))?;
+        if last_stage != Some(m.stage) && !args.json {
+            eprintln!(
+                "[{:7.1} s] migration #{index}: {}",
+                started.elapsed().as_secs_f64(),
+                stage_name(m.stage)
+            );
+            last_stage = Some(m.stage);
+        }
+        if matches!(m.stage, Stage::Done | Stage::Aborted) {
+            break m;
+        }
+        if started.elapsed() > Duration::from_secs(args.wait_timeout) {
+            bail!(
+                "migration #{index} still {} after {} s",
+                stage_name(m.stage),
+                args.wait_timeout
+            );
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    };
+    let report = match status.migration {
+        Some(_) => match client.report(index) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("warning: no report from the source node: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    if args.json {
+        let out = serde_json::json!({ "index": index, "status": status, "report": report });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_summary(index, &status, report.as_ref());
+    }
+    if status.stage == Stage::Aborted {
+        bail!("migration #{index} was aborted");
+    }
+    Ok(())
 }
 
-/// Prints the running controller's status.
-pub fn status(_args: &StatusArgs) -> Result<()> {
-    bail!("not built yet")
+/// Prints the running controller's view of the cluster.
+pub fn status(args: &StatusArgs) -> Result<()> {
+    let client = ApiClient::new(resolve_controller(args.controller.as_deref())?);
+    let s = client.status()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print_status(&s);
+    }
+    Ok(())
+}
+
+/// The API endpoint: the flag, else `FLOWSHIFT_CONTROLLER`, else the single running
+/// testbed's, else [`DEFAULT_CONTROLLER`].
+fn resolve_controller(flag: Option<&str>) -> Result<Endpoint> {
+    if let Some(f) = flag {
+        return f.parse().map_err(|e| anyhow::anyhow!("--controller: {e}"));
+    }
+    if let Ok(v) = std::env::var("FLOWSHIFT_CONTROLLER")
+        && !v.is_empty()
+    {
+        return v
+            .parse()
+            .map_err(|e| anyhow::anyhow!("FLOWSHIFT_CONTROLLER: {e}"));
+    }
+    if let Some(ep) = testbed_api(Path::new(TESTBED_STATE_DIR))? {
+        return Ok(ep);
+    }
+    DEFAULT_CONTROLLER
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The `api` of the one `testbed-*/state.json` under `dir`, if exactly one exists.
+fn testbed_api(dir: &Path) -> Result<Option<Endpoint>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    let states: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("testbed-"))
+        .map(|e| e.path().join("state.json"))
+        .filter(|p| p.is_file())
+        .collect();
+    let state = match states.as_slice() {
+        [] => return Ok(None),
+        [one] => one,
+        many => bail!(
+            "several testbeds found ({}); choose one with --controller or FLOWSHIFT_CONTROLLER",
+            many.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let text =
+        std::fs::read_to_string(state).with_context(|| format!("reading {}", state.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", state.display()))?;
+    let Some(api) = v.get("api").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let ep = if api.starts_with('/') {
+        Endpoint::Unix(PathBuf::from(api))
+    } else {
+        api.parse()
+            .map_err(|e| anyhow::anyhow!("{}: api: {e}", state.display()))?
+    };
+    Ok(Some(ep))
+}
+
+fn stage_name(s: Stage) -> &'static str {
+    match s {
+        Stage::Requested => "requested",
+        Stage::Running => "running",
+        Stage::Redirecting => "redirecting",
+        Stage::Draining => "draining",
+        Stage::Done => "done",
+        Stage::Aborted => "aborted",
+    }
+}
+
+/// Milliseconds from `from` to `to` (ns timestamps of the controller clock).
+fn span_ms(from: u64, to: u64) -> f64 {
+    to.saturating_sub(from) as f64 / 1e6
+}
+
+fn print_summary(index: usize, m: &MigrationStatus, report: Option<&Value>) {
+    println!(
+        "migration #{index}: {} from node {} to node {} ({}): {}",
+        m.external,
+        m.from,
+        m.to,
+        m.algorithm,
+        stage_name(m.stage)
+    );
+    let t0 = m.requested_at.as_nanos();
+    let mut timeline = Vec::new();
+    if let Some(t) = m.redirect_sent_at {
+        timeline.push(format!("redirect sent {:.1} ms", span_ms(t0, t.as_nanos())));
+    }
+    if let Some(t) = m.redirect_confirmed_at {
+        timeline.push(format!(
+            "switch confirmed {:.1} ms",
+            span_ms(t0, t.as_nanos())
+        ));
+    }
+    if let Some(t) = m.finished_at {
+        timeline.push(format!("finished {:.1} ms", span_ms(t0, t.as_nanos())));
+    }
+    if !timeline.is_empty() {
+        println!("  controller: {} after the request", timeline.join(", "));
+    }
+    let Some(r) = report else { return };
+    let num = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    if let Some(phases) = r.get("phases").and_then(Value::as_array) {
+        let shown: Vec<String> = phases
+            .iter()
+            .map(|p| {
+                let name = p.get("name").and_then(Value::as_str).unwrap_or("?");
+                let start = p.get("start_ms").and_then(Value::as_f64).unwrap_or(0.0);
+                match p.get("end_ms").and_then(Value::as_f64) {
+                    Some(end) => format!("{name} {:.1} ms", end - start),
+                    None => format!("{name} (open)"),
+                }
+            })
+            .collect();
+        println!("  phases (source): {}", shown.join(", "));
+    }
+    println!(
+        "  states: {} at start, {} transferred, {} expired while idle; {} records in {} batches",
+        num("mappings_at_start"),
+        num("states_transferred"),
+        num("states_expired_idle"),
+        num("records"),
+        num("batches"),
+    );
+    println!(
+        "  bytes: {:.0} sent, {:.0} received by the source",
+        num("bytes_transferred"),
+        num("bytes_received")
+    );
+    let lost = r
+        .get("packets_lost_by_cause")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_u64().filter(|&n| n > 0).map(|n| (k.clone(), n)))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let total: u64 = lost.iter().map(|(_, n)| n).sum();
+    if lost.is_empty() {
+        println!("  lost packets: 0");
+    } else {
+        let by: Vec<String> = lost.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!("  lost packets: {total} ({})", by.join(", "));
+    }
+    println!(
+        "  max freeze {:.2} ms, max buffer delay {:.2} ms, halted {:.2} ms; {} packets buffered, {} chained",
+        num("max_freeze_ms"),
+        num("max_buffer_delay_ms"),
+        num("halted_ms"),
+        num("packets_buffered"),
+        num("packets_chained"),
+    );
+}
+
+fn print_status(s: &ClusterStatus) {
+    let switch = match s.switch_datapath_id {
+        Some(dp) => format!(
+            "switch {dp:#018x} connected, {} rules installed",
+            s.switch_rules
+        ),
+        None => "switch not connected".to_owned(),
+    };
+    println!("controller up {:.1} s; {switch}", s.uptime_s);
+    println!();
+    println!("{:<16} {:<20} {:>5}", "GROUP", "SUBSCRIBERS", "OWNER");
+    for g in &s.groups {
+        println!("{:<16} {:<20} {:>5}", g.external, g.subscribers, g.owner);
+    }
+    println!();
+    println!(
+        "{:<5} {:<9} {:>9} {:>6} {:>9} {:>12} {:>12} {:>9} {:>9}",
+        "NODE",
+        "CONNECTED",
+        "UPTIME_S",
+        "GROUPS",
+        "MAPPINGS",
+        "RX_PACKETS",
+        "TX_PACKETS",
+        "DROPS",
+        "MIG_LOSS"
+    );
+    for (id, n) in &s.nodes {
+        let connected = if n.connected { "yes" } else { "no" };
+        match &n.status {
+            Some(st) => {
+                let sum = |prefix: &str| -> u64 {
+                    st.counters
+                        .iter()
+                        .filter(|(k, _)| k.starts_with(prefix))
+                        .map(|(_, v)| v)
+                        .sum()
+                };
+                let get = |k: &str| st.counters.get(k).copied().unwrap_or(0);
+                let mappings: u64 = st.groups.iter().map(|g| u64::from(g.mappings)).sum();
+                println!(
+                    "{:<5} {:<9} {:>9.1} {:>6} {:>9} {:>12} {:>12} {:>9} {:>9}",
+                    id,
+                    connected,
+                    st.uptime_s,
+                    st.groups.len(),
+                    mappings,
+                    get("rx_packets"),
+                    get("tx_packets"),
+                    sum("drop_"),
+                    sum("loss_"),
+                );
+            }
+            None => println!("{id:<5} {connected:<9} (no status yet)"),
+        }
+    }
+    if s.migrations.is_empty() {
+        println!();
+        println!("no migrations");
+        return;
+    }
+    println!();
+    println!(
+        "{:<4} {:<16} {:>4} {:>4} {:<11} {:<12} {:>18} {:>11}",
+        "#", "GROUP", "FROM", "TO", "ALGORITHM", "STAGE", "ID", "ELAPSED_MS"
+    );
+    let now_ns = (s.uptime_s * 1e9) as u64;
+    for (i, m) in s.migrations.iter().enumerate() {
+        let end = m.finished_at.map_or(now_ns, |t| t.as_nanos());
+        let id = m
+            .migration
+            .map_or_else(|| "-".to_owned(), |id| format!("{id:#x}"));
+        println!(
+            "{:<4} {:<16} {:>4} {:>4} {:<11} {:<12} {:>18} {:>11.1}",
+            i,
+            m.external,
+            m.from,
+            m.to,
+            m.algorithm,
+            stage_name(m.stage),
+            id,
+            span_ms(m.requested_at.as_nanos(), end)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_single_testbed_state_names_the_api() {
+        let dir = std::env::temp_dir().join(format!("fs-cli-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(testbed_api(&dir).unwrap(), None, "no directory");
+        std::fs::create_dir_all(dir.join("testbed-ab12")).unwrap();
+        assert_eq!(testbed_api(&dir).unwrap(), None, "no state file");
+        std::fs::write(
+            dir.join("testbed-ab12/state.json"),
+            r#"{"api": "unix:/run/flowshift/testbed-ab12/api.sock"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            testbed_api(&dir).unwrap(),
+            Some(Endpoint::Unix(
+                "/run/flowshift/testbed-ab12/api.sock".into()
+            ))
+        );
+        std::fs::write(
+            dir.join("testbed-ab12/state.json"),
+            r#"{"api": "/x/api.sock"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            testbed_api(&dir).unwrap(),
+            Some(Endpoint::Unix("/x/api.sock".into()))
+        );
+        std::fs::create_dir_all(dir.join("testbed-cd34")).unwrap();
+        std::fs::write(dir.join("testbed-cd34/state.json"), "{}").unwrap();
+        assert!(testbed_api(&dir).is_err(), "two testbeds: ambiguous");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_explicit_controller_wins() {
+        assert_eq!(
+            resolve_controller(Some("unix:/a.sock")).unwrap(),
+            Endpoint::Unix("/a.sock".into())
+        );
+        assert!(resolve_controller(Some("nonsense")).is_err());
+    }
 }

@@ -1,40 +1,292 @@
-//! The one-machine testbed (being built).
+//! The one-machine testbed (root): network namespaces, a private Open vSwitch with the
+//! userspace datapath, `flowshift node` processes, `flowshift controller`, iperf3.
+//!
+//! * `flowshift testbed up|down|check` ([`run`]): build a testbed ([`bed::Testbed::up`], the
+//!   layout in [`layout`]), remove one ([`bed::teardown`]), check the NAT's behaviour from the
+//!   subscriber side with an independent STUN client ([`check`]).
+//! * `flowshift experiment fig1c --testbed` ([`fig1c`]): the poster's experiment on real
+//!   packets ([`exp`]).
+//! * `flowshift bench testbed` ([`bench`]): iperf3 through a node and through Linux nftables
+//!   NAT on the same switch ([`benchmark`]).
+//!
+//! Network safety: traffic only flows between namespaces the run created, with subscribers in
+//! 100.64.0.0/10, servers and external addresses in 203.0.113.0/24 and 198.18.0.0/15, and the
+//! management network in 198.19.0.0/24. Nothing is added to the root namespace except the
+//! state directory and, while a run exists, a larger `net.core.rmem_default`.
+
+pub mod bed;
+mod benchmark;
+pub mod check;
+mod exp;
+pub mod iperf;
+pub mod layout;
+pub mod sys;
 
 use anyhow::{Result, bail};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 /// `flowshift testbed ...`.
 #[derive(Subcommand, Debug)]
 pub enum TestbedCommand {
-    /// Build the testbed.
+    /// Build a testbed: switch, subscriber and server namespaces, nodes, controller.
     Up(UpArgs),
-    /// Remove the testbed.
+    /// Remove a testbed (also a half-built one): processes, namespaces, switch, directory.
     Down(DownArgs),
+    /// Behaviour check from the subscriber side with an independent STUN client (RFC 3489
+    /// classification): mapping and filtering.
+    Check(CheckArgs),
+}
+
+/// Switch and veth offloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Offload {
+    /// Plain userspace datapath: TSO off in the switch, `tx off` on every veth.
+    Off,
+    /// `userspace-tso-enable=true`, veth offloads on (GSO frames pass the switch and nodes).
+    Tso,
+}
+
+/// NAT filtering of the nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FilteringArg {
+    /// Any remote endpoint may send to an existing mapping (the default).
+    EndpointIndependent,
+    /// Only remote addresses the mapping has sent to.
+    AddressDependent,
+}
+
+impl FilteringArg {
+    /// As the NAT configuration spells it.
+    pub fn as_config(self) -> &'static str {
+        match self {
+            FilteringArg::EndpointIndependent => "endpoint-independent",
+            FilteringArg::AddressDependent => "address-dependent",
+        }
+    }
 }
 
 /// Arguments of `testbed up`.
 #[derive(Args, Debug)]
-pub struct UpArgs {}
+pub struct UpArgs {
+    /// Number of NAT nodes (node K owns group 198.18.0.K with subscribers 100.(63+K).0.0/16).
+    #[arg(long, default_value_t = 2)]
+    pub nodes: u16,
+    /// Fictive long-lived states pre-loaded on group 198.18.0.1 (node 1).
+    #[arg(long, default_value_t = 65_000)]
+    pub preload: u32,
+    /// Seed of the pre-loaded states.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Offloads of the switch and the veths.
+    #[arg(long, value_enum, default_value = "off")]
+    pub offload: Offload,
+    /// NAT filtering.
+    #[arg(long, value_enum, default_value = "endpoint-independent")]
+    pub filtering: FilteringArg,
+    /// Stay in the foreground and remove the testbed on Ctrl-C / SIGTERM.
+    #[arg(long)]
+    pub foreground: bool,
+}
 
 /// Arguments of `testbed down`.
 #[derive(Args, Debug)]
-pub struct DownArgs {}
+pub struct DownArgs {
+    /// Run id (four hex digits, as `up` printed); default: the only run.
+    pub run: Option<String>,
+    /// Remove every run found (state directories and `fsXXXX-*` namespaces).
+    #[arg(long, conflicts_with = "run")]
+    pub all: bool,
+}
+
+/// Arguments of `testbed check`.
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Run id; default: the only run.
+    pub run: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Arguments of `bench testbed`.
 #[derive(Args, Debug)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Offloads of the switch and the veths (the same for both paths).
+    #[arg(long, value_enum, default_value = "off")]
+    pub offload: Offload,
+    /// Seconds per iperf3 measurement.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Parallel TCP flows per measurement.
+    #[arg(long, default_value_t = 8)]
+    pub flows: usize,
+}
 
 /// Runs a testbed subcommand.
 pub fn run(cmd: &TestbedCommand) -> Result<()> {
-    bail!("testbed not built yet: {cmd:?}")
+    match cmd {
+        TestbedCommand::Up(a) => up(a),
+        TestbedCommand::Down(a) => down(a),
+        TestbedCommand::Check(a) => check::run(a),
+    }
 }
 
 /// `bench testbed`.
-pub fn bench(_args: &BenchArgs) -> Result<()> {
-    bail!("testbed not built yet")
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    benchmark::run(args)
 }
 
 /// `experiment fig1c --testbed`.
-pub fn fig1c(_args: &crate::experiment::Fig1cArgs) -> Result<()> {
-    bail!("testbed not built yet")
+pub fn fig1c(args: &crate::experiment::Fig1cArgs) -> Result<()> {
+    exp::fig1c(args)
+}
+
+fn up(a: &UpArgs) -> Result<()> {
+    bed::require_root("`flowshift testbed up`")?;
+    sys::catch_interrupts();
+    let tb = bed::Testbed::up(&bed::UpOptions {
+        nodes: a.nodes,
+        preload: a.preload,
+        seed: a.seed,
+        tso: a.offload == Offload::Tso,
+        filtering: a.filtering.as_config().into(),
+        verbose: true,
+    })?;
+    print_summary(&tb.state);
+    if !a.foreground {
+        let run = tb.keep().run;
+        println!("remove it with: flowshift testbed down {run}");
+        return Ok(());
+    }
+    println!("running in the foreground; Ctrl-C removes it");
+    loop {
+        if sys::interrupted() {
+            break;
+        }
+        if let Err(e) = tb.check_processes() {
+            eprintln!("{e:#}");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let run = tb.state.run.clone();
+    tb.down()?;
+    println!("testbed {run} removed");
+    Ok(())
+}
+
+fn print_summary(s: &bed::State) {
+    println!("testbed {} up ({})", s.run, s.dir.display());
+    println!(
+        "  switch     {} in {} (userspace datapath, offload {}), controller {}",
+        s.switch.as_ref().map_or("?", |w| w.bridge.as_str()),
+        s.switch.as_ref().map_or("?", |w| w.netns.as_str()),
+        s.offload,
+        s.switch.as_ref().map_or("?", |w| w.controller.as_str()),
+    );
+    println!(
+        "  subscribers {} in {} (sub0, port 1)",
+        s.subscribers.join(", "),
+        s.ns_sub
+    );
+    println!(
+        "  servers    {} in {} (srv0, port 2)",
+        s.servers.join(", "),
+        s.ns_srv
+    );
+    println!(
+        "  controller {}:6700 in {}, API {}",
+        s.controller, s.ns_mgmt, s.api
+    );
+    for n in &s.node_list {
+        let pid = s
+            .processes
+            .iter()
+            .find(|p| p.name == format!("node{}", n.id))
+            .map_or(0, |p| p.pid);
+        println!(
+            "  node {}     {} in {} (port {}, MAC {}), mgmt {} (metrics :9100), pid {pid}",
+            n.id, n.interface, n.netns, n.port, n.mac, n.mgmt
+        );
+    }
+    for g in &s.groups {
+        println!(
+            "  group      {} <- {} on node {}{}",
+            g.external,
+            g.subscribers,
+            g.owner,
+            if g.owner == 1 && s.preload > 0 {
+                format!(" ({} pre-loaded states)", s.preload)
+            } else {
+                String::new()
+            }
+        );
+    }
+    println!("  filtering  {}", s.filtering);
+    println!(
+        "try: ip netns exec {} iperf3 -c {} (with a server: ip netns exec {} iperf3 -s)",
+        s.ns_sub,
+        s.servers.first().map_or("203.0.113.10", String::as_str),
+        s.ns_srv
+    );
+    println!(
+        "     flowshift status; flowshift migrate --group 198.18.0.1 --to 2 --algorithm freeze-copy --wait"
+    );
+}
+
+/// The run a command addresses: the given id, or the only existing run.
+pub fn pick_run(run: Option<&str>) -> Result<String> {
+    if let Some(r) = run {
+        if !layout::is_run_id(r) {
+            bail!("{r:?} is not a run id (four lowercase hex digits)");
+        }
+        return Ok(r.to_owned());
+    }
+    match bed::existing_runs().as_slice() {
+        [] => bail!("no testbed found (none under {})", layout::STATE_BASE),
+        [one] => Ok(one.clone()),
+        many => bail!(
+            "several testbeds found ({}); name one, or use --all",
+            many.join(", ")
+        ),
+    }
+}
+
+fn down(a: &DownArgs) -> Result<()> {
+    bed::require_root("`flowshift testbed down`")?;
+    let runs = if a.all {
+        bed::existing_runs()
+    } else {
+        vec![pick_run(a.run.as_deref())?]
+    };
+    if runs.is_empty() {
+        println!("no testbed found");
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    for run in runs {
+        let state = bed::State::load(&run).ok();
+        if state.is_none() && !bed::run_dir(&run).exists() && a.run.is_some() {
+            let has_ns = sys::netns_list()
+                .iter()
+                .any(|ns| layout::Layout::run_of_namespace(ns) == Some(run.as_str()));
+            if !has_ns {
+                bail!("no testbed {run} found");
+            }
+        }
+        match bed::teardown(&run, state.as_ref(), None, Vec::new(), false) {
+            Ok(()) => println!("testbed {run} removed"),
+            Err(e) => {
+                eprintln!("{e:#}");
+                failed.push(run);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("could not remove everything of {}", failed.join(", "));
+    }
+    Ok(())
 }

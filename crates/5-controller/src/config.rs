@@ -1,0 +1,517 @@
+//! The cluster configuration (`cluster.toml`) and the addresses the controller listens on.
+//!
+//! ```toml
+//! openflow_listen = "unix:/run/x/of.sock"   # or "tcp:0.0.0.0:6653"; the switch connects here
+//! node_listen = "198.19.0.1:6700"           # nodes connect here
+//! api_listen = "unix:/run/x/api.sock"       # or "127.0.0.1:6780"
+//! [switch]
+//! inside_port = 1                            # OpenFlow port towards subscribers
+//! outside_port = 2                           # OpenFlow port towards servers
+//! [[nodes]]
+//! id = 1
+//! port = 3                                   # OpenFlow port of the node's interface
+//! mac = "02:f5:00:00:00:01"
+//! [[groups]]
+//! external = "198.18.0.1"
+//! subscribers = "100.64.0.0/16"
+//! owner = 1
+//! [params]                                   # default migration Params (optional)
+//! ```
+
+use flowshift_control::rules::{GroupRoute, InstancePort, Topology};
+use flowshift_migration::Params;
+use flowshift_openflow::port;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// Longest unix socket path (`sun_path` minus the terminating NUL), in bytes.
+const SUN_PATH_MAX: usize = 107;
+
+/// Where to listen or connect: TCP `HOST:PORT` or a unix stream socket.
+///
+/// Parsed from `unix:/path`, `tcp:HOST:PORT` or `HOST:PORT` (host: a name, an IPv4 address
+/// or a bracketed IPv6 address); displayed as `unix:/path` or `HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Endpoint {
+    /// TCP, as `HOST:PORT`.
+    Tcp(String),
+    /// A unix stream socket at this path.
+    Unix(PathBuf),
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(format!("{s:?}: empty unix socket path"));
+            }
+            if path.len() > SUN_PATH_MAX {
+                return Err(format!(
+                    "{s:?}: unix socket path longer than {SUN_PATH_MAX} bytes"
+                ));
+            }
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        let hp = s.strip_prefix("tcp:").unwrap_or(s);
+        let (host, port) = hp
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?}: expected HOST:PORT, tcp:HOST:PORT or unix:/path"))?;
+        if host.is_empty() {
+            return Err(format!("{s:?}: empty host"));
+        }
+        if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+            return Err(format!(
+                "{s:?}: write IPv6 addresses in brackets, [::1]:PORT"
+            ));
+        }
+        port.parse::<u16>()
+            .map_err(|_| format!("{s:?}: bad port {port:?}"))?;
+        Ok(Endpoint::Tcp(hp.to_owned()))
+    }
+}
+
+impl Endpoint {
+    /// Whether this is TCP port 0 (the system picks a free port when binding).
+    pub fn is_ephemeral(&self) -> bool {
+        matches!(self, Endpoint::Tcp(hp) if hp.ends_with(":0"))
+    }
+}
+
+impl TryFrom<String> for Endpoint {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Endpoint> for String {
+    fn from(e: Endpoint) -> String {
+        e.to_string()
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(hp) => f.write_str(hp),
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// An Ethernet address, written `02:f5:00:00:00:01` in configurations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Mac(pub [u8; 6]);
+
+impl FromStr for Mac {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: expected a MAC address like 02:f5:00:00:00:01");
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in &mut mac {
+            let p = parts.next().ok_or_else(bad)?;
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Mac(mac))
+    }
+}
+
+impl TryFrom<String> for Mac {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Mac> for String {
+    fn from(m: Mac) -> String {
+        m.to_string()
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// The switch's wiring: the two non-node ports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchConfig {
+    /// OpenFlow port towards the subscribers.
+    pub inside_port: u32,
+    /// OpenFlow port towards the servers (the Internet).
+    pub outside_port: u32,
+}
+
+/// One NAT node as the switch and the controller know it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Instance id; the node's `Hello` must carry it.
+    pub id: u16,
+    /// OpenFlow port of the node's interface.
+    pub port: u32,
+    /// The node's MAC on that port; the node's `Hello` must carry it.
+    pub mac: Mac,
+}
+
+/// A group (external address + subscriber prefix) and its initial owner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// External address.
+    pub external: Ipv4Addr,
+    /// Subscriber prefix (host bits must be zero).
+    pub subscribers: Ipv4Net,
+    /// Owning node id at start-up.
+    pub owner: u16,
+}
+
+/// The controller's configuration. See the module documentation for the format.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Where the switch connects (OpenFlow 1.3).
+    pub openflow_listen: Endpoint,
+    /// Where nodes connect (JSON lines, `flowshift_control::api`).
+    pub node_listen: Endpoint,
+    /// Where the operator API (HTTP/1.1 JSON) listens.
+    pub api_listen: Endpoint,
+    /// Switch wiring.
+    pub switch: SwitchConfig,
+    /// The nodes (at least one).
+    pub nodes: Vec<NodeConfig>,
+    /// The groups.
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
+    /// Default migration parameters; `None`: each node's own defaults.
+    #[serde(default)]
+    pub params: Option<Params>,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or not the expected shape.
+    #[error("parsing the cluster configuration: {0}")]
+    Parse(String),
+    /// Well-formed but inconsistent; every problem found is listed.
+    #[error("invalid cluster configuration: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+impl ClusterConfig {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: ClusterConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks consistency: at least one node; node ids, ports and MACs unique; MACs unicast
+    /// and non-zero; ports in 1..=0xffffff00 and distinct from each other; group external
+    /// addresses unique, owners configured, subscriber prefixes without host bits and not
+    /// overlapping; the three listen addresses distinct (TCP port 0 excepted).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let port_ok = |p: u32| (1..=port::MAX).contains(&p);
+        for (what, p) in [
+            ("switch.inside_port", self.switch.inside_port),
+            ("switch.outside_port", self.switch.outside_port),
+        ] {
+            if !port_ok(p) {
+                problems.push(format!("{what} = {p} is not a valid OpenFlow port"));
+            }
+        }
+        if self.switch.inside_port == self.switch.outside_port {
+            problems.push("switch.inside_port and switch.outside_port are equal".into());
+        }
+        if self.nodes.is_empty() {
+            problems.push("no [[nodes]]".into());
+        }
+        let mut ids = BTreeSet::new();
+        let mut ports = BTreeMap::new();
+        let mut macs = BTreeMap::new();
+        for n in &self.nodes {
+            if !ids.insert(n.id) {
+                problems.push(format!("node id {} appears twice", n.id));
+            }
+            if !port_ok(n.port) {
+                problems.push(format!("node {}: port {} is not valid", n.id, n.port));
+            }
+            if n.port == self.switch.inside_port || n.port == self.switch.outside_port {
+                problems.push(format!(
+                    "node {}: port {} is the switch's inside or outside port",
+                    n.id, n.port
+                ));
+            }
+            if let Some(other) = ports.insert(n.port, n.id) {
+                problems.push(format!("nodes {other} and {} share port {}", n.id, n.port));
+            }
+            if n.mac.0[0] & 1 != 0 || n.mac.0 == [0; 6] {
+                problems.push(format!(
+                    "node {}: MAC {} is not a unicast address",
+                    n.id, n.mac
+                ));
+            }
+            if let Some(other) = macs.insert(n.mac, n.id) {
+                problems.push(format!("nodes {other} and {} share MAC {}", n.id, n.mac));
+            }
+        }
+        let mut externals = BTreeSet::new();
+        for (i, g) in self.groups.iter().enumerate() {
+            if !externals.insert(g.external) {
+                problems.push(format!("group {} appears twice", g.external));
+            }
+            if !ids.contains(&g.owner) {
+                problems.push(format!(
+                    "group {}: owner {} is not a configured node",
+                    g.external, g.owner
+                ));
+            }
+            if g.subscribers.trunc() != g.subscribers {
+                problems.push(format!(
+                    "group {}: subscribers {} has host bits set (did you mean {}?)",
+                    g.external,
+                    g.subscribers,
+                    g.subscribers.trunc()
+                ));
+            }
+            for h in &self.groups[..i] {
+                if g.subscribers.contains(&h.subscribers) || h.subscribers.contains(&g.subscribers)
+                {
+                    problems.push(format!(
+                        "groups {} and {}: subscriber prefixes {} and {} overlap",
+                        h.external, g.external, h.subscribers, g.subscribers
+                    ));
+                }
+            }
+        }
+        let listens = [
+            ("openflow_listen", &self.openflow_listen),
+            ("node_listen", &self.node_listen),
+            ("api_listen", &self.api_listen),
+        ];
+        for (i, (a, ea)) in listens.iter().enumerate() {
+            for (b, eb) in &listens[..i] {
+                // Port 0 asks for an ephemeral port each time: never a clash.
+                if ea == eb && !ea.is_ephemeral() {
+                    problems.push(format!("{b} and {a} are both {ea}"));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The switch wiring as the control layer sees it.
+    pub fn topology(&self) -> Topology {
+        Topology {
+            inside_port: self.switch.inside_port,
+            outside_port: self.switch.outside_port,
+            instances: self
+                .nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n.id,
+                        InstancePort {
+                            port: n.port,
+                            mac: n.mac.0,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The groups with their initial owners.
+    pub fn group_routes(&self) -> Vec<GroupRoute> {
+        self.groups
+            .iter()
+            .map(|g| GroupRoute {
+                external: g.external,
+                subscribers: g.subscribers,
+                owner: g.owner,
+            })
+            .collect()
+    }
+
+    /// The node with this id.
+    pub fn node(&self, id: u16) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+openflow_listen = "unix:/run/x/of.sock"
+node_listen = "198.19.0.1:6700"
+api_listen = "tcp:127.0.0.1:6780"
+[switch]
+inside_port = 1
+outside_port = 2
+[[nodes]]
+id = 1
+port = 3
+mac = "02:f5:00:00:00:01"
+[[nodes]]
+id = 2
+port = 4
+mac = "02:F5:00:00:00:02"
+[[groups]]
+external = "198.18.0.1"
+subscribers = "100.64.0.0/16"
+owner = 1
+[[groups]]
+external = "198.18.0.2"
+subscribers = "100.65.0.0/16"
+owner = 2
+[params]
+batch_size = 128
+idle_max = 0
+"#;
+
+    #[test]
+    fn the_plan_format_parses() {
+        let c = ClusterConfig::from_toml(GOOD).unwrap();
+        assert_eq!(
+            c.openflow_listen,
+            Endpoint::Unix(PathBuf::from("/run/x/of.sock"))
+        );
+        assert_eq!(c.node_listen, Endpoint::Tcp("198.19.0.1:6700".into()));
+        assert_eq!(c.api_listen, Endpoint::Tcp("127.0.0.1:6780".into()));
+        assert_eq!(c.nodes[1].mac, Mac([2, 0xf5, 0, 0, 0, 2]));
+        assert_eq!(c.nodes[1].mac.to_string(), "02:f5:00:00:00:02");
+        let p = c.params.as_ref().unwrap();
+        assert_eq!(p.batch_size, 128);
+        assert_eq!(p.idle_max, std::time::Duration::ZERO);
+        let t = c.topology();
+        assert_eq!(t.instances[&2].port, 4);
+        assert_eq!(c.group_routes()[1].owner, 2);
+        // Without [params] the nodes' defaults apply.
+        let no_params = GOOD.split("[params]").next().unwrap();
+        assert_eq!(ClusterConfig::from_toml(no_params).unwrap().params, None);
+    }
+
+    #[test]
+    fn endpoints_parse_and_print() {
+        for (s, shown) in [
+            ("unix:/a/b.sock", "unix:/a/b.sock"),
+            ("tcp:0.0.0.0:6653", "0.0.0.0:6653"),
+            ("localhost:80", "localhost:80"),
+            ("[::1]:6780", "[::1]:6780"),
+        ] {
+            assert_eq!(s.parse::<Endpoint>().unwrap().to_string(), shown);
+        }
+        for bad in [
+            "unix:",
+            "6653",
+            ":6653",
+            "host:",
+            "host:70000",
+            "::1:80",
+            "tcp:nohost",
+        ] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
+        }
+        let long = format!("unix:/{}", "x".repeat(200));
+        assert!(long.parse::<Endpoint>().is_err());
+    }
+
+    fn invalid(text: &str) -> String {
+        match ClusterConfig::from_toml(text) {
+            Err(e @ (ConfigError::Invalid(_) | ConfigError::Parse(_))) => e.to_string(),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn inconsistencies_are_all_reported() {
+        let bad = GOOD
+            .replace("port = 4", "port = 3")
+            .replace("02:F5:00:00:00:02", "02:f5:00:00:00:01")
+            .replace("owner = 2", "owner = 9")
+            .replace("100.65.0.0/16", "100.64.1.0/24");
+        let e = invalid(&bad);
+        for needle in [
+            "nodes 1 and 2 share port 3",
+            "share MAC 02:f5:00:00:00:01",
+            "owner 9 is not a configured node",
+            "overlap",
+        ] {
+            assert!(e.contains(needle), "{needle:?} missing from {e}");
+        }
+        let e = invalid(&GOOD.replace("id = 2", "id = 1"));
+        assert!(e.contains("node id 1 appears twice"), "{e}");
+        let e = invalid(&GOOD.replace("100.64.0.0/16", "100.64.0.1/16"));
+        assert!(e.contains("did you mean 100.64.0.0/16"), "{e}");
+        let e = invalid(&GOOD.replace("port = 3", "port = 2"));
+        assert!(e.contains("inside or outside port"), "{e}");
+        let e = invalid(&GOOD.replace("02:f5:00:00:00:01", "03:f5:00:00:00:01"));
+        assert!(e.contains("not a unicast"), "{e}");
+        let e = invalid(&GOOD.replace("198.18.0.2", "198.18.0.1"));
+        assert!(e.contains("group 198.18.0.1 appears twice"), "{e}");
+        let e = invalid(&GOOD.replace("tcp:127.0.0.1:6780", "unix:/run/x/of.sock"));
+        assert!(e.contains("openflow_listen and api_listen"), "{e}");
+    }
+
+    #[test]
+    fn malformed_text_gives_a_parse_error_naming_the_problem() {
+        let e = invalid(&GOOD.replace("02:f5:00:00:00:01", "02:f5:00:00:01"));
+        assert!(e.contains("expected a MAC address"), "{e}");
+        let e = invalid(&GOOD.replace("node_listen", "nodes_listen"));
+        assert!(e.contains("nodes_listen"), "{e}");
+        let e = invalid(&GOOD.replace("unix:/run/x/of.sock", "of.sock"));
+        assert!(e.contains("HOST:PORT"), "{e}");
+        let e = invalid("openflow_listen = ");
+        assert!(e.starts_with("parsing"), "{e}");
+        let only_switch = GOOD.split("[[nodes]]").next().unwrap();
+        let e = invalid(only_switch);
+        assert!(e.contains("nodes"), "{e}");
+    }
+}

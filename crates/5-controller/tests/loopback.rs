@@ -1,0 +1,368 @@
+//! The controller over loopback with a fake switch and fake nodes speaking the real
+//! protocols: table install, a migration end to end (the cutover waits for the barrier),
+//! OpenFlow errors, switch reconnection, refused and misbehaving nodes, the operator API.
+
+mod common;
+
+use common::*;
+use flowshift_control::api::MigrateRequest;
+use flowshift_control::orchestrator::Stage;
+use flowshift_controller::ClientError;
+use flowshift_migration::Algorithm;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn migrate(to: u16) -> MigrateRequest {
+    MigrateRequest {
+        group: GROUP,
+        to,
+        algorithm: Algorithm::FreezeCopy,
+        params: None,
+    }
+}
+
+/// Waits for the switch to hold the whole table and both nodes to report a status.
+fn wait_ready(c: &Running) {
+    wait_until("switch synced and nodes up", WAIT, || {
+        let s = c.api.status().ok()?;
+        let ready =
+            s.switch_rules == 8 && s.nodes.values().all(|n| n.connected && n.status.is_some());
+        ready.then_some(())
+    });
+}
+
+fn wait_stage(c: &Running, index: usize, stage: Stage) {
+    wait_until(&format!("migration #{index} {stage:?}"), WAIT, || {
+        let m = c.api.migrations().ok()?;
+        (m.get(index)?.stage == stage).then_some(())
+    });
+}
+
+fn api_status(e: ClientError) -> u16 {
+    match e {
+        ClientError::Api { status, .. } => status,
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+#[test]
+fn a_migration_installs_redirects_and_cuts_over_only_after_the_barrier() {
+    let dir = TempDir::new("mig");
+    let c = start_controller(config(&dir.sock("of.sock"), "127.0.0.1:0", "127.0.0.1:0"));
+    let log = Log::default();
+    let delay = Duration::from_millis(300);
+    let switch = FakeSwitch::connect(
+        &c.openflow,
+        SwitchOptions {
+            barrier_delay: delay,
+            ..SwitchOptions::default()
+        },
+        log.clone(),
+    );
+    let _n1 = FakeNode::spawn(&c.nodes, 1, MAC1, NodeOptions::default(), log.clone());
+    let _n2 = FakeNode::spawn(&c.nodes, 2, MAC2, NodeOptions::default(), log.clone());
+    wait_ready(&c);
+    assert_eq!(switch.table.lock().unwrap().len(), 8);
+    assert_eq!(switch.steering_outputs(), vec![(3, MAC1), (3, MAC1)]);
+    assert_eq!(
+        log.entries()[0],
+        "switch Delete",
+        "a fresh switch is wiped first"
+    );
+
+    // Refusals.
+    let bad_group = MigrateRequest {
+        group: [198, 18, 0, 9].into(),
+        ..migrate(2)
+    };
+    assert_eq!(api_status(c.api.migrate(&bad_group).unwrap_err()), 400);
+    assert_eq!(api_status(c.api.migrate(&migrate(7)).unwrap_err()), 400);
+    assert_eq!(api_status(c.api.migrate(&migrate(1)).unwrap_err()), 409);
+
+    let resp = c.api.migrate(&migrate(2)).unwrap();
+    assert_eq!((resp.index, resp.status.stage), (0, Stage::Requested));
+    assert_eq!(
+        api_status(c.api.migrate(&migrate(2)).unwrap_err()),
+        409,
+        "busy"
+    );
+    wait_stage(&c, 0, Stage::Done);
+    assert_eq!(switch.steering_outputs(), vec![(4, MAC2), (4, MAC2)]);
+
+    // Order: modifies, barrier reply, then the node hears CutoverDone.
+    let modify = log.find("switch ModifyStrict", 0).expect("modify sent");
+    let barrier = log.find("switch barrier reply", modify).expect("barrier");
+    let cutover = log.find("node 1 cutover done", 0).expect("cutover");
+    assert!(barrier < cutover, "{:?}", log.entries());
+    assert!(log.time(cutover) >= log.time(barrier));
+    let m = &c.api.migrations().unwrap()[0];
+    let (sent, confirmed) = (
+        m.redirect_sent_at.unwrap(),
+        m.redirect_confirmed_at.unwrap(),
+    );
+    assert!(
+        confirmed - sent >= delay,
+        "confirmed {:?} after sending, barrier delay {delay:?}",
+        confirmed - sent
+    );
+    assert!(m.migration.is_some() && m.finished_at.is_some());
+
+    let s = c.api.status().unwrap();
+    assert_eq!(s.groups[0].owner, 2);
+    assert_eq!(s.switch_datapath_id, Some(DPID));
+    assert_eq!(
+        s.nodes[&1].status.as_ref().unwrap().counters["rx_packets"],
+        100
+    );
+
+    // The report is the source's, proxied.
+    let report = c.api.report(0).unwrap();
+    assert_eq!(report["max_freeze_ms"], 1.5);
+    assert_eq!(api_status(c.api.report(5).unwrap_err()), 404);
+
+    // Switch statistics arrive every second.
+    let sw = wait_until("switch statistics", WAIT, || {
+        let sw = c.api.switch().ok()?;
+        (sw.stats_at_s.is_some() && !sw.flows.is_empty() && !sw.ports.is_empty()).then_some(sw)
+    });
+    assert!(sw.connected && sw.synced, "{sw:?}");
+    assert_eq!(sw.flows.len(), 8);
+    assert!(sw.flows.iter().all(|f| f.packets == 7 && f.bytes == 700));
+    assert_eq!(sw.flows[0].priority, 300, "highest priority first");
+    assert_eq!(sw.ports[0].tx_packets, 20);
+    assert_eq!((sw.counters.errors, sw.counters.batches_failed), (0, 0));
+    assert_eq!(sw.counters.batches_confirmed, 2, "install + redirect");
+
+    // It can move back.
+    c.api.migrate(&migrate(1)).unwrap();
+    wait_stage(&c, 1, Stage::Done);
+    assert_eq!(switch.steering_outputs(), vec![(3, MAC1), (3, MAC1)]);
+    let counters = c.api.counters().unwrap();
+    assert_eq!(counters.requests_timed_out, 0);
+    assert_eq!(counters.nodes_accepted, 2);
+}
+
+#[test]
+fn a_flow_mod_error_is_not_taken_as_confirmation() {
+    let c = start_controller(config("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"));
+    let log = Log::default();
+    let switch = FakeSwitch::connect(
+        &c.openflow,
+        SwitchOptions {
+            fail_modifies: 1,
+            ..SwitchOptions::default()
+        },
+        log.clone(),
+    );
+    let _n1 = FakeNode::spawn(&c.nodes, 1, MAC1, NodeOptions::default(), log.clone());
+    let _n2 = FakeNode::spawn(&c.nodes, 2, MAC2, NodeOptions::default(), log.clone());
+    wait_ready(&c);
+    c.api.migrate(&migrate(2)).unwrap();
+    wait_stage(&c, 0, Stage::Done);
+    // The error came back before the barrier reply; the controller re-sent the table and
+    // only that barrier let the cutover through.
+    let error = log.find("switch error", 0).expect("error sent");
+    let first_barrier = log.find("switch barrier reply", error).unwrap();
+    let resync = log
+        .find("switch Add", first_barrier)
+        .expect("table re-sent");
+    let second_barrier = log.find("switch barrier reply", resync).unwrap();
+    let cutover = log.find("node 1 cutover done", 0).unwrap();
+    assert!(second_barrier < cutover, "{:?}", log.entries());
+    assert_eq!(switch.steering_outputs(), vec![(4, MAC2), (4, MAC2)]);
+    let sw = c.api.switch().unwrap();
+    assert_eq!(
+        (
+            sw.counters.errors,
+            sw.counters.batches_failed,
+            sw.counters.resyncs
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(sw.recent_errors.len(), 1);
+    assert!(
+        sw.recent_errors[0].contains("ModifyStrict prio=200"),
+        "{:?}",
+        sw.recent_errors
+    );
+}
+
+#[test]
+fn a_switch_that_reconnects_gets_the_whole_table_and_confirms_the_redirect() {
+    let c = start_controller(config("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"));
+    let log = Log::default();
+    let first = FakeSwitch::connect(
+        &c.openflow,
+        SwitchOptions {
+            hang_up_on_modify: true,
+            ..SwitchOptions::default()
+        },
+        log.clone(),
+    );
+    let _n1 = FakeNode::spawn(&c.nodes, 1, MAC1, NodeOptions::default(), log.clone());
+    let _n2 = FakeNode::spawn(&c.nodes, 2, MAC2, NodeOptions::default(), log.clone());
+    wait_ready(&c);
+    c.api.migrate(&migrate(2)).unwrap();
+    wait_stage(&c, 0, Stage::Redirecting);
+    wait_until("switch gone", WAIT, || {
+        (!c.api.switch().ok()?.connected).then_some(())
+    });
+    drop(first);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        c.api.migrations().unwrap()[0].stage,
+        Stage::Redirecting,
+        "no switch, no cutover"
+    );
+    assert!(log.find("node 1 cutover done", 0).is_none());
+    let second = FakeSwitch::connect(&c.openflow, SwitchOptions::default(), log.clone());
+    wait_stage(&c, 0, Stage::Done);
+    assert_eq!(second.steering_outputs(), vec![(4, MAC2), (4, MAC2)]);
+    let sw = c.api.switch().unwrap();
+    assert_eq!((sw.counters.connects, sw.counters.disconnects), (2, 1));
+}
+
+#[test]
+fn nodes_are_checked_and_misbehaving_ones_disconnected() {
+    let c = start_controller(config("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"));
+    let log = Log::default();
+    let _switch = FakeSwitch::connect(&c.openflow, SwitchOptions::default(), log.clone());
+
+    // Unknown id and wrong MAC: refused (the controller closes the connection).
+    let _stranger = FakeNode::spawn(&c.nodes, 9, MAC1, NodeOptions::default(), log.clone());
+    let _impostor = FakeNode::spawn(&c.nodes, 2, MAC1, NodeOptions::default(), log.clone());
+    wait_until("refusals", WAIT, || {
+        let e = log.entries();
+        (e.contains(&"node 9 closed by controller".to_owned())
+            && e.contains(&"node 2 closed by controller".to_owned()))
+        .then_some(())
+    });
+    assert_eq!(c.api.counters().unwrap().nodes_refused, 2);
+
+    // A migration to a node that is not connected is refused up front.
+    let n1 = FakeNode::spawn(&c.nodes, 1, MAC1, NodeOptions::default(), log.clone());
+    wait_until("node 1 up", WAIT, || {
+        c.api.status().ok()?.nodes[&1].connected.then_some(())
+    });
+    let e = c.api.migrate(&migrate(2)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("destination node 2 is not connected"),
+        "{e}"
+    );
+
+    // A malformed line closes that connection only.
+    let mut raw = connect(&c.nodes);
+    raw.write_all(br#"{"type":"hello","id":2,"mac":[2,245,0,0,0,2],"groups":[]}"#)
+        .unwrap();
+    raw.write_all(b"\n").unwrap();
+    wait_until("node 2 up", WAIT, || {
+        c.api.status().ok()?.nodes[&2].connected.then_some(())
+    });
+    raw.write_all(b"{not json\n").unwrap();
+    wait_until("node 2 dropped", WAIT, || {
+        (!c.api.status().ok()?.nodes[&2].connected).then_some(())
+    });
+    let mut rest = Vec::new();
+    let closed = wait_until("connection closed", WAIT, || {
+        match raw.read_to_end(&mut rest) {
+            Ok(_) => Some(true),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Some(true),
+            Err(_) => None,
+        }
+    });
+    assert!(closed);
+    let counters = c.api.counters().unwrap();
+    assert_eq!(counters.node_lines_malformed, 1);
+    assert!(
+        c.api.status().unwrap().nodes[&1].connected,
+        "others unaffected"
+    );
+
+    // A node that refuses to start: the migration is abandoned, the group stays.
+    drop(n1);
+    let _n1 = FakeNode::spawn(
+        &c.nodes,
+        1,
+        MAC1,
+        NodeOptions {
+            fail_start: true,
+            ..NodeOptions::default()
+        },
+        log.clone(),
+    );
+    let _n2 = FakeNode::spawn(&c.nodes, 2, MAC2, NodeOptions::default(), log.clone());
+    wait_ready(&c);
+    c.api.migrate(&migrate(2)).unwrap();
+    wait_stage(&c, 0, Stage::Aborted);
+    let s = c.api.status().unwrap();
+    assert_eq!(s.groups[0].owner, 1);
+    assert_eq!(
+        api_status(c.api.report(0).unwrap_err()),
+        409,
+        "never started: no report"
+    );
+    assert_eq!(c.api.counters().unwrap().requests_failed, 1);
+}
+
+#[test]
+fn the_http_api_refuses_bad_requests_cleanly() {
+    let dir = TempDir::new("http");
+    let c = start_controller(config("127.0.0.1:0", "127.0.0.1:0", &dir.sock("api.sock")));
+    let (status, body) = c.api.request("GET", "/healthz", None).unwrap();
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, b"{\"status\":\"ok\"}\n".as_slice())
+    );
+    assert_eq!(c.api.request("GET", "/nope", None).unwrap().0, 404);
+    assert_eq!(c.api.request("POST", "/status", None).unwrap().0, 405);
+    assert_eq!(c.api.request("GET", "/migrate", None).unwrap().0, 405);
+    assert_eq!(
+        c.api
+            .request("GET", "/migrations/x/report", None)
+            .unwrap()
+            .0,
+        404
+    );
+    let (status, body) = c
+        .api
+        .request("POST", "/migrate", Some(b"{\"group\":1}"))
+        .unwrap();
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("bad migrate request"));
+    let huge = vec![b' '; flowshift_controller::http::MAX_BODY + 1];
+    assert_eq!(
+        c.api.request("POST", "/migrate", Some(&huge)).unwrap().0,
+        413
+    );
+
+    // Raw protocol abuse: garbage, an oversized head, chunked bodies.
+    let raw = |bytes: &[u8]| -> String {
+        let mut s = connect(&c.api_endpoint);
+        let _ = s.write_all(bytes);
+        let mut out = Vec::new();
+        wait_until("answer", WAIT, || match s.read_to_end(&mut out) {
+            Ok(_) => Some(()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Some(()),
+            Err(_) => None,
+        });
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    assert!(raw(b"\x00\x01garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
+    let mut long = b"GET /status HTTP/1.1\r\nX: ".to_vec();
+    long.extend(vec![b'a'; flowshift_controller::http::MAX_HEAD + 10]);
+    assert!(raw(&long).starts_with("HTTP/1.1 431"));
+    assert!(
+        raw(b"POST /migrate HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+            .starts_with("HTTP/1.1 411")
+    );
+    let counters = c.api.counters().unwrap();
+    assert_eq!(counters.http_bad_requests, 4);
+    drop(c);
+    assert!(
+        !dir.0.join("api.sock").exists(),
+        "the unix socket is removed on shutdown"
+    );
+}

@@ -1,0 +1,316 @@
+//! The control connection to the controller (`flowshift_control::api`, JSON lines over TCP).
+//!
+//! The client connects to the controller's node listener, sends
+//! [`NodeToController::Hello`] (id, MAC, the external addresses of the groups in the latest
+//! published status), then serves [`ControllerToNode::Request`]s in order and pushes migration
+//! events as they happen. When the connection drops it reconnects every
+//! [`RECONNECT_INTERVAL`]; events produced meanwhile wait in the bounded event queue and go out
+//! after the next hello (the packet thread counts events the full queue refused).
+//!
+//! Requests are executed by the packet thread: the client queues a [`Command`] with a
+//! one-slot reply channel ([`ControlLink::commands`], bounded; a full queue answers "busy")
+//! and waits at most [`REPLY_TIMEOUT`] for the result. Replies travel through the same queue
+//! as events, tagged with the connection they belong to, so a reply never reaches a later
+//! connection.
+
+use crate::config::MacAddr;
+use crate::stats::{ControlCounters, SnapshotCell};
+use crate::sys::Waker;
+use flowshift_control::api::{
+    ControllerToNode, LineBuffer, NodeRequest, NodeToController, ReplyBody, decode_line,
+    encode_line,
+};
+use flowshift_migration::MigrationEvent;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// Time between connection attempts.
+pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest wait for the packet thread's answer to a request.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the writer looks at the stop flag and the reader's health.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A controller request for the packet thread, with where to put the answer.
+pub struct Command {
+    /// The request.
+    pub body: NodeRequest,
+    /// One-slot reply channel (the packet thread uses `try_send`).
+    pub reply: SyncSender<Result<ReplyBody, String>>,
+}
+
+/// What the client writes to the controller.
+pub enum Outgoing {
+    /// A migration event (node clock, ns).
+    Event {
+        /// When.
+        at_ns: u64,
+        /// The event.
+        event: MigrationEvent,
+    },
+    /// The answer to request `req` of connection `conn`.
+    Reply {
+        /// Connection number (replies of an earlier connection are discarded).
+        conn: u64,
+        /// Request id.
+        req: u64,
+        /// Result.
+        result: Result<ReplyBody, String>,
+    },
+}
+
+/// The packet thread's side: commands to serve, events to push.
+pub struct ControlLink {
+    /// Requests to execute (`try_recv`).
+    pub commands: Receiver<Command>,
+    /// Events for the controller (`try_send`; count refusals).
+    pub events: SyncSender<Outgoing>,
+}
+
+/// The client's side.
+pub struct ControlEnds {
+    commands: SyncSender<Command>,
+    out_tx: SyncSender<Outgoing>,
+    out_rx: Receiver<Outgoing>,
+    waker: Arc<Waker>,
+}
+
+/// Bounded queues: `commands` requests, `events` outgoing events and replies; `waker` is
+/// signalled whenever a command is queued.
+pub fn link(commands: usize, events: usize, waker: Arc<Waker>) -> (ControlLink, ControlEnds) {
+    let (cmd_tx, cmd_rx) = mpsc::sync_channel(commands);
+    let (out_tx, out_rx) = mpsc::sync_channel(events);
+    (
+        ControlLink {
+            commands: cmd_rx,
+            events: out_tx.clone(),
+        },
+        ControlEnds {
+            commands: cmd_tx,
+            out_tx,
+            out_rx,
+            waker,
+        },
+    )
+}
+
+/// Who the node is, for the hello.
+#[derive(Clone, Copy, Debug)]
+pub struct Identity {
+    /// Instance id.
+    pub id: u16,
+    /// MAC on the switch.
+    pub mac: MacAddr,
+}
+
+/// Starts the client thread; it ends once `stop` is set.
+pub fn start(
+    controller: SocketAddr,
+    me: Identity,
+    snapshot: Arc<SnapshotCell>,
+    ends: ControlEnds,
+    counters: Arc<ControlCounters>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("fs-control".into())
+        .spawn(move || client(controller, me, &snapshot, ends, counters, &stop))
+}
+
+/// Sleeps `d`, waking early if `stop` is set.
+fn sleep_unless(stop: &AtomicBool, d: Duration) {
+    let end = Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(TICK));
+    }
+}
+
+fn client(
+    addr: SocketAddr,
+    me: Identity,
+    snapshot: &SnapshotCell,
+    ends: ControlEnds,
+    c: Arc<ControlCounters>,
+    stop: &AtomicBool,
+) {
+    let mut conn = 0u64;
+    let mut failing = false;
+    while !stop.load(Ordering::Relaxed) {
+        let stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(s) => s,
+            Err(e) => {
+                c.control_connect_failures.inc();
+                if !failing {
+                    warn!(%addr, error = %e, "controller unreachable; retrying every second");
+                }
+                failing = true;
+                sleep_unless(stop, RECONNECT_INTERVAL);
+                continue;
+            }
+        };
+        failing = false;
+        conn += 1;
+        c.control_connects.inc();
+        info!(%addr, "controller connected");
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(REPLY_TIMEOUT));
+        if let Err(e) = serve(&stream, conn, me, snapshot, &ends, &c, stop) {
+            warn!(%addr, error = %e, "controller connection lost");
+        }
+        sleep_unless(stop, RECONNECT_INTERVAL);
+    }
+}
+
+/// One connection: hello, then write events and replies until it fails or `stop`.
+fn serve(
+    stream: &TcpStream,
+    conn: u64,
+    me: Identity,
+    snapshot: &SnapshotCell,
+    ends: &ControlEnds,
+    c: &Arc<ControlCounters>,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    let hello = NodeToController::Hello {
+        id: me.id,
+        mac: me.mac.0,
+        groups: snapshot.get().groups.iter().map(|g| g.external).collect(),
+    };
+    let mut w = stream;
+    w.write_all(&encode_line(&hello))?;
+    let alive = Arc::new(AtomicBool::new(true));
+    let reader = {
+        let (s, commands, out, waker, c, alive) = (
+            stream.try_clone()?,
+            ends.commands.clone(),
+            ends.out_tx.clone(),
+            ends.waker.clone(),
+            c.clone(),
+            alive.clone(),
+        );
+        std::thread::Builder::new()
+            .name("fs-control-rx".into())
+            .spawn(move || {
+                let packet_thread = PacketThread {
+                    commands: &commands,
+                    waker: &waker,
+                };
+                requests(s, conn, packet_thread, &out, &c);
+                alive.store(false, Ordering::Relaxed);
+            })?
+    };
+    let result = loop {
+        if stop.load(Ordering::Relaxed) {
+            break Ok(());
+        }
+        if !alive.load(Ordering::Relaxed) {
+            break Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "controller closed the connection",
+            ));
+        }
+        let msg = match ends.out_rx.recv_timeout(TICK) {
+            Ok(Outgoing::Event { at_ns, event }) => {
+                c.control_events_sent.inc();
+                NodeToController::Event { at_ns, event }
+            }
+            Ok(Outgoing::Reply {
+                conn: n,
+                req,
+                result,
+            }) if n == conn => NodeToController::Reply { req, result },
+            Ok(Outgoing::Reply { .. }) | Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break Ok(()),
+        };
+        if let Err(e) = w.write_all(&encode_line(&msg)) {
+            break Err(e);
+        }
+    };
+    let _ = stream.shutdown(Shutdown::Both);
+    let _ = reader.join();
+    result
+}
+
+/// Reads requests until the connection ends; each is executed by the packet thread and its
+/// reply queued for the writer.
+/// Where requests go: the packet thread's command queue, and its waker.
+struct PacketThread<'a> {
+    commands: &'a SyncSender<Command>,
+    waker: &'a Waker,
+}
+
+fn requests(
+    mut s: TcpStream,
+    conn: u64,
+    packet_thread: PacketThread<'_>,
+    out: &SyncSender<Outgoing>,
+    c: &ControlCounters,
+) {
+    let mut lines = LineBuffer::default();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        lines.push(&buf[..n]);
+        loop {
+            let line = match lines.next_line() {
+                Ok(Some(l)) => l,
+                Ok(None) => break,
+                Err(e) => {
+                    c.control_bad_lines.inc();
+                    warn!(error = %e, "controller sent an overlong line; closing");
+                    return;
+                }
+            };
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let (req, body) = match decode_line::<ControllerToNode>(&line) {
+                Ok(ControllerToNode::Request { req, body }) => (req, body),
+                Err(e) => {
+                    c.control_bad_lines.inc();
+                    warn!(error = %e, "undecodable controller line ignored");
+                    continue;
+                }
+            };
+            c.control_requests.inc();
+            let result = execute(&packet_thread, body, c);
+            if out.send(Outgoing::Reply { conn, req, result }).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn execute(
+    packet_thread: &PacketThread<'_>,
+    body: NodeRequest,
+    c: &ControlCounters,
+) -> Result<ReplyBody, String> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    if packet_thread
+        .commands
+        .try_send(Command { body, reply: tx })
+        .is_err()
+    {
+        c.control_request_failures.inc();
+        return Err("node busy: command queue full".into());
+    }
+    packet_thread.waker.wake();
+    rx.recv_timeout(REPLY_TIMEOUT).unwrap_or_else(|_| {
+        c.control_request_failures.inc();
+        Err("node did not answer in time".into())
+    })
+}

@@ -1,0 +1,505 @@
+//! The packet thread's work, without the socket: [`Engine`] owns the migration
+//! [`Instance`] and follows its driver contract.
+//!
+//! * [`Engine::rx_frame`] classifies a received frame ([`crate::frame::classify`]), copies
+//!   its packet into a recycled buffer with the offload trailer ([`crate::frame::ingest`]) and
+//!   collects consecutive packets of one ingress into a batch of at most `batch`;
+//!   [`Engine::flush_rx`] hands the batch to [`Instance::handle_batch`].
+//! * After every call into the instance the engine drains it: outputs become Ethernet frames
+//!   (translated packets to the inside or outside next hop, chained packets as 0x88B5 frames to
+//!   the peer's MAC) queued for the [`FrameSink`] and sent `batch` at a time; transfer frames go
+//!   to the [`TransferLink`]; migration events are logged and queued for the controller;
+//!   the NAT's port-block events are written as mapping-log lines (target
+//!   `flowshift::mapping`).
+//! * [`Engine::poll_transfer_in`] and [`Engine::poll_commands`] take what the side threads
+//!   queued; [`Engine::handle_timeout`] runs due timers; [`Engine::publish`] replaces the
+//!   shared status snapshot.
+//!
+//! Time is the caller's: a [`flowshift_wire::Instant`] (ns since the node started).
+
+use crate::config::{MacAddr, NodeConfig};
+use crate::control::{Command, ControlLink, Outgoing};
+use crate::frame::{
+    self, Class, ETH_HLEN, ETHERTYPE_CHAIN, ETHERTYPE_IPV4, FrameSink, Peers, RxFrame, TxFrame,
+};
+use crate::stats::{ControlCounters, IoCounters, SnapshotCell, TransferCounters, add_counters};
+use crate::transfer::TransferLink;
+use flowshift_control::api::{GroupStatus, NodeMigration, NodeRequest, NodeStatus, ReplyBody};
+use flowshift_migration::{
+    AbortOutcome, Direction, Ingress, Instance, InstanceId, LossCause, MigrationId, Output, Params,
+};
+use flowshift_nat::{BlockAction, DropReason, GroupMode};
+use flowshift_wire::Instant;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::mpsc::TrySendError;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Most recycled packet buffers kept (with [`POOL_BUF_MAX`]: at most 128 MiB).
+const POOL_MAX: usize = 1024;
+/// Largest buffer kept for reuse (a GSO frame's).
+const POOL_BUF_MAX: usize = 128 << 10;
+/// Capacity of a fresh packet buffer (an MTU-sized packet and its trailer).
+const BUF_INITIAL: usize = 2048;
+/// Transfer frames or commands taken per call.
+const SIDE_BUDGET: usize = 64;
+/// Times a full socket is waited for (1 ms each) before the rest of a batch is dropped.
+const TX_WAITS: u32 = 2;
+
+/// The engine's connections to the other threads.
+pub struct Links {
+    /// Transfer queues.
+    pub transfer: TransferLink,
+    /// Control queues.
+    pub control: ControlLink,
+    /// Where the status is published.
+    pub snapshot: Arc<SnapshotCell>,
+    /// The transfer service's counters (read for the status).
+    pub transfer_counters: Arc<TransferCounters>,
+    /// The control client's counters (read for the status).
+    pub control_counters: Arc<ControlCounters>,
+}
+
+/// See the module documentation.
+pub struct Engine {
+    inst: Instance,
+    id: u16,
+    mac: MacAddr,
+    inside: MacAddr,
+    outside: MacAddr,
+    peers: Peers,
+    vnet: bool,
+    batch: usize,
+    params: Params,
+    pending: Vec<Vec<u8>>,
+    pending_ingress: Ingress,
+    tx: Vec<TxFrame>,
+    pool: Vec<Vec<u8>>,
+    io: IoCounters,
+    links: Links,
+    next_timeout: Instant,
+}
+
+impl Engine {
+    /// An engine for `inst` configured by `cfg`; publishes a first status at time zero.
+    pub fn new(cfg: &NodeConfig, inst: Instance, links: Links) -> Engine {
+        let batch = cfg.batch.clamp(1, 1024) as usize;
+        let mut e = Engine {
+            next_timeout: inst.poll_timeout(),
+            inst,
+            id: cfg.id,
+            mac: cfg.mac,
+            inside: cfg.inside_next_hop,
+            outside: cfg.outside_next_hop,
+            peers: Peers::new(
+                cfg.peers
+                    .iter()
+                    .map(|p| (p.mac, InstanceId(p.id)))
+                    .collect(),
+            ),
+            vnet: cfg.vnet_hdr,
+            batch,
+            params: cfg.params.clone(),
+            pending: Vec::with_capacity(batch),
+            pending_ingress: Ingress::Switch,
+            tx: Vec::with_capacity(batch),
+            pool: Vec::new(),
+            io: IoCounters::default(),
+            links,
+        };
+        e.publish(Instant::ZERO);
+        e
+    }
+
+    /// The instance (tests, status).
+    pub fn instance(&self) -> &Instance {
+        &self.inst
+    }
+
+    /// The I/O counters.
+    pub fn io(&self) -> &IoCounters {
+        &self.io
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) has work next.
+    pub fn next_timeout(&self) -> Instant {
+        self.next_timeout
+    }
+
+    /// Adds the kernel's ring counters (read periodically by the loop).
+    pub fn note_ring(&mut self, drops: u64, freezes: u64) {
+        self.io.rx_ring_drops += drops;
+        self.io.rx_ring_freezes += freezes;
+    }
+
+    /// Counts one sleep of the packet loop.
+    pub fn note_idle_sleep(&mut self) {
+        self.io.idle_sleeps += 1;
+    }
+
+    // ------------------------------------------------------------------------------ receive
+
+    /// Takes one received frame (see the module docs). Frames that are not for the NAT are
+    /// counted and dropped here.
+    pub fn rx_frame<S: FrameSink>(&mut self, now: Instant, f: RxFrame<'_>, sink: &mut S) {
+        self.io.rx_packets += 1;
+        self.io.rx_bytes += f.data.len() as u64;
+        if f.outgoing {
+            self.io.rx_outgoing += 1;
+            return;
+        }
+        if f.truncated {
+            self.io.rx_truncated += 1;
+            return;
+        }
+        if f.vlan {
+            self.io.rx_vlan += 1;
+            return;
+        }
+        let ingress = match frame::classify(f.data, &self.peers) {
+            Class::Switch => Ingress::Switch,
+            Class::Chain(from) => {
+                self.io.rx_chained += 1;
+                Ingress::Chain { from }
+            }
+            Class::UnknownPeer => {
+                self.io.rx_chain_unknown_peer += 1;
+                return;
+            }
+            Class::NotIpv4 => {
+                self.io.rx_not_ipv4 += 1;
+                return;
+            }
+            Class::Runt => {
+                self.io.rx_truncated += 1;
+                return;
+            }
+        };
+        if f.csum_not_ready {
+            self.io.rx_csum_not_ready += 1;
+        }
+        if ingress != self.pending_ingress {
+            self.flush_rx(now, sink);
+            self.pending_ingress = ingress;
+        }
+        let mut buf = self
+            .pool
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUF_INITIAL));
+        match frame::ingest(&f.data[ETH_HLEN..], f.vnet.unwrap_or_default(), &mut buf) {
+            Ok(()) => self.pending.push(buf),
+            Err(_) => {
+                self.io.rx_bad_vnet_hdr += 1;
+                self.recycle(buf);
+            }
+        }
+        if self.pending.len() >= self.batch {
+            self.flush_rx(now, sink);
+        }
+    }
+
+    /// Hands the collected batch to the instance and drains it.
+    pub fn flush_rx<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.inst
+            .handle_batch(now, &mut self.pending, self.pending_ingress);
+        self.drain(now, sink);
+    }
+
+    /// Feeds up to a budget of received transfer frames to the instance; how many.
+    pub fn poll_transfer_in<S: FrameSink>(&mut self, now: Instant, sink: &mut S) -> usize {
+        let mut n = 0;
+        while n < SIDE_BUDGET {
+            let Some((from, bytes)) = self.links.transfer.try_recv() else {
+                break;
+            };
+            n += 1;
+            if self.inst.handle_transfer(now, from, &bytes).is_err() {
+                self.io.transfer_in_malformed += 1;
+            }
+            self.drain(now, sink);
+        }
+        n
+    }
+
+    /// Serves up to a budget of queued controller commands; how many.
+    pub fn poll_commands<S: FrameSink>(&mut self, now: Instant, sink: &mut S) -> usize {
+        let mut n = 0;
+        while n < SIDE_BUDGET {
+            let Ok(Command { body, reply }) = self.links.control.commands.try_recv() else {
+                break;
+            };
+            n += 1;
+            self.io.commands += 1;
+            let result = self.command(now, body);
+            // The client waits with a timeout; if it gave up, the answer is not needed.
+            let _ = reply.try_send(result);
+            self.drain(now, sink);
+        }
+        n
+    }
+
+    /// Runs the instance's timers if due.
+    pub fn handle_timeout<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
+        if now >= self.next_timeout {
+            self.inst.handle_timeout(now);
+            self.drain(now, sink);
+        }
+    }
+
+    // ------------------------------------------------------------------------------ commands
+
+    /// Executes one controller request.
+    pub fn command(&mut self, now: Instant, body: NodeRequest) -> Result<ReplyBody, String> {
+        match body {
+            NodeRequest::StartMigration {
+                external,
+                to,
+                algorithm,
+                params,
+            } => {
+                let group = self
+                    .inst
+                    .nat()
+                    .group_id(external)
+                    .ok_or_else(|| format!("node {} has no group {external}", self.id))?;
+                if self.peers.mac_of(InstanceId(to)).is_none() {
+                    return Err(format!(
+                        "node {to} is not a configured peer of node {}",
+                        self.id
+                    ));
+                }
+                let params = params.unwrap_or_else(|| self.params.clone());
+                let id = self
+                    .inst
+                    .start_migration(now, group, InstanceId(to), algorithm, params)
+                    .map_err(|e| e.to_string())?;
+                info!(migration = id.0, %external, to, ?algorithm, "migration started");
+                Ok(ReplyBody::Started { migration: id.0 })
+            }
+            NodeRequest::CutoverDone { migration } => self
+                .inst
+                .cutover_done(now, MigrationId(migration))
+                .map(|()| ReplyBody::Ok)
+                .map_err(|e| e.to_string()),
+            NodeRequest::Abort { migration } => self
+                .inst
+                .abort(now, MigrationId(migration))
+                .map(|o| ReplyBody::Aborted {
+                    reverted: o == AbortOutcome::Reverted,
+                })
+                .map_err(|e| e.to_string()),
+            NodeRequest::Status => Ok(ReplyBody::Status(self.status(now))),
+            NodeRequest::Report { migration } => {
+                let r = self
+                    .inst
+                    .report(MigrationId(migration))
+                    .ok_or_else(|| format!("node {} knows no migration {migration}", self.id))?;
+                serde_json::to_value(r)
+                    .map(ReplyBody::Report)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    // --------------------------------------------------------------------------- draining
+
+    /// Drains the instance (outputs, transfer frames, events, mapping-log events), sends the
+    /// queued frames, and re-reads the next timeout.
+    pub fn drain<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
+        while let Some(o) = self.inst.poll_output() {
+            match o {
+                Output::Send { mut pkt, dir } => {
+                    let vnet = frame::finish(&mut pkt);
+                    let dst = match dir {
+                        Direction::ToInside => {
+                            self.io.tx_to_inside += 1;
+                            self.inside
+                        }
+                        Direction::ToOutside => {
+                            self.io.tx_to_outside += 1;
+                            self.outside
+                        }
+                    };
+                    let eth = frame::eth_header(dst, self.mac, ETHERTYPE_IPV4);
+                    self.queue_tx(TxFrame::new(self.vnet.then_some(vnet), eth, pkt), sink);
+                }
+                Output::Chain { to, mut pkt } => match self.peers.mac_of(to) {
+                    Some(peer) => {
+                        self.io.tx_chained += 1;
+                        let vnet = frame::finish(&mut pkt);
+                        let eth = frame::eth_header(peer, self.mac, ETHERTYPE_CHAIN);
+                        self.queue_tx(TxFrame::new(self.vnet.then_some(vnet), eth, pkt), sink);
+                    }
+                    None => {
+                        self.io.tx_chain_unknown_peer += 1;
+                        self.recycle(pkt);
+                    }
+                },
+                Output::Dropped { pkt, .. } => {
+                    self.io.dropped_reported += 1;
+                    self.recycle(pkt);
+                }
+            }
+        }
+        self.flush_tx(sink);
+        while let Some((to, bytes)) = self.inst.poll_transmit() {
+            if !self.links.transfer.send(to, bytes) {
+                self.io.transfer_out_refused += 1;
+            }
+        }
+        while let Some(event) = self.inst.poll_event() {
+            info!(
+                target: "flowshift::migration",
+                at_ns = now.as_nanos(),
+                event = %serde_json::to_string(&event).unwrap_or_default(),
+                "migration event"
+            );
+            match self.links.control.events.try_send(Outgoing::Event {
+                at_ns: now.as_nanos(),
+                event,
+            }) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                Err(TrySendError::Full(_)) => self.io.control_events_dropped += 1,
+            }
+        }
+        while let Some(ev) = self.inst.poll_nat_event() {
+            match ev {
+                flowshift_nat::Event::PortBlock(b) => info!(
+                    target: "flowshift::mapping",
+                    time_ns = b.time.as_nanos(),
+                    action = %match b.action {
+                        BlockAction::Allocated => "allocated",
+                        BlockAction::Released => "released",
+                        BlockAction::MigratedIn => "migrated_in",
+                        BlockAction::MigratedOut => "migrated_out",
+                    },
+                    subscriber = %b.subscriber,
+                    external = %b.external,
+                    first_port = b.first_port,
+                    last_port = b.last_port,
+                    "port block"
+                ),
+            }
+        }
+        self.next_timeout = self.inst.poll_timeout();
+    }
+
+    fn queue_tx<S: FrameSink>(&mut self, f: TxFrame, sink: &mut S) {
+        self.tx.push(f);
+        if self.tx.len() >= self.batch {
+            self.flush_tx(sink);
+        }
+    }
+
+    /// Sends the queued frames; a socket that stays full drops the rest (counted).
+    fn flush_tx<S: FrameSink>(&mut self, sink: &mut S) {
+        let mut tx = std::mem::take(&mut self.tx);
+        let (mut off, mut waits) = (0, 0);
+        while off < tx.len() {
+            match sink.send(&tx[off..]) {
+                Ok(0) if waits < TX_WAITS => {
+                    waits += 1;
+                    sink.wait_writable(Duration::from_millis(1));
+                }
+                Ok(0) => {
+                    self.io.tx_queue_full += (tx.len() - off) as u64;
+                    break;
+                }
+                Ok(n) => {
+                    for f in &tx[off..off + n] {
+                        self.io.tx_packets += 1;
+                        self.io.tx_bytes += f.wire_len() as u64;
+                    }
+                    off += n;
+                }
+                Err(e) => {
+                    self.io.tx_errors += 1;
+                    if self.io.tx_errors.is_power_of_two() {
+                        warn!(error = %e, len = tx[off].wire_len(), total = self.io.tx_errors, "send refused a frame");
+                    }
+                    off += 1;
+                }
+            }
+        }
+        for f in tx.drain(..) {
+            self.recycle(f.pkt);
+        }
+        self.tx = tx;
+    }
+
+    fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.pool.len() < POOL_MAX && buf.capacity() <= POOL_BUF_MAX {
+            buf.clear();
+            self.pool.push(buf);
+        }
+    }
+
+    // ------------------------------------------------------------------------------ status
+
+    /// The node's status (every counter; see [`crate::stats`] for the names).
+    pub fn status(&self, now: Instant) -> NodeStatus {
+        let nat = self.inst.nat();
+        let groups = nat
+            .group_ids()
+            .into_iter()
+            .filter_map(|g| {
+                let cfg = nat.group_config(g).ok()?;
+                let st = nat.group_stats(g).ok()?;
+                let mode = match nat.group_mode(g).ok()? {
+                    GroupMode::Active => "active",
+                    GroupMode::Draining => "draining",
+                    GroupMode::Halted => "halted",
+                };
+                Some(GroupStatus {
+                    external: cfg.external,
+                    mode: mode.into(),
+                    mappings: st.mappings,
+                    sessions: st.sessions,
+                })
+            })
+            .collect();
+        let migrations = self
+            .inst
+            .migrations()
+            .into_iter()
+            .map(|(id, role, phase)| NodeMigration {
+                migration: id.0,
+                role,
+                phase,
+            })
+            .collect();
+        let mut counters = BTreeMap::new();
+        let nc = nat.counters();
+        add_counters(&mut counters, "nat_", nc);
+        for r in DropReason::ALL {
+            counters.insert(format!("drop_{}", r.label()), nc.drops_of(*r));
+        }
+        for c in LossCause::ALL {
+            let n = DropReason::ALL
+                .iter()
+                .find(|r| r.label() == c.label())
+                .map_or(0, |r| nc.drops_of(*r));
+            counters.insert(format!("loss_{}", c.label()), n);
+        }
+        add_counters(&mut counters, "migration_", self.inst.counters());
+        add_counters(&mut counters, "", &self.io);
+        add_counters(&mut counters, "", &*self.links.transfer_counters);
+        add_counters(&mut counters, "", &*self.links.control_counters);
+        NodeStatus {
+            id: self.id,
+            uptime_s: now.as_secs_f64(),
+            groups,
+            migrations,
+            counters,
+        }
+    }
+
+    /// Replaces the shared snapshot (skipped if a reader holds it right now).
+    pub fn publish(&mut self, now: Instant) {
+        self.links.snapshot.try_publish(self.status(now));
+    }
+}

@@ -1,0 +1,432 @@
+//! Frames between the switch and the node: classification, the virtio-net header, the
+//! packet trailer that carries offload metadata across the NAT, and partial-checksum repair.
+//!
+//! **Ingress.** A frame is Ethernet II. Ethertype 0x0800 from anyone is a switch packet
+//! ([`Class::Switch`], the IPv4 packet starts at byte 14); ethertype 0x88B5 from a peer's MAC is
+//! a chained, untranslated packet ([`Class::Chain`]); 0x88B5 from an unknown MAC is refused
+//! ([`Class::UnknownPeer`]), any other ethertype too ([`Class::NotIpv4`]).
+//!
+//! **The trailer.** The migration [`Instance`](flowshift_migration::Instance) takes packets as
+//! `Vec<u8>` starting at the IPv4 header and may hand them back much later (held, chained,
+//! re-processed); the NAT never reads or writes past the IPv4 total length. [`ingest`] copies
+//! exactly `total_length` bytes and appends a [`TRAILER_LEN`]-byte trailer: the frame's
+//! virtio-net header, the original addresses and the original checksum field. [`finish`]
+//! strips it when the packet leaves and returns the header to send it with (GSO type and size
+//! preserved). A packet whose length fields are inconsistent gets no trailer: the NAT drops it
+//! (counted under its own reasons).
+//!
+//! **Partial checksums.** With `VIRTIO_NET_HDR_F_NEEDS_CSUM` the L4 checksum field holds the
+//! folded pseudo-header sum `P` (not complemented); whoever transmits completes it over the L4
+//! bytes. The NAT's incremental update treats the field as a complemented checksum, which is
+//! wrong for such a seed (it subtracts where the seed needs an addition, and it includes port
+//! changes the device will sum anyway). [`finish`] therefore rewrites the field from the
+//! original seed: `P' = P + (new addresses - old addresses)` for TCP and UDP (whose checksums
+//! cover a pseudo-header), `P' = P` otherwise: RFC 1624 arithmetic on four words, never a sum
+//! over the payload.
+
+use crate::config::MacAddr;
+use flowshift_migration::InstanceId;
+use flowshift_wire::checksum::Delta;
+use flowshift_wire::packet::proto;
+
+/// Ethernet II header length.
+pub const ETH_HLEN: usize = 14;
+/// IPv4 ethertype.
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+/// Ethertype of chained frames between nodes (IEEE local experimental 1).
+pub const ETHERTYPE_CHAIN: u16 = 0x88B5;
+/// Length of `struct virtio_net_hdr`.
+pub const VNET_HDR_LEN: usize = 10;
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the L4 checksum is partial (see the module docs).
+pub const VNET_F_NEEDS_CSUM: u8 = 1;
+/// Bytes [`ingest`] appends after the IPv4 packet.
+pub const TRAILER_LEN: usize = VNET_HDR_LEN + 4 + 4 + 2 + 2;
+const TRAILER_MAGIC: [u8; 2] = *b"fs";
+
+/// `struct virtio_net_hdr` (host byte order, as AF_PACKET exchanges it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VnetHdr {
+    /// `VIRTIO_NET_HDR_F_*`.
+    pub flags: u8,
+    /// `VIRTIO_NET_HDR_GSO_*` (0: not a GSO frame).
+    pub gso_type: u8,
+    /// Length of the headers (a hint).
+    pub hdr_len: u16,
+    /// Segment payload size of a GSO frame.
+    pub gso_size: u16,
+    /// With `NEEDS_CSUM`: where checksumming starts, from the start of the Ethernet frame.
+    pub csum_start: u16,
+    /// With `NEEDS_CSUM`: offset of the checksum field from `csum_start`.
+    pub csum_offset: u16,
+}
+
+impl VnetHdr {
+    /// Reads a header (`b` at least [`VNET_HDR_LEN`] bytes).
+    pub fn from_bytes(b: &[u8; VNET_HDR_LEN]) -> VnetHdr {
+        let w = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+        VnetHdr {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: w(2),
+            gso_size: w(4),
+            csum_start: w(6),
+            csum_offset: w(8),
+        }
+    }
+
+    /// The wire form.
+    pub fn to_bytes(self) -> [u8; VNET_HDR_LEN] {
+        let mut b = [0u8; VNET_HDR_LEN];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.hdr_len.to_ne_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
+        b
+    }
+
+    /// True if the L4 checksum is partial.
+    pub fn needs_csum(self) -> bool {
+        self.flags & VNET_F_NEEDS_CSUM != 0
+    }
+}
+
+/// What a received frame is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// IPv4 from the switch.
+    Switch,
+    /// Chained by a peer.
+    Chain(InstanceId),
+    /// Chain ethertype from a MAC that is not a peer's.
+    UnknownPeer,
+    /// Another ethertype (ARP, IPv6, LLDP, ...).
+    NotIpv4,
+    /// Shorter than an Ethernet header.
+    Runt,
+}
+
+/// The peers' MACs, for classification and for addressing chained frames.
+#[derive(Clone, Debug, Default)]
+pub struct Peers {
+    list: Vec<(MacAddr, InstanceId)>,
+}
+
+impl Peers {
+    /// From (MAC, id) pairs.
+    pub fn new(list: Vec<(MacAddr, InstanceId)>) -> Peers {
+        Peers { list }
+    }
+
+    /// The peer with this MAC.
+    pub fn by_mac(&self, mac: &[u8]) -> Option<InstanceId> {
+        self.list
+            .iter()
+            .find(|(m, _)| m.0[..] == *mac)
+            .map(|&(_, id)| id)
+    }
+
+    /// The MAC of a peer.
+    pub fn mac_of(&self, id: InstanceId) -> Option<MacAddr> {
+        self.list.iter().find(|&&(_, i)| i == id).map(|&(m, _)| m)
+    }
+}
+
+/// Classifies an Ethernet frame (see the module docs).
+pub fn classify(frame: &[u8], peers: &Peers) -> Class {
+    if frame.len() < ETH_HLEN {
+        return Class::Runt;
+    }
+    match u16::from_be_bytes([frame[12], frame[13]]) {
+        ETHERTYPE_IPV4 => Class::Switch,
+        ETHERTYPE_CHAIN => match peers.by_mac(&frame[6..12]) {
+            Some(id) => Class::Chain(id),
+            None => Class::UnknownPeer,
+        },
+        _ => Class::NotIpv4,
+    }
+}
+
+/// An Ethernet II header.
+pub fn eth_header(dst: MacAddr, src: MacAddr, ethertype: u16) -> [u8; ETH_HLEN] {
+    let mut h = [0u8; ETH_HLEN];
+    h[..6].copy_from_slice(&dst.0);
+    h[6..12].copy_from_slice(&src.0);
+    h[12..].copy_from_slice(&ethertype.to_be_bytes());
+    h
+}
+
+/// Why [`ingest`] refused a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IngestError {
+    /// `NEEDS_CSUM` with a checksum field outside the packet's L4 part.
+    BadVnetHdr,
+}
+
+/// Copies the IPv4 packet `ip` (the frame from byte 14) into `buf` for the instance, with the
+/// trailer (see the module docs). `vnet` is the frame's virtio-net header, or the default one
+/// when the socket does not exchange headers.
+pub fn ingest(ip: &[u8], vnet: VnetHdr, buf: &mut Vec<u8>) -> Result<(), IngestError> {
+    buf.clear();
+    let total = match ip {
+        [b0, _, t0, t1, ..] if b0 >> 4 == 4 && ip.len() >= 20 => {
+            usize::from(u16::from_be_bytes([*t0, *t1]))
+        }
+        _ => 0,
+    };
+    if total < 20 || total > ip.len() {
+        // Inconsistent: the NAT drops it and counts why; no trailer, so no bytes of ours can
+        // be taken for the packet's.
+        buf.extend_from_slice(ip);
+        return Ok(());
+    }
+    let mut seed = 0u16;
+    if vnet.needs_csum() {
+        let at = csum_field(vnet).ok_or(IngestError::BadVnetHdr)?;
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        if usize::from(vnet.csum_start) < ETH_HLEN + ihl || at + 2 > total {
+            return Err(IngestError::BadVnetHdr);
+        }
+        seed = u16::from_be_bytes([ip[at], ip[at + 1]]);
+    }
+    buf.reserve(total + TRAILER_LEN);
+    buf.extend_from_slice(&ip[..total]);
+    buf.extend_from_slice(&vnet.to_bytes());
+    buf.extend_from_slice(&ip[12..20]);
+    buf.extend_from_slice(&seed.to_be_bytes());
+    buf.extend_from_slice(&TRAILER_MAGIC);
+    Ok(())
+}
+
+/// Offset of the checksum field from the start of the IPv4 packet.
+fn csum_field(vnet: VnetHdr) -> Option<usize> {
+    (usize::from(vnet.csum_start) + usize::from(vnet.csum_offset)).checked_sub(ETH_HLEN)
+}
+
+/// Strips the trailer from a packet the instance emitted, repairs a partial checksum, and
+/// returns the virtio-net header to send it with (the default one if the packet carries no
+/// trailer). `pkt` is left holding exactly the IPv4 packet.
+pub fn finish(pkt: &mut Vec<u8>) -> VnetHdr {
+    let total = match pkt.as_slice() {
+        [_, _, t0, t1, ..] => usize::from(u16::from_be_bytes([*t0, *t1])),
+        _ => return VnetHdr::default(),
+    };
+    if total < 20 || pkt.len() != total + TRAILER_LEN || pkt[pkt.len() - 2..] != TRAILER_MAGIC {
+        return VnetHdr::default();
+    }
+    let t = total;
+    let vnet_bytes: [u8; VNET_HDR_LEN] = pkt[t..t + VNET_HDR_LEN].try_into().expect("length");
+    let vnet = VnetHdr::from_bytes(&vnet_bytes);
+    if vnet.needs_csum()
+        && let Some(at) = csum_field(vnet)
+        && at + 2 <= total
+    {
+        let o = t + VNET_HDR_LEN;
+        let seed = u16::from_be_bytes([pkt[o + 8], pkt[o + 9]]);
+        let fixed = if matches!(pkt[9], proto::TCP | proto::UDP) {
+            let old: [u8; 8] = pkt[o..o + 8].try_into().expect("length");
+            let d = Delta::NONE
+                .replace_addr(
+                    old[..4].try_into().expect("4"),
+                    pkt[12..16].try_into().expect("4"),
+                )
+                .replace_addr(
+                    old[4..].try_into().expect("4"),
+                    pkt[16..20].try_into().expect("4"),
+                );
+            // The seed is an uncomplemented sum: P + d = ~(~P - d) = !d.apply(!P).
+            !d.apply(!seed)
+        } else {
+            seed
+        };
+        pkt[at..at + 2].copy_from_slice(&fixed.to_be_bytes());
+    }
+    pkt.truncate(total);
+    VnetHdr {
+        flags: vnet.flags & VNET_F_NEEDS_CSUM,
+        ..vnet
+    }
+}
+
+/// Longest header a [`TxFrame`] carries: virtio-net header plus Ethernet header.
+pub const TX_HEAD_MAX: usize = VNET_HDR_LEN + ETH_HLEN;
+
+/// A frame ready to send: a header (`[virtio-net header] + Ethernet header`) and the IPv4
+/// packet, sent as two iovecs.
+#[derive(Debug)]
+pub struct TxFrame {
+    head: [u8; TX_HEAD_MAX],
+    head_len: u8,
+    /// The IPv4 packet.
+    pub pkt: Vec<u8>,
+}
+
+impl TxFrame {
+    /// A frame of `pkt` behind `eth`, with `vnet` in front when the socket exchanges headers.
+    pub fn new(vnet: Option<VnetHdr>, eth: [u8; ETH_HLEN], pkt: Vec<u8>) -> TxFrame {
+        let mut head = [0u8; TX_HEAD_MAX];
+        let head_len = match vnet {
+            Some(v) => {
+                head[..VNET_HDR_LEN].copy_from_slice(&v.to_bytes());
+                head[VNET_HDR_LEN..].copy_from_slice(&eth);
+                TX_HEAD_MAX
+            }
+            None => {
+                head[..ETH_HLEN].copy_from_slice(&eth);
+                ETH_HLEN
+            }
+        };
+        TxFrame {
+            head,
+            head_len: head_len as u8,
+            pkt,
+        }
+    }
+
+    /// The header bytes.
+    pub fn head(&self) -> &[u8] {
+        &self.head[..usize::from(self.head_len)]
+    }
+
+    /// Bytes on the wire (Ethernet header and packet; the virtio-net header is not sent).
+    pub fn wire_len(&self) -> usize {
+        ETH_HLEN + self.pkt.len()
+    }
+}
+
+/// A received frame as the ring shows it.
+#[derive(Clone, Copy, Debug)]
+pub struct RxFrame<'a> {
+    /// The Ethernet frame (as much of it as was captured).
+    pub data: &'a [u8],
+    /// Its virtio-net header, when the socket exchanges headers.
+    pub vnet: Option<VnetHdr>,
+    /// The ring cut the frame short (`tp_snaplen < tp_len`).
+    pub truncated: bool,
+    /// The frame carried a VLAN tag (stripped into the ring's metadata).
+    pub vlan: bool,
+    /// A frame this host sent (`PACKET_OUTGOING`).
+    pub outgoing: bool,
+    /// The kernel had not completed its checksum (`TP_STATUS_CSUMNOTREADY`).
+    pub csum_not_ready: bool,
+}
+
+impl<'a> RxFrame<'a> {
+    /// A complete, incoming frame without metadata (tests, injected frames).
+    pub fn plain(data: &'a [u8], vnet: Option<VnetHdr>) -> RxFrame<'a> {
+        RxFrame {
+            data,
+            vnet,
+            truncated: false,
+            vlan: false,
+            outgoing: false,
+            csum_not_ready: false,
+        }
+    }
+}
+
+/// Where the packet thread sends frames (the AF_PACKET socket, or a capture in tests).
+pub trait FrameSink {
+    /// Sends frames from the start of `frames`; returns how many were taken (0 if the socket
+    /// is full right now). An error means the first frame was refused.
+    fn send(&mut self, frames: &[TxFrame]) -> std::io::Result<usize>;
+    /// Waits up to `timeout` until sending may succeed again.
+    fn wait_writable(&mut self, timeout: std::time::Duration);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers() -> Peers {
+        Peers::new(vec![(MacAddr([2, 0xf5, 0, 0, 0, 2]), InstanceId(2))])
+    }
+
+    fn frame(src: [u8; 6], ethertype: u16) -> Vec<u8> {
+        let mut f = eth_header(MacAddr([2, 0xf5, 0, 0, 0, 1]), MacAddr(src), ethertype).to_vec();
+        f.extend_from_slice(&[0x45; 20]);
+        f
+    }
+
+    #[test]
+    fn classifies_switch_chain_and_others() {
+        let p = peers();
+        assert_eq!(classify(&frame([9; 6], 0x0800), &p), Class::Switch);
+        assert_eq!(
+            classify(&frame([2, 0xf5, 0, 0, 0, 2], 0x88B5), &p),
+            Class::Chain(InstanceId(2))
+        );
+        assert_eq!(
+            classify(&frame([2, 0xf5, 0, 0, 0, 3], 0x88B5), &p),
+            Class::UnknownPeer
+        );
+        assert_eq!(classify(&frame([9; 6], 0x0806), &p), Class::NotIpv4);
+        assert_eq!(classify(&frame([9; 6], 0x86dd), &p), Class::NotIpv4);
+        assert_eq!(classify(&[0u8; 13], &p), Class::Runt);
+        assert_eq!(
+            p.mac_of(InstanceId(2)),
+            Some(MacAddr([2, 0xf5, 0, 0, 0, 2]))
+        );
+        assert_eq!(p.mac_of(InstanceId(3)), None);
+    }
+
+    #[test]
+    fn vnet_header_round_trips() {
+        let v = VnetHdr {
+            flags: 1,
+            gso_type: 1,
+            hdr_len: 66,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        assert_eq!(VnetHdr::from_bytes(&v.to_bytes()), v);
+    }
+
+    #[test]
+    fn trailer_round_trips_and_strips_padding() {
+        let mut ip = vec![0u8; 40];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&28u16.to_be_bytes());
+        ip[9] = 17;
+        let mut buf = Vec::new();
+        ingest(&ip, VnetHdr::default(), &mut buf).unwrap();
+        assert_eq!(buf.len(), 28 + TRAILER_LEN);
+        assert_eq!(finish(&mut buf), VnetHdr::default());
+        assert_eq!(buf, ip[..28]);
+        // Inconsistent total length: copied whole, no trailer.
+        ip[2..4].copy_from_slice(&60u16.to_be_bytes());
+        ingest(&ip, VnetHdr::default(), &mut buf).unwrap();
+        assert_eq!(buf, ip);
+        assert_eq!(finish(&mut buf), VnetHdr::default());
+        assert_eq!(buf, ip);
+    }
+
+    #[test]
+    fn partial_checksum_field_outside_the_packet_is_refused() {
+        let mut ip = vec![0u8; 40];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+        ip[9] = 6;
+        let v = VnetHdr {
+            flags: VNET_F_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 30,
+            ..VnetHdr::default()
+        };
+        assert_eq!(
+            ingest(&ip, v, &mut Vec::new()),
+            Err(IngestError::BadVnetHdr)
+        );
+        let v = VnetHdr {
+            csum_start: 20,
+            csum_offset: 0,
+            ..v
+        };
+        assert_eq!(
+            ingest(&ip, v, &mut Vec::new()),
+            Err(IngestError::BadVnetHdr)
+        );
+    }
+}

@@ -1,0 +1,267 @@
+//! The running node: threads, the busy-poll packet loop, shutdown.
+//!
+//! **Packet loop** (one thread, optionally pinned to `cpu`). Each iteration reads the clock
+//! once and: walks up to [`RX_BLOCKS_PER_ITERATION`] retired ring blocks into the engine
+//! (batches of `batch` packets per ingress), hands over the last partial batch, takes received
+//! transfer frames and controller commands, runs due timers, and every [`PUBLISH_INTERVAL`]
+//! reads the ring's drop counters and publishes the status. After `busy_poll` µs without work
+//! it sleeps in poll(2) on the socket and on a [`Waker`] that the transfer and control
+//! threads signal when they queue something, until the next timer or the next publication
+//! (at most [`MAX_IDLE_SLEEP`]). The kernel hands a ring block over at most 1 ms after its
+//! first frame, which wakes the loop: an idle node costs almost no CPU, a busy one never
+//! sleeps, and a lone packet waits at most about 1 ms in the ring.
+
+use crate::afpacket::{AfPacket, SocketConfig};
+use crate::config::NodeConfig;
+use crate::control::{self, Identity};
+use crate::engine::{Engine, Links};
+use crate::stats::{ControlCounters, SnapshotCell, TransferCounters};
+use crate::sys::Waker;
+use crate::transfer::{self, TransferService};
+use anyhow::{Context, Result, anyhow};
+use flowshift_control::api::NodeStatus;
+use flowshift_migration::InstanceId;
+use flowshift_wire::Instant;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Ring blocks walked per loop iteration before the other sources get a turn.
+pub const RX_BLOCKS_PER_ITERATION: usize = 8;
+/// How often the status snapshot and the ring counters are refreshed.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest sleep of an idle packet loop (it also bounds how long a shutdown takes).
+pub const MAX_IDLE_SLEEP: Duration = Duration::from_millis(100);
+/// Frames per peer waiting for the transfer writer, and received frames waiting for the
+/// packet thread.
+pub const TRANSFER_QUEUE: usize = 1024;
+/// Controller commands waiting for the packet thread.
+pub const COMMAND_QUEUE: usize = 64;
+/// Events and replies waiting for the control client.
+pub const EVENT_QUEUE: usize = 4096;
+
+/// A started node. [`Node::shutdown`] stops it.
+pub struct Node {
+    stop: Arc<AtomicBool>,
+    packet: JoinHandle<NodeStatus>,
+    transfer: TransferService,
+    control: JoinHandle<()>,
+    metrics: Option<JoinHandle<()>>,
+    snapshot: Arc<SnapshotCell>,
+}
+
+impl Node {
+    /// Opens the interface and starts the node.
+    pub fn start(cfg: NodeConfig) -> Result<Node> {
+        let sock = AfPacket::open(&SocketConfig::from_node(&cfg))
+            .with_context(|| format!("opening AF_PACKET on {}", cfg.interface))?;
+        Node::start_with_socket(cfg, sock)
+    }
+
+    /// Starts the node on a socket opened by the caller (for example inside another network
+    /// namespace).
+    pub fn start_with_socket(cfg: NodeConfig, sock: AfPacket) -> Result<Node> {
+        let inst = cfg.build_instance()?;
+        let ifindex = sock.ifindex();
+        let transfer_listener = TcpListener::bind(cfg.transfer_listen)
+            .with_context(|| format!("transfer_listen {}", cfg.transfer_listen))?;
+        let metrics_listener = cfg
+            .metrics_listen
+            .map(|a| TcpListener::bind(a).with_context(|| format!("metrics_listen {a}")))
+            .transpose()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let snapshot = Arc::new(SnapshotCell::default());
+        let transfer_counters = Arc::new(TransferCounters::default());
+        let control_counters = Arc::new(ControlCounters::default());
+        let peers: Vec<_> = cfg
+            .peers
+            .iter()
+            .map(|p| (InstanceId(p.id), p.transfer))
+            .collect();
+        let ids: Vec<_> = peers.iter().map(|&(id, _)| id).collect();
+        let waker = Arc::new(Waker::new()?);
+        let (tlink, tends) = transfer::link(&ids, TRANSFER_QUEUE, waker.clone());
+        let (clink, cends) = control::link(COMMAND_QUEUE, EVENT_QUEUE, waker.clone());
+        let engine = Engine::new(
+            &cfg,
+            inst,
+            Links {
+                transfer: tlink,
+                control: clink,
+                snapshot: snapshot.clone(),
+                transfer_counters: transfer_counters.clone(),
+                control_counters: control_counters.clone(),
+            },
+        );
+        let transfer = transfer::start(
+            transfer_listener,
+            InstanceId(cfg.id),
+            &peers,
+            tends,
+            transfer_counters,
+            stop.clone(),
+        )?;
+        let control = control::start(
+            cfg.controller,
+            Identity {
+                id: cfg.id,
+                mac: cfg.mac,
+            },
+            snapshot.clone(),
+            cends,
+            control_counters,
+            stop.clone(),
+        )?;
+        let metrics = metrics_listener
+            .map(|l| crate::metrics::start(l, snapshot.clone(), stop.clone()))
+            .transpose()?;
+        let loop_cfg = LoopConfig {
+            busy_poll: Duration::from_micros(u64::from(cfg.busy_poll)),
+            cpu: cfg.cpu,
+            waker,
+        };
+        let stop2 = stop.clone();
+        let packet = std::thread::Builder::new()
+            .name("fs-packet".into())
+            .spawn(move || packet_loop(engine, sock, loop_cfg, &stop2))?;
+        info!(
+            id = cfg.id,
+            interface = %cfg.interface,
+            ifindex,
+            mac = %cfg.mac,
+            vnet_hdr = cfg.vnet_hdr,
+            groups = cfg.nat.groups.len(),
+            peers = cfg.peers.len(),
+            transfer = %cfg.transfer_listen,
+            controller = %cfg.controller,
+            "node started"
+        );
+        Ok(Node {
+            stop,
+            packet,
+            transfer,
+            control,
+            metrics,
+            snapshot,
+        })
+    }
+
+    /// False once the packet thread has ended (it only ends on shutdown or a panic).
+    pub fn is_running(&self) -> bool {
+        !self.packet.is_finished()
+    }
+
+    /// The latest published status (at most [`PUBLISH_INTERVAL`] old).
+    pub fn status(&self) -> Arc<NodeStatus> {
+        self.snapshot.get()
+    }
+
+    /// Stops every thread and returns the final status.
+    pub fn shutdown(self) -> Result<NodeStatus> {
+        self.stop.store(true, Ordering::SeqCst);
+        let status = self
+            .packet
+            .join()
+            .map_err(|_| anyhow!("the packet thread panicked"));
+        self.transfer.join();
+        let _ = self.control.join();
+        if let Some(m) = self.metrics {
+            let _ = m.join();
+        }
+        status
+    }
+}
+
+struct LoopConfig {
+    busy_poll: Duration,
+    cpu: Option<usize>,
+    waker: Arc<Waker>,
+}
+
+fn packet_loop(
+    mut engine: Engine,
+    mut sock: AfPacket,
+    cfg: LoopConfig,
+    stop: &AtomicBool,
+) -> NodeStatus {
+    if let Some(cpu) = cfg.cpu {
+        match crate::sys::pin_to_cpu(cpu) {
+            Ok(()) => info!(cpu, "packet thread pinned"),
+            Err(e) => warn!(error = %e, "packet thread not pinned"),
+        }
+    }
+    let started = std::time::Instant::now();
+    let clock =
+        || Instant::from_nanos(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    let (rx, tx) = sock.split();
+    let mut last_work = Instant::ZERO;
+    let mut next_publish = Instant::ZERO;
+    while !stop.load(Ordering::Relaxed) {
+        let now = clock();
+        let mut work = rx.poll(RX_BLOCKS_PER_ITERATION, |f| engine.rx_frame(now, f, tx));
+        engine.flush_rx(now, tx);
+        work += engine.poll_transfer_in(now, tx);
+        work += engine.poll_commands(now, tx);
+        engine.handle_timeout(now, tx);
+        if now >= next_publish {
+            match rx.stats() {
+                Ok(s) => engine.note_ring(s.drops, s.freezes),
+                Err(e) => warn!(error = %e, "ring statistics unavailable"),
+            }
+            engine.publish(now);
+            next_publish = now + PUBLISH_INTERVAL;
+        }
+        if work > 0 {
+            last_work = now;
+        } else if now.saturating_since(last_work) >= cfg.busy_poll {
+            let sleep = engine
+                .next_timeout()
+                .saturating_since(now)
+                .min(next_publish.saturating_since(now))
+                .min(MAX_IDLE_SLEEP);
+            if !sleep.is_zero() {
+                engine.note_idle_sleep();
+                rx.wait(sleep, Some(&cfg.waker));
+                cfg.waker.clear();
+            }
+        }
+    }
+    let now = clock();
+    engine.flush_rx(now, tx);
+    if let Ok(s) = rx.stats() {
+        engine.note_ring(s.drops, s.freezes);
+    }
+    let status = engine.status(now);
+    engine.publish(now);
+    status
+}
+
+/// Runs a node until SIGINT or SIGTERM (or until its packet thread dies), then logs the final
+/// counters. Installs the signal handlers.
+pub fn run(cfg: NodeConfig) -> Result<NodeStatus> {
+    crate::signals::install()?;
+    let node = Node::start(cfg)?;
+    while !crate::signals::received() && node.is_running() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let died = !node.is_running();
+    let status = node.shutdown()?;
+    let counters: Vec<String> = status
+        .counters
+        .iter()
+        .filter(|(_, v)| **v != 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    info!(
+        uptime_s = status.uptime_s,
+        counters = %counters.join(" "),
+        "node stopped; final non-zero counters"
+    );
+    if died {
+        return Err(anyhow!("the packet thread stopped unexpectedly"));
+    }
+    Ok(status)
+}

@@ -1,0 +1,277 @@
+//! Two engines (real NAT instances) migrate a group with idle + freeze-and-copy over the
+//! node's transfer service on loopback TCP; the chain goes through the node's frame format.
+
+mod common;
+
+use common::*;
+use flowshift_control::api::{NodeRequest, ReplyBody};
+use flowshift_migration::{Algorithm, InstanceId, Params, Phase};
+use flowshift_node::engine::Engine;
+use flowshift_node::frame::{ETHERTYPE_CHAIN, ETHERTYPE_IPV4, RxFrame, VnetHdr};
+use flowshift_node::transfer;
+use flowshift_wire::Instant;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+const PRELOAD: u32 = 3000;
+
+fn phase_of(e: &Engine, id: u64) -> Option<Phase> {
+    e.instance()
+        .migrations()
+        .into_iter()
+        .find(|(m, _, _)| m.0 == id)
+        .map(|(_, _, p)| p)
+}
+
+#[test]
+fn freeze_copy_over_loopback_tcp_moves_every_state() {
+    let la = TcpListener::bind("127.0.0.1:0").unwrap();
+    let lb = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (aa, ab) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+    let preload = format!("[[preload]]\nexternal = \"198.18.0.1\"\nstates = {PRELOAD}\nseed = 3\n");
+    let cfg_a = config(1, true, &aa.to_string(), &ab.to_string(), &preload);
+    let cfg_b = config(2, false, &ab.to_string(), &aa.to_string(), "");
+    let (mut a, ends_a) = engine(&cfg_a);
+    let (mut b, ends_b) = engine(&cfg_b);
+    let stop = Arc::new(AtomicBool::new(false));
+    let svc_a = transfer::start(
+        la,
+        InstanceId(1),
+        &[(InstanceId(2), ab)],
+        ends_a.transfer,
+        ends_a.transfer_counters.clone(),
+        stop.clone(),
+    )
+    .unwrap();
+    let svc_b = transfer::start(
+        lb,
+        InstanceId(2),
+        &[(InstanceId(1), aa)],
+        ends_b.transfer,
+        ends_b.transfer_counters.clone(),
+        stop.clone(),
+    )
+    .unwrap();
+    let (mut cap_a, mut cap_b) = (Capture::default(), Capture::default());
+    let t0 = std::time::Instant::now();
+    let clock = || Instant::from_nanos(t0.elapsed().as_nanos() as u64);
+    let v = Some(VnetHdr::default());
+
+    // A live flow on A before the migration.
+    let syn = tcp_frame(
+        INSIDE,
+        NODE1,
+        [100, 64, 0, 9],
+        41000,
+        SERVER,
+        443,
+        true,
+        &[],
+    );
+    a.rx_frame(clock(), RxFrame::plain(&syn, v), &mut cap_a);
+    a.flush_rx(clock(), &mut cap_a);
+    assert_eq!(cap_a.take().len(), 1);
+
+    let params = Params {
+        idle_max: Duration::ZERO,
+        batch_size: 512,
+        drain: Duration::from_millis(20),
+        ..Params::default()
+    };
+    let mig = match a.command(
+        clock(),
+        NodeRequest::StartMigration {
+            external: EXT.into(),
+            to: 2,
+            algorithm: Algorithm::FreezeCopy,
+            params: Some(params),
+        },
+    ) {
+        Ok(ReplyBody::Started { migration }) => migration,
+        other => panic!("start refused: {other:?}"),
+    };
+    // A new flow after the start: A may no longer create it, so it travels the chain to B.
+    let syn2 = tcp_frame(
+        INSIDE,
+        NODE1,
+        [100, 64, 0, 10],
+        42000,
+        SERVER,
+        443,
+        true,
+        &[],
+    );
+    a.rx_frame(clock(), RxFrame::plain(&syn2, v), &mut cap_a);
+    a.flush_rx(clock(), &mut cap_a);
+
+    let deadline = t0 + Duration::from_secs(20);
+    let (mut chained, mut cut) = (0, false);
+    let mut translated_by_b = Vec::new();
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "migration did not finish: A {:?} B {:?}",
+            phase_of(&a, mig),
+            phase_of(&b, mig)
+        );
+        let now = clock();
+        for (e, cap) in [(&mut a, &mut cap_a), (&mut b, &mut cap_b)] {
+            e.poll_transfer_in(now, cap);
+            e.handle_timeout(now, cap);
+        }
+        // The switch: A's chained frames go to B.
+        for (vnet, f) in cap_a.take() {
+            assert_eq!(u16::from_be_bytes([f[12], f[13]]), ETHERTYPE_CHAIN);
+            assert_eq!((&f[..6], &f[6..12]), (&NODE2[..], &NODE1[..]));
+            chained += 1;
+            b.rx_frame(now, RxFrame::plain(&f, vnet), &mut cap_b);
+            b.flush_rx(now, &mut cap_b);
+        }
+        translated_by_b.extend(cap_b.take());
+        if !cut && phase_of(&a, mig) == Some(Phase::AwaitCutover) {
+            assert_eq!(
+                a.command(now, NodeRequest::CutoverDone { migration: mig }),
+                Ok(ReplyBody::Ok)
+            );
+            cut = true;
+        }
+        let completed = |e: &Engine| {
+            e.instance()
+                .report(flowshift_migration::MigrationId(mig))
+                .is_some_and(|r| r.completed)
+        };
+        if completed(&a) && completed(&b) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    assert_eq!(chained, 1, "the new flow was chained once");
+    assert_eq!(translated_by_b.len(), 1);
+    let s = inspect(&translated_by_b[0].1);
+    assert_eq!(
+        (s.src, s.dst, s.ethertype, s.eth_dst),
+        (EXT, SERVER, ETHERTYPE_IPV4, OUTSIDE)
+    );
+    assert!(s.ip_ok && s.l4_ok);
+
+    let (na, nb) = (a.instance().nat(), b.instance().nat());
+    assert_eq!(na.group_id(EXT.into()), None, "the source forgot the group");
+    let g = nb
+        .group_id(EXT.into())
+        .expect("the destination serves the group");
+    let st = nb.group_stats(g).unwrap();
+    assert_eq!(st.sessions, PRELOAD + 2, "every state arrived");
+    nb.check_invariants().unwrap();
+    na.check_invariants().unwrap();
+    assert_eq!(phase_of(&a, mig), Some(Phase::Done));
+    let report = a
+        .instance()
+        .report(flowshift_migration::MigrationId(mig))
+        .unwrap();
+    assert_eq!(report.packets_lost_by_cause.values().sum::<u64>(), 0);
+
+    let (ca, cb) = (&ends_a.transfer_counters, &ends_b.transfer_counters);
+    assert!(ca.transfer_frames_out.get() > 0 && cb.transfer_frames_out.get() > 0);
+    assert_eq!(ca.transfer_frames_in.get(), cb.transfer_frames_out.get());
+    assert_eq!(cb.transfer_frames_in.get(), ca.transfer_frames_out.get());
+    assert_eq!(
+        ca.transfer_frames_lost.get() + cb.transfer_frames_lost.get(),
+        0
+    );
+    assert_eq!(
+        (ca.transfer_connects.get(), cb.transfer_connects.get()),
+        (1, 1)
+    );
+    assert_eq!(
+        (ca.transfer_accepts.get(), cb.transfer_accepts.get()),
+        (1, 1)
+    );
+    let status = a.status(clock());
+    assert_eq!(
+        status.counters["transfer_frames_out"],
+        ca.transfer_frames_out.get()
+    );
+    assert_eq!(status.counters["transfer_out_refused"], 0);
+    svc_a.join();
+    svc_b.join();
+}
+
+#[test]
+fn strangers_and_bad_streams_are_refused() {
+    use std::io::{Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let waker = Arc::new(flowshift_node::sys::Waker::new().unwrap());
+    let (link, ends) = transfer::link(&[InstanceId(2)], 8, waker);
+    let counters = Arc::new(flowshift_node::stats::TransferCounters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let svc = transfer::start(
+        l,
+        InstanceId(1),
+        &[(InstanceId(2), "127.0.0.1:9".parse().unwrap())],
+        ends,
+        counters.clone(),
+        stop.clone(),
+    )
+    .unwrap();
+    let wait_closed = |mut s: std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 1];
+        assert!(
+            matches!(s.read(&mut b), Ok(0) | Err(_)),
+            "connection closed by the node"
+        );
+    };
+    // Not a peer.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(&transfer::hello(InstanceId(3))).unwrap();
+    wait_closed(s);
+    // A peer, then garbage instead of a frame header.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(&transfer::hello(InstanceId(2))).unwrap();
+    s.write_all(&[0xAB; 64]).unwrap();
+    wait_closed(s);
+    // A peer sending a valid frame, split in small writes.
+    let frame = flowshift_migration::proto::write_frame(
+        flowshift_migration::proto::Kind::Ack,
+        flowshift_migration::MigrationId::new(InstanceId(2), 1),
+        0,
+        0,
+        &[],
+    );
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(&transfer::hello(InstanceId(2))).unwrap();
+    for chunk in frame.chunks(5) {
+        s.write_all(chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let t = std::time::Instant::now();
+    let got = loop {
+        if let Some(x) = link.try_recv() {
+            break x;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "frame not delivered");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(got, (InstanceId(2), frame));
+    // Sending to a peer that is not listening: lost, counted, no panic.
+    assert!(link.send(InstanceId(2), vec![1, 2, 3]));
+    assert!(!link.send(InstanceId(5), vec![1]), "unknown peer refused");
+    let t = std::time::Instant::now();
+    while counters.transfer_frames_lost.get() == 0 {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(counters.transfer_refused.get(), 1);
+    assert_eq!(counters.transfer_stream_errors.get(), 1);
+    assert_eq!(counters.transfer_accepts.get(), 2);
+    assert_eq!(counters.transfer_connect_failures.get(), 1);
+    drop(s);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    drop(link);
+    svc.join();
+}

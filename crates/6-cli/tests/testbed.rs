@@ -1,0 +1,304 @@
+//! The short testbed test (root; CI runs it): `flowshift testbed up` with two nodes, real TCP
+//! (iperf3) from the subscriber namespace through node 1, a freeze-copy migration of the group
+//! to node 2 under that load through `flowshift migrate`, then checks from outside:
+//!
+//! * every iperf3 connection lived to the end and kept carrying data after the cutover;
+//! * the controller names node 2 as the group's owner and both nodes count no migration loss
+//!   (`loss_*`) and no NAT drop caused by the move;
+//! * `flowshift testbed down` leaves no namespace, process or state directory of the run.
+//!
+//! Skips with a message when not root.
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const FLOWSHIFT: &str = env!("CARGO_BIN_EXE_flowshift");
+/// iperf3 port (distinct from the experiments' 5201.. range).
+const PORT: &str = "5391";
+/// Streams of the iperf3 client.
+const STREAMS: usize = 4;
+/// Seconds of iperf3 traffic; the migration starts after [`MIGRATE_AFTER`].
+const SECONDS: u64 = 8;
+const MIGRATE_AFTER: Duration = Duration::from_secs(2);
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn flowshift(args: &[&str]) -> Output {
+    Command::new(FLOWSHIFT)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("flowshift runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Removes the testbed when dropped (also when an assertion fails).
+struct Run {
+    id: String,
+    down: bool,
+}
+
+impl Run {
+    fn down(&mut self) -> Output {
+        self.down = true;
+        flowshift(&["testbed", "down", &self.id])
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if !self.down {
+            let o = self.down();
+            if !o.status.success() {
+                eprintln!("testbed down {} failed: {}", self.id, text(&o));
+            }
+        }
+    }
+}
+
+fn in_ns(ns: &str, program: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, program]).args(args);
+    c.stdin(Stdio::null());
+    c
+}
+
+fn spawn_json(mut c: Command, out: &Path) -> Child {
+    let f = std::fs::File::create(out).expect("output file");
+    c.stdout(f).stderr(Stdio::null()).spawn().expect("spawns")
+}
+
+fn wait_listening(ns: &str, port: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = in_ns(ns, "ss", &["-Hltn"]).output().expect("ss runs");
+        if String::from_utf8_lossy(&o.stdout).contains(&format!(":{port} ")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "iperf3 server never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn counters(status: &Value, node: u16) -> serde_json::Map<String, Value> {
+    status["nodes"][node.to_string()]["status"]["counters"]
+        .as_object()
+        .cloned()
+        .unwrap_or_else(|| panic!("no counters of node {node} in {status}"))
+}
+
+fn counter(c: &serde_json::Map<String, Value>, name: &str) -> u64 {
+    c.get(name).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn status_json(controller: &str) -> Value {
+    let o = flowshift(&["status", "--json", "--controller", controller]);
+    assert!(o.status.success(), "flowshift status: {}", text(&o));
+    serde_json::from_slice(&o.stdout).expect("status is JSON")
+}
+
+#[test]
+fn freeze_copy_under_iperf3_load_breaks_no_connection_and_leaves_nothing_behind() {
+    if !is_root() {
+        eprintln!(
+            "SKIP testbed test: needs root (network namespaces, Open vSwitch); CI runs it as root"
+        );
+        return;
+    }
+    let up = flowshift(&["testbed", "up", "--nodes", "2", "--preload", "2000"]);
+    let out = String::from_utf8_lossy(&up.stdout).into_owned();
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("testbed ")?.split_whitespace().next())
+        .map(str::to_owned);
+    let Some(id) = id.filter(|_| up.status.success()) else {
+        panic!("testbed up failed: {}", text(&up));
+    };
+    let mut run = Run { id, down: false };
+    let prefix = format!("fs{}-", run.id);
+    let dir = format!("/run/flowshift/testbed-{}", run.id);
+    let controller = format!("unix:{dir}/api.sock");
+    let (sub, srv) = (format!("{prefix}sub"), format!("{prefix}srv"));
+
+    let before = status_json(&controller);
+    let owner = |s: &Value| {
+        s["groups"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["external"] == "198.18.0.1"))
+            .and_then(|g| g["owner"].as_u64())
+    };
+    assert_eq!(owner(&before), Some(1), "group 198.18.0.1 starts on node 1");
+
+    // Real TCP through node 1.
+    let server_out = Path::new(&dir).join("ci-iperf-server.json");
+    let client_out = Path::new(&dir).join("ci-iperf-client.json");
+    let mut server = spawn_json(
+        in_ns(
+            &srv,
+            "timeout",
+            &[
+                "60",
+                "iperf3",
+                "-s",
+                "-1",
+                "-J",
+                "-p",
+                PORT,
+                "-B",
+                "203.0.113.10",
+            ],
+        ),
+        &server_out,
+    );
+    wait_listening(&srv, PORT);
+    let (streams, seconds) = (STREAMS.to_string(), SECONDS.to_string());
+    let mut client = spawn_json(
+        in_ns(
+            &sub,
+            "timeout",
+            &[
+                "60",
+                "iperf3",
+                "-c",
+                "203.0.113.10",
+                "-p",
+                PORT,
+                "-B",
+                "100.64.0.1",
+                "-P",
+                &streams,
+                "-t",
+                &seconds,
+                "-i",
+                "0.5",
+                "-J",
+                "--connect-timeout",
+                "5000",
+            ],
+        ),
+        &client_out,
+    );
+    std::thread::sleep(MIGRATE_AFTER);
+
+    // The migration, under load.
+    let m = flowshift(&[
+        "migrate",
+        "--group",
+        "198.18.0.1",
+        "--to",
+        "2",
+        "--algorithm",
+        "freeze-copy",
+        "--wait",
+        "--wait-timeout",
+        "60",
+        "--params",
+        r#"{"idle_sample_interval": 100, "idle_window_samples": 4, "idle_max": 1000}"#,
+        "--json",
+        "--controller",
+        &controller,
+    ]);
+    assert!(m.status.success(), "flowshift migrate: {}", text(&m));
+    let mig: Value = serde_json::from_slice(&m.stdout).expect("migrate --json is JSON");
+    assert_eq!(mig["status"]["stage"], "done", "migration: {mig}");
+
+    let st = client.wait().expect("client exits");
+    let _ = server.wait();
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&client_out).expect("client JSON"))
+            .unwrap_or_else(|e| panic!("iperf3 client JSON: {e}"));
+    assert!(
+        report.get("error").is_none(),
+        "an iperf3 connection failed: {}",
+        report["error"]
+    );
+    assert!(st.success(), "iperf3 client exited with {st}");
+    let ends = report["end"]["streams"].as_array().expect("end.streams");
+    assert_eq!(ends.len(), STREAMS, "every stream reported");
+    for s in ends {
+        assert!(
+            s["receiver"]["bytes"].as_u64().unwrap_or(0) > 0,
+            "a stream carried nothing: {s}"
+        );
+    }
+    // Data kept flowing after the cutover: the last intervals carried bytes on every stream.
+    let intervals = report["intervals"].as_array().expect("intervals");
+    assert!(
+        intervals.len() >= 4,
+        "too few intervals: {}",
+        intervals.len()
+    );
+    for iv in &intervals[intervals.len() - 2..] {
+        for s in iv["streams"].as_array().expect("interval streams") {
+            assert!(
+                s["bytes"].as_u64().unwrap_or(0) > 0,
+                "a stream stalled after the migration: {iv}"
+            );
+        }
+    }
+
+    // Node statuses reach the controller every 500 ms.
+    std::thread::sleep(Duration::from_millis(1300));
+    let after = status_json(&controller);
+    assert_eq!(owner(&after), Some(2), "group 198.18.0.1 moved to node 2");
+    for node in [1u16, 2] {
+        let (c0, c1) = (counters(&before, node), counters(&after, node));
+        for (name, v) in &c1 {
+            let delta = v.as_u64().unwrap_or(0).saturating_sub(counter(&c0, name));
+            if name.starts_with("loss_") {
+                assert_eq!(delta, 0, "node {node} counted migration loss {name}");
+            }
+        }
+    }
+    let c2 = counters(&after, 2);
+    assert!(
+        counter(&c2, "tx_packets") > counter(&counters(&before, 2), "tx_packets"),
+        "node 2 forwarded nothing after the cutover"
+    );
+    eprintln!(
+        "testbed {}: migration {}, iperf3 {:.0} Mbit/s received, {} retransmits",
+        run.id,
+        mig["status"]["stage"],
+        report["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e6,
+        report["end"]["sum_sent"]["retransmits"]
+    );
+
+    // Down, and nothing left behind.
+    let d = run.down();
+    assert!(d.status.success(), "testbed down: {}", text(&d));
+    let ns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let left: Vec<String> = String::from_utf8_lossy(&ns.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    assert!(!Path::new(&dir).exists(), "{dir} left behind");
+    let procs: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&dir) || c.contains(&prefix))
+        .collect();
+    assert!(procs.is_empty(), "processes left behind: {procs:?}");
+}
