@@ -164,7 +164,8 @@ fn program(name: &str) -> Result<PathBuf, OvsError> {
     find_program(name).ok_or_else(|| OvsError::Unavailable(format!("{name} not found")))
 }
 
-fn describe(cmd: &Command) -> String {
+/// A command line as text (program and arguments), for errors and logs.
+pub fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {
         s.push(' ');
@@ -203,9 +204,13 @@ fn wait_timeout(
     }
 }
 
-/// Runs `cmd` with a time limit and returns its standard output; a non-zero exit becomes
-/// [`OvsError::Command`] carrying standard error.
-fn run(cmd: &mut Command, timeout: Duration) -> Result<String, OvsError> {
+/// Runs `cmd` (stdin closed) with a time limit and returns its exit status, standard output
+/// and standard error whatever the status; on expiry the command is killed
+/// ([`OvsError::Timeout`]).
+pub fn run_status(
+    cmd: &mut Command,
+    timeout: Duration,
+) -> Result<(std::process::ExitStatus, String, String), OvsError> {
     let command = describe(cmd);
     let mut child = cmd
         .stdin(Stdio::null())
@@ -218,14 +223,12 @@ fn run(cmd: &mut Command, timeout: Duration) -> Result<String, OvsError> {
         })?;
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         thread::spawn(move || {
-            let mut s = String::new();
+            let mut bytes = Vec::new();
             if let Some(mut p) = pipe {
-                let mut bytes = Vec::new();
                 // A read error leaves what was read so far; the exit status decides success.
                 let _ = p.read_to_end(&mut bytes);
-                s = String::from_utf8_lossy(&bytes).into_owned();
             }
-            s
+            String::from_utf8_lossy(&bytes).into_owned()
         })
     };
     let out = drain(
@@ -243,6 +246,14 @@ fn run(cmd: &mut Command, timeout: Duration) -> Result<String, OvsError> {
     let status = wait_timeout(&mut child, &command, timeout)?;
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
+    Ok((status, stdout, stderr))
+}
+
+/// Runs `cmd` with a time limit and returns its standard output; a non-zero exit becomes
+/// [`OvsError::Command`] carrying standard error.
+fn run(cmd: &mut Command, timeout: Duration) -> Result<String, OvsError> {
+    let command = describe(cmd);
+    let (status, stdout, stderr) = run_status(cmd, timeout)?;
     if status.success() {
         Ok(stdout)
     } else {

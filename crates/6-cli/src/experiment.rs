@@ -309,38 +309,26 @@ pub fn fig1c(args: &Fig1cArgs) -> Result<()> {
                 .unwrap_or_default()
         })
         .collect();
-    let fig = Figure {
-        title: &format!(
+    let curves: Vec<GoodputCurve> = runs
+        .iter()
+        .zip(&labels)
+        .zip(&phase_names)
+        .map(|((r, l), ps)| GoodputCurve {
+            label: l,
+            points: &r.goodput,
+            phases: ps,
+        })
+        .collect();
+    write_goodput_plot(
+        &format!(
             "Goodput of {} TCP flows during a migration of {} states (seed {})",
             args.flows, args.states, args.seed
         ),
-        x_label: "time (ms)",
-        y_label: "goodput (Mbit/s, 10 ms bins)",
-        series: runs
-            .iter()
-            .zip(&labels)
-            .map(|(r, l)| Series {
-                label: l,
-                points: &r.goodput,
-            })
-            .collect(),
-        spans: phase_names
-            .iter()
-            .enumerate()
-            .flat_map(|(i, ps)| {
-                ps.iter().map(move |(n, s, e)| Span {
-                    label: n,
-                    start: *s,
-                    end: *e,
-                    series: i,
-                })
-            })
-            .collect(),
-        log_y: false,
-        log_x: false,
-    };
-    plot::write(&fig, &args.out.join("fig1c"))?;
-    print_table(&report["runs"]);
+        "goodput (Mbit/s, 10 ms bins)",
+        &curves,
+        &args.out.join("fig1c"),
+    )?;
+    print_fig1c_table(&report["runs"], ("reordered", "reordered_packets"));
     println!(
         "wrote {}/fig1c.json, fig1c.svg, fig1c.png",
         args.out.display()
@@ -356,13 +344,62 @@ pub fn fig1c(args: &Fig1cArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_table(runs: &Value) {
+/// One algorithm's goodput curve and phases for [`write_goodput_plot`].
+pub(crate) struct GoodputCurve<'a> {
+    /// Legend label.
+    pub label: &'a str,
+    /// (ms, Mbit/s).
+    pub points: &'a [(f64, f64)],
+    /// (phase name, start ms, end ms), shaded in the curve's colour.
+    pub phases: &'a [(String, f64, f64)],
+}
+
+/// Writes the fig1c goodput plot (SVG and PNG at `path` with the extensions added).
+pub(crate) fn write_goodput_plot(
+    title: &str,
+    y_label: &str,
+    curves: &[GoodputCurve],
+    path: &std::path::Path,
+) -> Result<()> {
+    let fig = Figure {
+        title,
+        x_label: "time (ms)",
+        y_label,
+        series: curves
+            .iter()
+            .map(|c| Series {
+                label: c.label,
+                points: c.points,
+            })
+            .collect(),
+        spans: curves
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                c.phases.iter().map(move |(n, s, e)| Span {
+                    label: n,
+                    start: *s,
+                    end: *e,
+                    series: i,
+                })
+            })
+            .collect(),
+        log_y: false,
+        log_x: false,
+    };
+    plot::write(&fig, path)
+}
+
+/// Prints the fig1c table of `runs` (the `runs` array of `fig1c.json`); `third` is the
+/// (header, field) of the third column: reordering in the simulator, retransmissions on the
+/// testbed.
+pub(crate) fn print_fig1c_table(runs: &Value, third: (&str, &str)) {
     println!(
         "{:<12} {:>6} {:>8} {:>9} {:>10} {:>10} {:>11} {:>12} {:>9} {:>11} {:>10} {:>9} {:>9}",
         "algorithm",
         "lost",
         "buffered",
-        "reordered",
+        third.0,
         "freeze_ms",
         "halted_ms",
         "delay_p99_ms",
@@ -379,7 +416,7 @@ fn print_table(runs: &Value) {
             r["algorithm"].as_str().unwrap_or("?"),
             r["packets_lost"].as_u64().unwrap_or(0),
             r["packets_buffered"].as_u64().unwrap_or(0),
-            r["reordered_packets"].as_u64().unwrap_or(0),
+            r[third.1].as_u64().unwrap_or(0),
             r["max_freeze_ms"].as_f64().unwrap_or(0.0),
             r["halted_ms"].as_f64().unwrap_or(0.0),
             r["added_delay_ms_p99"].as_f64().unwrap_or(0.0),

@@ -24,8 +24,9 @@ use super::bed::{Testbed, UpOptions};
 use super::iperf::{self, IperfRun, JsonProcess, Ping};
 use super::layout;
 use super::sys;
-use crate::experiment::{Fig1cArgs, algorithm_name};
-use crate::plot::{self, Figure, Series, Span};
+use crate::experiment::{
+    Fig1cArgs, GoodputCurve, algorithm_name, print_fig1c_table, write_goodput_plot,
+};
 use anyhow::{Context, Result, bail};
 use flowshift_control::api::{ClusterStatus, MigrateRequest};
 use flowshift_control::orchestrator::Stage;
@@ -113,7 +114,7 @@ pub fn fig1c(args: &Fig1cArgs) -> Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
     plot_runs(args, &runs)?;
-    print_table(&report["runs"]);
+    print_fig1c_table(&report["runs"], ("retrans", "retransmits"));
     println!(
         "wrote {}/fig1c.json, fig1c.svg, fig1c.png (backend: testbed)",
         args.out.display()
@@ -635,74 +636,24 @@ fn plot_runs(args: &Fig1cArgs, runs: &[RunOut]) -> Result<()> {
         .iter()
         .map(|r| r.json["algorithm"].as_str().unwrap_or("?").to_owned())
         .collect();
-    let fig = Figure {
-        title: &format!(
+    let curves: Vec<GoodputCurve> = runs
+        .iter()
+        .zip(&labels)
+        .map(|(r, l)| GoodputCurve {
+            label: l,
+            points: &r.goodput,
+            phases: &r.phases,
+        })
+        .collect();
+    write_goodput_plot(
+        &format!(
             "Testbed: goodput of {} iperf3 TCP flows during a migration of {} states",
             args.flows, args.states
         ),
-        x_label: "time (ms)",
-        y_label: "goodput (Mbit/s, 100 ms bins)",
-        series: runs
-            .iter()
-            .zip(&labels)
-            .map(|(r, l)| Series {
-                label: l,
-                points: &r.goodput,
-            })
-            .collect(),
-        spans: runs
-            .iter()
-            .enumerate()
-            .flat_map(|(i, r)| {
-                r.phases.iter().map(move |(n, s, e)| Span {
-                    label: n,
-                    start: *s,
-                    end: *e,
-                    series: i,
-                })
-            })
-            .collect(),
-        log_y: false,
-        log_x: false,
-    };
-    plot::write(&fig, &args.out.join("fig1c"))
-}
-
-fn print_table(runs: &Value) {
-    println!(
-        "{:<12} {:>6} {:>8} {:>8} {:>10} {:>10} {:>11} {:>12} {:>9} {:>11} {:>10} {:>9} {:>9}",
-        "algorithm",
-        "lost",
-        "buffered",
-        "retrans",
-        "freeze_ms",
-        "halted_ms",
-        "delay_p99_ms",
-        "migration_ms",
-        "expired",
-        "transferred",
-        "bytes",
-        "Mb/s pre",
-        "Mb/s mig"
-    );
-    for r in runs.as_array().into_iter().flatten() {
-        println!(
-            "{:<12} {:>6} {:>8} {:>8} {:>10.2} {:>10.2} {:>11.2} {:>12.1} {:>9} {:>11} {:>10} {:>9.0} {:>9.0}",
-            r["algorithm"].as_str().unwrap_or("?"),
-            r["packets_lost"].as_u64().unwrap_or(0),
-            r["packets_buffered"].as_u64().unwrap_or(0),
-            r["retransmits"].as_u64().unwrap_or(0),
-            r["max_freeze_ms"].as_f64().unwrap_or(0.0),
-            r["halted_ms"].as_f64().unwrap_or(0.0),
-            r["added_delay_ms_p99"].as_f64().unwrap_or(0.0),
-            r["migration_ms"].as_f64().unwrap_or(f64::NAN),
-            r["states_expired_idle"].as_u64().unwrap_or(0),
-            r["states_transferred"].as_u64().unwrap_or(0),
-            r["bytes_transferred"].as_u64().unwrap_or(0),
-            r["goodput_before_mbps"].as_f64().unwrap_or(0.0),
-            r["goodput_during_mbps"].as_f64().unwrap_or(0.0),
-        );
-    }
+        "goodput (Mbit/s, 100 ms bins)",
+        &curves,
+        &args.out.join("fig1c"),
+    )
 }
 
 #[cfg(test)]

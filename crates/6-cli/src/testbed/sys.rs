@@ -3,7 +3,7 @@
 //! discovery. Everything here runs `ip`, `sh`, `kill`-free libc calls and reads `/proc`.
 
 use anyhow::{Context, Result, anyhow, bail};
-use flowshift_openflow::ovs::find_program;
+use flowshift_openflow::ovs::{self, describe, find_program};
 use std::fs;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -21,15 +21,6 @@ pub fn prog(name: &str) -> Result<PathBuf> {
     find_program(name).ok_or_else(|| {
         anyhow!("{name} not found (scripts/install-testbed-deps.sh installs the testbed tools)")
     })
-}
-
-fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
 }
 
 /// Runs `cmd` (stdin closed) with a time limit; returns stdout, or an error carrying the
@@ -50,54 +41,7 @@ pub fn run_status(
     cmd: &mut Command,
     timeout: Duration,
 ) -> Result<(std::process::ExitStatus, String, String)> {
-    let line = describe(cmd);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawning `{line}`"))?;
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut p) = pipe {
-                // A read error keeps what was read; the exit status decides success.
-                let _ = p.read_to_end(&mut bytes);
-            }
-            String::from_utf8_lossy(&bytes).into_owned()
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child
-            .try_wait()
-            .with_context(|| format!("waiting for `{line}`"))?
-        {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            // The child may exit between the check and the kill.
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("`{line}` did not finish within {timeout:?}");
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
-    Ok((status, stdout, stderr))
+    Ok(ovs::run_status(cmd, timeout)?)
 }
 
 /// `ip args...` in the root namespace.
