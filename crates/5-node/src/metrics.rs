@@ -15,7 +15,7 @@
 
 use crate::stats::SnapshotCell;
 use flowshift_control::api::NodeStatus;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -49,94 +49,130 @@ fn json_label<T: serde::Serialize>(v: &T) -> String {
     }
 }
 
+/// Appends one metric family: its HELP and TYPE lines, then one sample per (labels, value);
+/// `labels` is the text inside the braces (empty: none).
+fn family<V: fmt::Display>(
+    o: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, V)>,
+) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(o, "{name} {v}");
+        } else {
+            let _ = writeln!(o, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
 /// Renders a status in the text exposition format.
 pub fn render(s: &NodeStatus) -> String {
     let mut o = String::with_capacity(16 << 10);
+    family(
+        &mut o,
+        "flowshift_uptime_seconds",
+        "gauge",
+        "Seconds since the node started.",
+        [(format!("node=\"{}\"", s.id), s.uptime_s)],
+    );
     let mut drops = Vec::new();
     let mut losses = Vec::new();
-    let _ = writeln!(
-        o,
-        "# HELP flowshift_uptime_seconds Seconds since the node started.\n\
-         # TYPE flowshift_uptime_seconds gauge\nflowshift_uptime_seconds{{node=\"{}\"}} {}",
-        s.id, s.uptime_s
-    );
-    for (name, v) in &s.counters {
+    for (name, &v) in &s.counters {
         if let Some(r) = name.strip_prefix("drop_") {
-            drops.push((r, v));
+            drops.push((format!("reason=\"{r}\""), v));
         } else if let Some(c) = name.strip_prefix("loss_") {
-            losses.push((c, v));
+            losses.push((format!("cause=\"{c}\""), v));
         } else {
-            let _ = writeln!(
-                o,
-                "# HELP flowshift_{name}_total {}\n# TYPE flowshift_{name}_total counter\nflowshift_{name}_total {v}",
-                help_for(name)
+            family(
+                &mut o,
+                &format!("flowshift_{name}_total"),
+                "counter",
+                &help_for(name),
+                [(String::new(), v)],
             );
         }
     }
-    o.push_str(
-        "# HELP flowshift_nat_drops_total Packets the NAT dropped, by reason.\n\
-         # TYPE flowshift_nat_drops_total counter\n",
+    family(
+        &mut o,
+        "flowshift_nat_drops_total",
+        "counter",
+        "Packets the NAT dropped, by reason.",
+        drops,
     );
-    for (r, v) in drops {
-        let _ = writeln!(o, "flowshift_nat_drops_total{{reason=\"{r}\"}} {v}");
-    }
-    o.push_str(
-        "# HELP flowshift_migration_losses_total Packets lost because of migrations, by cause.\n\
-         # TYPE flowshift_migration_losses_total counter\n",
+    family(
+        &mut o,
+        "flowshift_migration_losses_total",
+        "counter",
+        "Packets lost because of migrations, by cause.",
+        losses,
     );
-    for (c, v) in losses {
-        let _ = writeln!(o, "flowshift_migration_losses_total{{cause=\"{c}\"}} {v}");
-    }
     let mappings: u64 = s.groups.iter().map(|g| u64::from(g.mappings)).sum();
     let sessions: u64 = s.groups.iter().map(|g| u64::from(g.sessions)).sum();
-    let _ = writeln!(
-        o,
-        "# HELP flowshift_mappings Mappings held.\n# TYPE flowshift_mappings gauge\nflowshift_mappings {mappings}\n\
-         # HELP flowshift_sessions Sessions held.\n# TYPE flowshift_sessions gauge\nflowshift_sessions {sessions}"
+    family(
+        &mut o,
+        "flowshift_mappings",
+        "gauge",
+        "Mappings held.",
+        [(String::new(), mappings)],
     );
-    o.push_str(
-        "# HELP flowshift_group_mappings Mappings held, per group.\n# TYPE flowshift_group_mappings gauge\n",
+    family(
+        &mut o,
+        "flowshift_sessions",
+        "gauge",
+        "Sessions held.",
+        [(String::new(), sessions)],
     );
-    for g in &s.groups {
-        let _ = writeln!(
-            o,
-            "flowshift_group_mappings{{external=\"{}\"}} {}",
-            g.external, g.mappings
-        );
-    }
-    o.push_str(
-        "# HELP flowshift_group_sessions Sessions held, per group.\n# TYPE flowshift_group_sessions gauge\n",
+    let per_group = |f: fn(&flowshift_control::api::GroupStatus) -> u32| {
+        s.groups
+            .iter()
+            .map(move |g| (format!("external=\"{}\"", g.external), f(g)))
+    };
+    family(
+        &mut o,
+        "flowshift_group_mappings",
+        "gauge",
+        "Mappings held, per group.",
+        per_group(|g| g.mappings),
     );
-    for g in &s.groups {
-        let _ = writeln!(
-            o,
-            "flowshift_group_sessions{{external=\"{}\"}} {}",
-            g.external, g.sessions
-        );
-    }
-    o.push_str(
-        "# HELP flowshift_group_mode The group's mode (1 for the current one).\n# TYPE flowshift_group_mode gauge\n",
+    family(
+        &mut o,
+        "flowshift_group_sessions",
+        "gauge",
+        "Sessions held, per group.",
+        per_group(|g| g.sessions),
     );
-    for g in &s.groups {
-        let _ = writeln!(
-            o,
-            "flowshift_group_mode{{external=\"{}\",mode=\"{}\"}} 1",
-            g.external, g.mode
-        );
-    }
-    o.push_str(
-        "# HELP flowshift_migration_info Migrations the node knows, with role and current phase.\n\
-         # TYPE flowshift_migration_info gauge\n",
+    family(
+        &mut o,
+        "flowshift_group_mode",
+        "gauge",
+        "The group's mode (1 for the current one).",
+        s.groups.iter().map(|g| {
+            (
+                format!("external=\"{}\",mode=\"{}\"", g.external, g.mode),
+                1,
+            )
+        }),
     );
-    for m in &s.migrations {
-        let _ = writeln!(
-            o,
-            "flowshift_migration_info{{migration=\"{}\",role=\"{}\",phase=\"{}\"}} 1",
-            m.migration,
-            json_label(&m.role),
-            json_label(&m.phase)
-        );
-    }
+    family(
+        &mut o,
+        "flowshift_migration_info",
+        "gauge",
+        "Migrations the node knows, with role and current phase.",
+        s.migrations.iter().map(|m| {
+            (
+                format!(
+                    "migration=\"{}\",role=\"{}\",phase=\"{}\"",
+                    m.migration,
+                    json_label(&m.role),
+                    json_label(&m.phase)
+                ),
+                1,
+            )
+        }),
+    );
     o
 }
 
@@ -197,4 +233,66 @@ fn serve(mut s: TcpStream, snapshot: &SnapshotCell) {
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowshift_control::api::{GroupStatus, NodeMigration};
+    use flowshift_migration::{Phase, Role};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn the_exposition_has_one_header_per_family_and_well_formed_samples() {
+        let s = NodeStatus {
+            id: 3,
+            uptime_s: 1.5,
+            groups: vec![GroupStatus {
+                external: "198.18.0.1".parse().unwrap(),
+                mode: "draining".into(),
+                mappings: 7,
+                sessions: 9,
+            }],
+            migrations: vec![NodeMigration {
+                migration: 42,
+                role: Role::Source,
+                phase: Phase::Idle,
+            }],
+            counters: BTreeMap::from([
+                ("rx_packets".to_string(), 10),
+                ("drop_no_mapping".to_string(), 2),
+                ("loss_group_halted".to_string(), 0),
+            ]),
+        };
+        let text = render(&s);
+        for line in [
+            "flowshift_uptime_seconds{node=\"3\"} 1.5",
+            "flowshift_rx_packets_total 10",
+            "flowshift_nat_drops_total{reason=\"no_mapping\"} 2",
+            "flowshift_migration_losses_total{cause=\"group_halted\"} 0",
+            "flowshift_mappings 7",
+            "flowshift_sessions 9",
+            "flowshift_group_mappings{external=\"198.18.0.1\"} 7",
+            "flowshift_group_sessions{external=\"198.18.0.1\"} 9",
+            "flowshift_group_mode{external=\"198.18.0.1\",mode=\"draining\"} 1",
+            "flowshift_migration_info{migration=\"42\",role=\"source\",phase=\"idle\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        let mut typed = std::collections::HashSet::new();
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(typed.insert(name.to_owned()), "{name} typed twice");
+            } else if !l.starts_with("# HELP ") {
+                let (name, value) = l.rsplit_once(' ').expect("sample: name value");
+                let base = name.split('{').next().unwrap();
+                assert!(typed.contains(base), "{base} sampled before its TYPE");
+                assert!(value.parse::<f64>().is_ok(), "value of {l:?}");
+            }
+        }
+    }
 }
