@@ -63,18 +63,23 @@ struct Injector {
     sock: AfPacket,
 }
 
+/// Frames (virtio-net header, Ethernet frame) as the socket sends them.
+fn tx_frames(frames: &[(VnetHdr, Vec<u8>)]) -> Vec<TxFrame> {
+    frames
+        .iter()
+        .map(|(v, f)| {
+            TxFrame::new(
+                Some(*v),
+                f[..ETH_HLEN].try_into().unwrap(),
+                f[ETH_HLEN..].to_vec(),
+            )
+        })
+        .collect()
+}
+
 impl Injector {
     fn send(&mut self, frames: &[(VnetHdr, Vec<u8>)]) {
-        let txf: Vec<TxFrame> = frames
-            .iter()
-            .map(|(v, f)| {
-                TxFrame::new(
-                    Some(*v),
-                    f[..ETH_HLEN].try_into().unwrap(),
-                    f[ETH_HLEN..].to_vec(),
-                )
-            })
-            .collect();
+        let txf = tx_frames(frames);
         let (_, tx) = self.sock.split();
         let mut off = 0;
         let t = Instant::now();
@@ -108,16 +113,7 @@ impl Injector {
     /// frames (and bytes) coming back; returns (sent, received, bytes received, seconds).
     fn blast(&mut self, batch: &[(VnetHdr, Vec<u8>)], d: Duration) -> (u64, u64, u64, f64) {
         use flowshift_node::frame::FrameSink;
-        let txf: Vec<TxFrame> = batch
-            .iter()
-            .map(|(v, f)| {
-                TxFrame::new(
-                    Some(*v),
-                    f[..ETH_HLEN].try_into().unwrap(),
-                    f[ETH_HLEN..].to_vec(),
-                )
-            })
-            .collect();
+        let txf = tx_frames(batch);
         let (rx, tx) = self.sock.split();
         let done = std::sync::atomic::AtomicBool::new(false);
         let t = Instant::now();
