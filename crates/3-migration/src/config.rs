@@ -1,5 +1,6 @@
 //! Configuration of an instance's migration engine ([`MigrationConfig`]) and the parameters of
-//! one migration ([`Params`]). Durations serialize as integer milliseconds.
+//! one migration ([`Params`]). Durations serialize as integer milliseconds (fields ending in
+//! `_us`: microseconds).
 
 use core::time::Duration;
 use serde::{Deserialize, Serialize};
@@ -159,9 +160,28 @@ pub struct Params {
     #[serde(with = "millis")]
     pub precopy_min_round_interval: Duration,
     /// After `cutover_done`, how long the source keeps chaining stragglers before it forgets
-    /// the group (default 50 ms; choose at least twice the switch-to-source delay).
+    /// the group (default 50 ms; choose at least twice the switch-to-source delay). The
+    /// destination does not wait for it: it stops holding at the end-of-chain marker.
     #[serde(with = "millis")]
     pub drain: Duration,
+    /// After `cutover_done`, the source sends the end-of-chain marker (`ChainEnd`) once it has
+    /// chained no packet of the group for this long (default 500 us; at most `drain` after
+    /// the cutover). Packets still in flight from the switch when the barrier confirmed the
+    /// redirect arrive within it; one arriving later is chained anyway and counted as
+    /// `chained_after_marker` (it may overtake packets the destination already released).
+    #[serde(rename = "chain_quiet_us", with = "micros")]
+    pub chain_quiet: Duration,
+    /// Freeze-copy: the longest a mapping should stay frozen, freeze to acknowledgement
+    /// (default 1 ms). The source keeps at most a freeze budget of record bytes in flight and
+    /// sizes it from this target and the freeze times it measures (see `source.rs`). Zero
+    /// turns the budget off: `batch_size`, `batch_max_bytes` and `batches_in_flight` alone
+    /// apply.
+    #[serde(rename = "freeze_target_us", with = "micros")]
+    pub freeze_target: Duration,
+    /// Freeze-copy: smallest and first freeze budget, in record bytes (default 4 KiB).
+    pub freeze_budget_min: u32,
+    /// Freeze-copy: largest freeze budget, in record bytes (default 4 MiB).
+    pub freeze_budget_max: u32,
     /// Freeze-copy: consecutive refused batches before the migration gives up (default 8).
     pub max_batch_refusals: u32,
 }
@@ -182,6 +202,10 @@ impl Default for Params {
             precopy_max_rounds: 30,
             precopy_min_round_interval: Duration::ZERO,
             drain: Duration::from_millis(50),
+            chain_quiet: Duration::from_micros(500),
+            freeze_target: Duration::from_millis(1),
+            freeze_budget_min: 4 << 10,
+            freeze_budget_max: 4 << 20,
             max_batch_refusals: 8,
         }
     }
@@ -208,7 +232,21 @@ impl Params {
         if self.precopy_max_rounds == 0 {
             return Err("precopy_max_rounds must be >= 1");
         }
+        if self.freeze_budget_min < 24 || self.freeze_budget_max < self.freeze_budget_min {
+            return Err("need 24 <= freeze_budget_min <= freeze_budget_max");
+        }
         Ok(())
+    }
+}
+
+mod micros {
+    use core::time::Duration;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_micros(u64::deserialize(d)?))
     }
 }
 

@@ -29,9 +29,20 @@ pub(crate) struct Dst {
     held: VecDeque<(Instant, Vec<u8>)>,
     held_bytes: u64,
     pub holding: bool,
+    /// From `ChainEnd`: chained packets to receive before the holding stops.
+    chain_end_target: Option<u64>,
+    chain_end_at: Instant,
     /// From `Done`: chained packets to wait for.
     pub done_target: Option<u64>,
     done_at: Instant,
+}
+
+impl Dst {
+    /// Waiting for chained packets: before releasing the hold (`ChainEnd`) or completing
+    /// (`Done`).
+    pub fn awaits_chain(&self) -> bool {
+        self.done_target.is_some() || (self.holding && self.chain_end_target.is_some())
+    }
 }
 
 fn key_of(rec: &[u8]) -> MappingKey {
@@ -69,6 +80,14 @@ impl Mig {
             }
             Message::Commit(c) if self.dst().group_added => self.dst_commit(core, now, c),
             Message::Cutover => self.set_phase(core, now, Phase::Drain),
+            Message::ChainEnd(c) => {
+                let d = self.dst();
+                if d.chain_end_target.is_none() {
+                    d.chain_end_target = Some(c.chained);
+                    d.chain_end_at = now;
+                }
+                self.dst_try_complete(core, now);
+            }
             Message::Done(d) => {
                 if core.nat.release_reserved_blocks(self.group).is_err() {
                     core.counters.internal_errors += 1;
@@ -337,13 +356,25 @@ impl Mig {
         self.dst().holding = false;
     }
 
-    /// After `Done`: completes once every chained packet the source announced has arrived
-    /// (or `cutover_hold_max` after `Done`).
+    /// After `ChainEnd`: stops holding once every chained packet it announced has arrived (or
+    /// `cutover_hold_max` after it). After `Done`: completes likewise.
     pub(crate) fn dst_try_complete(&mut self, core: &mut Core, now: Instant) {
+        let rx = core.chain_rx.get(&self.peer).copied().unwrap_or(0);
+        let d = self.dst();
+        if d.holding
+            && let Some(target) = d.chain_end_target
+        {
+            let late = now >= d.chain_end_at + core.cfg.cutover_hold_max;
+            if rx >= target || late {
+                if rx < target {
+                    core.counters.hold_timeouts += 1;
+                }
+                self.dst_release(core, now);
+            }
+        }
         let Some(target) = self.dst().done_target else {
             return;
         };
-        let rx = core.chain_rx.get(&self.peer).copied().unwrap_or(0);
         let deadline = self.dst().done_at + core.cfg.cutover_hold_max;
         if rx < target && now < deadline {
             return;
@@ -368,9 +399,11 @@ impl Mig {
             self.dst_peer_failed(core, now, AbortReason::PeerTimeout);
             return;
         }
-        if self.dst().done_target.is_some() {
+        if self.dst().awaits_chain() {
             self.dst_try_complete(core, now);
-            return;
+            if self.dst().done_target.is_some() {
+                return;
+            }
         }
         let hold_max = core.cfg.cutover_hold_max;
         if let Some(&(first, _)) = self.dst().held.front()
@@ -390,6 +423,10 @@ impl Mig {
         t = t.min(self.chan.last_heard + cfg.peer_timeout);
         if d.done_target.is_some() {
             t = t.min(d.done_at + cfg.cutover_hold_max);
+        } else if d.holding
+            && let Some(_) = d.chain_end_target
+        {
+            t = t.min(d.chain_end_at + cfg.cutover_hold_max);
         } else if let Some(&(first, _)) = d.held.front() {
             t = t.min(first + cfg.cutover_hold_max);
         }

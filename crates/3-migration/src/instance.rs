@@ -5,7 +5,7 @@ use crate::channel::Channel;
 use crate::config::{MigrationConfig, Params};
 use crate::dest::Dst;
 use crate::proto::{self, Algorithm, Kind, Message};
-use crate::report::{InstanceCounters, LossCause, MigrationReport, PhaseSpan};
+use crate::report::{BatchSpan, InstanceCounters, LossCause, MigrationReport, PhaseSpan};
 use crate::source::Src;
 use crate::{
     AbortOutcome, AbortReason, Direction, Error, Ingress, InstanceId, MigrationEvent, MigrationId,
@@ -190,6 +190,51 @@ pub(crate) struct Stats {
     pub rounds: Vec<crate::RoundReport>,
     pub in_doubt: u32,
     pub blocks_split: u32,
+    /// Freeze-copy: held packets released, their summed and longest wait (the freeze the
+    /// subscriber's packets saw).
+    pub held_released: u64,
+    pub held_delay_sum: Duration,
+    pub max_held_delay: Duration,
+    /// The freeze budget after the last acknowledged batch (record bytes).
+    pub freeze_budget: u64,
+    /// Freeze-copy batches, first `MAX_BATCH_SPANS` of them; the rest are only counted.
+    pub batch_spans: Vec<BatchSpan>,
+    /// Source: time from the cutover to the end-of-chain marker, and packets chained after it.
+    pub chain_end_after: Duration,
+    pub chained_after_marker: u64,
+}
+
+/// Most freeze batches listed in a report.
+pub(crate) const MAX_BATCH_SPANS: usize = 4096;
+
+impl Stats {
+    /// Records an acknowledged freeze batch.
+    pub fn note_batch(
+        &mut self,
+        sent: Instant,
+        acked: Instant,
+        mappings: usize,
+        bytes: u64,
+        held: &[(Instant, Vec<u8>)],
+    ) {
+        if self.batch_spans.len() < MAX_BATCH_SPANS {
+            let ms = |t: Instant| t.as_nanos() as f64 / 1e6;
+            self.batch_spans.push(BatchSpan {
+                start_ms: ms(sent),
+                end_ms: ms(acked),
+                mappings: mappings as u32,
+                bytes,
+                held_packets: held.len() as u32,
+            });
+        }
+    }
+
+    /// Records the wait of one held packet released to the destination.
+    pub fn note_held(&mut self, waited: Duration) {
+        self.held_released += 1;
+        self.held_delay_sum += waited;
+        self.max_held_delay = self.max_held_delay.max(waited);
+    }
 }
 
 pub(crate) enum Side {
@@ -358,6 +403,17 @@ impl Mig {
             precopy_rounds: self.st.rounds.clone(),
             in_doubt_mappings: self.st.in_doubt,
             blocks_split: self.st.blocks_split,
+            max_held_delay_ms: d(self.st.max_held_delay),
+            mean_held_delay_ms: if self.st.held_released == 0 {
+                0.0
+            } else {
+                d(self.st.held_delay_sum) / self.st.held_released as f64
+            },
+            held_packets_released: self.st.held_released,
+            freeze_budget_bytes: self.st.freeze_budget,
+            freeze_batches: self.st.batch_spans.clone(),
+            chain_end_after_ms: d(self.st.chain_end_after),
+            chained_after_marker: self.st.chained_after_marker,
         }
     }
 }
@@ -580,7 +636,7 @@ impl Instance {
         }
         let ok = self.core.chain(route.peer, pkt);
         if let Some(m) = mig {
-            m.src_note_chained(ok);
+            m.src_note_chained(now, ok);
         }
     }
 
@@ -821,7 +877,7 @@ impl Instance {
                 if d.holding {
                     holding += 1;
                 }
-                if !m.terminal && d.done_target.is_some() {
+                if !m.terminal && d.awaits_chain() {
                     awaiting += 1;
                 }
             }

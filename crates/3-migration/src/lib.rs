@@ -50,14 +50,20 @@
 //!   `idle_rate_threshold`, after `idle_max`, or once at most `idle_floor` remain. A mapping
 //!   counts as alive until the NAT expires it, so TCP mappings in a transitory state
 //!   (half-open, closed both ways, reset) count as alive for their 4-minute transitory timeout:
-//!   they still hold a port. *Freeze-and-copy*: repeatedly freeze up to `batch_size` mappings,
+//!   they still hold a port (with no death at all since the phase began, the rate is zero and
+//!   the phase ends at the first sample). *Freeze-and-copy*: repeatedly freeze up to
+//!   `batch_size` mappings and at most the *freeze budget* of record bytes in flight,
 //!   **whole port blocks at a time**, idlest block first (ordered once, when the phase starts,
 //!   by the most recent packet among the block's mappings), export them and send the batch. A
 //!   block always travels in one batch (a block with more than `batch_size` mappings travels
 //!   alone): once the destination imports a mapping of a block, that block belongs to the
 //!   subscriber there and the destination may allocate its free ports, so the source must not
 //!   keep any other mapping in it. Per-flow freeze time is thus bounded by one block's transfer
-//!   time. Packets that touch a frozen mapping come back from the NAT as `Hold` and
+//!   time. The freeze budget bounds that time whatever the total state: it starts at
+//!   `freeze_budget_min` and, after every acknowledged batch, is scaled by how far that batch's
+//!   freeze (send to acknowledgement) was from three quarters of `freeze_target` (at most
+//!   halved or doubled per batch), so the bytes in flight track what the measured transfer
+//!   rate moves within the target. Packets that touch a frozen mapping come back from the NAT as `Hold` and
 //!   are buffered (bounded; overflow is a counted `FreezeBufferFull` drop); on the batch's
 //!   acknowledgement the source removes the mappings and chains the buffered packets, in
 //!   arrival order, before any later packet of those flows. When it holds nothing more of the
@@ -66,18 +72,19 @@
 //! # Cutover and ordering
 //!
 //! The controller redirects the switch, waits for the barrier, then calls
-//! [`Instance::cutover_done`] on the source. The source sends `Cutover`, keeps chaining what
-//! still arrives for `Params::drain`, then forgets the group and sends `Done`, which carries the
-//! number of packets it has ever chained to the destination. The destination *holds every
-//! packet of the group arriving from the switch from `Prepare` on* (before the redirect the
-//! switch sends it none, so anything that arrives has overtaken packets still travelling through
-//! the source), and releases them in arrival order once `Done` has arrived and it has received
-//! at least that many chained packets from the source (then nothing older can still be in
-//! flight on a FIFO chain path), or after `cutover_hold_max` if chained packets were lost. On
-//! `Done` the destination returns the reserved blocks to its pool. The hold queue must absorb
-//! the group's switch traffic for about `drain` plus one transfer delay: choose `drain` close to
-//! twice the switch-to-source delay (the default 50 ms suits a real testbed, not a fast
-//! simulated one).
+//! [`Instance::cutover_done`] on the source. The source sends `Cutover` and keeps chaining what
+//! still arrives. Once it has chained no packet of the group for `Params::chain_quiet` (packets
+//! that were in flight from the switch when the barrier confirmed the redirect), it sends the
+//! *end-of-chain marker* `ChainEnd`, which carries the number of packets it has ever chained to
+//! the destination. The destination *holds every packet of the group arriving from the switch
+//! from `Prepare` on* (before the redirect the switch sends it none, so anything that arrives
+//! has overtaken packets still travelling through the source), and releases them in arrival
+//! order as soon as it has `ChainEnd` and has received at least that many chained packets from
+//! the source (nothing older can then still be in flight on a FIFO chain path), or after
+//! `cutover_hold_max` if chained packets were lost. A straggler chained after the marker is
+//! still delivered and counted (`chained_after_marker`). After `Params::drain` the source
+//! forgets the group and sends `Done`; on `Done` the destination returns the reserved blocks to
+//! its pool and completes once the chained packets `Done` announces have arrived.
 //!
 //! # Abort and failures
 //!
@@ -113,7 +120,7 @@ pub use channel::ChannelStats;
 pub use config::{MigrationConfig, Params, RateMode};
 pub use instance::Instance;
 pub use proto::{AbortReason, Algorithm};
-pub use report::{InstanceCounters, LossCause, MigrationReport, PhaseSpan, RoundReport};
+pub use report::{BatchSpan, InstanceCounters, LossCause, MigrationReport, PhaseSpan, RoundReport};
 
 use flowshift_nat::{GroupId, NatError};
 use flowshift_wire::Instant;

@@ -18,7 +18,7 @@
 //!
 //! Bodies: `Batch` is raw (`batch` as u32 in network order, then `n * 24` bytes of
 //! [`flowshift_nat::record::StateRecord`]); `Prepare`, `BatchAck`, `Delete`, `Commit`,
-//! `CommitAck`, `Done` and `Abort` are postcard encodings of the structs below; `PrepareAck`,
+//! `CommitAck`, `ChainEnd`, `Done` and `Abort` are postcard encodings of the structs below; `PrepareAck`,
 //! `Cutover`, `Ack` and `Ping` have an empty body. A frame is self-delimiting, so it can travel
 //! as one datagram or inside a byte stream ([`frame_len`] splits a stream).
 
@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 
 /// Frame magic.
 pub const MAGIC: [u8; 2] = *b"FS";
-/// Protocol version this build writes and accepts.
-pub const VERSION: u8 = 1;
+/// Protocol version this build writes and accepts (2: `Prepare` carries size hints, `ChainEnd`).
+pub const VERSION: u8 = 2;
 /// Length of the frame header in bytes.
 pub const HEADER_LEN: usize = 32;
 /// Largest body accepted or written (16 MiB).
@@ -65,6 +65,10 @@ pub enum Kind {
     Ack = 11,
     /// Keepalive from the source (so the destination can tell a silent source from a dead one).
     Ping = 12,
+    /// Source to destination after cutover: the end-of-chain marker. Once the destination has
+    /// received the announced number of chained packets it stops holding the group's switch
+    /// packets (nothing older can still come through the source).
+    ChainEnd = 13,
 }
 
 impl Kind {
@@ -82,6 +86,7 @@ impl Kind {
             10 => Kind::Abort,
             11 => Kind::Ack,
             12 => Kind::Ping,
+            13 => Kind::ChainEnd,
             _ => return None,
         })
     }
@@ -151,6 +156,11 @@ pub struct Prepare {
     pub port_max: u16,
     /// Source's block size.
     pub block_size: u16,
+    /// Mappings of the group at the source when the migration started (a sizing hint: the
+    /// destination pre-sizes its tables; it is never trusted as a count).
+    pub mappings_hint: u32,
+    /// Sessions (records) of the group at the source when the migration started (hint).
+    pub records_hint: u32,
 }
 
 /// `BatchAck` body.
@@ -195,6 +205,15 @@ pub struct Done {
     pub chained: u64,
 }
 
+/// `ChainEnd` body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainEnd {
+    /// Packets the source has chained to the destination over its whole life (all groups) when
+    /// it sent the marker: every chained packet of the group that left the source before the
+    /// marker is among them.
+    pub chained: u64,
+}
+
 /// A decoded message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
@@ -227,6 +246,8 @@ pub enum Message {
     Ack,
     /// See [`Kind::Ping`].
     Ping,
+    /// See [`Kind::ChainEnd`].
+    ChainEnd(ChainEnd),
 }
 
 impl Message {
@@ -245,6 +266,7 @@ impl Message {
             Message::Abort(_) => Kind::Abort,
             Message::Ack => Kind::Ack,
             Message::Ping => Kind::Ping,
+            Message::ChainEnd(_) => Kind::ChainEnd,
         }
     }
 
@@ -266,6 +288,7 @@ impl Message {
             Message::Commit(c) => pc(c)?,
             Message::CommitAck(c) => pc(c)?,
             Message::Done(d) => pc(d)?,
+            Message::ChainEnd(c) => pc(c)?,
             Message::Abort(r) => pc(r)?,
             Message::PrepareAck | Message::Cutover | Message::Ack | Message::Ping => Vec::new(),
         };
@@ -318,6 +341,7 @@ impl Message {
             Kind::Abort => Message::Abort(pc(body)?),
             Kind::Ack => empty(Message::Ack)?,
             Kind::Ping => empty(Message::Ping)?,
+            Kind::ChainEnd => Message::ChainEnd(pc(body)?),
         })
     }
 }
@@ -486,9 +510,12 @@ mod tests {
                 port_min: 1024,
                 port_max: 65535,
                 block_size: 512,
+                mappings_hint: 10,
+                records_hint: 20,
             }),
             1,
         );
+        roundtrip(Message::ChainEnd(ChainEnd { chained: 123 }), 9);
         roundtrip(Message::PrepareAck, 2);
         roundtrip(
             Message::Batch {
@@ -555,8 +582,8 @@ mod tests {
         b[0] = b'X';
         assert_eq!(decode(&b), Err(DecodeError::BadMagic));
         let mut b = good.clone();
-        b[2] = 2;
-        assert_eq!(decode(&b), Err(DecodeError::Version(2)));
+        b[2] = 1;
+        assert_eq!(decode(&b), Err(DecodeError::Version(1)));
         let mut b = good.clone();
         b[3] = 200;
         assert_eq!(decode(&b), Err(DecodeError::UnknownKind(200)));

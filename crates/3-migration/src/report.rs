@@ -173,4 +173,38 @@ pub struct MigrationReport {
     /// Freeze-copy: port blocks whose records exceeded a frame and were split across batches
     /// (port exclusivity is then not guaranteed for that block; 0 with sane configurations).
     pub blocks_split: u32,
+    /// Source, freeze-copy: the longest a packet of a frozen mapping waited in the freeze
+    /// buffer before it went on to the destination, in ms: the freeze a subscriber's packets
+    /// actually saw (`max_freeze_ms` is the batches' freeze-to-acknowledgement time, seen by a
+    /// packet only if it arrives right at the freeze).
+    pub max_held_delay_ms: f64,
+    /// Source, freeze-copy: mean wait of the held packets, in ms.
+    pub mean_held_delay_ms: f64,
+    /// Source, freeze-copy: held packets released to the destination.
+    pub held_packets_released: u64,
+    /// Source, freeze-copy: the freeze budget after the last batch (record bytes in flight).
+    pub freeze_budget_bytes: u64,
+    /// Source, freeze-copy: each acknowledged batch (the first few thousand), times on the
+    /// instance's clock.
+    pub freeze_batches: Vec<BatchSpan>,
+    /// Source: time from the cutover to the end-of-chain marker, in ms.
+    pub chain_end_after_ms: f64,
+    /// Source: packets chained after the end-of-chain marker (stragglers the destination may
+    /// have processed after newer packets; 0 when the switch's barrier was honest).
+    pub chained_after_marker: u64,
+}
+
+/// One freeze-and-copy batch, from freeze to acknowledgement.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct BatchSpan {
+    /// Frozen and sent, ms on the instance's clock.
+    pub start_ms: f64,
+    /// Acknowledged, ms.
+    pub end_ms: f64,
+    /// Mappings in the batch.
+    pub mappings: u32,
+    /// Record bytes.
+    pub bytes: u64,
+    /// Packets held while it was frozen.
+    pub held_packets: u32,
 }

@@ -6,6 +6,7 @@ use crate::instance::{Core, GroupMatch, Mig, Route, Side, Stats};
 use crate::proto::{self, Algorithm, MappingKey, Message};
 use crate::report::{LossCause, RoundReport};
 use crate::{AbortOutcome, AbortReason, Error, InstanceId, MigrationEvent, MigrationId, Phase};
+use core::time::Duration;
 use flowshift_nat::{GroupId, GroupMode, MappingId, RemoveCause};
 use flowshift_wire::Instant;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -15,6 +16,8 @@ pub(crate) struct Flight {
     /// (run key, mapping).
     ids: Vec<(u32, MappingId)>,
     sent_at: Instant,
+    /// Record bytes of the batch.
+    bytes: u64,
     /// Freeze-copy: packets of these mappings held meanwhile, in arrival order.
     held: Vec<(Instant, Vec<u8>)>,
 }
@@ -49,6 +52,10 @@ pub(crate) struct Src {
     refusals: u32,
     acked_any: bool,
     chained: u64,
+    /// Freeze-copy: record bytes the source may have frozen and in flight at once (adapted to
+    /// `Params::freeze_target`), and the bytes in flight now.
+    budget: u64,
+    inflight_bytes: u64,
     // Stop-copy / pre-copy.
     copied: HashMap<MappingId, Copied>,
     round: Option<RoundReport>,
@@ -59,6 +66,11 @@ pub(crate) struct Src {
     commit_sent: bool,
     forward: bool,
     drain_until: Instant,
+    /// Drain: when the cutover came, the last time a packet of the group was chained, and
+    /// whether the end-of-chain marker has gone out.
+    cutover_at: Instant,
+    last_chained_at: Instant,
+    chain_end_sent: bool,
     done_sent: bool,
 }
 
@@ -114,9 +126,12 @@ impl Mig {
             port_min: nc.port_min,
             port_max: nc.port_max,
             block_size: nc.block_size,
+            mappings_hint: stats.mappings,
+            records_hint: stats.sessions,
         };
         let src = Src {
             held_at_prepare: held.iter().map(|b| b.block).collect(),
+            budget: params.freeze_budget_min as u64,
             ..Src::default()
         };
         let mut m = Mig {
@@ -196,11 +211,15 @@ impl Mig {
         }
     }
 
-    pub(crate) fn src_note_chained(&mut self, ok: bool) {
+    pub(crate) fn src_note_chained(&mut self, now: Instant, ok: bool) {
         if ok {
             self.st.chained += 1;
             if let Side::Src(s) = &mut self.side {
                 s.chained += 1;
+                s.last_chained_at = now;
+                if s.chain_end_sent {
+                    self.st.chained_after_marker += 1;
+                }
             }
         } else {
             self.st.lost[LossCause::ChainQueueFull as usize] += 1;
@@ -212,7 +231,7 @@ impl Mig {
         self.buffer_free(pkt.len());
         self.st.max_buffer_delay = self.st.max_buffer_delay.max(now - since);
         let ok = core.chain(self.peer, pkt);
-        self.src_note_chained(ok);
+        self.src_note_chained(now, ok);
     }
 
     // ----------------------------------------------------------------------- messages
@@ -277,6 +296,8 @@ impl Mig {
             core.counters.frames_unknown += 1;
             return;
         };
+        let s = self.src();
+        s.inflight_bytes = s.inflight_bytes.saturating_sub(flight.bytes);
         if self.algorithm != Algorithm::FreezeCopy {
             if !a.ok {
                 self.st.batches_refused += 1;
@@ -296,11 +317,29 @@ impl Mig {
                 }
             }
             self.st.transferred += moved;
-            self.st.max_freeze = self.st.max_freeze.max(now - flight.sent_at);
+            let freeze = now - flight.sent_at;
+            self.st.max_freeze = self.st.max_freeze.max(freeze);
+            self.st.note_batch(
+                flight.sent_at,
+                now,
+                flight.ids.len(),
+                flight.bytes,
+                &flight.held,
+            );
+            let (target, min, max) = (
+                self.params.freeze_target,
+                self.params.freeze_budget_min as u64,
+                self.params.freeze_budget_max as u64,
+            );
             let s = self.src();
             s.acked_any = true;
             s.refusals = 0;
+            if !target.is_zero() {
+                s.budget = next_budget(flight.bytes, freeze, target, min, max);
+            }
+            self.st.freeze_budget = s.budget;
             for (since, pkt) in flight.held {
+                self.st.note_held(now - since);
                 self.release_to_peer(core, now, since, pkt);
             }
         } else {
@@ -381,10 +420,35 @@ impl Mig {
         self.set_phase(core, now, Phase::Drain);
         self.chan.send(now, &Message::Cutover, &core.cfg);
         let d = self.params.drain;
-        self.src().drain_until = now + d;
+        let s = self.src();
+        s.drain_until = now + d;
+        s.cutover_at = now;
+    }
+
+    /// When the end-of-chain marker is due: `chain_quiet` after the cutover and after the last
+    /// chained packet, and no later than the end of the drain.
+    fn src_chain_end_due(&self, s: &Src) -> Instant {
+        let q = self.params.chain_quiet;
+        (s.cutover_at.max(s.last_chained_at) + q).min(s.drain_until)
+    }
+
+    /// Sends the end-of-chain marker: every packet of the group chained so far is counted in
+    /// it, so the destination can stop holding once that many chained packets have arrived.
+    fn src_send_chain_end(&mut self, core: &mut Core, now: Instant) {
+        let chained = core.chain_tx.get(&self.peer).copied().unwrap_or(0);
+        self.chan.send(
+            now,
+            &Message::ChainEnd(proto::ChainEnd { chained }),
+            &core.cfg,
+        );
+        self.src().chain_end_sent = true;
+        self.st.chain_end_after = now - self.src_ref().cutover_at;
     }
 
     fn src_drained(&mut self, core: &mut Core, now: Instant) {
+        if !self.src_ref().chain_end_sent {
+            self.src_send_chain_end(core, now);
+        }
         let g = self.group;
         if core.nat.remove_group(g).is_err() {
             core.counters.internal_errors += 1;
@@ -440,7 +504,13 @@ impl Mig {
             remaining,
             expired: start.saturating_sub(remaining),
         });
-        if remaining <= p.idle_floor || timed_out || (full && rate < p.idle_rate_threshold) {
+        // Nothing died at all so far: there is nothing to wait for (the rate is zero whatever
+        // the window), so freeze-and-copy starts at the first sample.
+        let none_dying = total == 0 && p.idle_rate_threshold > 0.0;
+        if remaining <= p.idle_floor
+            || timed_out
+            || ((full || none_dying) && rate < p.idle_rate_threshold)
+        {
             self.src_start_freeze(core, now);
         }
     }
@@ -494,14 +564,16 @@ impl Mig {
     /// allocate its free ports; had the source kept other mappings of the block, one external
     /// port could end up bound to two different mappings. Only a block whose records exceed a
     /// frame is split (counted in `blocks_split`).
-    fn src_build_batch(&mut self, core: &mut Core, now: Instant) -> Option<(u32, Vec<u8>)> {
+    fn src_build_batch(
+        &mut self,
+        core: &mut Core,
+        now: Instant,
+        max_bytes: usize,
+    ) -> Option<(u32, Vec<u8>)> {
         const FRAME_ROOM: usize = proto::MAX_BODY - 4;
         const REC: usize = flowshift_nat::record::RECORD_LEN;
         let freeze = self.algorithm == Algorithm::FreezeCopy;
-        let (max_n, max_bytes) = (
-            self.params.batch_size as usize,
-            self.params.batch_max_bytes as usize,
-        );
+        let max_n = self.params.batch_size as usize;
         let id_self = self.id;
         let s = match &mut self.side {
             Side::Src(s) => s,
@@ -579,11 +651,13 @@ impl Mig {
             r.copied += ids.len() as u32;
             r.records += n_records;
         }
+        s.inflight_bytes += records.len() as u64;
         s.flights.insert(
             batch,
             Flight {
                 ids,
                 sent_at: now,
+                bytes: records.len() as u64,
                 held: Vec::new(),
             },
         );
@@ -594,22 +668,40 @@ impl Mig {
 
     /// Sends batches while the window allows; moves the algorithm on when a round (or the
     /// freeze-and-copy) is complete.
+    ///
+    /// The window: `batches_in_flight` batches of at most `batch_max_bytes`; freeze-copy with a
+    /// `freeze_target` also keeps at most the freeze budget of record bytes in flight (a port
+    /// block larger than the budget still travels, alone).
     fn src_pump(&mut self, core: &mut Core, now: Instant) {
         if self.terminal {
             return;
         }
-        let in_flight = self.params.batches_in_flight as usize;
+        let budgeted =
+            self.algorithm == Algorithm::FreezeCopy && !self.params.freeze_target.is_zero();
         let max_unacked = core.cfg.max_unacked as usize;
+        let in_flight = self.params.batches_in_flight as usize;
+        let batch_max = self.params.batch_max_bytes as usize;
         loop {
+            let unacked = self.chan.unacked();
             let s = self.src();
             if s.retry_at.is_some_and(|t| t > now) {
                 return;
             }
             s.retry_at = None;
-            if s.flights.len() >= in_flight || self.chan.unacked() >= max_unacked {
+            if s.flights.len() >= in_flight || unacked >= max_unacked {
                 return;
             }
-            let Some((batch, records)) = self.src_build_batch(core, now) else {
+            let max_bytes = if budgeted {
+                if !s.flights.is_empty() && s.inflight_bytes >= s.budget {
+                    return;
+                }
+                // A batch never goes below one record; a port block larger than the room left
+                // travels alone (see `src_build_batch`).
+                (s.budget.saturating_sub(s.inflight_bytes) as usize).clamp(24, batch_max)
+            } else {
+                batch_max
+            };
+            let Some((batch, records)) = self.src_build_batch(core, now, max_bytes) else {
                 break;
             };
             self.chan
@@ -790,6 +882,7 @@ impl Mig {
             s.copied.clear();
             s.buf_pkts = 0;
             s.buf_bytes = 0;
+            s.inflight_bytes = 0;
             (
                 std::mem::take(&mut s.flights),
                 std::mem::take(&mut s.prep_buf),
@@ -839,6 +932,7 @@ impl Mig {
         let s = self.src();
         s.buf_pkts = 0;
         s.buf_bytes = 0;
+        s.inflight_bytes = 0;
         let split = match algorithm {
             // Keep serving what is left in Draining mode, chaining misses to the peer.
             Algorithm::FreezeCopy => true,
@@ -895,6 +989,12 @@ impl Mig {
                 }
             }
             Phase::Drain if now >= self.src_ref().drain_until => self.src_drained(core, now),
+            Phase::Drain
+                if !self.src_ref().chain_end_sent
+                    && now >= self.src_chain_end_due(self.src_ref()) =>
+            {
+                self.src_send_chain_end(core, now)
+            }
             _ => {}
         }
     }
@@ -911,11 +1011,24 @@ impl Mig {
             Phase::Idle => Some(s.next_sample),
             Phase::FreezeCopy => s.retry_at,
             Phase::Rounds | Phase::StopCopy => s.next_round.map(|(at, _)| at),
+            Phase::Drain if !s.chain_end_sent => Some(self.src_chain_end_due(s)),
             Phase::Drain => Some(s.drain_until),
             _ => None,
         };
         own.map_or(t, |o| t.min(o))
     }
+}
+
+/// The next freeze budget after a batch of `bytes` was acknowledged `freeze` after it was
+/// frozen: the batch's size scaled by three quarters of `target` over `freeze` (so at most
+/// halved or doubled per batch), within `[min, max]`. With a freeze that is a fixed round trip
+/// plus the batch's transfer time, a batch of the new size freezes for at most the three
+/// quarters: the round trip does not grow with it.
+fn next_budget(bytes: u64, freeze: Duration, target: Duration, min: u64, max: u64) -> u64 {
+    let goal = target.as_nanos() as f64 * 0.75;
+    let seen = (freeze.as_nanos() as f64).max(1.0);
+    let factor = (goal / seen).clamp(0.5, 2.0);
+    ((bytes as f64 * factor) as u64).clamp(min, max)
 }
 
 impl Src {

@@ -331,3 +331,106 @@ fn a_subscriber_migrating_mid_block_never_gets_a_port_bound_twice() {
         );
     }
 }
+
+#[test]
+fn end_of_chain_marker_releases_the_destination_long_before_the_drain_ends() {
+    // A 300 ms drain: without the marker the destination would hold the group's switch
+    // packets until `Done`, 300 ms after the cutover. With it, they go out once the chain is
+    // quiet for `chain_quiet` and the marker's count of chained packets has arrived.
+    let mut cl = Cluster::new(21);
+    cl.check_every_step = true;
+    let n = 40u32;
+    let mut seq_out = vec![0u32; n as usize];
+    let mut seq_in = vec![0u32; n as usize];
+    let mut sent = 0u32;
+    for f in 0..n {
+        sent += traffic(&mut cl, f, &mut seq_out, &mut seq_in);
+    }
+    let params = Params {
+        idle_max: Duration::ZERO,
+        drain: Duration::from_millis(300),
+        ..Params::default()
+    };
+    let quiet = params.chain_quiet;
+    let id = cl.start(Algorithm::FreezeCopy, params);
+    let limit = cl.now + Duration::from_secs(1);
+    // Traffic until the source drains (the switch already sends to B).
+    while !cl.phase_reached(id, A, Phase::Drain) && cl.now < limit {
+        let flow = (cl.now.as_nanos() / 100_000) as u32 % n;
+        sent += traffic(&mut cl, flow, &mut seq_out, &mut seq_in);
+        cl.advance_by(Duration::from_micros(100));
+    }
+    assert!(cl.phase_reached(id, A, Phase::Drain), "no cutover");
+    let cutover = cl.now;
+    // Packets of the group now reach B from the switch; each must leave within the quiet
+    // time, the transfer delay and the chain delay (a few ms), not at the drain's end.
+    let mut waits = Vec::new();
+    for k in 0..20u32 {
+        let before = cl.delivered.len();
+        sent += traffic(&mut cl, k % n, &mut seq_out, &mut seq_in);
+        let injected = cl.now;
+        let deadline = injected + Duration::from_millis(100);
+        while cl.delivered.len() == before && cl.now < deadline {
+            cl.advance_by(Duration::from_micros(50));
+        }
+        assert!(
+            cl.delivered.len() > before,
+            "packet {k} still held 100 ms after it arrived"
+        );
+        waits.push(cl.delivered[before].at - injected);
+    }
+    assert!(
+        !cl.completed(id, A),
+        "the source must still be draining: the release came from the marker, not from Done"
+    );
+    let bound = quiet + cl.transfer_delay + cl.chain_delay + Duration::from_millis(1);
+    let worst = waits.iter().max().copied().unwrap_or_default();
+    assert!(
+        worst <= bound,
+        "held {worst:?} after the cutover at {cutover:?}, bound {bound:?}"
+    );
+    cl.advance_by(Duration::from_millis(400));
+    assert!(cl.completed(id, A) && cl.completed(id, B));
+    let r = cl.a.report(id).unwrap();
+    assert_eq!(r.chained_after_marker, 0);
+    assert!(r.chain_end_after_ms < 300.0);
+    assert_eq!(cl.delivered.len() as u32, sent, "packets lost");
+    assert_in_order(&cl.delivered);
+    assert_eq!(
+        cl.a.counters().hold_timeouts + cl.b.counters().hold_timeouts,
+        0
+    );
+}
+
+#[test]
+fn idle_phase_ends_at_the_first_sample_when_nothing_dies() {
+    // Established flows that keep sending never expire: the death rate is zero from the first
+    // sample on, so waiting out the window (or `idle_max`) would only delay the migration.
+    let mut cl = Cluster::new(22);
+    let n = 10u32;
+    let mut seq_out = vec![0u32; n as usize];
+    let mut seq_in = vec![0u32; n as usize];
+    for f in 0..n {
+        traffic(&mut cl, f, &mut seq_out, &mut seq_in);
+    }
+    let params = Params {
+        idle_sample_interval: Duration::from_millis(100),
+        idle_window_samples: 10,
+        idle_max: Duration::from_secs(60),
+        drain: Duration::from_millis(2),
+        ..Params::default()
+    };
+    let start = cl.now;
+    let id = cl.start(Algorithm::FreezeCopy, params);
+    while !cl.phase_reached(id, A, Phase::FreezeCopy) && cl.now < start + Duration::from_secs(5) {
+        for f in 0..n {
+            traffic(&mut cl, f, &mut seq_out, &mut seq_in);
+        }
+        cl.advance_by(Duration::from_millis(10));
+    }
+    let waited = cl.now - start;
+    assert!(
+        waited <= Duration::from_millis(120),
+        "freeze-and-copy began only after {waited:?}"
+    );
+}

@@ -23,6 +23,8 @@ fn valid_frames() -> Vec<Vec<u8>> {
             port_min: 1024,
             port_max: 1024 + 32 * 64 - 1,
             block_size: 64,
+            mappings_hint: 2,
+            records_hint: 2,
         }),
         Message::PrepareAck,
         Message::Batch {
@@ -40,6 +42,7 @@ fn valid_frames() -> Vec<Vec<u8>> {
             records: 1,
         }),
         Message::Cutover,
+        Message::ChainEnd(proto::ChainEnd { chained: 0 }),
         Message::Abort(AbortReason::Requested),
         Message::Ping,
     ];

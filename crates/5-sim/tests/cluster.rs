@@ -137,11 +137,13 @@ fn invariants_hold_across_seeds_with_a_lossy_transfer_link() {
 
 #[test]
 fn a_broken_transfer_channel_never_leaves_a_mapping_on_both_instances() {
-    // Cut during the idle phase (nothing moved yet: revert) and during freeze-and-copy.
-    // The last case runs long enough for the retransmissions to give up (about 3 s).
-    for (cut_after_ms, seed, run_ms) in [(50u64, 3u64, 1_300u64), (201, 4, 1_300), (202, 5, 5_000)]
-    {
+    // Cut during the idle phase (nothing moved yet: revert; the fictive states never expire,
+    // so the phase ends at its first sample, 50 ms in) and during freeze-and-copy (a 10 Mbit/s
+    // transfer link stretches it to about 100 ms). The last case runs long enough for the
+    // retransmissions to give up (about 3 s).
+    for (cut_after_ms, seed, run_ms) in [(30u64, 3u64, 1_300u64), (80, 4, 1_300), (81, 5, 5_000)] {
         let mut c = small(Algorithm::FreezeCopy, seed);
+        c.transfer_bps = 10_000_000;
         c.transfer_down_at = Some(c.migrate_at + std::time::Duration::from_millis(cut_after_ms));
         c.duration = std::time::Duration::from_millis(run_ms);
         // `run` asserts the ledger, both NATs' invariants and single ownership.
@@ -150,6 +152,58 @@ fn a_broken_transfer_channel_never_leaves_a_mapping_on_both_instances() {
         assert!(
             !src.completed,
             "cut at +{cut_after_ms} ms: the migration cannot complete without its channel"
+        );
+        // Before the first batch nothing moves (the source reverts); after it, some did.
+        assert_eq!(
+            src.states_transferred > 0,
+            cut_after_ms > 50,
+            "cut at +{cut_after_ms} ms: {} transferred, phases {:?}",
+            src.states_transferred,
+            src.phases
+        );
+    }
+}
+
+#[test]
+fn freeze_budget_bounds_every_freeze_across_seeds_and_link_rates() {
+    // The freeze budget adapts batch sizes to the measured transfer rate: on fast and slow
+    // transfer links, no batch stays frozen (freeze to acknowledgement) past the target plus a
+    // quarter, unless it is a single port block (blocks travel whole, see the crate docs: a
+    // fictive block is 512 ports x TCP and UDP = 1,024 mappings, 24 KiB), and no held packet
+    // waits longer than the longest batch; nothing is lost or reordered.
+    const BLOCK_MAPPINGS: u32 = 2 * 512;
+    for (seed, transfer_bps) in [
+        (11u64, 1_000_000_000u64),
+        (12, 100_000_000),
+        (13, 20_000_000),
+    ] {
+        let mut c = small(Algorithm::FreezeCopy, seed);
+        c.transfer_bps = transfer_bps;
+        c.fictive_states = 20_000;
+        c.duration = Duration::from_millis(2_000);
+        let target_ms = c.params.freeze_target.as_secs_f64() * 1e3;
+        let r = run(&c);
+        let src = r.source.as_ref().expect("source report");
+        assert!(src.completed, "seed {seed}: did not complete");
+        assert_eq!(lost(&r), 0, "seed {seed}: lost packets");
+        assert_eq!(r.reordered_packets, 0, "seed {seed}: reordered packets");
+        let batches = &src.freeze_batches;
+        assert!(batches.len() > 4, "seed {seed}: {} batches", batches.len());
+        let bound = target_ms * 1.25;
+        let mut longest = 0.0f64;
+        for b in batches {
+            let freeze = b.end_ms - b.start_ms;
+            longest = longest.max(freeze);
+            assert!(
+                freeze <= bound || b.mappings <= BLOCK_MAPPINGS,
+                "seed {seed} at {transfer_bps} bit/s: batch of {} mappings frozen {freeze:.3} ms > {bound:.3} ms",
+                b.mappings,
+            );
+        }
+        assert!(
+            src.max_held_delay_ms <= longest.max(bound),
+            "seed {seed}: a held packet waited {:.3} ms",
+            src.max_held_delay_ms
         );
     }
 }

@@ -2,6 +2,7 @@
 
 mod alloc;
 mod bench;
+mod bench_stall;
 mod bench_transfer;
 mod cmd_controller;
 mod cmd_node;
@@ -66,6 +67,9 @@ enum BenchCommand {
     /// State transfer: export N records, frame them with the migration protocol, send them
     /// over loopback TCP, decode and install them in a second NAT; compared with a raw TCP copy.
     Transfer(bench_transfer::TransferArgs),
+    /// Longest gap between two packet batches of a node's loop during a whole migration of N
+    /// states between two in-process instances (what a packet thread would stall for).
+    Stall(bench_stall::StallArgs),
     /// iperf3 throughput through one flowshift node and through Linux nftables NAT on the
     /// same testbed topology (root); prints both and the ratio.
     Testbed(testbed::BenchArgs),
@@ -76,6 +80,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Bench(BenchCommand::Dataplane(args)) => bench::dataplane(&args),
         Command::Bench(BenchCommand::Transfer(args)) => bench_transfer::transfer(&args),
+        Command::Bench(BenchCommand::Stall(args)) => bench_stall::stall(&args),
         Command::Experiment(ExperimentCommand::Fig1c(args)) => experiment::fig1c(&args),
         Command::Experiment(ExperimentCommand::Scaling(args)) => experiment::scaling(&args),
         Command::Experiment(ExperimentCommand::Precopy(args)) => exp_precopy::run(&args),
