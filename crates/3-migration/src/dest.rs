@@ -17,8 +17,19 @@ struct Staged {
     records: Vec<u8>,
 }
 
+/// Records a pre-copy commit imports per call: the rest goes on in `handle_timeout` calls,
+/// between the driver's packet batches (the group stays halted until the last one).
+pub(crate) const IMPORT_SLICE_RECORDS: usize = 8192;
+
+/// A pre-copy commit being installed slice by slice.
+struct CommitJob {
+    /// Whole mappings' records, at most about [`IMPORT_SLICE_RECORDS`] per slice.
+    slices: VecDeque<Vec<u8>>,
+}
+
 #[derive(Default)]
 pub(crate) struct Dst {
+    commit_job: Option<CommitJob>,
     staged: BTreeMap<MappingKey, Staged>,
     staged_records: u64,
     imported_mappings: u32,
@@ -224,47 +235,85 @@ impl Mig {
     }
 
     fn dst_commit(&mut self, core: &mut Core, now: Instant, c: proto::Commit) {
-        let g = self.group;
-        let ok = match self.algorithm {
+        match self.algorithm {
             Algorithm::StopCopy => {
                 let d = self.dst();
-                d.imported_mappings == c.mappings && d.imported_records == c.records
+                let ok = d.imported_mappings == c.mappings && d.imported_records == c.records;
+                self.dst_commit_answer(core, now, ok);
             }
             Algorithm::PreCopy => {
                 let d = self.dst();
+                if d.commit_job.is_some() {
+                    return; // a retransmitted Commit while installing
+                }
                 if d.staged.len() as u64 != c.mappings as u64
                     || d.staged_records != c.records as u64
                 {
-                    false
-                } else {
-                    // Records carry their idle time at export; add the time they waited here.
-                    let mut all = Vec::with_capacity(d.staged_records as usize * RECORD_LEN);
-                    for s in d.staged.values() {
-                        let extra = u32::try_from(now.saturating_since(s.at).as_millis())
-                            .unwrap_or(u32::MAX);
-                        for rec in s.records.chunks_exact(RECORD_LEN) {
-                            let start = all.len();
-                            all.extend_from_slice(rec);
-                            let idle = &mut all[start + 20..start + 24];
-                            let v = u32::from_be_bytes([idle[0], idle[1], idle[2], idle[3]])
-                                .saturating_add(extra);
-                            idle.copy_from_slice(&v.to_be_bytes());
-                        }
+                    self.dst_commit_answer(core, now, false);
+                    return;
+                }
+                // Records carry their idle time at export; add the time they waited here.
+                let mut slices = VecDeque::new();
+                let mut slice = Vec::new();
+                for st in std::mem::take(&mut d.staged).into_values() {
+                    let extra =
+                        u32::try_from(now.saturating_since(st.at).as_millis()).unwrap_or(u32::MAX);
+                    for rec in st.records.chunks_exact(RECORD_LEN) {
+                        let start = slice.len();
+                        slice.extend_from_slice(rec);
+                        let idle = &mut slice[start + 20..start + 24];
+                        let v = u32::from_be_bytes([idle[0], idle[1], idle[2], idle[3]])
+                            .saturating_add(extra);
+                        idle.copy_from_slice(&v.to_be_bytes());
                     }
-                    match core.nat.import(g, now, &all) {
-                        Ok(s) => {
-                            d.imported_mappings = s.mappings;
-                            d.imported_records = s.sessions;
-                            d.staged.clear();
-                            d.staged_records = 0;
-                            true
-                        }
-                        Err(_) => false,
+                    if slice.len() >= IMPORT_SLICE_RECORDS * RECORD_LEN {
+                        slices.push_back(std::mem::take(&mut slice));
                     }
                 }
+                if !slice.is_empty() {
+                    slices.push_back(slice);
+                }
+                d.staged_records = 0;
+                d.imported_mappings = 0;
+                d.imported_records = 0;
+                d.commit_job = Some(CommitJob { slices });
+                self.dst_commit_step(core, now);
             }
-            Algorithm::FreezeCopy => false,
+            Algorithm::FreezeCopy => self.dst_commit_answer(core, now, false),
+        }
+    }
+
+    /// Imports the next slice of a pre-copy commit; answers the commit after the last one, or
+    /// at the first refusal (what was imported goes when the source's `Abort` comes).
+    fn dst_commit_step(&mut self, core: &mut Core, now: Instant) {
+        let g = self.group;
+        let d = self.dst();
+        let Some(job) = d.commit_job.as_mut() else {
+            return;
         };
+        let Some(slice) = job.slices.pop_front() else {
+            d.commit_job = None;
+            self.dst_commit_answer(core, now, true);
+            return;
+        };
+        match core.nat.import(g, now, &slice) {
+            Ok(st) => {
+                d.imported_mappings += st.mappings;
+                d.imported_records += st.sessions;
+                if job.slices.is_empty() {
+                    d.commit_job = None;
+                    self.dst_commit_answer(core, now, true);
+                }
+            }
+            Err(_) => {
+                d.commit_job = None;
+                self.dst_commit_answer(core, now, false);
+            }
+        }
+    }
+
+    fn dst_commit_answer(&mut self, core: &mut Core, now: Instant, ok: bool) {
+        let g = self.group;
         let d = self.dst();
         let (mappings, records) = (d.imported_mappings, d.imported_records);
         if ok {
@@ -290,6 +339,7 @@ impl Mig {
         let d = self.dst();
         d.staged.clear();
         d.staged_records = 0;
+        d.commit_job = None;
         if !d.group_added {
             return;
         }
@@ -399,6 +449,9 @@ impl Mig {
             self.dst_peer_failed(core, now, AbortReason::PeerTimeout);
             return;
         }
+        if self.dst().commit_job.is_some() {
+            self.dst_commit_step(core, now);
+        }
         if self.dst().awaits_chain() {
             self.dst_try_complete(core, now);
             if self.dst().done_target.is_some() {
@@ -421,6 +474,9 @@ impl Mig {
             return t;
         }
         t = t.min(self.chan.last_heard + cfg.peer_timeout);
+        if d.commit_job.is_some() {
+            return Instant::ZERO; // the commit goes on at the next call
+        }
         if d.done_target.is_some() {
             t = t.min(d.done_at + cfg.cutover_hold_max);
         } else if d.holding

@@ -22,6 +22,32 @@ pub(crate) struct Flight {
     held: Vec<(Instant, Vec<u8>)>,
 }
 
+/// Mappings examined per call while scanning a group (freeze order, pre-copy rounds): the scan
+/// goes on in `handle_timeout` calls, between the driver's packet batches, so a large group
+/// never keeps the packet thread away for long.
+pub(crate) const SCAN_SLICE: usize = 4096;
+
+/// What a scan computes.
+enum ScanGoal {
+    /// The freeze order: mappings by port block, with each block's latest packet.
+    FreezeOrder(BTreeMap<u32, (Instant, Vec<MappingId>)>),
+    /// A stop-copy or pre-copy round: the mappings to copy (new or dirty).
+    Round {
+        round: u32,
+        last: bool,
+        queue: VecDeque<(u32, MappingId)>,
+        new: u32,
+        dirty: u32,
+    },
+}
+
+/// A scan of the group's mappings in slices of [`SCAN_SLICE`].
+struct Scan {
+    ids: Vec<MappingId>,
+    pos: usize,
+    goal: ScanGoal,
+}
+
 /// What pre-copy remembers of a copied mapping.
 struct Copied {
     key: MappingKey,
@@ -42,6 +68,8 @@ pub(crate) struct Src {
     /// Mappings still to send in the current round (or freeze order), with their run key
     /// (port block for freeze-copy, unique otherwise).
     queue: VecDeque<(u32, MappingId)>,
+    /// A scan in progress: no batch is built until it ends.
+    scan: Option<Box<Scan>>,
     // Idle phase.
     idle_started: Instant,
     next_sample: Instant,
@@ -520,39 +548,102 @@ impl Mig {
         let remaining = core.nat.group_stats(g).map_or(0, |s| s.mappings);
         self.st.expired_idle = self.st.mappings_at_start.saturating_sub(remaining);
         self.set_phase(core, now, Phase::FreezeCopy);
-        self.src_snapshot(core);
-        self.src_pump(core, now);
+        self.src_begin_scan(core, now, ScanGoal::FreezeOrder(BTreeMap::new()));
     }
 
-    /// The freeze order, taken once: port block by port block (a block's mappings always
-    /// travel in one batch, see `src_build_batch`), the idlest block (oldest most recent
-    /// packet among its mappings) first.
-    fn src_snapshot(&mut self, core: &mut Core) {
-        let nc = core.nat.config();
-        let (port_min, block_size) = (nc.port_min, nc.block_size.max(1));
+    /// Starts scanning the group's mappings and runs the first slice.
+    fn src_begin_scan(&mut self, core: &mut Core, now: Instant, goal: ScanGoal) {
         let ids = core.nat.group_mappings(self.group).unwrap_or_default();
-        let mut blocks: BTreeMap<u32, (Instant, Vec<MappingId>)> = BTreeMap::new();
-        for id in ids {
-            if core.frozen.contains_key(&id) {
-                continue;
-            }
+        self.src().scan = Some(Box::new(Scan { ids, pos: 0, goal }));
+        self.src_scan_step(core, now);
+    }
+
+    /// Examines the next [`SCAN_SLICE`] mappings; at the end of the scan, moves on (freeze
+    /// order: start sending; round: finish the round's set-up and start sending).
+    ///
+    /// Freeze order: port block by port block (a block's mappings always travel in one batch,
+    /// see `src_build_batch`), the idlest block (oldest most recent packet among its
+    /// mappings) first. A mapping that dies during the scan is skipped (its handle no longer
+    /// resolves).
+    fn src_scan_step(&mut self, core: &mut Core, now: Instant) {
+        let nc = core.nat.config();
+        let (port_min, block_size) = (nc.port_min, nc.block_size.max(1) as u32);
+        let Some(mut scan) = self.src().scan.take() else {
+            return;
+        };
+        let end = (scan.pos + SCAN_SLICE).min(scan.ids.len());
+        let copied = &mut self.src().copied;
+        for i in scan.pos..end {
+            let id = scan.ids[i];
             let Ok(info) = core.nat.mapping_info(id) else {
                 continue;
             };
-            let block = info.external_port.saturating_sub(port_min) as u32 / block_size as u32;
-            let e = blocks.entry(block).or_insert((Instant::ZERO, Vec::new()));
-            e.0 = e.0.max(info.last_seen);
-            e.1.push(id);
+            match &mut scan.goal {
+                ScanGoal::FreezeOrder(blocks) => {
+                    if core.frozen.contains_key(&id) {
+                        continue;
+                    }
+                    let block = info.external_port.saturating_sub(port_min) as u32 / block_size;
+                    let e = blocks.entry(block).or_insert((Instant::ZERO, Vec::new()));
+                    e.0 = e.0.max(info.last_seen);
+                    e.1.push(id);
+                }
+                // Run keys are unique here: no block grouping is needed when the destination
+                // does not serve the group before the commit.
+                ScanGoal::Round {
+                    round,
+                    queue,
+                    new,
+                    dirty,
+                    ..
+                } => match copied.get_mut(&id) {
+                    None => {
+                        *new += 1;
+                        queue.push_back((i as u32, id));
+                    }
+                    Some(c) => {
+                        c.round = *round;
+                        if info.last_seen >= c.at || info.sessions != c.sessions {
+                            *dirty += 1;
+                            queue.push_back((i as u32, id));
+                        }
+                    }
+                },
+            }
         }
-        let mut order: Vec<(Instant, u32, Vec<MappingId>)> = blocks
-            .into_iter()
-            .map(|(b, (last, ids))| (last, b, ids))
-            .collect();
-        order.sort_by_key(|(last, b, _)| (*last, *b));
-        self.src().queue = order
-            .into_iter()
-            .flat_map(|(_, b, ids)| ids.into_iter().map(move |id| (b, id)))
-            .collect();
+        scan.pos = end;
+        if scan.pos < scan.ids.len() {
+            self.src().scan = Some(scan);
+            return;
+        }
+        match scan.goal {
+            ScanGoal::FreezeOrder(blocks) => {
+                let mut order: Vec<(Instant, u32, Vec<MappingId>)> = blocks
+                    .into_iter()
+                    .map(|(b, (last, ids))| (last, b, ids))
+                    .collect();
+                order.sort_by_key(|(last, b, _)| (*last, *b));
+                self.src().queue = order
+                    .into_iter()
+                    .flat_map(|(_, b, ids)| ids.into_iter().map(move |id| (b, id)))
+                    .collect();
+                if self.src_ref().queue.is_empty()
+                    && core.nat.group_stats(self.group).map_or(0, |s| s.mappings) != 0
+                {
+                    // Every mapping left is frozen by another migration: cannot happen.
+                    core.counters.internal_errors += 1;
+                    return;
+                }
+                self.src_pump(core, now);
+            }
+            ScanGoal::Round {
+                round,
+                last,
+                queue,
+                new,
+                dirty,
+            } => self.src_round_scanned(core, now, round, last, queue, new, dirty),
+        }
     }
 
     /// Exports the next batch from the queue; `None` if the queue holds no live mapping.
@@ -681,6 +772,9 @@ impl Mig {
         let max_unacked = core.cfg.max_unacked as usize;
         let in_flight = self.params.batches_in_flight as usize;
         let batch_max = self.params.batch_max_bytes as usize;
+        if self.src_ref().scan.is_some() {
+            return;
+        }
         loop {
             let unacked = self.chan.unacked();
             let s = self.src();
@@ -717,12 +811,7 @@ impl Mig {
                     self.src_ready(core, now);
                 } else {
                     // Mappings not in the order (cannot happen while draining): take them too.
-                    self.src_snapshot(core);
-                    if self.src().queue.is_empty() {
-                        core.counters.internal_errors += 1;
-                        return;
-                    }
-                    self.src_pump(core, now);
+                    self.src_begin_scan(core, now, ScanGoal::FreezeOrder(BTreeMap::new()));
                 }
             }
             Phase::Rounds | Phase::StopCopy if self.src_ref().round.is_some() => {
@@ -746,31 +835,33 @@ impl Mig {
         } else {
             self.set_phase(core, now, Phase::Rounds);
         }
-        let ids = core.nat.group_mappings(g).unwrap_or_default();
         let s = self.src();
         let round = s.next_round_number();
-        let (mut new, mut dirty) = (0, 0);
-        // Run keys are unique here: no block grouping is needed when the destination does not
-        // serve the group before the commit.
-        let mut queue = VecDeque::new();
-        for (i, id) in ids.into_iter().enumerate() {
-            let Ok(info) = core.nat.mapping_info(id) else {
-                continue;
-            };
-            match s.copied.get_mut(&id) {
-                None => {
-                    new += 1;
-                    queue.push_back((i as u32, id));
-                }
-                Some(c) => {
-                    c.round = round;
-                    if info.last_seen >= c.at || info.sessions != c.sessions {
-                        dirty += 1;
-                        queue.push_back((i as u32, id));
-                    }
-                }
-            }
-        }
+        s.round_started = now;
+        s.next_round = None;
+        let goal = ScanGoal::Round {
+            round,
+            last,
+            queue: VecDeque::new(),
+            new: 0,
+            dirty: 0,
+        };
+        self.src_begin_scan(core, now, goal);
+    }
+
+    /// A round's scan is complete: delete what died, then send the new and dirty mappings.
+    #[allow(clippy::too_many_arguments)]
+    fn src_round_scanned(
+        &mut self,
+        core: &mut Core,
+        now: Instant,
+        round: u32,
+        last: bool,
+        queue: VecDeque<(u32, MappingId)>,
+        new: u32,
+        dirty: u32,
+    ) {
+        let s = self.src();
         let mut dead: Vec<MappingKey> = Vec::new();
         s.copied.retain(|_, c| {
             // Entries not seen by this scan died (new ones are inserted when sent).
@@ -791,8 +882,6 @@ impl Mig {
             records: 0,
             last,
         });
-        s.round_started = now;
-        s.next_round = None;
         for chunk in dead.chunks(proto::MAX_DELETE_KEYS) {
             self.chan
                 .send(now, &Message::Delete(chunk.to_vec()), &core.cfg);
@@ -879,6 +968,7 @@ impl Mig {
         let (flights, prep) = {
             let s = self.src();
             s.queue.clear();
+            s.scan = None;
             s.copied.clear();
             s.buf_pkts = 0;
             s.buf_bytes = 0;
@@ -930,6 +1020,7 @@ impl Mig {
         }
         let algorithm = self.algorithm;
         let s = self.src();
+        s.scan = None;
         s.buf_pkts = 0;
         s.buf_bytes = 0;
         s.inflight_bytes = 0;
@@ -976,6 +1067,10 @@ impl Mig {
         if self.chan.unacked() == 0 && now >= self.chan.last_sent + core.cfg.keepalive {
             self.chan.send(now, &Message::Ping, &core.cfg);
         }
+        if self.src_ref().scan.is_some() {
+            self.src_scan_step(core, now);
+            return;
+        }
         match self.phase {
             Phase::Idle if now >= self.src_ref().next_sample => self.src_idle_sample(core, now),
             Phase::FreezeCopy if self.src_ref().retry_at.is_some_and(|t| t <= now) => {
@@ -1008,6 +1103,8 @@ impl Mig {
             t = t.min(self.chan.last_sent + cfg.keepalive);
         }
         let own = match self.phase {
+            // A scan goes on at the next call.
+            _ if s.scan.is_some() => Some(Instant::ZERO),
             Phase::Idle => Some(s.next_sample),
             Phase::FreezeCopy => s.retry_at,
             Phase::Rounds | Phase::StopCopy => s.next_round.map(|(at, _)| at),
