@@ -37,6 +37,7 @@
 
 pub mod config;
 pub mod counters;
+mod index;
 mod nat;
 mod ports;
 pub mod record;
