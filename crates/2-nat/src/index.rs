@@ -119,10 +119,71 @@ impl SEntry {
     }
 }
 
+/// Where a table's probe for a hash starts, to prefetch it before the lookup (so that the
+/// lookups of a batch overlap their memory latencies). It follows hashbrown's layout (control
+/// bytes at `ctrl`, bucket `i` just below at `ctrl - (i + 1) * size`, probes from
+/// `hash & (buckets - 1)`); it only issues prefetch hints, so a different layout would cost
+/// speed, never correctness. `mask == 0`: disabled.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Prefetcher {
+    ctrl: usize,
+    mask: usize,
+    size: usize,
+}
+
+impl Prefetcher {
+    /// Derives the layout from one occupied bucket of `table` (`hash` rehashes an entry).
+    fn of<T>(table: &HashTable<T>, hash: impl Fn(&T) -> u64, eq: impl Fn(&T, &T) -> bool) -> Self {
+        let buckets = table.num_buckets();
+        let size = core::mem::size_of::<T>();
+        let Some(e) = table.iter().next() else {
+            return Prefetcher::default();
+        };
+        if !buckets.is_power_of_two() || buckets < 16 {
+            return Prefetcher::default();
+        }
+        let Some(i) = table.find_bucket_index(hash(e), |x| eq(x, e)) else {
+            return Prefetcher::default();
+        };
+        Prefetcher {
+            ctrl: e as *const T as usize + (i + 1) * size,
+            mask: buckets - 1,
+            size,
+        }
+    }
+
+    /// Hints the CPU to fetch the control bytes and the first bucket of `hash`'s probe.
+    #[inline(always)]
+    pub fn prefetch(&self, hash: u64) {
+        if self.mask == 0 {
+            return;
+        }
+        let pos = hash as usize & self.mask;
+        prefetch_line(self.ctrl.wrapping_add(pos));
+        prefetch_line(self.ctrl.wrapping_sub((pos + 1) * self.size));
+    }
+}
+
+/// A hint to the CPU to fetch the cache line at `addr`; no effect on program semantics.
+#[inline(always)]
+pub(crate) fn prefetch_line(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults and does not dereference in the
+    // language's sense, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(addr as *const i8, core::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
 /// The hash index of sessions.
 pub(crate) struct SessionIndex {
     table: HashTable<SEntry>,
     hasher: FixedState,
+    /// The prefetcher for the table's current allocation (`pf_buckets` buckets).
+    pf: Prefetcher,
+    pf_buckets: usize,
 }
 
 impl SessionIndex {
@@ -130,7 +191,32 @@ impl SessionIndex {
         SessionIndex {
             table: HashTable::new(),
             hasher,
+            pf: Prefetcher::default(),
+            pf_buckets: 0,
         }
+    }
+
+    /// The prefetcher of the current allocation (recomputed after the table was reallocated,
+    /// which always changes its number of buckets).
+    #[inline]
+    pub fn prefetcher(&mut self) -> Prefetcher {
+        if self.pf_buckets != self.table.num_buckets() || self.pf.mask == 0 {
+            let hasher = &self.hasher;
+            self.pf = Prefetcher::of(
+                &self.table,
+                |e| hasher.hash_one(e.key()),
+                |a, b| a.key() == b.key(),
+            );
+            self.pf_buckets = self.table.num_buckets();
+        }
+        self.pf
+    }
+
+    /// Finds the entry of `key`, whose hash `hash` the caller computed (and prefetched).
+    #[inline(always)]
+    pub fn get_mut_hashed(&mut self, hash: u64, key: &SessionKey) -> Option<&mut SEntry> {
+        debug_assert_eq!(hash, self.hash(key));
+        self.table.find_mut(hash, |e| e.matches(key))
     }
 
     #[inline(always)]
@@ -194,6 +280,8 @@ impl SessionIndex {
 pub(crate) struct MappingIndex {
     table: HashTable<(u64, u32)>,
     hasher: FixedState,
+    pf: Prefetcher,
+    pf_buckets: usize,
 }
 
 impl MappingIndex {
@@ -201,7 +289,25 @@ impl MappingIndex {
         MappingIndex {
             table: HashTable::new(),
             hasher,
+            pf: Prefetcher::default(),
+            pf_buckets: 0,
         }
+    }
+
+    /// The prefetcher of the current allocation (see [`SessionIndex::prefetcher`]).
+    #[inline]
+    pub fn prefetcher(&mut self) -> Prefetcher {
+        if self.pf_buckets != self.table.num_buckets() || self.pf.mask == 0 {
+            let hasher = &self.hasher;
+            self.pf = Prefetcher::of(&self.table, |e| hasher.hash_one(e.0), |a, b| a.0 == b.0);
+            self.pf_buckets = self.table.num_buckets();
+        }
+        self.pf
+    }
+
+    #[inline(always)]
+    pub fn hash(&self, key: &u64) -> u64 {
+        self.hasher.hash_one(key)
     }
 
     #[inline(always)]
@@ -288,4 +394,102 @@ fn grow_prefaulted<T: Copy>(
         fresh.insert_unique(h, e, &hasher);
     }
     *table = fresh;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u64) -> SessionKey {
+        SessionKey(
+            i.wrapping_mul(0x9e37_79b9) & 0x01ff_ffff_ffff_ffff,
+            i & 0xffff_ffff_ffff,
+        )
+    }
+
+    fn index_of(n: u64) -> SessionIndex {
+        let mut idx = SessionIndex::new(FixedState::with_seed(42));
+        for i in 0..n {
+            idx.insert_new(SEntry::new(key(i), i as u32, 0, 0, 0, 0, 0));
+        }
+        idx
+    }
+
+    /// The prefetcher's idea of the layout: an entry sits `(bucket + 1) * 32` bytes below the
+    /// control bytes, and most entries of a sparse table sit in their probe's first bucket.
+    #[test]
+    fn prefetcher_points_at_the_probed_buckets() {
+        let mut idx = index_of(20_000);
+        let pf = idx.prefetcher();
+        assert_ne!(pf.mask, 0);
+        let mut first = 0;
+        for i in 0..20_000 {
+            let k = key(i);
+            let h = idx.hash(&k);
+            let b = idx.table.find_bucket_index(h, |e| e.key() == k).unwrap();
+            let e = idx.get(&k).unwrap() as *const SEntry as usize;
+            assert_eq!(
+                e,
+                pf.ctrl - (b + 1) * 32,
+                "entry {i} not where the layout says"
+            );
+            first += (b == (h as usize & pf.mask)) as u32;
+        }
+        assert!(
+            first > 10_000,
+            "only {first} of 20000 entries in their first bucket"
+        );
+    }
+
+    #[test]
+    fn prefaulted_growth_keeps_every_entry_and_respects_the_limit() {
+        let mut idx = index_of(1000);
+        idx.reserve(5000, 12_000);
+        assert!(idx.capacity() >= 6000);
+        assert_eq!(idx.len(), 1000);
+        for i in 0..1000 {
+            assert_eq!(idx.get(&key(i)).map(|e| e.slot), Some(i as u32));
+        }
+        // No growth when there is room; the prefetcher follows a reallocation.
+        let cap = idx.capacity();
+        idx.reserve(10, 12_000);
+        assert_eq!(idx.capacity(), cap);
+        let pf = idx.prefetcher();
+        let e = idx.get(&key(3)).unwrap() as *const SEntry as usize;
+        assert!(e < pf.ctrl && pf.ctrl - e <= (pf.mask + 1) * 32);
+        // Growth beyond the limit only as far as asked: 4000 + 1000 entries, not double.
+        let mut small = index_of(1000);
+        let before = small.capacity();
+        small.reserve(before, 10);
+        assert!(
+            small.capacity() < 4 * (before + 1000),
+            "{}",
+            small.capacity()
+        );
+    }
+
+    #[test]
+    fn mapping_index_insert_replace_remove() {
+        let mut m = MappingIndex::new(FixedState::with_seed(1));
+        assert_eq!(m.insert(7, 1), None);
+        assert_eq!(m.insert(7, 2), Some(1));
+        m.reserve(100, 1000);
+        assert_eq!(m.get(&7), Some(&2));
+        assert!(m.contains_key(&7));
+        assert_eq!(m.remove(&7), Some(2));
+        assert_eq!((m.len(), m.remove(&7)), (0, None));
+    }
+
+    #[test]
+    fn stamps_round_trip_and_none_is_no_tick() {
+        let mut e = SEntry::new(key(1), 1, 2, 3, 4, 5, E_FROZEN);
+        assert_eq!(e.stamp(), STAMP_NONE);
+        for s in [0, 1, 0xff, 0x100, TICK_MASK] {
+            e.set_stamp(s);
+            assert_eq!(e.stamp(), s);
+        }
+        assert_eq!(STAMP_NONE & TICK_MASK, 0);
+        assert_eq!(e.key(), key(1));
+        assert!(!e.inbound());
+    }
 }

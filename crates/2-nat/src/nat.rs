@@ -3,8 +3,8 @@
 use crate::config::{Filtering, GroupConfig, IpOptionsPolicy, NatConfig};
 use crate::counters::{Counters, DropReason};
 use crate::index::{
-    E_FROZEN, E_HAIRPIN, MappingIndex, SEntry, STAMP_BITS, STAMP_NONE, SessionIndex, SessionKey,
-    TICK_MASK,
+    E_FROZEN, E_HAIRPIN, MappingIndex, Prefetcher, SEntry, STAMP_BITS, STAMP_NONE, SessionIndex,
+    SessionKey, TICK_MASK,
 };
 use crate::ports::{AllocError, BlockChange, PortBlocks, PortProto};
 use crate::record::{FLAG_INBOUND_OPENED, RECORD_VERSION, StateRecord, records};
@@ -29,6 +29,8 @@ use zerocopy::network_endian::{U16, U32};
 type Map<K, V> = HashMap<K, V, FixedState>;
 
 const NIL: u32 = u32::MAX;
+/// How many records ahead an import prefetches the table slots it will touch.
+const IMPORT_PREFETCH: usize = 8;
 /// Most wheel entries examined per [`Nat::handle_timeout`] call (bounds its latency).
 pub const EXPIRY_BUDGET: usize = 4096;
 
@@ -314,6 +316,8 @@ struct Flow {
 #[derive(Clone, Copy, Debug)]
 struct FastMeta {
     key: SessionKey,
+    /// The key's hash in the session index.
+    hash: u64,
     ihl: u16,
     proto: u8,
     tcp_flags: u8,
@@ -323,6 +327,7 @@ struct FastMeta {
 impl FastMeta {
     const NONE: FastMeta = FastMeta {
         key: SessionKey(0, 0),
+        hash: 0,
         ihl: 0,
         proto: 0,
         tcp_flags: 0,
@@ -824,12 +829,20 @@ impl Nat {
         let mut scratch = std::mem::take(&mut self.batch_scratch);
         let tick = self.tick(now);
         for chunk in packets.chunks_mut(CHUNK) {
-            // Pass 1: parse; `slot == NIL` marks packets for the full path.
+            // Pass 1: parse, hash, and prefetch where each lookup will probe (the lookups of
+            // the batch then overlap their memory latencies); `slot == NIL` marks packets for
+            // the full path. (Slow-path packets of the chunk may reallocate the index; a stale
+            // prefetcher only issues useless hints.)
+            let pf = self.session_index.prefetcher();
             scratch.clear();
             for p in chunk.iter_mut() {
                 scratch.push(match self.fast_meta(p.as_mut()) {
-                    Some(meta) => (
-                        meta,
+                    Some(mut meta) => (
+                        {
+                            meta.hash = self.session_index.hash(&meta.key);
+                            pf.prefetch(meta.hash);
+                            meta
+                        },
                         FastHit {
                             slot: 0,
                             ..FastHit::MISS
@@ -881,7 +894,7 @@ impl Nat {
         let refresh = !meta.inbound || self.cfg.inbound_refresh;
         let lazy = self.lazy;
         let halted = self.halted != 0;
-        let Some(e) = self.session_index.get_mut(&meta.key) else {
+        let Some(e) = self.session_index.get_mut_hashed(meta.hash, &meta.key) else {
             return FastHit::MISS;
         };
         if e.flags & (E_FROZEN | E_HAIRPIN) != 0 {
@@ -953,6 +966,7 @@ impl Nat {
         };
         Some(FastMeta {
             key,
+            hash: 0,
             ihl: h.header_len as u16,
             proto,
             tcp_flags,
@@ -2287,7 +2301,8 @@ impl Nat {
         })?;
         self.group(g)?;
         let mut sc = std::mem::take(&mut self.import_scratch);
-        let checked = self.import_validate(g, recs, &mut sc);
+        let pf = self.mapping_index.prefetcher();
+        let checked = self.import_validate(g, recs, &mut sc, pf);
         let result = checked.map(|()| self.import_install(g, now, recs, &mut sc));
         // Leave the scratch empty (keeping its memory) for the next batch.
         for m in &sc.mappings {
@@ -2323,6 +2338,7 @@ impl Nat {
         g: GroupId,
         recs: &[StateRecord],
         sc: &mut ImportScratch,
+        pf: Prefetcher,
     ) -> Result<(), NatError> {
         let refuse = |index: usize, why: &'static str| NatError::Import { index, why };
         let group = self.group(g)?;
@@ -2334,6 +2350,16 @@ impl Nat {
         sc.rec_mapping.reserve(recs.len());
         let mut prev: Option<(u64, u32)> = None;
         for (i, r) in recs.iter().enumerate() {
+            // The mapping lookup of a record a few ahead (its memory latency overlaps ours).
+            if let Some(a) = recs.get(i + IMPORT_PREFETCH) {
+                let mk = mkey(
+                    Dir::Out,
+                    a.proto,
+                    u32::from_be_bytes(a.int_addr),
+                    a.int_port.get(),
+                );
+                pf.prefetch(self.mapping_index.hash(&mk));
+            }
             if r.version != RECORD_VERSION
                 || r.reserved.get() != 0
                 || r.flags & !FLAG_INBOUND_OPENED != 0
@@ -2470,7 +2496,33 @@ impl Nat {
         let (mappings_before, sessions_before) = (self.mapping_count, self.session_count);
         // No table grows while installing (a no-op after a large enough `reserve`).
         self.reserve(sc.mappings.len(), recs.len());
-        for (r, &idx) in recs.iter().zip(&sc.rec_mapping) {
+        let (pf_s, pf_m) = (
+            self.session_index.prefetcher(),
+            self.mapping_index.prefetcher(),
+        );
+        let ext = self.group(g).expect("validated").ext;
+        for (i, (r, &idx)) in recs.iter().zip(&sc.rec_mapping).enumerate() {
+            // Where the inserts of a record a few ahead will go (overlapping the latencies).
+            if let Some(a) = recs.get(i + IMPORT_PREFETCH) {
+                let (int_addr, int_port, ext_port) = (
+                    u32::from_be_bytes(a.int_addr),
+                    a.int_port.get(),
+                    a.ext_port.get(),
+                );
+                let (rem, rport) = (u32::from_be_bytes(a.rem_addr), a.rem_port.get());
+                for k in [
+                    skey(Dir::Out, a.proto, int_addr, int_port, rem, rport),
+                    skey(Dir::In, a.proto, ext, ext_port, rem, rport),
+                ] {
+                    pf_s.prefetch(self.session_index.hash(&k));
+                }
+                for k in [
+                    mkey(Dir::Out, a.proto, int_addr, int_port),
+                    mkey(Dir::In, a.proto, ext, ext_port),
+                ] {
+                    pf_m.prefetch(self.mapping_index.hash(&k));
+                }
+            }
             let m = &mut sc.mappings[idx as usize];
             if m.slot == NIL {
                 let pp = PortProto::from_ip_proto(m.proto).expect("validated");
