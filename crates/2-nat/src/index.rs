@@ -322,22 +322,14 @@ impl MappingIndex {
         self.get(key).is_some()
     }
 
-    /// Inserts or replaces; the previous value.
-    pub fn insert(&mut self, key: u64, slot: u32) -> Option<u32> {
+    /// Inserts a key that is absent (no probe for an existing entry first).
+    #[inline]
+    pub fn insert_new(&mut self, key: u64, slot: u32) {
+        debug_assert!(self.get(&key).is_none(), "mapping key indexed twice");
         let h = self.hasher.hash_one(key);
         let hasher = &self.hasher;
-        match self
-            .table
-            .entry(h, |e| e.0 == key, |e| hasher.hash_one(e.0))
-        {
-            hashbrown::hash_table::Entry::Occupied(mut o) => {
-                Some(core::mem::replace(&mut o.get_mut().1, slot))
-            }
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert((key, slot));
-                None
-            }
-        }
+        self.table
+            .insert_unique(h, (key, slot), |e| hasher.hash_one(e.0));
     }
 
     pub fn remove(&mut self, key: &u64) -> Option<u32> {
@@ -469,15 +461,16 @@ mod tests {
     }
 
     #[test]
-    fn mapping_index_insert_replace_remove() {
+    fn mapping_index_insert_reserve_remove() {
         let mut m = MappingIndex::new(FixedState::with_seed(1));
-        assert_eq!(m.insert(7, 1), None);
-        assert_eq!(m.insert(7, 2), Some(1));
+        m.insert_new(7, 2);
+        m.insert_new(8, 3);
         m.reserve(100, 1000);
         assert_eq!(m.get(&7), Some(&2));
         assert!(m.contains_key(&7));
         assert_eq!(m.remove(&7), Some(2));
-        assert_eq!((m.len(), m.remove(&7)), (0, None));
+        assert_eq!(m.get(&8), Some(&3));
+        assert_eq!((m.len(), m.remove(&7)), (1, None));
     }
 
     #[test]

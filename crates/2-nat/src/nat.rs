@@ -1840,9 +1840,9 @@ impl Nat {
         group.first_mapping = slot;
         group.mappings += 1;
         self.mapping_index
-            .insert(mkey(Dir::Out, proto, int_addr, int_port), slot);
+            .insert_new(mkey(Dir::Out, proto, int_addr, int_port), slot);
         self.mapping_index
-            .insert(mkey(Dir::In, proto, ext, ext_port), slot);
+            .insert_new(mkey(Dir::In, proto, ext, ext_port), slot);
         self.mapping_count += 1;
         self.counters.mappings_created += 1;
         slot
@@ -2284,6 +2284,9 @@ impl Nat {
             .reserve(2 * m, 2 * self.cfg.max_mappings as usize);
         self.session_index
             .reserve(2 * s, 2 * self.cfg.max_sessions as usize);
+        // One expiry entry per new session (a session has one per timeout class it went
+        // through; more are allocated as needed).
+        self.wheel.reserve(s);
         debug_assert!(self.mappings.capacity() >= self.mappings.len() + m_new);
         debug_assert!(self.sessions.capacity() >= self.sessions.len() + s_new);
         debug_assert!(self.session_index.capacity() >= self.session_index.len() + 2 * s);
@@ -2349,16 +2352,22 @@ impl Nat {
         }
         sc.rec_mapping.reserve(recs.len());
         let mut prev: Option<(u64, u32)> = None;
+        // Whether a subscriber may have mappings here (it holds a block), for the last one asked.
+        let mut holds: (u32, bool) = (0, group.ports.holds_blocks(0));
+        let mut may_have_mappings = |sub: u32| {
+            if holds.0 != sub {
+                holds = (sub, group.ports.holds_blocks(sub));
+            }
+            holds.1
+        };
         for (i, r) in recs.iter().enumerate() {
             // The mapping lookup of a record a few ahead (its memory latency overlaps ours).
             if let Some(a) = recs.get(i + IMPORT_PREFETCH) {
-                let mk = mkey(
-                    Dir::Out,
-                    a.proto,
-                    u32::from_be_bytes(a.int_addr),
-                    a.int_port.get(),
-                );
-                pf.prefetch(self.mapping_index.hash(&mk));
+                let sub = u32::from_be_bytes(a.int_addr);
+                if may_have_mappings(sub) {
+                    let mk = mkey(Dir::Out, a.proto, sub, a.int_port.get());
+                    pf.prefetch(self.mapping_index.hash(&mk));
+                }
             }
             if r.version != RECORD_VERSION
                 || r.reserved.get() != 0
@@ -2419,8 +2428,14 @@ impl Nat {
                     idx
                 }
                 None => {
-                    if self.mapping_index.contains_key(&mk) {
-                        return Err(refuse(i, "mapping already present"));
+                    // A subscriber that holds no block of the group has no mapping in it (the
+                    // usual case for the first batch of a subscriber): no index lookup.
+                    if may_have_mappings(int_addr) {
+                        if self.mapping_index.contains_key(&mk) {
+                            return Err(refuse(i, "mapping already present"));
+                        }
+                    } else {
+                        debug_assert!(!self.mapping_index.contains_key(&mk));
                     }
                     let bit = (pp as usize) << 16 | ext_port as usize;
                     if sc.ext_ports[bit / 64] & 1 << (bit % 64) != 0 {
