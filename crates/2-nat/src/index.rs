@@ -162,6 +162,29 @@ impl Prefetcher {
         prefetch_line(self.ctrl.wrapping_add(pos));
         prefetch_line(self.ctrl.wrapping_sub((pos + 1) * self.size));
     }
+
+    /// [`prefetch`](Self::prefetch) for an insert (the lines will be written).
+    #[inline(always)]
+    pub fn prefetch_insert(&self, hash: u64) {
+        if self.mask == 0 {
+            return;
+        }
+        let pos = hash as usize & self.mask;
+        prefetch_line_w(self.ctrl.wrapping_add(pos));
+        prefetch_line_w(self.ctrl.wrapping_sub((pos + 1) * self.size));
+    }
+}
+
+/// Like [`prefetch_line`], for a line about to be written (fetched for ownership).
+#[inline(always)]
+pub(crate) fn prefetch_line_w(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as for `prefetch_line`: a hint, never a fault or a dereference.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(addr as *const i8, core::arch::x86_64::_MM_HINT_ET0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
 }
 
 /// A hint to the CPU to fetch the cache line at `addr`; no effect on program semantics.

@@ -2529,13 +2529,13 @@ impl Nat {
                     skey(Dir::Out, a.proto, int_addr, int_port, rem, rport),
                     skey(Dir::In, a.proto, ext, ext_port, rem, rport),
                 ] {
-                    pf_s.prefetch(self.session_index.hash(&k));
+                    pf_s.prefetch_insert(self.session_index.hash(&k));
                 }
                 for k in [
                     mkey(Dir::Out, a.proto, int_addr, int_port),
                     mkey(Dir::In, a.proto, ext, ext_port),
                 ] {
-                    pf_m.prefetch(self.mapping_index.hash(&k));
+                    pf_m.prefetch_insert(self.mapping_index.hash(&k));
                 }
             }
             let m = &mut sc.mappings[idx as usize];
