@@ -2177,13 +2177,14 @@ impl Nat {
             ];
             let next = sess.next;
             for key in keys {
-                let e = self
-                    .session_index
-                    .get_mut(&key)
-                    .expect("a live session is indexed under both keys");
-                debug_assert_eq!(e.slot, s, "index entry points at its session");
-                e.flags = ef;
-                e.set_stamp(STAMP_NONE);
+                match self.session_index.get_mut(&key) {
+                    Some(e) => {
+                        debug_assert_eq!(e.slot, s, "index entry points at its session");
+                        e.flags = ef;
+                        e.set_stamp(STAMP_NONE);
+                    }
+                    None => debug_assert!(false, "a live session is indexed under both keys"),
+                }
             }
             s = next;
         }
