@@ -25,8 +25,12 @@
 //! verified, IP options passed or dropped by policy, fragments translated through a bounded
 //! fragment table (first fragment first; out-of-order non-first fragments are dropped and
 //! counted), every drop counted under one [`DropReason`]. The fast path is one hash lookup
-//! and a precomputed rewrite (incremental checksums, RFC 1624); the slow path allocates.
-//! Expiry is a timer wheel with lazy refresh: the packet path only stores a timestamp.
+//! and a precomputed rewrite (incremental checksums, RFC 1624) held in the index entry itself,
+//! so a hit reads one 32-byte entry; the slow path allocates. Expiry is a timer wheel with
+//! lazy refresh: the packet path only stores a timestamp, and only on the first hit of an
+//! entry in a refresh tick (about 2 ms, at most the timer granularity); expiry allows one
+//! tick of slack so it never comes before the timeout. [`Nat::reserve`] pre-sizes the tables
+//! for an import.
 //!
 //! For migration the state is exported per mapping as fixed 24-byte [`record::StateRecord`]s
 //! and imported atomically per batch; groups can be put in [`GroupMode::Draining`] (hits are
@@ -37,6 +41,7 @@
 
 pub mod config;
 pub mod counters;
+mod index;
 mod nat;
 mod ports;
 pub mod record;

@@ -2,6 +2,10 @@
 
 use crate::config::{Filtering, GroupConfig, IpOptionsPolicy, NatConfig};
 use crate::counters::{Counters, DropReason};
+use crate::index::{
+    E_FROZEN, E_HAIRPIN, MappingIndex, Prefetcher, SEntry, STAMP_BITS, STAMP_NONE, SessionIndex,
+    SessionKey, TICK_MASK,
+};
 use crate::ports::{AllocError, BlockChange, PortBlocks, PortProto};
 use crate::record::{FLAG_INBOUND_OPENED, RECORD_VERSION, StateRecord, records};
 use crate::tcp::{Dir, TcpState, TimeoutClass};
@@ -25,6 +29,8 @@ use zerocopy::network_endian::{U16, U32};
 type Map<K, V> = HashMap<K, V, FixedState>;
 
 const NIL: u32 = u32::MAX;
+/// How many records ahead an import prefetches the table slots it will touch.
+const IMPORT_PREFETCH: usize = 8;
 /// Most wheel entries examined per [`Nat::handle_timeout`] call (bounds its latency).
 pub const EXPIRY_BUDGET: usize = 4096;
 
@@ -264,11 +270,6 @@ struct FragEntry {
     deadline: Instant,
 }
 
-/// Session key: direction, protocol, local endpoint (internal on Out, external on In),
-/// remote endpoint, packed into two words.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct SessionKey(u64, u64);
-
 #[inline(always)]
 fn skey(dir: Dir, proto: u8, local: u32, lport: u16, rem: u32, rport: u16) -> SessionKey {
     SessionKey(
@@ -315,6 +316,8 @@ struct Flow {
 #[derive(Clone, Copy, Debug)]
 struct FastMeta {
     key: SessionKey,
+    /// The key's hash in the session index.
+    hash: u64,
     ihl: u16,
     proto: u8,
     tcp_flags: u8,
@@ -324,6 +327,7 @@ struct FastMeta {
 impl FastMeta {
     const NONE: FastMeta = FastMeta {
         key: SessionKey(0, 0),
+        hash: 0,
         ihl: 0,
         proto: 0,
         tcp_flags: 0,
@@ -375,8 +379,8 @@ pub struct Nat {
     mappings: Vec<Mapping>,
     mapping_free: Vec<u32>,
     mapping_count: u32,
-    session_index: Map<SessionKey, u32>,
-    mapping_index: Map<u64, u32>,
+    session_index: SessionIndex,
+    mapping_index: MappingIndex,
     wheel: Wheel,
     wheel_scratch: Vec<WheelEntry>,
     frags: Map<FragKey, FragEntry>,
@@ -386,7 +390,72 @@ pub struct Nat {
     rng: ChaCha8Rng,
     timeout_ns: [u64; 4],
     last_session: u32,
-    batch_scratch: Vec<(FastMeta, u32)>,
+    batch_scratch: Vec<(FastMeta, FastHit)>,
+    /// Groups in [`GroupMode::Halted`] (the fast path looks at group modes only if non-zero).
+    halted: u32,
+    /// Refresh ticks are `now >> tick_shift` ns (at most the timer granularity).
+    tick_shift: u32,
+    /// Lazy refresh in force: a hit writes `last_seen` only once per tick per entry (off when a
+    /// timeout is long enough for the stamps to wrap around while a session lives).
+    lazy: bool,
+    /// Reused by [`Nat::import`].
+    import_scratch: ImportScratch,
+}
+
+/// What a batch's lookup pass found for a packet: `slot == NIL` sends it to the full path.
+#[derive(Clone, Copy, Debug)]
+struct FastHit {
+    slot: u32,
+    addr: u32,
+    port: u16,
+    ip_delta: u16,
+    l4_delta: u16,
+    /// Write the session's `last_seen` (first refresh of this entry in this tick).
+    write: bool,
+}
+
+impl FastHit {
+    const MISS: FastHit = FastHit {
+        slot: NIL,
+        addr: 0,
+        port: 0,
+        ip_delta: 0,
+        l4_delta: 0,
+        write: false,
+    };
+}
+
+/// A mapping of the batch being imported.
+#[derive(Clone, Copy, Debug)]
+struct ImportMapping {
+    proto: u8,
+    int_addr: u32,
+    int_port: u16,
+    ext_port: u16,
+    /// Records of the batch under it.
+    records: u32,
+    /// Index of its first record.
+    first: u32,
+    /// Its slot once installed.
+    slot: u32,
+}
+
+/// Scratch space of [`Nat::import`], kept between calls so a batch allocates nothing.
+#[derive(Default)]
+struct ImportScratch {
+    /// (proto, internal address, internal port) -> index in `mappings`.
+    by_key: hashbrown::HashMap<u64, u32, FixedState>,
+    mappings: Vec<ImportMapping>,
+    /// Per record: index in `mappings`.
+    rec_mapping: Vec<u32>,
+    /// Bitmap over (port proto, external port): external ports of the batch.
+    ext_ports: Vec<u64>,
+    /// Per block of the group: `1 << 32 | subscriber` of the batch using it (0: none yet).
+    block_sub: Vec<u64>,
+    /// Blocks with a `block_sub` entry (to clear them).
+    blocks_touched: Vec<u32>,
+    /// Out keys of records under mappings with several records of the batch (duplicates).
+    remotes: hashbrown::HashSet<SessionKey, FixedState>,
 }
 
 impl Nat {
@@ -401,6 +470,16 @@ impl Nat {
             .unwrap_or(u64::MAX)
             .max(1);
         let hasher = FixedState::with_seed(cfg.hash_seed);
+        let hasher_import = FixedState::with_seed(cfg.hash_seed ^ 0x1a2b_3c4d_5e6f_7081);
+        // Refresh tick: 2^21 ns (2.1 ms), or the largest power of two not above the timer
+        // granularity if that is finer, so lazy refresh never delays expiry by a whole bucket.
+        let tick_shift = (63 - gran.leading_zeros()).min(21);
+        // Stamps wrap after 2^(STAMP_BITS - 1) ticks; lazy refresh needs every session to
+        // expire (or be refreshed) well within that.
+        let wrap = 1u64
+            .checked_shl(tick_shift + STAMP_BITS - 1)
+            .unwrap_or(u64::MAX);
+        let lazy = horizon.saturating_add(gran) < wrap / 2;
         let mut nat = Nat {
             groups: Vec::new(),
             group_by_ext: Map::with_hasher(hasher.clone()),
@@ -410,8 +489,8 @@ impl Nat {
             mappings: Vec::new(),
             mapping_free: Vec::new(),
             mapping_count: 0,
-            session_index: Map::with_hasher(hasher.clone()),
-            mapping_index: Map::with_hasher(hasher.clone()),
+            session_index: SessionIndex::new(hasher.clone()),
+            mapping_index: MappingIndex::new(hasher.clone()),
             wheel: Wheel::new(gran, horizon.min(u64::MAX / 2)),
             wheel_scratch: Vec::with_capacity(EXPIRY_BUDGET),
             frags: Map::with_hasher(hasher),
@@ -422,6 +501,15 @@ impl Nat {
             timeout_ns,
             last_session: NIL,
             batch_scratch: Vec::with_capacity(64),
+            halted: 0,
+            tick_shift,
+            lazy,
+            import_scratch: ImportScratch {
+                by_key: hashbrown::HashMap::with_hasher(hasher_import.clone()),
+                remotes: hashbrown::HashSet::with_hasher(hasher_import),
+                ext_ports: vec![0; 3 * 65536 / 64],
+                ..ImportScratch::default()
+            },
             cfg,
         };
         for g in nat.cfg.groups.clone() {
@@ -542,6 +630,7 @@ impl Nat {
         if !self.cfg.groups.contains(&cfg) {
             self.cfg.groups.push(cfg);
         }
+        self.recount_halted();
         Ok(GroupId(id as u16))
     }
 
@@ -557,6 +646,7 @@ impl Nat {
             .ok_or(NatError::NoGroup(g))?;
         self.group_by_ext.remove(&group.ext);
         self.cfg.groups.retain(|c| c != &group.cfg);
+        self.recount_halted();
         Ok(group.cfg)
     }
 
@@ -602,7 +692,46 @@ impl Nat {
     /// Sets a group's mode.
     pub fn set_group_mode(&mut self, g: GroupId, mode: GroupMode) -> Result<(), NatError> {
         self.group_mut(g)?.mode = mode;
+        self.recount_halted();
         Ok(())
+    }
+
+    fn recount_halted(&mut self) {
+        self.halted = self
+            .groups
+            .iter()
+            .flatten()
+            .filter(|g| g.mode == GroupMode::Halted)
+            .count() as u32;
+    }
+
+    /// Is the group of external address `ext` halted? (Only asked when some group is.)
+    #[inline]
+    fn ext_halted(&self, ext: u32) -> bool {
+        self.group_by_ext
+            .get(&ext)
+            .and_then(|&g| self.groups[g as usize].as_ref())
+            .is_none_or(|g| g.mode == GroupMode::Halted)
+    }
+
+    /// The refresh tick of `now`.
+    #[inline(always)]
+    fn tick(&self, now: Instant) -> u32 {
+        (now.as_nanos() >> self.tick_shift) as u32 & TICK_MASK
+    }
+
+    /// Refresh bookkeeping of a hit through `e` at tick `tick`: whether the session's
+    /// `last_seen` must be written (it is, at most once per entry per tick when lazy).
+    #[inline(always)]
+    fn refresh_stamp(lazy: bool, e: &mut SEntry, tick: u32) -> bool {
+        if !lazy {
+            return true;
+        }
+        if e.stamp() == tick {
+            return false;
+        }
+        e.set_stamp(tick);
+        true
     }
 
     /// A group's occupancy.
@@ -698,50 +827,109 @@ impl Nat {
         const CHUNK: usize = 64;
         verdicts.clear();
         let mut scratch = std::mem::take(&mut self.batch_scratch);
+        let tick = self.tick(now);
         for chunk in packets.chunks_mut(CHUNK) {
-            // Pass 1: parse; `slot == NIL` marks packets for the full path.
+            // Pass 1: parse, hash, and prefetch where each lookup will probe (the lookups of
+            // the batch then overlap their memory latencies); `slot == NIL` marks packets for
+            // the full path. (Slow-path packets of the chunk may reallocate the index; a stale
+            // prefetcher only issues useless hints.)
+            let pf = self.session_index.prefetcher();
             scratch.clear();
             for p in chunk.iter_mut() {
                 scratch.push(match self.fast_meta(p.as_mut()) {
-                    Some(meta) => (meta, 0),
-                    None => (FastMeta::NONE, NIL),
+                    Some(mut meta) => (
+                        {
+                            meta.hash = self.session_index.hash(&meta.key);
+                            pf.prefetch(meta.hash);
+                            meta
+                        },
+                        FastHit {
+                            slot: 0,
+                            ..FastHit::MISS
+                        },
+                    ),
+                    None => (FastMeta::NONE, FastHit::MISS),
                 });
             }
-            // Pass 2: look up, in a tight loop so that independent lookups overlap in the CPU,
-            // and prefetch the sessions found.
-            for (meta, slot) in scratch.iter_mut() {
-                if *slot == NIL {
+            // Pass 2: look up, in a tight loop so that independent lookups overlap in the CPU.
+            // The index entry holds the whole rewrite, so a hit reads one cache line; the
+            // session itself is fetched only for TCP flags or the first refresh of a tick.
+            for (meta, hit) in scratch.iter_mut() {
+                if hit.slot == NIL {
                     continue;
                 }
-                match self.session_index.get(&meta.key) {
-                    Some(&found) => {
-                        *slot = found;
-                        prefetch(self.sessions.as_ptr().wrapping_add(found as usize));
-                    }
-                    None => *slot = NIL,
+                *hit = self.fast_lookup(meta, tick);
+                if hit.slot != NIL
+                    && (hit.write
+                        || meta.proto == proto::TCP
+                            && meta.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST)
+                                != 0)
+                {
+                    prefetch(self.sessions.as_ptr().wrapping_add(hit.slot as usize));
                 }
             }
             // Pass 3: translate, in order; anything unusual takes the full path.
-            for ((meta, slot), p) in scratch.iter().zip(chunk.iter_mut()) {
+            for ((meta, hit), p) in scratch.iter().zip(chunk.iter_mut()) {
                 self.counters.packets_in += 1;
                 let pkt = p.as_mut();
-                let fast = if *slot == NIL {
-                    None
+                let v = if hit.slot == NIL {
+                    self.translate(now, pkt)
                 } else {
-                    self.fast_translate(now, pkt, meta, *slot)
-                };
-                let v = match fast {
-                    Some(v) => {
-                        self.counters.fast_path += 1;
-                        v
-                    }
-                    None => self.translate(now, pkt),
+                    self.counters.fast_path += 1;
+                    self.fast_translate(now, pkt, meta, hit)
                 };
                 self.account(v);
                 verdicts.push(v);
             }
         }
         self.batch_scratch = scratch;
+    }
+
+    /// The batch path's lookup: the rewrite of a packet whose session is found and may take
+    /// the fast path (not frozen, not hairpinned, group not halted; these cannot change while
+    /// a batch is processed), with its refresh stamp updated; [`FastHit::MISS`] otherwise
+    /// (nothing changed: the full path decides).
+    #[inline(always)]
+    fn fast_lookup(&mut self, meta: &FastMeta, tick: u32) -> FastHit {
+        let refresh = !meta.inbound || self.cfg.inbound_refresh;
+        let lazy = self.lazy;
+        let halted = self.halted != 0;
+        let Some(e) = self.session_index.get_mut_hashed(meta.hash, &meta.key) else {
+            return FastHit::MISS;
+        };
+        if e.flags & (E_FROZEN | E_HAIRPIN) != 0 {
+            return FastHit::MISS;
+        }
+        if halted {
+            // The entry's external address: the key's local address inbound, the rewrite's
+            // address outbound.
+            let ext = if meta.inbound { e.k0 as u32 } else { e.addr };
+            let (e_copy, halted) = (*e, self.ext_halted(ext));
+            if halted {
+                return FastHit::MISS;
+            }
+            let e = self
+                .session_index
+                .get_mut(&meta.key)
+                .expect("found just above");
+            debug_assert_eq!(*e, e_copy);
+            let write = refresh && Self::refresh_stamp(lazy, e, tick);
+            return Self::hit_of(e, write);
+        }
+        let write = refresh && Self::refresh_stamp(lazy, e, tick);
+        Self::hit_of(e, write)
+    }
+
+    #[inline(always)]
+    fn hit_of(e: &SEntry, write: bool) -> FastHit {
+        FastHit {
+            slot: e.slot,
+            addr: e.addr,
+            port: e.port,
+            ip_delta: e.ip_delta,
+            l4_delta: e.l4_delta,
+            write,
+        }
     }
 
     /// The session key of a plain packet (TCP/UDP/ICMP query, no fragment, no options, TTL > 1),
@@ -778,6 +966,7 @@ impl Nat {
         };
         Some(FastMeta {
             key,
+            hash: 0,
             ihl: h.header_len as u16,
             proto,
             tcp_flags,
@@ -785,70 +974,48 @@ impl Nat {
         })
     }
 
-    /// The fast path for a packet whose session was found: `None` (nothing changed) if the
-    /// session is frozen, halted, hairpinned or gone, so the full path decides.
+    /// The fast path for a packet whose session [`fast_lookup`](Self::fast_lookup) found.
     #[inline(always)]
     fn fast_translate(
         &mut self,
         now: Instant,
         pkt: &mut [u8],
         meta: &FastMeta,
-        slot: u32,
-    ) -> Option<Verdict> {
-        let s = self.sessions.get(slot as usize)?;
-        if s.flags & (S_LIVE | S_FROZEN | S_HAIRPIN) != S_LIVE {
-            return None;
-        }
-        let group = self.groups.get(s.group as usize)?.as_ref()?;
-        if group.mode == GroupMode::Halted {
-            return None;
-        }
-        let ext = group.ext;
+        hit: &FastHit,
+    ) -> Verdict {
+        debug_assert!((hit.slot as usize) < self.sessions.len(), "slot in range");
+        debug_assert!(
+            self.sessions[hit.slot as usize].flags & (S_LIVE | S_FROZEN | S_HAIRPIN) == S_LIVE,
+            "fast path on a live, unfrozen, non-hairpin session"
+        );
         let dir = if meta.inbound { Dir::In } else { Dir::Out };
         if meta.proto == proto::TCP
             && meta.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0
         {
-            self.tcp_update(now, slot, dir, meta.tcp_flags);
+            self.tcp_update(now, hit.slot, dir, meta.tcp_flags);
         }
-        let refresh = !meta.inbound || self.cfg.inbound_refresh;
-        let s = &mut self.sessions[slot as usize];
-        if refresh {
-            s.last_seen = now;
+        if hit.write {
+            self.sessions[hit.slot as usize].last_seen = now;
         }
-        let (ip_delta, l4_delta) = (Delta::from_raw(s.ip_delta), Delta::from_raw(s.l4_delta));
-        self.last_session = slot;
+        self.last_session = hit.slot;
+        rewrite(
+            pkt,
+            meta.ihl as usize,
+            meta.proto,
+            !meta.inbound,
+            true,
+            hit.addr.to_be_bytes(),
+            hit.port,
+            Delta::from_raw(hit.ip_delta),
+            Delta::from_raw(hit.l4_delta),
+            true,
+        );
         if meta.inbound {
-            let (addr, port) = (s.int_addr.to_be_bytes(), s.int_port);
-            rewrite(
-                pkt,
-                meta.ihl as usize,
-                meta.proto,
-                false,
-                true,
-                addr,
-                port,
-                ip_delta.inverse(),
-                l4_delta.inverse(),
-                true,
-            );
             self.counters.translated_in += 1;
-            Some(Verdict::ToInside)
+            Verdict::ToInside
         } else {
-            let port = s.ext_port;
-            rewrite(
-                pkt,
-                meta.ihl as usize,
-                meta.proto,
-                true,
-                true,
-                ext.to_be_bytes(),
-                port,
-                ip_delta,
-                l4_delta,
-                true,
-            );
             self.counters.translated_out += 1;
-            Some(Verdict::ToOutside)
+            Verdict::ToOutside
         }
     }
 
@@ -934,7 +1101,7 @@ impl Nat {
         let dst = u32::from_be_bytes(h.dst);
         let key = skey(Dir::Out, flow.proto, src, flow.lport, dst, flow.rport);
         let slot = match self.session_index.get(&key) {
-            Some(&slot) => slot,
+            Some(e) => e.slot,
             None => match self.outbound_miss(now, src, dst, flow) {
                 Ok(slot) => slot,
                 Err(v) => return v,
@@ -943,13 +1110,16 @@ impl Nat {
         if let Some(v) = self.hit_blocked(slot) {
             return v;
         }
+        let write = self.refresh_key(&key, now);
         if flow.proto == proto::TCP
             && flow.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0
         {
             self.tcp_update(now, slot, Dir::Out, flow.tcp_flags);
         }
         let s = &mut self.sessions[slot as usize];
-        s.last_seen = now;
+        if write {
+            s.last_seen = now;
+        }
         let (ext_port, ip_delta, l4_delta, group) = (
             s.ext_port,
             Delta::from_raw(s.ip_delta),
@@ -994,6 +1164,19 @@ impl Nat {
             // peer a half-translated packet.
             Verdict::ToPeer(_) | Verdict::Hold(_) => Verdict::Drop(DropReason::GroupDraining),
             v => v,
+        }
+    }
+
+    /// The refresh of a hit through the entry of `key` (full path): whether to write the
+    /// session's `last_seen`. The same rule as the batch path's, so both leave equal tables.
+    fn refresh_key(&mut self, key: &SessionKey, now: Instant) -> bool {
+        let (lazy, tick) = (self.lazy, self.tick(now));
+        match self.session_index.get_mut(key) {
+            Some(e) => Self::refresh_stamp(lazy, e, tick),
+            None => {
+                debug_assert!(false, "refresh of a session that is not indexed");
+                true
+            }
         }
     }
 
@@ -1119,7 +1302,7 @@ impl Nat {
         let dst = u32::from_be_bytes(h.dst);
         let key = skey(Dir::In, flow.proto, dst, flow.lport, src, flow.rport);
         let slot = match self.session_index.get(&key) {
-            Some(&slot) => slot,
+            Some(e) => e.slot,
             // A subscriber sending to an external address of this NAT: hairpin. (An inbound
             // session never has a subscriber as its remote, so a hit above is never one.)
             None if ingress == Ingress::FromNetwork && self.subscriber_group(src).is_some() => {
@@ -1142,13 +1325,14 @@ impl Nat {
         if let Some(v) = self.hit_blocked(slot) {
             return v;
         }
+        let write = self.cfg.inbound_refresh && self.refresh_key(&key, now);
         if flow.proto == proto::TCP
             && flow.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0
         {
             self.tcp_update(now, slot, Dir::In, flow.tcp_flags);
         }
         let s = &mut self.sessions[slot as usize];
-        if self.cfg.inbound_refresh {
+        if write {
             s.last_seen = now;
         }
         let (int_addr, int_port) = (s.int_addr, s.int_port);
@@ -1245,7 +1429,13 @@ impl Nat {
 
     /// Ensures the session has a wheel entry for its current class.
     fn schedule(&mut self, now: Instant, slot: u32) {
+        debug_assert!(
+            (slot as usize) < self.sessions.len(),
+            "session slot in range"
+        );
+        let limit = self.idle_limit(self.sessions[slot as usize].class);
         let s = &mut self.sessions[slot as usize];
+        debug_assert!(s.flags & S_LIVE != 0, "only live sessions are scheduled");
         let bit = 1u8 << s.class;
         if s.queued & bit != 0 {
             return;
@@ -1259,13 +1449,26 @@ impl Nat {
         } else {
             s.last_seen
         };
-        let deadline = base + core::time::Duration::from_nanos(self.timeout_ns[s.class as usize]);
+        let deadline = base + limit;
         let e = WheelEntry {
             slot,
             generation: s.generation,
             class: s.class,
         };
         self.wheel.push(now, deadline, e);
+    }
+
+    /// How long a session of timeout class `class` lives after its `last_seen`: the timeout,
+    /// plus one refresh tick under lazy refresh (`last_seen` may then be up to a tick older
+    /// than the last packet; the slack keeps expiry from ever coming before the timeout).
+    #[inline]
+    fn idle_limit(&self, class: u8) -> core::time::Duration {
+        let slack = if self.lazy {
+            1u64 << self.tick_shift
+        } else {
+            0
+        };
+        core::time::Duration::from_nanos(self.timeout_ns[class as usize].saturating_add(slack))
     }
 
     // ---------------------------------------------------------------- ICMP errors (RFC 5508)
@@ -1315,9 +1518,10 @@ impl Nat {
             (e.sport, e.dport)
         };
         let key = skey(Dir::In, e.proto, e.src, lport, e.dst, rport);
-        let Some(&slot) = self
+        let Some(slot) = self
             .session_index
             .get(&key)
+            .map(|x| x.slot)
             .filter(|_| e.src == u32::from_be_bytes(h.dst))
         else {
             let draining = self.groups[g as usize]
@@ -1419,7 +1623,12 @@ impl Nat {
             (e.dport, e.sport)
         };
         let key = skey(Dir::Out, e.proto, e.dst, lport, e.src, rport);
-        let Some(&slot) = self.session_index.get(&key).filter(|_| e.dst == src) else {
+        let Some(slot) = self
+            .session_index
+            .get(&key)
+            .map(|x| x.slot)
+            .filter(|_| e.dst == src)
+        else {
             let draining = self.groups[g as usize]
                 .as_ref()
                 .is_some_and(|g| g.mode == GroupMode::Draining);
@@ -1631,9 +1840,9 @@ impl Nat {
         group.first_mapping = slot;
         group.mappings += 1;
         self.mapping_index
-            .insert(mkey(Dir::Out, proto, int_addr, int_port), slot);
+            .insert_new(mkey(Dir::Out, proto, int_addr, int_port), slot);
         self.mapping_index
-            .insert(mkey(Dir::In, proto, ext, ext_port), slot);
+            .insert_new(mkey(Dir::In, proto, ext, ext_port), slot);
         self.mapping_count += 1;
         self.counters.mappings_created += 1;
         slot
@@ -1731,14 +1940,25 @@ impl Nat {
         if let Some(group) = self.groups[g as usize].as_mut() {
             group.sessions += 1;
         }
-        self.session_index.insert(
+        let ef = entry_flags(flags);
+        self.session_index.insert_new(SEntry::new(
             skey(Dir::Out, proto, int_addr, int_port, rem_addr, rem_port),
             slot,
-        );
-        self.session_index.insert(
+            ext,
+            ext_port,
+            ip_delta.to_raw(),
+            l4_delta.to_raw(),
+            ef,
+        ));
+        self.session_index.insert_new(SEntry::new(
             skey(Dir::In, proto, ext, ext_port, rem_addr, rem_port),
             slot,
-        );
+            int_addr,
+            int_port,
+            ip_delta.inverse().to_raw(),
+            l4_delta.inverse().to_raw(),
+            ef,
+        ));
         self.session_count += 1;
         self.counters.sessions_created += 1;
         self.schedule(now, slot);
@@ -1762,7 +1982,7 @@ impl Nat {
         s.prev = NIL;
         self.session_free.push(slot);
         let ext = self.groups[g as usize].as_ref().map_or(0, |g| g.ext);
-        self.session_index.remove(&skey(
+        let out = self.session_index.remove(&skey(
             Dir::Out,
             proto,
             int_addr,
@@ -1770,8 +1990,13 @@ impl Nat {
             rem_addr,
             rem_port,
         ));
-        self.session_index
-            .remove(&skey(Dir::In, proto, ext, ext_port, rem_addr, rem_port));
+        let inn =
+            self.session_index
+                .remove(&skey(Dir::In, proto, ext, ext_port, rem_addr, rem_port));
+        debug_assert!(
+            out.is_some_and(|e| e.slot == slot) && inn.is_some_and(|e| e.slot == slot),
+            "both index entries of session {slot} removed"
+        );
         if next != NIL {
             self.sessions[next as usize].prev = prev;
         }
@@ -1853,7 +2078,12 @@ impl Nat {
         let mut due = std::mem::take(&mut self.wheel_scratch);
         due.clear();
         let more = self.wheel.pop_due(now, EXPIRY_BUDGET, &mut due);
+        let limits: [core::time::Duration; 4] = core::array::from_fn(|c| self.idle_limit(c as u8));
         for e in &due {
+            debug_assert!(
+                (e.slot as usize) < self.sessions.len(),
+                "wheel slot in range"
+            );
             let s = &mut self.sessions[e.slot as usize];
             if s.flags & S_LIVE == 0 || s.generation != e.generation {
                 continue;
@@ -1862,8 +2092,7 @@ impl Nat {
             if s.class != e.class {
                 continue; // the session has an entry for its current class
             }
-            let deadline =
-                s.last_seen + core::time::Duration::from_nanos(self.timeout_ns[e.class as usize]);
+            let deadline = s.last_seen + limits[e.class as usize];
             if deadline > now || s.flags & S_FROZEN != 0 {
                 self.schedule(now, e.slot);
                 continue;
@@ -1916,6 +2145,7 @@ impl Nat {
         self.live_mapping(id)?;
         let m = &mut self.mappings[id.slot as usize];
         m.frozen = frozen;
+        let ext = self.groups[m.group as usize].as_ref().map_or(0, |g| g.ext);
         let mut s = m.first_session;
         while s != NIL {
             let sess = &mut self.sessions[s as usize];
@@ -1924,7 +2154,39 @@ impl Nat {
             } else {
                 sess.flags &= !S_FROZEN;
             }
-            s = sess.next;
+            // The index entries carry the flag for the fast path; their refresh stamps start
+            // over (a frozen session may stay idle for longer than the stamps' wrap-around).
+            let ef = entry_flags(sess.flags);
+            let keys = [
+                skey(
+                    Dir::Out,
+                    sess.proto,
+                    sess.int_addr,
+                    sess.int_port,
+                    sess.rem_addr,
+                    sess.rem_port,
+                ),
+                skey(
+                    Dir::In,
+                    sess.proto,
+                    ext,
+                    sess.ext_port,
+                    sess.rem_addr,
+                    sess.rem_port,
+                ),
+            ];
+            let next = sess.next;
+            for key in keys {
+                match self.session_index.get_mut(&key) {
+                    Some(e) => {
+                        debug_assert_eq!(e.slot, s, "index entry points at its session");
+                        e.flags = ef;
+                        e.set_stamp(STAMP_NONE);
+                    }
+                    None => debug_assert!(false, "a live session is indexed under both keys"),
+                }
+            }
+            s = next;
         }
         Ok(())
     }
@@ -2004,133 +2266,318 @@ impl Nat {
         result
     }
 
+    /// Pre-sizes the tables for `mappings` more mappings and `sessions` more sessions (a
+    /// migration destination calls it when `Prepare` announces what will come), so that the
+    /// imports that follow do not grow the slabs or the hash indexes while installing.
+    /// Clamped to the configured bounds: never reserves room past `max_mappings` /
+    /// `max_sessions` (counting what is held already). Changes nothing observable.
+    pub fn reserve(&mut self, mappings: usize, sessions: usize) {
+        let m = mappings.min(self.cfg.max_mappings.saturating_sub(self.mapping_count) as usize);
+        let s = sessions.min(self.cfg.max_sessions.saturating_sub(self.session_count) as usize);
+        // Free slots are reused first; the rest are new slots at the end of the slabs.
+        let m_new = m.saturating_sub(self.mapping_free.len());
+        let s_new = s.saturating_sub(self.session_free.len());
+        // A slab never holds more slots than its bound (free slots are reused first).
+        grow_slab(&mut self.mappings, m_new, self.cfg.max_mappings as usize);
+        grow_slab(&mut self.sessions, s_new, self.cfg.max_sessions as usize);
+        // Two index entries per mapping and per session.
+        self.mapping_index
+            .reserve(2 * m, 2 * self.cfg.max_mappings as usize);
+        self.session_index
+            .reserve(2 * s, 2 * self.cfg.max_sessions as usize);
+        // One expiry entry per new session (a session has one per timeout class it went
+        // through; more are allocated as needed).
+        self.wheel.reserve(s);
+        debug_assert!(self.mappings.capacity() >= self.mappings.len() + m_new);
+        debug_assert!(self.sessions.capacity() >= self.sessions.len() + s_new);
+        debug_assert!(self.session_index.capacity() >= self.session_index.len() + 2 * s);
+    }
+
     fn import_all_or_nothing(
         &mut self,
         g: GroupId,
         now: Instant,
         bytes: &[u8],
     ) -> Result<ImportSummary, NatError> {
+        let recs = records(bytes).ok_or(NatError::Import {
+            index: 0,
+            why: "length is not a multiple of 24",
+        })?;
+        self.group(g)?;
+        let mut sc = std::mem::take(&mut self.import_scratch);
+        let pf = self.mapping_index.prefetcher();
+        let checked = self.import_validate(g, recs, &mut sc, pf);
+        let result = checked.map(|()| self.import_install(g, now, recs, &mut sc));
+        // Leave the scratch empty (keeping its memory) for the next batch.
+        for m in &sc.mappings {
+            let pp = PortProto::from_ip_proto(m.proto).map_or(0, |p| p as usize);
+            sc.ext_ports[(pp << 16 | m.ext_port as usize) / 64] = 0;
+        }
+        for &b in &sc.blocks_touched {
+            sc.block_sub[b as usize] = 0;
+        }
+        debug_assert!(
+            sc.ext_ports.iter().all(|&w| w == 0),
+            "ext port bitmap cleared"
+        );
+        sc.blocks_touched.clear();
+        sc.mappings.clear();
+        sc.rec_mapping.clear();
+        // `clear` costs the table's capacity: do not let one huge batch slow later ones.
+        if sc.by_key.capacity() > 4 * recs.len().max(4096) {
+            sc.by_key = hashbrown::HashMap::with_hasher(sc.by_key.hasher().clone());
+        }
+        if sc.remotes.capacity() > 4 * recs.len().max(4096) {
+            sc.remotes = hashbrown::HashSet::with_hasher(sc.remotes.hasher().clone());
+        }
+        sc.by_key.clear();
+        sc.remotes.clear();
+        self.import_scratch = sc;
+        result
+    }
+
+    /// The validation pass of an import: every check, nothing changed but `sc`.
+    fn import_validate(
+        &self,
+        g: GroupId,
+        recs: &[StateRecord],
+        sc: &mut ImportScratch,
+        pf: Prefetcher,
+    ) -> Result<(), NatError> {
         let refuse = |index: usize, why: &'static str| NatError::Import { index, why };
-        let recs = records(bytes).ok_or(refuse(0, "length is not a multiple of 24"))?;
         let group = self.group(g)?;
-        let (ext, net, mask) = (group.ext, group.net, group.mask);
-        // Validate: (proto, int addr, int port) -> (ext port, first record index).
-        let mut mappings: HashMap<(u8, u32, u16), (u16, usize)> = HashMap::new();
-        let mut ext_ports: HashMap<(u8, u16), (u8, u32, u16)> = HashMap::new();
-        let mut remotes: HashMap<(u8, u32, u16, u32, u16), ()> = HashMap::new();
-        let mut batch_blocks: HashMap<u32, u32> = HashMap::new();
+        let (net, mask) = (group.net, group.mask);
+        let n_blocks = group.ports.n_blocks() as usize;
+        if sc.block_sub.len() < n_blocks {
+            sc.block_sub.resize(n_blocks, 0);
+        }
+        sc.rec_mapping.reserve(recs.len());
+        let mut prev: Option<(u64, u32)> = None;
+        // Whether a subscriber may have mappings here (it holds a block), for the last one asked.
+        let mut holds: (u32, bool) = (0, group.ports.holds_blocks(0));
+        let mut may_have_mappings = |sub: u32| {
+            if holds.0 != sub {
+                holds = (sub, group.ports.holds_blocks(sub));
+            }
+            holds.1
+        };
         for (i, r) in recs.iter().enumerate() {
-            let fail = |why| Err::<(), _>(refuse(i, why));
+            // The mapping lookup of a record a few ahead (its memory latency overlaps ours).
+            if let Some(a) = recs.get(i + IMPORT_PREFETCH) {
+                let sub = u32::from_be_bytes(a.int_addr);
+                if may_have_mappings(sub) {
+                    let mk = mkey(Dir::Out, a.proto, sub, a.int_port.get());
+                    pf.prefetch(self.mapping_index.hash(&mk));
+                }
+            }
             if r.version != RECORD_VERSION
                 || r.reserved.get() != 0
                 || r.flags & !FLAG_INBOUND_OPENED != 0
             {
-                fail("unknown version or reserved bits set")?;
+                return Err(refuse(i, "unknown version or reserved bits set"));
             }
-            let pp = match PortProto::from_ip_proto(r.proto) {
-                Some(pp) => pp,
-                None => return Err(refuse(i, "unknown protocol")),
+            let Some(pp) = PortProto::from_ip_proto(r.proto) else {
+                return Err(refuse(i, "unknown protocol"));
             };
             match (r.proto, TcpState::from_u8(r.tcp_state)) {
-                (proto::TCP, None) => fail("bad TCP state")?,
+                (proto::TCP, None) => return Err(refuse(i, "bad TCP state")),
                 (proto::TCP, Some(_)) => {}
-                (_, _) if r.tcp_state != 0 => fail("TCP state on a non-TCP record")?,
+                (_, _) if r.tcp_state != 0 => {
+                    return Err(refuse(i, "TCP state on a non-TCP record"));
+                }
                 _ => {}
             }
             if r.proto == proto::ICMP && r.rem_port.get() != 0 {
-                fail("ICMP record with a remote port")?;
+                return Err(refuse(i, "ICMP record with a remote port"));
             }
             let int_addr = u32::from_be_bytes(r.int_addr);
             if int_addr & mask != net {
-                fail("subscriber outside the group's prefix")?;
+                return Err(refuse(i, "subscriber outside the group's prefix"));
             }
             let (int_port, ext_port) = (r.int_port.get(), r.ext_port.get());
-            let mk = (r.proto, int_addr, int_port);
-            match mappings.get(&mk) {
-                Some(&(p, _)) if p != ext_port => fail("one mapping with two external ports")?,
-                Some(_) => {}
+            let mk = mkey(Dir::Out, r.proto, int_addr, int_port);
+            // Records of a mapping usually come together: skip the lookup for a run.
+            let known = match prev {
+                Some((k, idx)) if k == mk => Some(idx),
+                _ => sc.by_key.get(&mk).copied(),
+            };
+            let idx = match known {
+                Some(idx) => {
+                    let m = &mut sc.mappings[idx as usize];
+                    if m.ext_port != ext_port {
+                        return Err(refuse(i, "one mapping with two external ports"));
+                    }
+                    // Duplicate sessions can only be under one mapping: track the remotes of
+                    // mappings with several records only.
+                    let rem = |r: &StateRecord| {
+                        skey(
+                            Dir::Out,
+                            r.proto,
+                            int_addr,
+                            int_port,
+                            u32::from_be_bytes(r.rem_addr),
+                            r.rem_port.get(),
+                        )
+                    };
+                    if m.records == 1 {
+                        sc.remotes.insert(rem(&recs[m.first as usize]));
+                    }
+                    m.records += 1;
+                    if !sc.remotes.insert(rem(r)) {
+                        return Err(refuse(i, "duplicate session"));
+                    }
+                    idx
+                }
                 None => {
-                    if self
-                        .mapping_index
-                        .contains_key(&mkey(Dir::Out, r.proto, int_addr, int_port))
-                    {
-                        fail("mapping already present")?;
+                    // A subscriber that holds no block of the group has no mapping in it (the
+                    // usual case for the first batch of a subscriber): no index lookup.
+                    if may_have_mappings(int_addr) {
+                        if self.mapping_index.contains_key(&mk) {
+                            return Err(refuse(i, "mapping already present"));
+                        }
+                    } else {
+                        debug_assert!(!self.mapping_index.contains_key(&mk));
                     }
-                    if ext_ports.insert((r.proto, ext_port), mk).is_some() {
-                        fail("external port twice in the batch")?;
+                    let bit = (pp as usize) << 16 | ext_port as usize;
+                    if sc.ext_ports[bit / 64] & 1 << (bit % 64) != 0 {
+                        return Err(refuse(i, "external port twice in the batch"));
                     }
-                    let group = self.group(g)?;
                     match group.ports.check_claim(ext_port, pp, int_addr) {
                         Ok(()) => {}
                         Err(crate::ports::ClaimError::OutOfRange) => {
-                            fail("external port outside the range")?
+                            return Err(refuse(i, "external port outside the range"));
                         }
                         Err(crate::ports::ClaimError::OwnedByOther) => {
-                            fail("port block held by another subscriber")?
+                            return Err(refuse(i, "port block held by another subscriber"));
                         }
                         Err(crate::ports::ClaimError::AlreadyBound) => {
-                            fail("external port already bound")?
+                            return Err(refuse(i, "external port already bound"));
                         }
                     }
                     // Two subscribers of the batch in one free block: the claim of the second
                     // would fail at install time, leaving a mapping with an unbound port.
-                    if let Some(b) = group.ports.block_of(ext_port)
-                        && *batch_blocks.entry(b).or_insert(int_addr) != int_addr
-                    {
-                        fail("port block held by another subscriber")?;
+                    let b = group
+                        .ports
+                        .block_of(ext_port)
+                        .expect("claim checked the range");
+                    debug_assert!((b as usize) < n_blocks, "block in range");
+                    let tagged = 1u64 << 32 | int_addr as u64;
+                    match sc.block_sub[b as usize] {
+                        0 => {
+                            sc.block_sub[b as usize] = tagged;
+                            sc.blocks_touched.push(b);
+                        }
+                        t if t != tagged => {
+                            return Err(refuse(i, "port block held by another subscriber"));
+                        }
+                        _ => {}
                     }
-                    mappings.insert(mk, (ext_port, i));
+                    // Marked only now: the scratch clean-up clears the bits of `mappings`.
+                    sc.ext_ports[bit / 64] |= 1 << (bit % 64);
+                    let idx = sc.mappings.len() as u32;
+                    sc.mappings.push(ImportMapping {
+                        proto: r.proto,
+                        int_addr,
+                        int_port,
+                        ext_port,
+                        records: 1,
+                        first: i as u32,
+                        slot: NIL,
+                    });
+                    sc.by_key.insert(mk, idx);
+                    idx
                 }
-            }
-            let rk = (
-                r.proto,
-                int_addr,
-                int_port,
-                u32::from_be_bytes(r.rem_addr),
-                r.rem_port.get(),
-            );
-            if remotes.insert(rk, ()).is_some() {
-                fail("duplicate session")?;
-            }
+            };
+            prev = Some((mk, idx));
+            sc.rec_mapping.push(idx);
         }
-        if self.mapping_count as usize + mappings.len() > self.cfg.max_mappings as usize
+        if self.mapping_count as usize + sc.mappings.len() > self.cfg.max_mappings as usize
             || self.session_count as usize + recs.len() > self.cfg.max_sessions as usize
         {
             return Err(refuse(0, "batch exceeds the table bounds"));
         }
-        let _ = ext;
-        // Install.
-        let mut slots: HashMap<(u8, u32, u16), u32> = HashMap::new();
-        let mut sorted: Vec<_> = mappings.into_iter().collect();
-        sorted.sort_unstable_by_key(|&(_, (_, first))| first);
-        for ((p, int_addr, int_port), (ext_port, _)) in sorted {
-            let pp = PortProto::from_ip_proto(p).expect("validated");
-            let change = self.group_mut(g)?.ports.claim(ext_port, pp, int_addr);
-            if let Some(c) = change {
-                self.log_block(now, g.0, c, true);
+        Ok(())
+    }
+
+    /// The install pass of an import (after [`import_validate`](Self::import_validate)
+    /// accepted the batch): cannot fail.
+    fn import_install(
+        &mut self,
+        g: GroupId,
+        now: Instant,
+        recs: &[StateRecord],
+        sc: &mut ImportScratch,
+    ) -> ImportSummary {
+        debug_assert_eq!(sc.rec_mapping.len(), recs.len());
+        let (mappings_before, sessions_before) = (self.mapping_count, self.session_count);
+        // No table grows while installing (a no-op after a large enough `reserve`).
+        self.reserve(sc.mappings.len(), recs.len());
+        let (pf_s, pf_m) = (
+            self.session_index.prefetcher(),
+            self.mapping_index.prefetcher(),
+        );
+        let ext = self.group(g).expect("validated").ext;
+        for (i, (r, &idx)) in recs.iter().zip(&sc.rec_mapping).enumerate() {
+            // Where the inserts of a record a few ahead will go (overlapping the latencies).
+            if let Some(a) = recs.get(i + IMPORT_PREFETCH) {
+                let (int_addr, int_port, ext_port) = (
+                    u32::from_be_bytes(a.int_addr),
+                    a.int_port.get(),
+                    a.ext_port.get(),
+                );
+                let (rem, rport) = (u32::from_be_bytes(a.rem_addr), a.rem_port.get());
+                for k in [
+                    skey(Dir::Out, a.proto, int_addr, int_port, rem, rport),
+                    skey(Dir::In, a.proto, ext, ext_port, rem, rport),
+                ] {
+                    pf_s.prefetch_insert(self.session_index.hash(&k));
+                }
+                for k in [
+                    mkey(Dir::Out, a.proto, int_addr, int_port),
+                    mkey(Dir::In, a.proto, ext, ext_port),
+                ] {
+                    pf_m.prefetch_insert(self.mapping_index.hash(&k));
+                }
             }
-            let slot = self.install_mapping(g.0, p, int_addr, int_port, ext_port);
-            slots.insert((p, int_addr, int_port), slot);
-        }
-        for r in recs {
-            let m = slots[&(r.proto, u32::from_be_bytes(r.int_addr), r.int_port.get())];
+            let m = &mut sc.mappings[idx as usize];
+            if m.slot == NIL {
+                let pp = PortProto::from_ip_proto(m.proto).expect("validated");
+                let change = self
+                    .group_mut(g)
+                    .expect("validated")
+                    .ports
+                    .claim(m.ext_port, pp, m.int_addr);
+                if let Some(c) = change {
+                    self.log_block(now, g.0, c, true);
+                }
+                m.slot = self.install_mapping(g.0, m.proto, m.int_addr, m.int_port, m.ext_port);
+            }
+            let slot = m.slot;
+            debug_assert!(
+                self.mappings[slot as usize].live,
+                "installing under a live mapping"
+            );
             let last_seen = now - core::time::Duration::from_millis(r.idle_ms.get() as u64);
-            let tcp = TcpState::from_u8(r.tcp_state);
             self.install_session(
                 now,
                 last_seen,
-                m,
+                slot,
                 u32::from_be_bytes(r.rem_addr),
                 r.rem_port.get(),
-                tcp,
+                TcpState::from_u8(r.tcp_state),
                 r.flags & FLAG_INBOUND_OPENED != 0,
             );
         }
+        debug_assert_eq!(
+            self.mapping_count - mappings_before,
+            sc.mappings.len() as u32
+        );
+        debug_assert_eq!(self.session_count - sessions_before, recs.len() as u32);
         self.counters.records_imported += recs.len() as u64;
-        Ok(ImportSummary {
-            mappings: slots.len() as u32,
+        ImportSummary {
+            mappings: sc.mappings.len() as u32,
             sessions: recs.len() as u32,
-        })
+        }
     }
 
     /// Checks every internal invariant (O(table size); for tests and the simulator): indices
@@ -2171,10 +2618,55 @@ impl Nat {
                 s.rem_port,
             );
             let inn = skey(Dir::In, s.proto, ext, s.ext_port, s.rem_addr, s.rem_port);
-            if self.session_index.get(&out) != Some(&(i as u32))
-                || self.session_index.get(&inn) != Some(&(i as u32))
-            {
+            let (Some(eo), Some(ei)) = (self.session_index.get(&out), self.session_index.get(&inn))
+            else {
                 return Err(format!("session {i} not indexed under its keys"));
+            };
+            if eo.slot != i as u32 || ei.slot != i as u32 {
+                return Err(format!("session {i} not indexed under its keys"));
+            }
+            // The rewrite cached in the entries is the session's.
+            let ip_delta = Delta::NONE.replace_addr(s.int_addr.to_be_bytes(), ext.to_be_bytes());
+            let l4_delta = if s.proto == proto::ICMP {
+                Delta::NONE.replace(s.int_port, s.ext_port)
+            } else {
+                ip_delta.replace(s.int_port, s.ext_port)
+            };
+            if (s.ip_delta, s.l4_delta) != (ip_delta.to_raw(), l4_delta.to_raw()) {
+                return Err(format!("session {i} checksum deltas wrong"));
+            }
+            let ef = entry_flags(s.flags);
+            let want_out = (ext, s.ext_port, s.ip_delta, s.l4_delta, ef);
+            let want_in = (
+                s.int_addr,
+                s.int_port,
+                ip_delta.inverse().to_raw(),
+                l4_delta.inverse().to_raw(),
+                ef,
+            );
+            if (eo.addr, eo.port, eo.ip_delta, eo.l4_delta, eo.flags) != want_out
+                || eo.inbound()
+                || (ei.addr, ei.port, ei.ip_delta, ei.l4_delta, ei.flags) != want_in
+                || !ei.inbound()
+            {
+                return Err(format!(
+                    "session {i}: index entries disagree with the session: {eo:?} {ei:?}"
+                ));
+            }
+            for e in [eo, ei] {
+                let st = e.stamp();
+                if st > STAMP_NONE || !self.lazy && st != STAMP_NONE {
+                    return Err(format!("session {i}: bad refresh stamp {st:#x}"));
+                }
+                // A stamp says `last_seen` is in that tick or later (modulo the wrap-around).
+                if st != STAMP_NONE
+                    && self.tick(s.last_seen).wrapping_sub(st) & TICK_MASK > TICK_MASK / 2
+                {
+                    return Err(format!(
+                        "session {i}: stamp {st:#x} past last_seen's tick {:#x}",
+                        self.tick(s.last_seen)
+                    ));
+                }
             }
             if s.queued & (1 << s.class) == 0 {
                 return Err(format!("session {i} has no expiry entry for its class"));
@@ -2280,6 +2772,33 @@ impl Nat {
         }
         Ok(())
     }
+}
+
+/// Makes room for `new_slots` more slots at the end of `slab`: amortised growth (at least
+/// double) but never past `bound` slots unless asked to; freshly allocated memory is written
+/// once (page faults here, not at the inserts that follow).
+fn grow_slab<T: Default>(slab: &mut Vec<T>, new_slots: usize, bound: usize) {
+    if slab.capacity() - slab.len() >= new_slots {
+        return;
+    }
+    let want = slab.len() + new_slots;
+    let target = want.max(slab.capacity().saturating_mul(2).min(bound));
+    slab.reserve_exact(target - slab.len());
+    for slot in slab.spare_capacity_mut() {
+        slot.write(T::default());
+    }
+    debug_assert!(slab.capacity() >= want);
+}
+
+/// The index-entry flags of a session with flags `s_flags`.
+#[inline(always)]
+fn entry_flags(s_flags: u8) -> u8 {
+    (if s_flags & S_FROZEN != 0 { E_FROZEN } else { 0 })
+        | (if s_flags & S_HAIRPIN != 0 {
+            E_HAIRPIN
+        } else {
+            0
+        })
 }
 
 /// Puts `item` in a free slot of `slab` (keeping what `keep` copies from the slot's previous

@@ -241,6 +241,12 @@ impl PortBlocks {
         }
     }
 
+    /// Does `subscriber` hold any block? (If not, it has no mapping in this group: a mapping's
+    /// port is bound, and a block with a bound port stays with its subscriber.)
+    pub fn holds_blocks(&self, subscriber: u32) -> bool {
+        self.subscribers.contains_key(&subscriber)
+    }
+
     /// Whether `port` could be claimed for `subscriber` (import), without changing anything.
     pub fn check_claim(
         &self,

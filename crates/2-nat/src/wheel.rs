@@ -17,10 +17,38 @@ pub(crate) struct WheelEntry {
 
 pub(crate) struct Wheel {
     granularity_ns: u64,
-    buckets: Vec<Vec<WheelEntry>>,
+    /// Per bucket: the first node of its list (`NIL`: empty). Lists are LIFO.
+    heads: Vec<u32>,
+    /// Every entry lives in a node of this slab (one allocation, grown ahead by `reserve`, so
+    /// pushes write sequential memory instead of growing one vector per bucket).
+    nodes: Vec<Node>,
+    /// First free node (`NIL`: none), linked through `next`.
+    free: u32,
+    free_count: usize,
     /// Absolute index of the next bucket to process.
     cursor: u64,
     len: usize,
+}
+
+const NIL: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    entry: WheelEntry,
+    next: u32,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Node {
+            entry: WheelEntry {
+                slot: NIL,
+                generation: 0,
+                class: 0,
+            },
+            next: NIL,
+        }
+    }
 }
 
 impl Wheel {
@@ -29,7 +57,10 @@ impl Wheel {
         let n = (horizon_ns / granularity_ns + 2) as usize;
         Wheel {
             granularity_ns,
-            buckets: vec![Vec::new(); n],
+            heads: vec![NIL; n],
+            nodes: Vec::new(),
+            free: NIL,
+            free_count: 0,
             cursor: 0,
             len: 0,
         }
@@ -40,30 +71,68 @@ impl Wheel {
         self.len
     }
 
+    /// Room for `additional` more entries without growing; new memory is written here.
+    pub fn reserve(&mut self, additional: usize) {
+        let new_nodes = additional.saturating_sub(self.free_count);
+        if self.nodes.capacity() - self.nodes.len() >= new_nodes {
+            return;
+        }
+        let want = self.nodes.len() + new_nodes;
+        self.nodes
+            .reserve_exact(want.max(2 * self.nodes.capacity()) - self.nodes.len());
+        for n in self.nodes.spare_capacity_mut() {
+            n.write(Node::default());
+        }
+    }
+
     /// Schedules `entry` to be looked at once `deadline` has passed (`now` is the present).
+    #[inline]
     pub fn push(&mut self, now: Instant, deadline: Instant, entry: WheelEntry) {
         if self.len == 0 {
             self.cursor = self.cursor.max(now.as_nanos() / self.granularity_ns);
         }
-        let n = self.buckets.len() as u64;
+        let n = self.heads.len() as u64;
         let idx =
             (deadline.as_nanos() / self.granularity_ns).clamp(self.cursor, self.cursor + n - 1);
-        self.buckets[(idx % n) as usize].push(entry);
+        let b = (idx % n) as usize;
+        let node = Node {
+            entry,
+            next: self.heads[b],
+        };
+        let at = if self.free != NIL {
+            let at = self.free;
+            debug_assert!((at as usize) < self.nodes.len(), "free node in range");
+            self.free = self.nodes[at as usize].next;
+            self.free_count -= 1;
+            self.nodes[at as usize] = node;
+            at
+        } else {
+            debug_assert!(self.nodes.len() < NIL as usize, "wheel node index fits");
+            self.nodes.push(node);
+            (self.nodes.len() - 1) as u32
+        };
+        self.heads[b] = at;
         self.len += 1;
     }
 
     /// Moves up to `budget` due entries into `out`; true if due entries remain.
     pub fn pop_due(&mut self, now: Instant, budget: usize, out: &mut Vec<WheelEntry>) -> bool {
-        let n = self.buckets.len() as u64;
+        let n = self.heads.len() as u64;
         let mut taken = 0;
         while self.len > 0 && (self.cursor + 1) * self.granularity_ns <= now.as_nanos() {
-            let bucket = &mut self.buckets[(self.cursor % n) as usize];
-            while let Some(e) = bucket.pop() {
-                out.push(e);
+            let b = (self.cursor % n) as usize;
+            while self.heads[b] != NIL {
+                let at = self.heads[b];
+                let node = self.nodes[at as usize];
+                self.heads[b] = node.next;
+                self.nodes[at as usize].next = self.free;
+                self.free = at;
+                self.free_count += 1;
+                out.push(node.entry);
                 self.len -= 1;
                 taken += 1;
                 if taken == budget {
-                    return !bucket.is_empty() || self.len > 0 && self.next_due_at() <= now;
+                    return self.heads[b] != NIL || self.len > 0 && self.next_due_at() <= now;
                 }
             }
             self.cursor += 1;
@@ -71,6 +140,11 @@ impl Wheel {
         if self.len == 0 {
             self.cursor = self.cursor.max(now.as_nanos() / self.granularity_ns);
         }
+        debug_assert_eq!(
+            self.len + self.free_count,
+            self.nodes.len(),
+            "nodes accounted"
+        );
         false
     }
 
@@ -142,5 +216,31 @@ mod tests {
             vec![e(7)],
             "clamped entry fires early; the owner re-checks and re-pushes"
         );
+    }
+
+    #[test]
+    fn nodes_are_reused_and_reserve_keeps_order() {
+        let g = 1_000;
+        let mut w = Wheel::new(g, 100 * g);
+        w.reserve(8);
+        for i in 0..4 {
+            w.push(Instant::ZERO, Instant::from_nanos(5 * g), e(i));
+        }
+        let mut out = Vec::new();
+        w.pop_due(Instant::from_nanos(10 * g), 100, &mut out);
+        assert_eq!(out, vec![e(3), e(2), e(1), e(0)], "LIFO within a bucket");
+        let nodes = w.nodes.len();
+        for i in 0..4 {
+            w.push(
+                Instant::from_nanos(10 * g),
+                Instant::from_nanos(20 * g),
+                e(10 + i),
+            );
+        }
+        assert_eq!(w.nodes.len(), nodes, "freed nodes reused");
+        out.clear();
+        w.pop_due(Instant::from_nanos(30 * g), 100, &mut out);
+        assert_eq!(out.len(), 4);
+        assert_eq!(w.len(), 0);
     }
 }

@@ -1,0 +1,511 @@
+//! The session index: both directions' 5-tuples of every session, each entry carrying the
+//! rewrite of its direction (translated address and port, RFC 1624 checksum deltas already
+//! oriented, the flags the fast path checks, a coarse refresh stamp), so that a hit reads one
+//! 32-byte entry (one cache line) and nothing else.
+//!
+//! The session slab stays the authority: an entry is a cache of its session's rewrite data,
+//! written when the session is installed, updated when its frozen flag changes and removed
+//! with it; `Nat::check_invariants` verifies they agree.
+
+use foldhash::fast::FixedState;
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
+
+/// Session key: direction, protocol, local endpoint (internal on Out, external on In),
+/// remote endpoint, packed into two words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SessionKey(pub u64, pub u64);
+
+/// The entry's mapping is frozen (packets are held; the full path decides).
+pub(crate) const E_FROZEN: u8 = 1;
+/// The session's remote is an external address of this NAT (hairpin; the full path decides).
+pub(crate) const E_HAIRPIN: u8 = 2;
+
+/// Bits of the refresh stamp (see [`SEntry::stamp`]).
+pub(crate) const STAMP_BITS: u32 = 24;
+/// A stamp no tick equals: the next refresh writes the session's `last_seen`.
+pub(crate) const STAMP_NONE: u32 = 1 << (STAMP_BITS - 1);
+/// Ticks are masked to this (one bit less than the stamp, so [`STAMP_NONE`] is never a tick).
+pub(crate) const TICK_MASK: u32 = STAMP_NONE - 1;
+
+/// One direction of one session. 32 bytes, aligned to 32: never straddles a cache line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(32))]
+pub(crate) struct SEntry {
+    /// Key word 0: direction, protocol, local port and address.
+    pub k0: u64,
+    /// Key: remote address.
+    pub rem: u32,
+    /// Key: remote port.
+    pub rport: u16,
+    /// Refresh stamp, high 16 bits.
+    stamp_hi: u16,
+    /// Session slot.
+    pub slot: u32,
+    /// The address written into the packet (external on Out, internal on In), host order.
+    pub addr: u32,
+    /// The port (or ICMP identifier) written into the packet.
+    pub port: u16,
+    /// IPv4 header checksum delta of the address change, oriented for this direction.
+    pub ip_delta: u16,
+    /// Transport checksum delta (address and port), oriented for this direction.
+    pub l4_delta: u16,
+    /// `E_*` flags.
+    pub flags: u8,
+    /// Refresh stamp, low 8 bits.
+    stamp_lo: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<SEntry>() == 32);
+
+impl SEntry {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        key: SessionKey,
+        slot: u32,
+        addr: u32,
+        port: u16,
+        ip_delta: u16,
+        l4_delta: u16,
+        flags: u8,
+    ) -> SEntry {
+        debug_assert_eq!(key.1 >> 48, 0, "key word 1 holds 48 bits");
+        let mut e = SEntry {
+            k0: key.0,
+            rem: key.1 as u32,
+            rport: (key.1 >> 32) as u16,
+            stamp_hi: 0,
+            slot,
+            addr,
+            port,
+            ip_delta,
+            l4_delta,
+            flags,
+            stamp_lo: 0,
+        };
+        e.set_stamp(STAMP_NONE);
+        e
+    }
+
+    #[inline(always)]
+    pub fn key(&self) -> SessionKey {
+        SessionKey(self.k0, (self.rport as u64) << 32 | self.rem as u64)
+    }
+
+    #[inline(always)]
+    fn matches(&self, key: &SessionKey) -> bool {
+        self.k0 == key.0 && ((self.rport as u64) << 32 | self.rem as u64) == key.1
+    }
+
+    /// The refresh stamp: [`STAMP_NONE`], or the tick of a packet that refreshed the session
+    /// through this entry; the session's `last_seen` was then set to that packet's time, so it
+    /// lies in that tick or later. A hit in the same tick need not write `last_seen` again.
+    #[inline(always)]
+    pub fn stamp(&self) -> u32 {
+        (self.stamp_hi as u32) << 8 | self.stamp_lo as u32
+    }
+
+    #[inline(always)]
+    pub fn set_stamp(&mut self, stamp: u32) {
+        debug_assert!(stamp <= STAMP_NONE);
+        self.stamp_hi = (stamp >> 8) as u16;
+        self.stamp_lo = stamp as u8;
+    }
+
+    /// Is this the inbound entry (key direction bit)?
+    #[inline(always)]
+    pub fn inbound(&self) -> bool {
+        self.k0 >> 56 & 1 == 1
+    }
+}
+
+/// Where a table's probe for a hash starts, to prefetch it before the lookup (so that the
+/// lookups of a batch overlap their memory latencies). It follows hashbrown's layout (control
+/// bytes at `ctrl`, bucket `i` just below at `ctrl - (i + 1) * size`, probes from
+/// `hash & (buckets - 1)`); it only issues prefetch hints, so a different layout would cost
+/// speed, never correctness. `mask == 0`: disabled.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Prefetcher {
+    ctrl: usize,
+    mask: usize,
+    size: usize,
+}
+
+impl Prefetcher {
+    /// Derives the layout from one occupied bucket of `table` (`hash` rehashes an entry).
+    fn of<T>(table: &HashTable<T>, hash: impl Fn(&T) -> u64, eq: impl Fn(&T, &T) -> bool) -> Self {
+        let buckets = table.num_buckets();
+        let size = core::mem::size_of::<T>();
+        let Some(e) = table.iter().next() else {
+            return Prefetcher::default();
+        };
+        if !buckets.is_power_of_two() || buckets < 16 {
+            return Prefetcher::default();
+        }
+        let Some(i) = table.find_bucket_index(hash(e), |x| eq(x, e)) else {
+            return Prefetcher::default();
+        };
+        Prefetcher {
+            ctrl: e as *const T as usize + (i + 1) * size,
+            mask: buckets - 1,
+            size,
+        }
+    }
+
+    /// Hints the CPU to fetch the control bytes and the first bucket of `hash`'s probe.
+    #[inline(always)]
+    pub fn prefetch(&self, hash: u64) {
+        if self.mask == 0 {
+            return;
+        }
+        let pos = hash as usize & self.mask;
+        prefetch_line(self.ctrl.wrapping_add(pos));
+        prefetch_line(self.ctrl.wrapping_sub((pos + 1) * self.size));
+    }
+
+    /// [`prefetch`](Self::prefetch) for an insert (the lines will be written).
+    #[inline(always)]
+    pub fn prefetch_insert(&self, hash: u64) {
+        if self.mask == 0 {
+            return;
+        }
+        let pos = hash as usize & self.mask;
+        prefetch_line_w(self.ctrl.wrapping_add(pos));
+        prefetch_line_w(self.ctrl.wrapping_sub((pos + 1) * self.size));
+    }
+}
+
+/// Like [`prefetch_line`], for a line about to be written (fetched for ownership).
+#[inline(always)]
+pub(crate) fn prefetch_line_w(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as for `prefetch_line`: a hint, never a fault or a dereference.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(addr as *const i8, core::arch::x86_64::_MM_HINT_ET0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
+/// A hint to the CPU to fetch the cache line at `addr`; no effect on program semantics.
+#[inline(always)]
+pub(crate) fn prefetch_line(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults and does not dereference in the
+    // language's sense, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(addr as *const i8, core::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
+/// The hash index of sessions.
+pub(crate) struct SessionIndex {
+    table: HashTable<SEntry>,
+    hasher: FixedState,
+    /// The prefetcher for the table's current allocation (`pf_buckets` buckets).
+    pf: Prefetcher,
+    pf_buckets: usize,
+}
+
+impl SessionIndex {
+    pub fn new(hasher: FixedState) -> Self {
+        SessionIndex {
+            table: HashTable::new(),
+            hasher,
+            pf: Prefetcher::default(),
+            pf_buckets: 0,
+        }
+    }
+
+    /// The prefetcher of the current allocation (recomputed after the table was reallocated,
+    /// which always changes its number of buckets).
+    #[inline]
+    pub fn prefetcher(&mut self) -> Prefetcher {
+        if self.pf_buckets != self.table.num_buckets() || self.pf.mask == 0 {
+            let hasher = &self.hasher;
+            self.pf = Prefetcher::of(
+                &self.table,
+                |e| hasher.hash_one(e.key()),
+                |a, b| a.key() == b.key(),
+            );
+            self.pf_buckets = self.table.num_buckets();
+        }
+        self.pf
+    }
+
+    /// Finds the entry of `key`, whose hash `hash` the caller computed (and prefetched).
+    #[inline(always)]
+    pub fn get_mut_hashed(&mut self, hash: u64, key: &SessionKey) -> Option<&mut SEntry> {
+        debug_assert_eq!(hash, self.hash(key));
+        self.table.find_mut(hash, |e| e.matches(key))
+    }
+
+    #[inline(always)]
+    pub fn hash(&self, key: &SessionKey) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    #[inline(always)]
+    pub fn get(&self, key: &SessionKey) -> Option<&SEntry> {
+        self.table.find(self.hash(key), |e| e.matches(key))
+    }
+
+    #[inline(always)]
+    pub fn get_mut(&mut self, key: &SessionKey) -> Option<&mut SEntry> {
+        let h = self.hash(key);
+        self.table.find_mut(h, |e| e.matches(key))
+    }
+
+    /// Inserts an entry whose key is absent.
+    #[inline]
+    pub fn insert_new(&mut self, e: SEntry) {
+        let key = e.key();
+        debug_assert!(self.get(&key).is_none(), "session key indexed twice");
+        let h = self.hash(&key);
+        let hasher = &self.hasher;
+        self.table.insert_unique(h, e, |x| hasher.hash_one(x.key()));
+    }
+
+    pub fn remove(&mut self, key: &SessionKey) -> Option<SEntry> {
+        let h = self.hash(key);
+        match self.table.find_entry(h, |e| e.matches(key)) {
+            Ok(occ) => Some(occ.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Room for `additional` more entries without growing; a new table's memory is touched
+    /// here rather than by the inserts (see [`grow_prefaulted`]).
+    pub fn reserve(&mut self, additional: usize, limit: usize) {
+        let hasher = &self.hasher;
+        grow_prefaulted(
+            &mut self.table,
+            additional,
+            limit,
+            SEntry::new(SessionKey(0, 0), 0, 0, 0, 0, 0, 0),
+            |x| hasher.hash_one(x.key()),
+        );
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.table.capacity()
+    }
+}
+
+/// The hash index of mappings: `(direction, protocol, address, port)` packed in a u64 ->
+/// mapping slot.
+pub(crate) struct MappingIndex {
+    table: HashTable<(u64, u32)>,
+    hasher: FixedState,
+    pf: Prefetcher,
+    pf_buckets: usize,
+}
+
+impl MappingIndex {
+    pub fn new(hasher: FixedState) -> Self {
+        MappingIndex {
+            table: HashTable::new(),
+            hasher,
+            pf: Prefetcher::default(),
+            pf_buckets: 0,
+        }
+    }
+
+    /// The prefetcher of the current allocation (see [`SessionIndex::prefetcher`]).
+    #[inline]
+    pub fn prefetcher(&mut self) -> Prefetcher {
+        if self.pf_buckets != self.table.num_buckets() || self.pf.mask == 0 {
+            let hasher = &self.hasher;
+            self.pf = Prefetcher::of(&self.table, |e| hasher.hash_one(e.0), |a, b| a.0 == b.0);
+            self.pf_buckets = self.table.num_buckets();
+        }
+        self.pf
+    }
+
+    #[inline(always)]
+    pub fn hash(&self, key: &u64) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    #[inline(always)]
+    pub fn get(&self, key: &u64) -> Option<&u32> {
+        self.table
+            .find(self.hasher.hash_one(key), |e| e.0 == *key)
+            .map(|e| &e.1)
+    }
+
+    #[inline]
+    pub fn contains_key(&self, key: &u64) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Inserts a key that is absent (no probe for an existing entry first).
+    #[inline]
+    pub fn insert_new(&mut self, key: u64, slot: u32) {
+        debug_assert!(self.get(&key).is_none(), "mapping key indexed twice");
+        let h = self.hasher.hash_one(key);
+        let hasher = &self.hasher;
+        self.table
+            .insert_unique(h, (key, slot), |e| hasher.hash_one(e.0));
+    }
+
+    pub fn remove(&mut self, key: &u64) -> Option<u32> {
+        let h = self.hasher.hash_one(key);
+        match self.table.find_entry(h, |e| e.0 == *key) {
+            Ok(occ) => Some(occ.remove().0.1),
+            Err(_) => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Room for `additional` more entries without growing (memory touched here).
+    pub fn reserve(&mut self, additional: usize, limit: usize) {
+        let hasher = &self.hasher;
+        grow_prefaulted(&mut self.table, additional, limit, (0, 0), |x| {
+            hasher.hash_one(x.0)
+        });
+    }
+}
+
+/// Makes room for `additional` more entries in `table`. If it must grow, the new table is
+/// allocated and its bucket memory written once, sequentially, before the entries move in:
+/// the page faults (the kernel zeroing fresh memory) happen here, in one pass, instead of
+/// one by one at random places during the inserts that follow (an import's). Grows to at
+/// least double (amortised), but not past room for `limit` entries unless asked to.
+fn grow_prefaulted<T: Copy>(
+    table: &mut HashTable<T>,
+    additional: usize,
+    limit: usize,
+    dummy: T,
+    hasher: impl Fn(&T) -> u64,
+) {
+    let want = table.len().saturating_add(additional);
+    if table.capacity() >= want {
+        return;
+    }
+    let doubled = table.capacity().saturating_mul(2).min(limit);
+    let mut fresh: HashTable<T> = HashTable::with_capacity(want.max(doubled));
+    let cap = fresh.capacity();
+    // The table has about cap * 8 / 7 buckets and puts an entry of hash h in the first free
+    // bucket from h modulo that: these hashes spread the dummies over every bucket, in order.
+    for i in 0..cap as u64 {
+        fresh.insert_unique(i * 8 / 7, dummy, |_| {
+            unreachable!("no growth below capacity")
+        });
+    }
+    fresh.clear();
+    debug_assert!(fresh.capacity() >= want, "capacity kept by clear");
+    for e in table.drain() {
+        let h = hasher(&e);
+        fresh.insert_unique(h, e, &hasher);
+    }
+    *table = fresh;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u64) -> SessionKey {
+        SessionKey(
+            i.wrapping_mul(0x9e37_79b9) & 0x01ff_ffff_ffff_ffff,
+            i & 0xffff_ffff_ffff,
+        )
+    }
+
+    fn index_of(n: u64) -> SessionIndex {
+        let mut idx = SessionIndex::new(FixedState::with_seed(42));
+        for i in 0..n {
+            idx.insert_new(SEntry::new(key(i), i as u32, 0, 0, 0, 0, 0));
+        }
+        idx
+    }
+
+    /// The prefetcher's idea of the layout: an entry sits `(bucket + 1) * 32` bytes below the
+    /// control bytes, and most entries of a sparse table sit in their probe's first bucket.
+    #[test]
+    fn prefetcher_points_at_the_probed_buckets() {
+        let mut idx = index_of(20_000);
+        let pf = idx.prefetcher();
+        assert_ne!(pf.mask, 0);
+        let mut first = 0;
+        for i in 0..20_000 {
+            let k = key(i);
+            let h = idx.hash(&k);
+            let b = idx.table.find_bucket_index(h, |e| e.key() == k).unwrap();
+            let e = idx.get(&k).unwrap() as *const SEntry as usize;
+            assert_eq!(
+                e,
+                pf.ctrl - (b + 1) * 32,
+                "entry {i} not where the layout says"
+            );
+            first += (b == (h as usize & pf.mask)) as u32;
+        }
+        assert!(
+            first > 10_000,
+            "only {first} of 20000 entries in their first bucket"
+        );
+    }
+
+    #[test]
+    fn prefaulted_growth_keeps_every_entry_and_respects_the_limit() {
+        let mut idx = index_of(1000);
+        idx.reserve(5000, 12_000);
+        assert!(idx.capacity() >= 6000);
+        assert_eq!(idx.len(), 1000);
+        for i in 0..1000 {
+            assert_eq!(idx.get(&key(i)).map(|e| e.slot), Some(i as u32));
+        }
+        // No growth when there is room; the prefetcher follows a reallocation.
+        let cap = idx.capacity();
+        idx.reserve(10, 12_000);
+        assert_eq!(idx.capacity(), cap);
+        let pf = idx.prefetcher();
+        let e = idx.get(&key(3)).unwrap() as *const SEntry as usize;
+        assert!(e < pf.ctrl && pf.ctrl - e <= (pf.mask + 1) * 32);
+        // Growth beyond the limit only as far as asked: 4000 + 1000 entries, not double.
+        let mut small = index_of(1000);
+        let before = small.capacity();
+        small.reserve(before, 10);
+        assert!(
+            small.capacity() < 4 * (before + 1000),
+            "{}",
+            small.capacity()
+        );
+    }
+
+    #[test]
+    fn mapping_index_insert_reserve_remove() {
+        let mut m = MappingIndex::new(FixedState::with_seed(1));
+        m.insert_new(7, 2);
+        m.insert_new(8, 3);
+        m.reserve(100, 1000);
+        assert_eq!(m.get(&7), Some(&2));
+        assert!(m.contains_key(&7));
+        assert_eq!(m.remove(&7), Some(2));
+        assert_eq!(m.get(&8), Some(&3));
+        assert_eq!((m.len(), m.remove(&7)), (1, None));
+    }
+
+    #[test]
+    fn stamps_round_trip_and_none_is_no_tick() {
+        let mut e = SEntry::new(key(1), 1, 2, 3, 4, 5, E_FROZEN);
+        assert_eq!(e.stamp(), STAMP_NONE);
+        for s in [0, 1, 0xff, 0x100, TICK_MASK] {
+            e.set_stamp(s);
+            assert_eq!(e.stamp(), s);
+        }
+        assert_eq!(STAMP_NONE & TICK_MASK, 0);
+        assert_eq!(e.key(), key(1));
+        assert!(!e.inbound());
+    }
+}
