@@ -154,63 +154,88 @@ impl Injector {
     }
 }
 
-#[test]
-fn node_translates_frames_on_a_veth_between_namespaces() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "SKIPPED node_translates_frames_on_a_veth_between_namespaces: needs root (network namespaces, AF_PACKET)"
-        );
-        return;
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!(
-            "SKIPPED node_translates_frames_on_a_veth_between_namespaces: iproute2 (`ip`) not installed"
-        );
-        return;
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let tag = format!("{:04x}", (std::process::id() ^ nanos) & 0xffff);
-    let (ns_node, ns_inj) = (format!("fsT{tag}-n"), format!("fsT{tag}-i"));
-    let (if_node, if_inj) = (format!("fst{tag}n"), format!("fst{tag}i"));
-    let _cleanup = Namespaces(vec![ns_node.clone(), ns_inj.clone()]);
-    for ns in [&ns_node, &ns_inj] {
-        assert!(ip(&["netns", "add", ns]), "ip netns add {ns}");
-        // Keep the link quiet (no IPv6 neighbour discovery on it).
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-q",
-                "-w",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ])
-            .status();
-    }
-    assert!(ip(&[
-        "link", "add", &if_node, "netns", &ns_node, "type", "veth", "peer", "name", &if_inj,
-        "netns", &ns_inj
-    ]));
-    assert!(ip(&["-n", &ns_node, "link", "set", &if_node, "up"]));
-    assert!(ip(&["-n", &ns_inj, "link", "set", &if_inj, "up"]));
+/// Two namespaces joined by a veth pair: the node's end and the injector's end. Removed (with
+/// the pair) when dropped.
+struct Bed {
+    ns_node: String,
+    ns_inj: String,
+    if_node: String,
+    if_inj: String,
+    _cleanup: Namespaces,
+}
 
-    let metrics_port = free_port();
-    let cfg = NodeConfig::parse(&format!(
-        r#"
+impl Bed {
+    /// A new bed with names unique to this process and test; `None` (after saying why) when
+    /// the test cannot run here.
+    fn new(test: &str) -> Option<Bed> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED {test}: needs root (network namespaces, AF_PACKET)");
+            return None;
+        }
+        if Command::new("ip").arg("-V").output().is_err() {
+            eprintln!("SKIPPED {test}: iproute2 (`ip`) not installed");
+            return None;
+        }
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!(
+            "{:04x}",
+            (std::process::id() ^ nanos ^ (seq << 12)) & 0xffff
+        );
+        let (ns_node, ns_inj) = (format!("fsT{tag}-n"), format!("fsT{tag}-i"));
+        let (if_node, if_inj) = (format!("fst{tag}n"), format!("fst{tag}i"));
+        let cleanup = Namespaces(vec![ns_node.clone(), ns_inj.clone()]);
+        for ns in [&ns_node, &ns_inj] {
+            assert!(ip(&["netns", "add", ns]), "ip netns add {ns}");
+            // Keep the link quiet (no IPv6 neighbour discovery on it).
+            let _ = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ])
+                .status();
+        }
+        assert!(ip(&[
+            "link", "add", &if_node, "netns", &ns_node, "type", "veth", "peer", "name", &if_inj,
+            "netns", &ns_inj
+        ]));
+        assert!(ip(&["-n", &ns_node, "link", "set", &if_node, "up"]));
+        assert!(ip(&["-n", &ns_inj, "link", "set", &if_inj, "up"]));
+        Some(Bed {
+            ns_node,
+            ns_inj,
+            if_node,
+            if_inj,
+            _cleanup: cleanup,
+        })
+    }
+
+    /// Starts a node on the bed (`extra`: more top-level configuration keys); with its
+    /// metrics port.
+    fn node(&self, extra: &str) -> (Node, u16) {
+        let metrics_port = free_port();
+        let cfg = NodeConfig::parse(&format!(
+            r#"
 id = 1
-interface = "{if_node}"
+interface = "{}"
 mac = "02:f5:00:00:00:01"
 inside_next_hop = "02:f5:00:00:01:00"
 outside_next_hop = "02:f5:00:00:02:00"
 controller = "127.0.0.1:{}"
 transfer_listen = "127.0.0.1:{}"
 metrics_listen = "127.0.0.1:{metrics_port}"
+{extra}
 [[peers]]
 id = 2
 mac = "02:f5:00:00:00:02"
@@ -218,24 +243,42 @@ transfer = "127.0.0.1:{}"
 [nat]
 groups = [{{ external = "198.18.0.1", subscribers = "100.64.0.0/16" }}]
 "#,
-        free_port(),
-        free_port(),
-        free_port()
-    ))
-    .unwrap();
-    let sock = in_netns(&ns_node, || AfPacket::open(&SocketConfig::from_node(&cfg))).unwrap();
-    let node = Node::start_with_socket(cfg, sock).unwrap();
-    let inj_sock = in_netns(&ns_inj, || {
-        AfPacket::open(&SocketConfig {
-            interface: if_inj.clone(),
-            vnet_hdr: true,
-            block_size: 1 << 20,
-            blocks: 32,
-            qdisc_bypass: false,
+            self.if_node,
+            free_port(),
+            free_port(),
+            free_port()
+        ))
+        .unwrap();
+        let sock = in_netns(&self.ns_node, || {
+            AfPacket::open(&SocketConfig::from_node(&cfg))
         })
-    })
-    .unwrap();
-    let mut inj = Injector { sock: inj_sock };
+        .unwrap();
+        (Node::start_with_socket(cfg, sock).unwrap(), metrics_port)
+    }
+
+    /// The injector's socket on the other end.
+    fn injector(&self) -> Injector {
+        let sock = in_netns(&self.ns_inj, || {
+            AfPacket::open(&SocketConfig {
+                interface: self.if_inj.clone(),
+                vnet_hdr: true,
+                block_size: 1 << 20,
+                blocks: 32,
+                qdisc_bypass: false,
+            })
+        })
+        .unwrap();
+        Injector { sock }
+    }
+}
+
+#[test]
+fn node_translates_frames_on_a_veth_between_namespaces() {
+    let Some(bed) = Bed::new("node_translates_frames_on_a_veth_between_namespaces") else {
+        return;
+    };
+    let (node, metrics_port) = bed.node("");
+    let mut inj = bed.injector();
     let plain = VnetHdr::default();
 
     // 1. Outbound SYN: translated, sent to the outside next hop from the node's MAC.
@@ -343,4 +386,88 @@ groups = [{{ external = "198.18.0.1", subscribers = "100.64.0.0/16" }}]
         fin.counters["tx_queue_full"],
         fin.counters["idle_sleeps"]
     );
+}
+
+/// CPU seconds (user + system) of this process's threads named `name`, from
+/// /proc/self/task/*/stat (clock-tick resolution).
+fn thread_cpu_by_name(name: &str) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut total = 0.0;
+    for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let p = e.path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+        total += ticks / hz;
+    }
+    total
+}
+
+/// CPU seconds of the whole process (getrusage).
+fn process_cpu() -> f64 {
+    // SAFETY: plain data, filled by the call.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid rusage to fill.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Round trips of single frames sent `spacing` apart through an otherwise idle node.
+fn lone_frame_rtts(inj: &mut Injector, n: usize, spacing: Duration) -> Vec<Duration> {
+    let plain = VnetHdr::default();
+    let probe = udp_frame(INSIDE, NODE1, SUB, 7100, SERVER, 9, &[0u8; 18]);
+    inj.send(&[(plain, probe.clone())]);
+    assert_eq!(inj.recv(1, Duration::from_secs(3)).len(), 1, "flow set up");
+    let mut rtts = Vec::with_capacity(n);
+    for _ in 0..n {
+        std::thread::sleep(spacing);
+        let t = Instant::now();
+        inj.send(&[(plain, probe.clone())]);
+        let got = inj.recv(1, Duration::from_secs(1));
+        assert_eq!(got.len(), 1, "lone frame came back");
+        rtts.push(t.elapsed());
+    }
+    rtts.sort();
+    rtts
+}
+
+#[test]
+fn idle_cpu_and_lone_frame_latency() {
+    let Some(bed) = Bed::new("idle_cpu_and_lone_frame_latency") else {
+        return;
+    };
+    let secs: f64 = std::env::var("FLOWSHIFT_IDLE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    for (mode, extra) in [("adaptive", ""), ("spin 1 s", "busy_poll = 1000000")] {
+        let (node, _) = bed.node(extra);
+        let mut inj = bed.injector();
+        std::thread::sleep(Duration::from_millis(300));
+        let (t0, p0) = (thread_cpu_by_name("fs-packet"), process_cpu());
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let (t1, p1) = (thread_cpu_by_name("fs-packet"), process_cpu());
+        let rtts = lone_frame_rtts(&mut inj, 50, Duration::from_millis(10));
+        let q = |p: f64| rtts[((rtts.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
+        eprintln!(
+            "{mode}: idle {secs} s: packet thread {:.3} s CPU ({:.1}% of a core), process {:.3} s; \
+             lone-frame round trip p50 {:.3} ms p90 {:.3} ms max {:.3} ms",
+            t1 - t0,
+            (t1 - t0) / secs * 100.0,
+            p1 - p0,
+            q(0.5),
+            q(0.9),
+            q(1.0)
+        );
+        node.shutdown().unwrap();
+    }
 }
