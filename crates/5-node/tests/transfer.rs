@@ -118,7 +118,7 @@ fn freeze_copy_over_loopback_tcp_moves_every_state() {
         );
         let now = clock();
         for (e, cap) in [(&mut a, &mut cap_a), (&mut b, &mut cap_b)] {
-            e.poll_transfer_in(now, cap);
+            e.poll_side(now, cap);
             e.handle_timeout(now, cap);
         }
         // The switch: A's chained frames go to B.
