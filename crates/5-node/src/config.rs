@@ -160,8 +160,10 @@ pub struct NodeConfig {
     #[serde(default = "default_spin_us", alias = "busy_poll")]
     pub spin_us: u32,
     /// Transfer frames and controller commands (together) the packet thread handles per loop
-    /// iteration before it reads the ring again, 1..=1024 (default 8): bounds how long a burst
-    /// of state-transfer batches can keep the ring waiting (`max_poll_gap_us`).
+    /// iteration before it reads the ring again, 1..=1024 (default 4): bounds how long a burst
+    /// of state-transfer batches can keep the ring waiting (`max_poll_gap_us`). One item can
+    /// cost about a millisecond (a 512-record batch imported, or the next one exported when
+    /// its predecessor is acknowledged), so the default keeps a burst's stall to a few ms.
     #[serde(default = "default_side_budget")]
     pub side_budget: u32,
     /// CPU to pin the packet thread to (default: not pinned).
@@ -203,7 +205,7 @@ fn default_spin_us() -> u32 {
     50
 }
 fn default_side_budget() -> u32 {
-    8
+    4
 }
 
 /// Why a configuration cannot be used.

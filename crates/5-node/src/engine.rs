@@ -511,8 +511,8 @@ impl Engine {
 
     // ------------------------------------------------------------------------------ status
 
-    /// The node's status (every counter; see [`crate::stats`] for the names). The CPU
-    /// counters `cpu_packet_thread_us` are the calling thread's: call it on the packet thread.
+    /// The node's status (every counter; see [`crate::stats`] for the names). The counters
+    /// `cpu_packet_thread_*` are the calling thread's: call it on the packet thread.
     pub fn status(&self, now: Instant) -> NodeStatus {
         let nat = self.inst.nat();
         let groups = nat
@@ -568,6 +568,10 @@ impl Engine {
             us(crate::sys::thread_cpu_time()),
         );
         counters.insert("cpu_process_us".into(), us(crate::sys::process_cpu_time()));
+        counters.insert(
+            "cpu_packet_thread_preemptions".into(),
+            crate::sys::thread_preemptions(),
+        );
         NodeStatus {
             id: self.id,
             uptime_s: now.as_secs_f64(),

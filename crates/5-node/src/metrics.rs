@@ -40,6 +40,8 @@ fn help_for(name: &str) -> String {
         "state-transfer service counter"
     } else if name.starts_with("control_") {
         "controller connection counter"
+    } else if name.starts_with("cpu_") {
+        "CPU accounting of the node process"
     } else if name.starts_with("max_poll_gap") || name.starts_with("poll_gaps") {
         "packet loop: time from one ring read to the next, spent on other work (not asleep)"
     } else {

@@ -16,7 +16,9 @@
 //!   `max_poll_gap_us` (longest gap since start) and `max_poll_gap_migrating_us` (longest
 //!   gap that ended while a migration was running here);
 //! * CPU time, µs: `cpu_packet_thread_us` (the packet thread, `CLOCK_THREAD_CPUTIME_ID`) and
-//!   `cpu_process_us` (the whole node process, `CLOCK_PROCESS_CPUTIME_ID`).
+//!   `cpu_process_us` (the whole node process, `CLOCK_PROCESS_CPUTIME_ID`), and
+//!   `cpu_packet_thread_preemptions` (involuntary context switches of the packet thread: on
+//!   a shared machine they, not the node's own work, are often behind a long poll gap).
 
 use flowshift_control::api::NodeStatus;
 use serde::Serialize;

@@ -117,3 +117,13 @@ pub fn thread_cpu_time() -> Duration {
 pub fn process_cpu_time() -> Duration {
     clock(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
+
+/// Times the calling thread was preempted: involuntary context switches
+/// (`getrusage(RUSAGE_THREAD)`, `ru_nivcsw`).
+pub fn thread_preemptions() -> u64 {
+    // SAFETY: plain data, filled by the call.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid rusage to fill; on failure it stays zero.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    ru.ru_nivcsw.max(0) as u64
+}

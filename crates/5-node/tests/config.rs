@@ -50,7 +50,7 @@ fn the_plans_example_parses_with_defaults() {
     assert_eq!((c.ring_block_kib, c.ring_blocks, c.batch), (256, 64, 64));
     assert_eq!(c.spin_us, 50);
     assert_eq!(c.poll, PollMode::Adaptive);
-    assert_eq!(c.side_budget, 8);
+    assert_eq!(c.side_budget, 4);
     assert_eq!(c.cpu, None);
     // The instance builds, with the fictive states installed.
     let inst = c.build_instance().unwrap();

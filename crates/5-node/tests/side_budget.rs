@@ -84,4 +84,5 @@ fn the_status_carries_poll_gaps_and_cpu_time() {
     assert_eq!(c("idle_sleeps"), 1);
     assert!(c("cpu_packet_thread_us") > 0);
     assert!(c("cpu_process_us") >= c("cpu_packet_thread_us"));
+    assert!(st.counters.contains_key("cpu_packet_thread_preemptions"));
 }
