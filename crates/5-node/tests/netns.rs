@@ -224,6 +224,11 @@ impl Bed {
     /// Starts a node on the bed (`extra`: more top-level configuration keys); with its
     /// metrics port.
     fn node(&self, extra: &str) -> (Node, u16) {
+        self.node_with_controller(extra, free_port())
+    }
+
+    /// As [`Bed::node`], the node's controller at 127.0.0.1:`controller`.
+    fn node_with_controller(&self, extra: &str, controller: u16) -> (Node, u16) {
         let metrics_port = free_port();
         let cfg = NodeConfig::parse(&format!(
             r#"
@@ -232,7 +237,7 @@ interface = "{}"
 mac = "02:f5:00:00:00:01"
 inside_next_hop = "02:f5:00:00:01:00"
 outside_next_hop = "02:f5:00:00:02:00"
-controller = "127.0.0.1:{}"
+controller = "127.0.0.1:{controller}"
 transfer_listen = "127.0.0.1:{}"
 metrics_listen = "127.0.0.1:{metrics_port}"
 {extra}
@@ -244,7 +249,6 @@ transfer = "127.0.0.1:{}"
 groups = [{{ external = "198.18.0.1", subscribers = "100.64.0.0/16" }}]
 "#,
             self.if_node,
-            free_port(),
             free_port(),
             free_port()
         ))
@@ -422,10 +426,53 @@ fn lone_frame_rtts(inj: &mut Injector, n: usize, spacing: Duration) -> Vec<Durat
     rtts
 }
 
+/// Round trips of `n` status requests `spacing` apart from a fake controller on `l` (the
+/// node connects to it and says hello first).
+fn command_round_trips(l: &TcpListener, n: u64, spacing: Duration) -> Vec<Duration> {
+    use flowshift_control::api::{
+        ControllerToNode, NodeRequest, NodeToController, decode_line, encode_line,
+    };
+    use std::io::BufRead;
+    let (s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let mut recv = || {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "node closed the connection"
+        );
+        decode_line::<NodeToController>(line.trim_end().as_bytes()).unwrap()
+    };
+    assert!(matches!(recv(), NodeToController::Hello { .. }));
+    let mut rtts = Vec::new();
+    for req in 1..=n {
+        std::thread::sleep(spacing);
+        let t = Instant::now();
+        w.write_all(&encode_line(&ControllerToNode::Request {
+            req,
+            body: NodeRequest::Status,
+        }))
+        .unwrap();
+        loop {
+            if let NodeToController::Reply { req: got, result } = recv() {
+                assert_eq!(got, req);
+                assert!(result.is_ok());
+                break;
+            }
+        }
+        rtts.push(t.elapsed());
+    }
+    rtts.sort();
+    rtts
+}
+
 /// An idle node, adaptive and busy: the packet thread's CPU time over an idle window (from
 /// the node's own counters; `FLOWSHIFT_IDLE_SECS`, default 2 s), then round trips of lone
 /// frames 10 ms apart (each round trip includes the node's ring and the injector's ring, each
-/// handing a block over at most 1 ms after its first frame).
+/// handing a block over at most 1 ms after its first frame), and round trips of controller
+/// requests (the control client wakes a blocked packet loop).
 #[test]
 fn idle_cpu_and_lone_frame_latency() {
     let Some(bed) = Bed::new("idle_cpu_and_lone_frame_latency") else {
@@ -436,7 +483,9 @@ fn idle_cpu_and_lone_frame_latency() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
     for mode in ["adaptive", "busy"] {
-        let (node, _) = bed.node(&format!("poll = \"{mode}\""));
+        let ctl_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ctl_port = ctl_listener.local_addr().unwrap().port();
+        let (node, _) = bed.node_with_controller(&format!("poll = \"{mode}\""), ctl_port);
         let mut inj = bed.injector();
         // Past start-up, and two publications apart so the snapshot has moved.
         std::thread::sleep(Duration::from_millis(300));
@@ -454,11 +503,14 @@ fn idle_cpu_and_lone_frame_latency() {
         let rtts = lone_frame_rtts(&mut inj, 50, Duration::from_millis(10));
         let q = |p: f64| rtts[((rtts.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
         let share = (t1 - t0) / (u1 - u0);
+        let cmds = command_round_trips(&ctl_listener, 20, Duration::from_millis(20));
+        let c = |p: f64| cmds[((cmds.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
         let st = node.shutdown().unwrap();
         eprintln!(
             "{mode}: idle {:.2} s: packet thread {:.4} s CPU ({:.2}% of a core; process, \
              every test of this binary included: {:.3} s); lone-frame round trip p50 {:.3} ms \
-             p90 {:.3} ms max {:.3} ms; idle sleeps {}, max poll gap {} us",
+             p90 {:.3} ms max {:.3} ms; controller request round trip p50 {:.3} ms max {:.3} ms; \
+             idle sleeps {}, max poll gap {} us",
             u1 - u0,
             t1 - t0,
             share * 100.0,
@@ -466,6 +518,8 @@ fn idle_cpu_and_lone_frame_latency() {
             q(0.5),
             q(0.9),
             q(1.0),
+            c(0.5),
+            c(1.0),
             st.counters["idle_sleeps"],
             st.counters["max_poll_gap_us"],
         );
@@ -476,6 +530,8 @@ fn idle_cpu_and_lone_frame_latency() {
                     "an idle adaptive node used {share:.3} of a core"
                 );
                 assert!(q(0.5) < 20.0, "lone frames take {:.1} ms", q(0.5));
+                // Queued commands wake a blocked loop (it would otherwise sleep up to 100 ms).
+                assert!(c(0.5) < 20.0, "requests take {:.1} ms", c(0.5));
             }
             _ => assert_eq!(st.counters["idle_sleeps"], 0, "busy mode never sleeps"),
         }
