@@ -10,7 +10,8 @@
 //! transfer_listen = "198.19.0.11:6800"     # state-transfer TCP listener
 //! metrics_listen = "198.19.0.11:9100"      # Prometheus GET /metrics (optional; omit = off)
 //! vnet_hdr = true                          # PACKET_VNET_HDR (GSO frames pass); default true
-//! # optional I/O tuning: ring_block_kib, ring_blocks, batch, busy_poll, cpu, qdisc_bypass
+//! # optional I/O tuning: ring_block_kib, ring_blocks, batch, cpu, qdisc_bypass, and the
+//! # packet loop: poll = "adaptive" | "busy", spin_us (alias busy_poll), side_budget
 //! [[peers]]                                # every other node
 //! id = 2
 //! mac = "02:f5:00:00:00:02"
@@ -25,6 +26,7 @@
 //! seed = 1
 //! ```
 
+use crate::pacing::PollMode;
 use flowshift_migration::{Instance, InstanceId, MigrationConfig, Params};
 use flowshift_nat::{Nat, NatConfig};
 use flowshift_wire::Instant;
@@ -146,11 +148,24 @@ pub struct NodeConfig {
     /// Packets per NAT batch and per `sendmmsg` call, 1..=1024 (default 64).
     #[serde(default = "default_batch")]
     pub batch: u32,
-    /// Microseconds the packet thread keeps polling after its last work before it sleeps in
-    /// poll(2) (at most 1 ms at a time, or until the next timer). 0 sleeps at once; large
-    /// values burn a core (default 50, which suits a 2-core testbed).
-    #[serde(default = "default_busy_poll")]
-    pub busy_poll: u32,
+    /// How the packet thread waits for work: `"adaptive"` (spin `spin_us`, then block in
+    /// poll(2) until a ring block, a queued command or transfer frame, or the next timer) or
+    /// `"busy"` (never block; one core at 100%). Default adaptive; see [`crate::pacing`].
+    #[serde(default)]
+    pub poll: PollMode,
+    /// Adaptive polling: microseconds the packet thread keeps spinning after its last work
+    /// before it blocks in poll(2), 0..=1000000. 0 blocks at once; large values burn a core
+    /// (default 50, which suits a 2-core testbed). Also accepted under its former name
+    /// `busy_poll`.
+    #[serde(default = "default_spin_us", alias = "busy_poll")]
+    pub spin_us: u32,
+    /// Transfer frames and controller commands (together) the packet thread handles per loop
+    /// iteration before it reads the ring again, 1..=1024 (default 4): bounds how long a burst
+    /// of state-transfer batches can keep the ring waiting (`max_poll_gap_us`). One item can
+    /// cost about a millisecond (a 512-record batch imported, or the next one exported when
+    /// its predecessor is acknowledged), so the default keeps a burst's stall to a few ms.
+    #[serde(default = "default_side_budget")]
+    pub side_budget: u32,
     /// CPU to pin the packet thread to (default: not pinned).
     #[serde(default)]
     pub cpu: Option<usize>,
@@ -186,8 +201,11 @@ fn default_ring_blocks() -> u32 {
 fn default_batch() -> u32 {
     64
 }
-fn default_busy_poll() -> u32 {
+fn default_spin_us() -> u32 {
     50
+}
+fn default_side_budget() -> u32 {
+    4
 }
 
 /// Why a configuration cannot be used.
@@ -305,8 +323,14 @@ impl NodeConfig {
         if self.batch == 0 || self.batch > 1024 {
             return bad(format!("batch {}: 1 to 1024", self.batch));
         }
-        if self.busy_poll > 1_000_000 {
-            return bad(format!("busy_poll {} us: at most 1 s", self.busy_poll));
+        if self.spin_us > 1_000_000 {
+            return bad(format!(
+                "spin_us (busy_poll) {} us: at most 1 s",
+                self.spin_us
+            ));
+        }
+        if self.side_budget == 0 || self.side_budget > 1024 {
+            return bad(format!("side_budget {}: 1 to 1024", self.side_budget));
         }
         self.nat
             .validate()

@@ -100,6 +100,25 @@ pub fn link(commands: usize, events: usize, waker: Arc<Waker>) -> (ControlLink, 
     )
 }
 
+impl ControlEnds {
+    /// Queues a request for the packet thread and wakes it, as the client does for each
+    /// request it reads; the channel its answer arrives on, or `None` if the queue is full.
+    pub fn submit(&self, body: NodeRequest) -> Option<Receiver<Result<ReplyBody, String>>> {
+        queue_command(&self.commands, &self.waker, body)
+    }
+}
+
+fn queue_command(
+    commands: &SyncSender<Command>,
+    waker: &Waker,
+    body: NodeRequest,
+) -> Option<Receiver<Result<ReplyBody, String>>> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    commands.try_send(Command { body, reply: tx }).ok()?;
+    waker.wake();
+    Some(rx)
+}
+
 /// Who the node is, for the hello.
 #[derive(Clone, Copy, Debug)]
 pub struct Identity {
@@ -299,16 +318,10 @@ fn execute(
     body: NodeRequest,
     c: &ControlCounters,
 ) -> Result<ReplyBody, String> {
-    let (tx, rx) = mpsc::sync_channel(1);
-    if packet_thread
-        .commands
-        .try_send(Command { body, reply: tx })
-        .is_err()
-    {
+    let Some(rx) = queue_command(packet_thread.commands, packet_thread.waker, body) else {
         c.control_request_failures.inc();
         return Err("node busy: command queue full".into());
-    }
-    packet_thread.waker.wake();
+    };
     rx.recv_timeout(REPLY_TIMEOUT).unwrap_or_else(|_| {
         c.control_request_failures.inc();
         Err("node did not answer in time".into())

@@ -11,9 +11,13 @@
 //!   to the [`TransferLink`]; migration events are logged and queued for the controller;
 //!   the NAT's port-block events are written as mapping-log lines (target
 //!   `flowshift::mapping`).
-//! * [`Engine::poll_transfer_in`] and [`Engine::poll_commands`] take what the side threads
-//!   queued; [`Engine::handle_timeout`] runs due timers; [`Engine::publish`] replaces the
+//! * [`Engine::poll_side`] takes what the side threads queued (controller commands first,
+//!   then received transfer frames), at most `side_budget` items per call so the ring is read
+//!   again soon; [`Engine::handle_timeout`] runs due timers; [`Engine::publish`] replaces the
 //!   shared status snapshot.
+//! * The loop reports where its ring stages start and end ([`Engine::ring_start`],
+//!   [`Engine::ring_done`], [`Engine::note_sleep`]); the engine keeps the poll-gap counters
+//!   ([`crate::pacing::GapMeter`]) and notes whether a migration is running.
 //!
 //! Time is the caller's: a [`flowshift_wire::Instant`] (ns since the node started).
 
@@ -22,11 +26,13 @@ use crate::control::{Command, ControlLink, Outgoing};
 use crate::frame::{
     self, Class, ETH_HLEN, ETHERTYPE_CHAIN, ETHERTYPE_IPV4, FrameSink, Peers, RxFrame, TxFrame,
 };
+use crate::pacing::GapMeter;
 use crate::stats::{ControlCounters, IoCounters, SnapshotCell, TransferCounters, add_counters};
 use crate::transfer::TransferLink;
 use flowshift_control::api::{GroupStatus, NodeMigration, NodeRequest, NodeStatus, ReplyBody};
 use flowshift_migration::{
     AbortOutcome, Direction, Ingress, Instance, InstanceId, LossCause, MigrationId, Output, Params,
+    Phase,
 };
 use flowshift_nat::{BlockAction, DropReason, GroupMode};
 use flowshift_wire::Instant;
@@ -42,8 +48,6 @@ const POOL_MAX: usize = 1024;
 const POOL_BUF_MAX: usize = 128 << 10;
 /// Capacity of a fresh packet buffer (an MTU-sized packet and its trailer).
 const BUF_INITIAL: usize = 2048;
-/// Transfer frames or commands taken per call.
-const SIDE_BUDGET: usize = 64;
 /// Times a full socket is waited for (1 ms each) before the rest of a batch is dropped.
 const TX_WAITS: u32 = 2;
 
@@ -79,6 +83,9 @@ pub struct Engine {
     io: IoCounters,
     links: Links,
     next_timeout: Instant,
+    side_budget: usize,
+    gaps: GapMeter,
+    migrating: bool,
 }
 
 impl Engine {
@@ -107,7 +114,11 @@ impl Engine {
             pool: Vec::new(),
             io: IoCounters::default(),
             links,
+            side_budget: cfg.side_budget.clamp(1, 1024) as usize,
+            gaps: GapMeter::default(),
+            migrating: false,
         };
+        e.note_migrations();
         e.publish(Instant::ZERO);
         e
     }
@@ -133,9 +144,40 @@ impl Engine {
         self.io.rx_ring_freezes += freezes;
     }
 
-    /// Counts one sleep of the packet loop.
-    pub fn note_idle_sleep(&mut self) {
+    /// The packet loop blocked in poll(2) from `from` to `to` (counted; excluded from the
+    /// poll gap).
+    pub fn note_sleep(&mut self, from: Instant, to: Instant) {
         self.io.idle_sleeps += 1;
+        self.gaps.slept(from, to);
+    }
+
+    /// A ring stage (frames read and handed to the instance) starts at `now`: records the
+    /// gap since the previous one ended, if any.
+    pub fn ring_start(&mut self, now: Instant) -> Option<Duration> {
+        self.gaps.ring_start(now, self.migrating)
+    }
+
+    /// A ring stage ended at `now`.
+    pub fn ring_done(&mut self, now: Instant) {
+        self.gaps.ring_done(now);
+    }
+
+    /// The poll-gap counters.
+    pub fn gaps(&self) -> &GapMeter {
+        &self.gaps
+    }
+
+    /// True while a migration this node takes part in has not finished.
+    pub fn migrating(&self) -> bool {
+        self.migrating
+    }
+
+    fn note_migrations(&mut self) {
+        self.migrating = self
+            .inst
+            .migrations()
+            .iter()
+            .any(|(_, _, p)| !matches!(p, Phase::Done | Phase::Aborted));
     }
 
     // ------------------------------------------------------------------------------ receive
@@ -209,10 +251,24 @@ impl Engine {
         self.drain(now, sink);
     }
 
-    /// Feeds up to a budget of received transfer frames to the instance; how many.
-    pub fn poll_transfer_in<S: FrameSink>(&mut self, now: Instant, sink: &mut S) -> usize {
+    /// The side threads' work for one loop iteration: queued controller commands first
+    /// (rare, and a cutover waits on them), then received transfer frames, at most
+    /// `side_budget` items together; how many were handled. What is left waits for the next
+    /// iteration, after the ring has been read again.
+    pub fn poll_side<S: FrameSink>(&mut self, now: Instant, sink: &mut S) -> usize {
+        let n = self.poll_commands(now, self.side_budget, sink);
+        n + self.poll_transfer_in(now, self.side_budget - n, sink)
+    }
+
+    /// Feeds up to `max` received transfer frames to the instance; how many.
+    pub fn poll_transfer_in<S: FrameSink>(
+        &mut self,
+        now: Instant,
+        max: usize,
+        sink: &mut S,
+    ) -> usize {
         let mut n = 0;
-        while n < SIDE_BUDGET {
+        while n < max {
             let Some((from, bytes)) = self.links.transfer.try_recv() else {
                 break;
             };
@@ -222,13 +278,17 @@ impl Engine {
             }
             self.drain(now, sink);
         }
+        if n > 0 {
+            // A `Prepare` starts a migration here without an event.
+            self.note_migrations();
+        }
         n
     }
 
-    /// Serves up to a budget of queued controller commands; how many.
-    pub fn poll_commands<S: FrameSink>(&mut self, now: Instant, sink: &mut S) -> usize {
+    /// Serves up to `max` queued controller commands; how many.
+    pub fn poll_commands<S: FrameSink>(&mut self, now: Instant, max: usize, sink: &mut S) -> usize {
         let mut n = 0;
-        while n < SIDE_BUDGET {
+        while n < max {
             let Ok(Command { body, reply }) = self.links.control.commands.try_recv() else {
                 break;
             };
@@ -254,6 +314,12 @@ impl Engine {
 
     /// Executes one controller request.
     pub fn command(&mut self, now: Instant, body: NodeRequest) -> Result<ReplyBody, String> {
+        let r = self.execute(now, body);
+        self.note_migrations();
+        r
+    }
+
+    fn execute(&mut self, now: Instant, body: NodeRequest) -> Result<ReplyBody, String> {
         match body {
             NodeRequest::StartMigration {
                 external,
@@ -351,7 +417,9 @@ impl Engine {
                 self.io.transfer_out_refused += 1;
             }
         }
+        let mut events = false;
         while let Some(event) = self.inst.poll_event() {
+            events = true;
             info!(
                 target: "flowshift::migration",
                 at_ns = now.as_nanos(),
@@ -384,6 +452,9 @@ impl Engine {
                     "port block"
                 ),
             }
+        }
+        if events {
+            self.note_migrations();
         }
         self.next_timeout = self.inst.poll_timeout();
     }
@@ -440,7 +511,8 @@ impl Engine {
 
     // ------------------------------------------------------------------------------ status
 
-    /// The node's status (every counter; see [`crate::stats`] for the names).
+    /// The node's status (every counter; see [`crate::stats`] for the names). The counters
+    /// `cpu_packet_thread_*` are the calling thread's: call it on the packet thread.
     pub fn status(&self, now: Instant) -> NodeStatus {
         let nat = self.inst.nat();
         let groups = nat
@@ -489,6 +561,17 @@ impl Engine {
         add_counters(&mut counters, "", &self.io);
         add_counters(&mut counters, "", &*self.links.transfer_counters);
         add_counters(&mut counters, "", &*self.links.control_counters);
+        counters.extend(self.gaps.counters());
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        counters.insert(
+            "cpu_packet_thread_us".into(),
+            us(crate::sys::thread_cpu_time()),
+        );
+        counters.insert("cpu_process_us".into(), us(crate::sys::process_cpu_time()));
+        counters.insert(
+            "cpu_packet_thread_preemptions".into(),
+            crate::sys::thread_preemptions(),
+        );
         NodeStatus {
             id: self.id,
             uptime_s: now.as_secs_f64(),

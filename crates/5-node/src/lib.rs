@@ -8,7 +8,8 @@
 //!            AF_PACKET (TPACKET_V3 RX ring, sendmmsg TX)
 //!                          |
 //!   +----------------------+-----------------------+
-//!   | packet thread (busy-poll, owns the Instance) |---- snapshot every 100 ms --> /metrics
+//!   | packet thread (spin, then poll(2); owns the  |---- snapshot every 100 ms --> /metrics
+//!   | Instance; an eventfd wakes it for the side)  |
 //!   +----------------------------------------------+                             control hello
 //!     | frames out  ^ frames in       | events  ^ commands (with a reply channel)
 //!     v (per peer)  | (one queue)     v         |
@@ -19,6 +20,7 @@
 //! * [`engine::Engine`]: the packet thread's work without the socket (classification,
 //!   batching, the driver contract of the instance, commands, status), so it can be tested
 //!   without privileges; [`node`] runs it against an [`afpacket::AfPacket`] socket.
+//! * [`pacing`]: the loop's spin-then-block decision and its poll-gap meter (sans-IO).
 //! * [`afpacket`]: the socket, its receive ring and batched sends.
 //! * [`frame`]: the frame formats between switch and node, and the partial-checksum repair for
 //!   GSO frames.
@@ -39,6 +41,7 @@ pub mod frame;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod pacing;
 pub mod signals;
 pub mod stats;
 pub mod sys;

@@ -5,6 +5,10 @@
 //! * every status counter `<name>` as `flowshift_<name>_total` (counter), except
 //! * `drop_<reason>` as `flowshift_nat_drops_total{reason="<reason>"}` and `loss_<cause>` as
 //!   `flowshift_migration_losses_total{cause="<cause>"}`;
+//! * high-water marks `max_<name>` as gauges `flowshift_max_<name>` (`flowshift_max_poll_gap_us`,
+//!   `flowshift_max_poll_gap_migrating_us`);
+//! * CPU times `cpu_<what>_us` in seconds, as `flowshift_cpu_<what>_seconds_total`
+//!   (`flowshift_cpu_packet_thread_seconds_total`, `flowshift_cpu_process_seconds_total`);
 //! * gauges `flowshift_uptime_seconds`, `flowshift_mappings`, `flowshift_sessions`,
 //!   `flowshift_group_mappings{external}`, `flowshift_group_sessions{external}`,
 //!   `flowshift_group_mode{external,mode}` (1 for the current mode) and
@@ -36,6 +40,10 @@ fn help_for(name: &str) -> String {
         "state-transfer service counter"
     } else if name.starts_with("control_") {
         "controller connection counter"
+    } else if name.starts_with("cpu_") {
+        "CPU accounting of the node process"
+    } else if name.starts_with("max_poll_gap") || name.starts_with("poll_gaps") {
+        "packet loop: time from one ring read to the next, spent on other work (not asleep)"
     } else {
         "packet I/O counter"
     };
@@ -85,6 +93,28 @@ pub fn render(s: &NodeStatus) -> String {
             drops.push((format!("reason=\"{r}\""), v));
         } else if let Some(c) = name.strip_prefix("loss_") {
             losses.push((format!("cause=\"{c}\""), v));
+        } else if name.starts_with("max_") {
+            family(
+                &mut o,
+                &format!("flowshift_{name}"),
+                "gauge",
+                &help_for(name),
+                [(String::new(), v)],
+            );
+        } else if let Some(what) = name
+            .strip_prefix("cpu_")
+            .and_then(|n| n.strip_suffix("_us"))
+        {
+            family(
+                &mut o,
+                &format!("flowshift_cpu_{what}_seconds_total"),
+                "counter",
+                &format!(
+                    "CPU time (user + system) of the {}, seconds.",
+                    what.replace('_', " ")
+                ),
+                [(String::new(), v as f64 / 1e6)],
+            );
         } else {
             family(
                 &mut o,
@@ -260,6 +290,9 @@ mod tests {
             }],
             counters: BTreeMap::from([
                 ("rx_packets".to_string(), 10),
+                ("max_poll_gap_us".to_string(), 250),
+                ("poll_gaps_over_100us".to_string(), 3),
+                ("cpu_packet_thread_us".to_string(), 1_500_000),
                 ("drop_no_mapping".to_string(), 2),
                 ("loss_group_halted".to_string(), 0),
             ]),
@@ -268,6 +301,11 @@ mod tests {
         for line in [
             "flowshift_uptime_seconds{node=\"3\"} 1.5",
             "flowshift_rx_packets_total 10",
+            "flowshift_max_poll_gap_us 250",
+            "# TYPE flowshift_max_poll_gap_us gauge",
+            "flowshift_poll_gaps_over_100us_total 3",
+            "flowshift_cpu_packet_thread_seconds_total 1.5",
+            "# TYPE flowshift_cpu_packet_thread_seconds_total counter",
             "flowshift_nat_drops_total{reason=\"no_mapping\"} 2",
             "flowshift_migration_losses_total{cause=\"group_halted\"} 0",
             "flowshift_mappings 7",

@@ -1,20 +1,31 @@
-//! The running node: threads, the busy-poll packet loop, shutdown.
+//! The running node: threads, the packet loop, shutdown.
 //!
 //! **Packet loop** (one thread, optionally pinned to `cpu`). Each iteration reads the clock
-//! once and: walks up to [`RX_BLOCKS_PER_ITERATION`] retired ring blocks into the engine
-//! (batches of `batch` packets per ingress), hands over the last partial batch, takes received
-//! transfer frames and controller commands, runs due timers, and every [`PUBLISH_INTERVAL`]
-//! reads the ring's drop counters and publishes the status. After `busy_poll` µs without work
-//! it sleeps in poll(2) on the socket and on a [`Waker`] that the transfer and control
-//! threads signal when they queue something, until the next timer or the next publication
-//! (at most [`MAX_IDLE_SLEEP`]). The kernel hands a ring block over at most 1 ms after its
-//! first frame, which wakes the loop: an idle node costs almost no CPU, a busy one never
-//! sleeps, and a lone packet waits at most about 1 ms in the ring.
+//! and:
+//! 1. *ring stage*: walks up to [`RX_BLOCKS_PER_ITERATION`] retired ring blocks into the
+//!    engine (batches of `batch` packets per ingress) and hands over the last partial batch;
+//! 2. *side work*: at most `side_budget` queued controller commands and received transfer
+//!    frames ([`Engine::poll_side`]), due timers, and every [`PUBLISH_INTERVAL`] the ring's
+//!    drop counters and the status publication;
+//! 3. *pacing* ([`crate::pacing::Pacer`]): with `poll = "adaptive"` (default), once
+//!    `spin_us` have passed without work it blocks in poll(2) on the socket and on a
+//!    [`Waker`] that the transfer readers and the control client signal whenever they queue
+//!    something, until the next timer or publication (at most [`MAX_SLEEP`]). The kernel
+//!    retires a ring block at most [`crate::afpacket::RETIRE_MS`] ms after its first frame,
+//!    which wakes the loop: an idle node costs ~0 CPU, a busy one never sleeps, and a lone
+//!    packet waits about 1 ms in the ring (as it does when spinning: only retired blocks are
+//!    visible). `poll = "busy"` never blocks.
+//!
+//! The time from the end of one ring stage to the start of the next, minus time blocked, is
+//! the poll gap (`max_poll_gap_us`, `poll_gaps_over_<b>us`; see [`crate::pacing::GapMeter`]).
+//! The packet thread's and the process's CPU time are published with the status
+//! (`cpu_packet_thread_us`, `cpu_process_us`).
 
 use crate::afpacket::{AfPacket, SocketConfig};
 use crate::config::NodeConfig;
 use crate::control::{self, Identity};
 use crate::engine::{Engine, Links};
+use crate::pacing::{MAX_SLEEP, Pacer, PollMode, Step};
 use crate::stats::{ControlCounters, SnapshotCell, TransferCounters};
 use crate::sys::Waker;
 use crate::transfer::{self, TransferService};
@@ -33,8 +44,6 @@ use tracing::{info, warn};
 pub const RX_BLOCKS_PER_ITERATION: usize = 8;
 /// How often the status snapshot and the ring counters are refreshed.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
-/// Longest sleep of an idle packet loop (it also bounds how long a shutdown takes).
-pub const MAX_IDLE_SLEEP: Duration = Duration::from_millis(100);
 /// Frames per peer waiting for the transfer writer, and received frames waiting for the
 /// packet thread.
 pub const TRANSFER_QUEUE: usize = 1024;
@@ -119,7 +128,8 @@ impl Node {
             .map(|l| crate::metrics::start(l, snapshot.clone(), stop.clone()))
             .transpose()?;
         let loop_cfg = LoopConfig {
-            busy_poll: Duration::from_micros(u64::from(cfg.busy_poll)),
+            poll: cfg.poll,
+            spin: Duration::from_micros(u64::from(cfg.spin_us)),
             cpu: cfg.cpu,
             waker,
         };
@@ -176,7 +186,8 @@ impl Node {
 }
 
 struct LoopConfig {
-    busy_poll: Duration,
+    poll: PollMode,
+    spin: Duration,
     cpu: Option<usize>,
     waker: Arc<Waker>,
 }
@@ -197,14 +208,15 @@ fn packet_loop(
     let clock =
         || Instant::from_nanos(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
     let (rx, tx) = sock.split();
-    let mut last_work = Instant::ZERO;
+    let mut pacer = Pacer::new(cfg.poll, cfg.spin, MAX_SLEEP);
     let mut next_publish = Instant::ZERO;
     while !stop.load(Ordering::Relaxed) {
         let now = clock();
+        engine.ring_start(now);
         let mut work = rx.poll(RX_BLOCKS_PER_ITERATION, |f| engine.rx_frame(now, f, tx));
         engine.flush_rx(now, tx);
-        work += engine.poll_transfer_in(now, tx);
-        work += engine.poll_commands(now, tx);
+        engine.ring_done(clock());
+        work += engine.poll_side(now, tx);
         engine.handle_timeout(now, tx);
         if now >= next_publish {
             match rx.stats() {
@@ -214,19 +226,12 @@ fn packet_loop(
             engine.publish(now);
             next_publish = now + PUBLISH_INTERVAL;
         }
-        if work > 0 {
-            last_work = now;
-        } else if now.saturating_since(last_work) >= cfg.busy_poll {
-            let sleep = engine
-                .next_timeout()
-                .saturating_since(now)
-                .min(next_publish.saturating_since(now))
-                .min(MAX_IDLE_SLEEP);
-            if !sleep.is_zero() {
-                engine.note_idle_sleep();
-                rx.wait(sleep, Some(&cfg.waker));
-                cfg.waker.clear();
-            }
+        let deadline = engine.next_timeout().min(next_publish);
+        if let Step::Sleep(d) = pacer.step(now, work, deadline) {
+            let from = clock();
+            rx.wait(d, Some(&cfg.waker));
+            cfg.waker.clear();
+            engine.note_sleep(from, clock());
         }
     }
     let now = clock();

@@ -10,7 +10,15 @@
 //! * `migration_<field>`: every field of [`flowshift_migration::InstanceCounters`];
 //! * the packet thread's [`IoCounters`] (`rx_*`, `tx_*`, ...), the transfer service's
 //!   [`TransferCounters`] (`transfer_*`) and the control client's [`ControlCounters`]
-//!   (`control_*`).
+//!   (`control_*`);
+//! * the packet loop's poll gaps ([`crate::pacing::GapMeter`]): `poll_gaps` (gaps measured),
+//!   `poll_gaps_over_<b>us` for b in 10, 100, 1000, 10000 (gaps longer than b µs),
+//!   `max_poll_gap_us` (longest gap since start) and `max_poll_gap_migrating_us` (longest
+//!   gap that ended while a migration was running here);
+//! * CPU time, µs: `cpu_packet_thread_us` (the packet thread, `CLOCK_THREAD_CPUTIME_ID`) and
+//!   `cpu_process_us` (the whole node process, `CLOCK_PROCESS_CPUTIME_ID`), and
+//!   `cpu_packet_thread_preemptions` (involuntary context switches of the packet thread: on
+//!   a shared machine they, not the node's own work, are often behind a long poll gap).
 
 use flowshift_control::api::NodeStatus;
 use serde::Serialize;
@@ -72,7 +80,7 @@ pub struct IoCounters {
     pub control_events_dropped: u64,
     /// Controller commands served.
     pub commands: u64,
-    /// Packet-loop iterations that slept in poll(2).
+    /// Times the packet loop blocked in poll(2).
     pub idle_sleeps: u64,
 }
 

@@ -89,6 +89,16 @@ pub struct TransferEnds {
     waker: Arc<Waker>,
 }
 
+impl TransferEnds {
+    /// Queues a frame received from `from` for the packet thread and wakes it, as a reader
+    /// does; false if the queue is full or gone.
+    pub fn deliver(&self, from: InstanceId, frame: Vec<u8>) -> bool {
+        let ok = self.inbound.try_send((from, frame)).is_ok();
+        self.waker.wake();
+        ok
+    }
+}
+
 /// Bounded queues for `peers`: `bound` frames per peer outwards and `bound` frames inwards;
 /// `waker` is signalled whenever a received frame is queued.
 pub fn link(peers: &[InstanceId], bound: usize, waker: Arc<Waker>) -> (TransferLink, TransferEnds) {

@@ -1,5 +1,6 @@
 //! Node configuration: the plan's example parses; mistakes are refused with clear messages.
 
+use flowshift_node::pacing::PollMode;
 use flowshift_node::{ConfigError, MacAddr, NodeConfig, load_config};
 
 const GOOD: &str = r#"
@@ -47,7 +48,9 @@ fn the_plans_example_parses_with_defaults() {
     // I/O defaults.
     assert!(c.vnet_hdr);
     assert_eq!((c.ring_block_kib, c.ring_blocks, c.batch), (256, 64, 64));
-    assert_eq!(c.busy_poll, 50);
+    assert_eq!(c.spin_us, 50);
+    assert_eq!(c.poll, PollMode::Adaptive);
+    assert_eq!(c.side_budget, 4);
     assert_eq!(c.cpu, None);
     // The instance builds, with the fictive states installed.
     let inst = c.build_instance().unwrap();
@@ -144,6 +147,21 @@ fn mistakes_are_refused_with_clear_messages() {
         ),
         (
             "vnet_hdr = true",
+            "vnet_hdr = true\nspin_us = 5000000",
+            "spin_us",
+        ),
+        (
+            "vnet_hdr = true",
+            "vnet_hdr = true\nside_budget = 0",
+            "side_budget",
+        ),
+        (
+            "vnet_hdr = true",
+            "vnet_hdr = true\npoll = \"sometimes\"",
+            "unknown variant",
+        ),
+        (
+            "vnet_hdr = true",
             "vnet_hdr = true\nbogus = 1",
             "unknown field",
         ),
@@ -179,4 +197,21 @@ fn mistakes_are_refused_with_clear_messages() {
     // Preloading more states than the table holds.
     let big = GOOD.replacen("[nat]", "[nat]\nmax_sessions = 1000", 1);
     assert!(err(&big).contains("exceed nat.max_sessions"));
+}
+
+#[test]
+fn packet_loop_keys_and_the_former_busy_poll_name() {
+    let with = |extra: &str| {
+        NodeConfig::parse(&GOOD.replace("vnet_hdr = true", &format!("vnet_hdr = true\n{extra}")))
+            .unwrap()
+    };
+    let c = with("poll = \"busy\"\nspin_us = 200\nside_budget = 32");
+    assert_eq!(
+        (c.poll, c.spin_us, c.side_budget),
+        (PollMode::Busy, 200, 32)
+    );
+    let c = with("poll = \"adaptive\"");
+    assert_eq!((c.poll, c.spin_us), (PollMode::Adaptive, 50));
+    // Configurations written before `spin_us` keep working.
+    assert_eq!(with("busy_poll = 120").spin_us, 120);
 }

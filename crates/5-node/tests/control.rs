@@ -81,7 +81,7 @@ fn requests_replies_events_and_reconnection() {
         let t0 = std::time::Instant::now();
         while !stop2.load(Ordering::Relaxed) {
             let now = Instant::from_nanos(t0.elapsed().as_nanos() as u64);
-            e.poll_commands(now, &mut cap);
+            e.poll_side(now, &mut cap);
             e.handle_timeout(now, &mut cap);
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -154,63 +154,93 @@ impl Injector {
     }
 }
 
-#[test]
-fn node_translates_frames_on_a_veth_between_namespaces() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "SKIPPED node_translates_frames_on_a_veth_between_namespaces: needs root (network namespaces, AF_PACKET)"
-        );
-        return;
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!(
-            "SKIPPED node_translates_frames_on_a_veth_between_namespaces: iproute2 (`ip`) not installed"
-        );
-        return;
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let tag = format!("{:04x}", (std::process::id() ^ nanos) & 0xffff);
-    let (ns_node, ns_inj) = (format!("fsT{tag}-n"), format!("fsT{tag}-i"));
-    let (if_node, if_inj) = (format!("fst{tag}n"), format!("fst{tag}i"));
-    let _cleanup = Namespaces(vec![ns_node.clone(), ns_inj.clone()]);
-    for ns in [&ns_node, &ns_inj] {
-        assert!(ip(&["netns", "add", ns]), "ip netns add {ns}");
-        // Keep the link quiet (no IPv6 neighbour discovery on it).
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-q",
-                "-w",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ])
-            .status();
-    }
-    assert!(ip(&[
-        "link", "add", &if_node, "netns", &ns_node, "type", "veth", "peer", "name", &if_inj,
-        "netns", &ns_inj
-    ]));
-    assert!(ip(&["-n", &ns_node, "link", "set", &if_node, "up"]));
-    assert!(ip(&["-n", &ns_inj, "link", "set", &if_inj, "up"]));
+/// Two namespaces joined by a veth pair: the node's end and the injector's end. Removed (with
+/// the pair) when dropped.
+struct Bed {
+    ns_node: String,
+    ns_inj: String,
+    if_node: String,
+    if_inj: String,
+    _cleanup: Namespaces,
+}
 
-    let metrics_port = free_port();
-    let cfg = NodeConfig::parse(&format!(
-        r#"
+impl Bed {
+    /// A new bed with names unique to this process and test; `None` (after saying why) when
+    /// the test cannot run here.
+    fn new(test: &str) -> Option<Bed> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED {test}: needs root (network namespaces, AF_PACKET)");
+            return None;
+        }
+        if Command::new("ip").arg("-V").output().is_err() {
+            eprintln!("SKIPPED {test}: iproute2 (`ip`) not installed");
+            return None;
+        }
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!(
+            "{:04x}",
+            (std::process::id() ^ nanos ^ (seq << 12)) & 0xffff
+        );
+        let (ns_node, ns_inj) = (format!("fsT{tag}-n"), format!("fsT{tag}-i"));
+        let (if_node, if_inj) = (format!("fst{tag}n"), format!("fst{tag}i"));
+        let cleanup = Namespaces(vec![ns_node.clone(), ns_inj.clone()]);
+        for ns in [&ns_node, &ns_inj] {
+            assert!(ip(&["netns", "add", ns]), "ip netns add {ns}");
+            // Keep the link quiet (no IPv6 neighbour discovery on it).
+            let _ = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ])
+                .status();
+        }
+        assert!(ip(&[
+            "link", "add", &if_node, "netns", &ns_node, "type", "veth", "peer", "name", &if_inj,
+            "netns", &ns_inj
+        ]));
+        assert!(ip(&["-n", &ns_node, "link", "set", &if_node, "up"]));
+        assert!(ip(&["-n", &ns_inj, "link", "set", &if_inj, "up"]));
+        Some(Bed {
+            ns_node,
+            ns_inj,
+            if_node,
+            if_inj,
+            _cleanup: cleanup,
+        })
+    }
+
+    /// Starts a node on the bed (`extra`: more top-level configuration keys); with its
+    /// metrics port.
+    fn node(&self, extra: &str) -> (Node, u16) {
+        self.node_with_controller(extra, free_port())
+    }
+
+    /// As [`Bed::node`], the node's controller at 127.0.0.1:`controller`.
+    fn node_with_controller(&self, extra: &str, controller: u16) -> (Node, u16) {
+        let metrics_port = free_port();
+        let cfg = NodeConfig::parse(&format!(
+            r#"
 id = 1
-interface = "{if_node}"
+interface = "{}"
 mac = "02:f5:00:00:00:01"
 inside_next_hop = "02:f5:00:00:01:00"
 outside_next_hop = "02:f5:00:00:02:00"
-controller = "127.0.0.1:{}"
+controller = "127.0.0.1:{controller}"
 transfer_listen = "127.0.0.1:{}"
 metrics_listen = "127.0.0.1:{metrics_port}"
+{extra}
 [[peers]]
 id = 2
 mac = "02:f5:00:00:00:02"
@@ -218,24 +248,41 @@ transfer = "127.0.0.1:{}"
 [nat]
 groups = [{{ external = "198.18.0.1", subscribers = "100.64.0.0/16" }}]
 "#,
-        free_port(),
-        free_port(),
-        free_port()
-    ))
-    .unwrap();
-    let sock = in_netns(&ns_node, || AfPacket::open(&SocketConfig::from_node(&cfg))).unwrap();
-    let node = Node::start_with_socket(cfg, sock).unwrap();
-    let inj_sock = in_netns(&ns_inj, || {
-        AfPacket::open(&SocketConfig {
-            interface: if_inj.clone(),
-            vnet_hdr: true,
-            block_size: 1 << 20,
-            blocks: 32,
-            qdisc_bypass: false,
+            self.if_node,
+            free_port(),
+            free_port()
+        ))
+        .unwrap();
+        let sock = in_netns(&self.ns_node, || {
+            AfPacket::open(&SocketConfig::from_node(&cfg))
         })
-    })
-    .unwrap();
-    let mut inj = Injector { sock: inj_sock };
+        .unwrap();
+        (Node::start_with_socket(cfg, sock).unwrap(), metrics_port)
+    }
+
+    /// The injector's socket on the other end.
+    fn injector(&self) -> Injector {
+        let sock = in_netns(&self.ns_inj, || {
+            AfPacket::open(&SocketConfig {
+                interface: self.if_inj.clone(),
+                vnet_hdr: true,
+                block_size: 1 << 20,
+                blocks: 32,
+                qdisc_bypass: false,
+            })
+        })
+        .unwrap();
+        Injector { sock }
+    }
+}
+
+#[test]
+fn node_translates_frames_on_a_veth_between_namespaces() {
+    let Some(bed) = Bed::new("node_translates_frames_on_a_veth_between_namespaces") else {
+        return;
+    };
+    let (node, metrics_port) = bed.node("");
+    let mut inj = bed.injector();
     let plain = VnetHdr::default();
 
     // 1. Outbound SYN: translated, sent to the outside next hop from the node's MAC.
@@ -333,14 +380,160 @@ groups = [{{ external = "198.18.0.1", subscribers = "100.64.0.0/16" }}]
     assert!(text.contains("flowshift_nat_drops_total{reason=\"no_mapping\"} 1"));
     assert!(text.contains("# TYPE flowshift_rx_packets_total counter"));
     assert!(text.contains("flowshift_group_mappings{external=\"198.18.0.1\"} 2"));
+    for family in [
+        "# TYPE flowshift_max_poll_gap_us gauge",
+        "# TYPE flowshift_max_poll_gap_migrating_us gauge",
+        "# TYPE flowshift_poll_gaps_over_1000us_total counter",
+        "# TYPE flowshift_cpu_packet_thread_seconds_total counter",
+        "# TYPE flowshift_cpu_process_seconds_total counter",
+    ] {
+        assert!(text.contains(family), "/metrics lacks {family:?}");
+    }
 
     let fin = node.shutdown().unwrap();
     eprintln!(
-        "node: rx {} tx {} ring drops {} tx queue full {} idle sleeps {}",
+        "node: rx {} tx {} ring drops {} tx queue full {} idle sleeps {}; \
+         max poll gap {} us, gaps over 1 ms {} of {}; packet thread CPU {:.3} s, preempted {}",
         fin.counters["rx_packets"],
         fin.counters["tx_packets"],
         fin.counters["rx_ring_drops"],
         fin.counters["tx_queue_full"],
-        fin.counters["idle_sleeps"]
+        fin.counters["idle_sleeps"],
+        fin.counters["max_poll_gap_us"],
+        fin.counters["poll_gaps_over_1000us"],
+        fin.counters["poll_gaps"],
+        fin.counters["cpu_packet_thread_us"] as f64 / 1e6,
+        fin.counters["cpu_packet_thread_preemptions"],
     );
+}
+
+/// Round trips of single frames sent `spacing` apart through an otherwise idle node.
+fn lone_frame_rtts(inj: &mut Injector, n: usize, spacing: Duration) -> Vec<Duration> {
+    let plain = VnetHdr::default();
+    let probe = udp_frame(INSIDE, NODE1, SUB, 7100, SERVER, 9, &[0u8; 18]);
+    inj.send(&[(plain, probe.clone())]);
+    assert_eq!(inj.recv(1, Duration::from_secs(3)).len(), 1, "flow set up");
+    let mut rtts = Vec::with_capacity(n);
+    for _ in 0..n {
+        std::thread::sleep(spacing);
+        let t = Instant::now();
+        inj.send(&[(plain, probe.clone())]);
+        let got = inj.recv(1, Duration::from_secs(1));
+        assert_eq!(got.len(), 1, "lone frame came back");
+        rtts.push(t.elapsed());
+    }
+    rtts.sort();
+    rtts
+}
+
+/// Round trips of `n` status requests `spacing` apart from a fake controller on `l` (the
+/// node connects to it and says hello first).
+fn command_round_trips(l: &TcpListener, n: u64, spacing: Duration) -> Vec<Duration> {
+    use flowshift_control::api::{
+        ControllerToNode, NodeRequest, NodeToController, decode_line, encode_line,
+    };
+    use std::io::BufRead;
+    let (s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let mut recv = || {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "node closed the connection"
+        );
+        decode_line::<NodeToController>(line.trim_end().as_bytes()).unwrap()
+    };
+    assert!(matches!(recv(), NodeToController::Hello { .. }));
+    let mut rtts = Vec::new();
+    for req in 1..=n {
+        std::thread::sleep(spacing);
+        let t = Instant::now();
+        w.write_all(&encode_line(&ControllerToNode::Request {
+            req,
+            body: NodeRequest::Status,
+        }))
+        .unwrap();
+        loop {
+            if let NodeToController::Reply { req: got, result } = recv() {
+                assert_eq!(got, req);
+                assert!(result.is_ok());
+                break;
+            }
+        }
+        rtts.push(t.elapsed());
+    }
+    rtts.sort();
+    rtts
+}
+
+/// An idle node, adaptive and busy: the packet thread's CPU time over an idle window (from
+/// the node's own counters; `FLOWSHIFT_IDLE_SECS`, default 2 s), then round trips of lone
+/// frames 10 ms apart (each round trip includes the node's ring and the injector's ring, each
+/// handing a block over at most 1 ms after its first frame), and round trips of controller
+/// requests (the control client wakes a blocked packet loop).
+#[test]
+fn idle_cpu_and_lone_frame_latency() {
+    let Some(bed) = Bed::new("idle_cpu_and_lone_frame_latency") else {
+        return;
+    };
+    let secs: f64 = std::env::var("FLOWSHIFT_IDLE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    for mode in ["adaptive", "busy"] {
+        let ctl_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ctl_port = ctl_listener.local_addr().unwrap().port();
+        let (node, _) = bed.node_with_controller(&format!("poll = \"{mode}\""), ctl_port);
+        let mut inj = bed.injector();
+        // Past start-up, and two publications apart so the snapshot has moved.
+        std::thread::sleep(Duration::from_millis(300));
+        let cpu = |node: &Node| {
+            let st = node.status();
+            (
+                st.counters["cpu_packet_thread_us"] as f64 / 1e6,
+                st.counters["cpu_process_us"] as f64 / 1e6,
+                st.uptime_s,
+            )
+        };
+        let (t0, p0, u0) = cpu(&node);
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let (t1, p1, u1) = cpu(&node);
+        let rtts = lone_frame_rtts(&mut inj, 50, Duration::from_millis(10));
+        let q = |p: f64| rtts[((rtts.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
+        let share = (t1 - t0) / (u1 - u0);
+        let cmds = command_round_trips(&ctl_listener, 20, Duration::from_millis(20));
+        let c = |p: f64| cmds[((cmds.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
+        let st = node.shutdown().unwrap();
+        eprintln!(
+            "{mode}: idle {:.2} s: packet thread {:.4} s CPU ({:.2}% of a core; process, \
+             every test of this binary included: {:.3} s); lone-frame round trip p50 {:.3} ms \
+             p90 {:.3} ms max {:.3} ms; controller request round trip p50 {:.3} ms max {:.3} ms; \
+             idle sleeps {}, max poll gap {} us",
+            u1 - u0,
+            t1 - t0,
+            share * 100.0,
+            p1 - p0,
+            q(0.5),
+            q(0.9),
+            q(1.0),
+            c(0.5),
+            c(1.0),
+            st.counters["idle_sleeps"],
+            st.counters["max_poll_gap_us"],
+        );
+        match mode {
+            "adaptive" => {
+                assert!(
+                    share < 0.05,
+                    "an idle adaptive node used {share:.3} of a core"
+                );
+                assert!(q(0.5) < 20.0, "lone frames take {:.1} ms", q(0.5));
+                // Queued commands wake a blocked loop (it would otherwise sleep up to 100 ms).
+                assert!(c(0.5) < 20.0, "requests take {:.1} ms", c(0.5));
+            }
+            _ => assert_eq!(st.counters["idle_sleeps"], 0, "busy mode never sleeps"),
+        }
+    }
 }

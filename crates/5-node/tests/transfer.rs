@@ -27,12 +27,33 @@ fn phase_of(e: &Engine, id: u64) -> Option<Phase> {
 
 #[test]
 fn freeze_copy_over_loopback_tcp_moves_every_state() {
+    let (a, b) = freeze_copy(PRELOAD, "", 1);
+    eprintln!("{PRELOAD} states, default side_budget: source {a}; destination {b}");
+}
+
+/// The poster's 65000 states with 16 batches in flight (so transfer frames queue up), with
+/// side budgets 1, the default 4, and 64 (the former fixed budget): prints the poll gaps each
+/// engine saw (time on side work between two ring stages of the test's loop, preemption
+/// included).
+#[test]
+fn side_work_gaps_while_migrating_65000_states() {
+    for budget in [1, 4, 64] {
+        let (a, b) = freeze_copy(65_000, &format!("side_budget = {budget}"), 16);
+        eprintln!("65000 states, side_budget {budget}: source {a}; destination {b}");
+    }
+}
+
+/// Migrates the group of an engine preloaded with `preload` states (`extra`: more
+/// configuration keys of both) and checks the outcome; the longest poll gap (side work
+/// between two "ring stages" of the test's loop) each engine saw while migrating.
+fn freeze_copy(preload: u32, extra: &str, in_flight: u32) -> (String, String) {
     let la = TcpListener::bind("127.0.0.1:0").unwrap();
     let lb = TcpListener::bind("127.0.0.1:0").unwrap();
     let (aa, ab) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
-    let preload = format!("[[preload]]\nexternal = \"198.18.0.1\"\nstates = {PRELOAD}\nseed = 3\n");
-    let cfg_a = config(1, true, &aa.to_string(), &ab.to_string(), &preload);
-    let cfg_b = config(2, false, &ab.to_string(), &aa.to_string(), "");
+    let preload_cfg =
+        format!("{extra}\n[[preload]]\nexternal = \"198.18.0.1\"\nstates = {preload}\nseed = 3\n");
+    let cfg_a = config(1, true, &aa.to_string(), &ab.to_string(), &preload_cfg);
+    let cfg_b = config(2, false, &ab.to_string(), &aa.to_string(), extra);
     let (mut a, ends_a) = engine(&cfg_a);
     let (mut b, ends_b) = engine(&cfg_b);
     let stop = Arc::new(AtomicBool::new(false));
@@ -77,6 +98,7 @@ fn freeze_copy_over_loopback_tcp_moves_every_state() {
     let params = Params {
         idle_max: Duration::ZERO,
         batch_size: 512,
+        batches_in_flight: in_flight,
         drain: Duration::from_millis(20),
         ..Params::default()
     };
@@ -118,8 +140,13 @@ fn freeze_copy_over_loopback_tcp_moves_every_state() {
         );
         let now = clock();
         for (e, cap) in [(&mut a, &mut cap_a), (&mut b, &mut cap_b)] {
-            e.poll_transfer_in(now, cap);
+            // As the node's loop: an (empty) ring stage, the side work, the next ring stage
+            // (which records the gap; the test's sleep and the other engine's turn are not
+            // part of it).
+            e.ring_done(clock());
+            e.poll_side(now, cap);
             e.handle_timeout(now, cap);
+            e.ring_start(clock());
         }
         // The switch: A's chained frames go to B.
         for (vnet, f) in cap_a.take() {
@@ -164,7 +191,7 @@ fn freeze_copy_over_loopback_tcp_moves_every_state() {
         .group_id(EXT.into())
         .expect("the destination serves the group");
     let st = nb.group_stats(g).unwrap();
-    assert_eq!(st.sessions, PRELOAD + 2, "every state arrived");
+    assert_eq!(st.sessions, preload + 2, "every state arrived");
     nb.check_invariants().unwrap();
     na.check_invariants().unwrap();
     assert_eq!(phase_of(&a, mig), Some(Phase::Done));
@@ -198,6 +225,15 @@ fn freeze_copy_over_loopback_tcp_moves_every_state() {
     assert_eq!(status.counters["transfer_out_refused"], 0);
     svc_a.join();
     svc_b.join();
+    let gaps = |e: &Engine| {
+        let c = e.status(clock()).counters;
+        assert!(c["max_poll_gap_migrating_us"] > 0);
+        format!(
+            "longest gap while migrating {} us, gaps over 1 ms {} of {}",
+            c["max_poll_gap_migrating_us"], c["poll_gaps_over_1000us"], c["poll_gaps"]
+        )
+    };
+    (gaps(&a), gaps(&b))
 }
 
 #[test]
