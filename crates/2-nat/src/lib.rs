@@ -34,7 +34,8 @@
 //!
 //! For migration the state is exported per mapping as fixed 24-byte [`record::StateRecord`]s
 //! and imported atomically per batch; groups can be put in [`GroupMode::Draining`] (hits are
-//! served, misses are handed to the peer) or [`GroupMode::Halted`], and single mappings can be
+//! served, misses are handed to the peer), [`GroupMode::Halted`] or [`GroupMode::Moved`] (every
+//! packet is handed to the peer), and single mappings can be
 //! frozen (their packets come back as [`Verdict::Hold`]).
 
 #![deny(missing_docs)]

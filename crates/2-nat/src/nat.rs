@@ -56,6 +56,18 @@ pub enum GroupMode {
     Draining,
     /// Stop-and-copy downtime: every packet of the group is dropped ([`DropReason::GroupHalted`]).
     Halted,
+    /// Migration source after the destination took the group over while the source still
+    /// removes its copies: every packet of the group returns [`Verdict::ToPeer`] unchanged,
+    /// whether a mapping matches here or not.
+    Moved,
+}
+
+impl GroupMode {
+    /// The group's packets never take the fast path (halted, or handed to the peer).
+    #[inline]
+    fn stops_fast_path(self) -> bool {
+        matches!(self, GroupMode::Halted | GroupMode::Moved)
+    }
 }
 
 /// What the driver must do with a packet after [`Nat::process`].
@@ -391,7 +403,8 @@ pub struct Nat {
     timeout_ns: [u64; 4],
     last_session: u32,
     batch_scratch: Vec<(FastMeta, FastHit)>,
-    /// Groups in [`GroupMode::Halted`] (the fast path looks at group modes only if non-zero).
+    /// Groups in [`GroupMode::Halted`] or [`GroupMode::Moved`] (the fast path looks at group
+    /// modes only if non-zero).
     halted: u32,
     /// Refresh ticks are `now >> tick_shift` ns (at most the timer granularity).
     tick_shift: u32,
@@ -701,17 +714,18 @@ impl Nat {
             .groups
             .iter()
             .flatten()
-            .filter(|g| g.mode == GroupMode::Halted)
+            .filter(|g| g.mode.stops_fast_path())
             .count() as u32;
     }
 
-    /// Is the group of external address `ext` halted? (Only asked when some group is.)
+    /// Is the group of external address `ext` halted or moved? (Only asked when some group
+    /// is.)
     #[inline]
     fn ext_halted(&self, ext: u32) -> bool {
         self.group_by_ext
             .get(&ext)
             .and_then(|&g| self.groups[g as usize].as_ref())
-            .is_none_or(|g| g.mode == GroupMode::Halted)
+            .is_none_or(|g| g.mode.stops_fast_path())
     }
 
     /// The refresh tick of `now`.
@@ -1193,6 +1207,7 @@ impl Nat {
         }
         match self.groups[s.group as usize].as_ref().map(|g| g.mode) {
             Some(GroupMode::Halted) => Some(Verdict::Drop(DropReason::GroupHalted)),
+            Some(GroupMode::Moved) => Some(Verdict::ToPeer(GroupId(s.group))),
             _ => None,
         }
     }
@@ -1210,8 +1225,10 @@ impl Nat {
         let mode = self.groups[g as usize]
             .as_ref()
             .map_or(GroupMode::Halted, |g| g.mode);
-        if mode == GroupMode::Halted {
-            return Err(Verdict::Drop(DropReason::GroupHalted));
+        match mode {
+            GroupMode::Halted => return Err(Verdict::Drop(DropReason::GroupHalted)),
+            GroupMode::Moved => return Err(Verdict::ToPeer(GroupId(g))),
+            GroupMode::Active | GroupMode::Draining => {}
         }
         let is_syn =
             flow.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN;
@@ -1368,8 +1385,10 @@ impl Nat {
         let mode = self.groups[g as usize]
             .as_ref()
             .map_or(GroupMode::Halted, |g| g.mode);
-        if mode == GroupMode::Halted {
-            return Err(Verdict::Drop(DropReason::GroupHalted));
+        match mode {
+            GroupMode::Halted => return Err(Verdict::Drop(DropReason::GroupHalted)),
+            GroupMode::Moved => return Err(Verdict::ToPeer(GroupId(g))),
+            GroupMode::Active | GroupMode::Draining => {}
         }
         let m = match self
             .mapping_index
@@ -1526,7 +1545,7 @@ impl Nat {
         else {
             let draining = self.groups[g as usize]
                 .as_ref()
-                .is_some_and(|g| g.mode == GroupMode::Draining);
+                .is_some_and(|g| matches!(g.mode, GroupMode::Draining | GroupMode::Moved));
             return if draining {
                 Verdict::ToPeer(GroupId(g))
             } else {
@@ -1631,7 +1650,7 @@ impl Nat {
         else {
             let draining = self.groups[g as usize]
                 .as_ref()
-                .is_some_and(|g| g.mode == GroupMode::Draining);
+                .is_some_and(|g| matches!(g.mode, GroupMode::Draining | GroupMode::Moved));
             return if draining {
                 Verdict::ToPeer(GroupId(g))
             } else {

@@ -145,6 +145,10 @@ impl Mig {
             self.dst_refuse(core, now, AbortReason::PrepareRefused);
             return;
         };
+        // Sized once for what the source announced (a hint, clamped by the NAT to its bounds),
+        // so the batches' imports never grow a table.
+        core.nat
+            .reserve(p.mappings_hint as usize, p.records_hint as usize);
         let blocks: Vec<u32> = p.held_blocks.iter().map(|b| b.0).collect();
         if core.nat.reserve_blocks(g, &blocks).is_err() {
             let _ = core.nat.remove_group(g);

@@ -26,6 +26,8 @@ pub(crate) struct Flight {
 /// goes on in `handle_timeout` calls, between the driver's packet batches, so a large group
 /// never keeps the packet thread away for long.
 pub(crate) const SCAN_SLICE: usize = 4096;
+/// Copies a stop-copy or pre-copy source removes per call after the commit.
+pub(crate) const REMOVE_SLICE: usize = 1024;
 
 /// What a scan computes.
 enum ScanGoal {
@@ -70,6 +72,9 @@ pub(crate) struct Src {
     queue: VecDeque<(u32, MappingId)>,
     /// A scan in progress: no batch is built until it ends.
     scan: Option<Box<Scan>>,
+    /// Stop-copy / pre-copy after `CommitAck`: the copies still to remove here, and how many
+    /// are done (the group is `Moved` meanwhile: every packet goes to the destination).
+    removing: Option<(Vec<MappingId>, usize)>,
     // Idle phase.
     idle_started: Instant,
     next_sample: Instant,
@@ -403,36 +408,51 @@ impl Mig {
             self.src_revert(core, now, AbortReason::CommitRefused, true);
             return;
         }
+        // The destination serves the group from now on: hand it every packet at once (the
+        // downtime ends here), and remove the copies in slices between packet batches.
         let g = self.group;
-        let copied = std::mem::take(&mut self.src().copied);
-        let mut ids: Vec<MappingId> = copied.keys().copied().collect();
-        ids.sort_unstable_by_key(|id| copied[id].key);
-        for id in ids {
-            // A mapping that expired here after its last copy is gone already: fine, the
-            // destination's copy expires there too.
-            let _ = core.nat.remove_mapping(id, now, RemoveCause::Migrated);
-        }
-        self.st.transferred = c.mappings;
-        if let Some(t) = self.src().halted_at {
-            self.st.halted = now - t;
-            self.st.max_freeze = self.st.halted;
-        }
-        let left = core.nat.group_stats(g).map_or(0, |s| s.mappings);
-        if left != 0 {
-            // Cannot happen: a halted group creates no mapping. Keep serving what is left.
-            core.counters.internal_errors += 1;
-            self.st.in_doubt = left;
-            core.set_mode(g, GroupMode::Active);
-            self.abort_final(core, now, AbortReason::Protocol, true);
-            return;
-        }
-        core.set_mode(g, GroupMode::Draining);
+        core.set_mode(g, GroupMode::Moved);
         core.routes.push(Route {
             group: g,
             peer: self.peer,
             mig: self.id,
             buffering: false,
         });
+        self.st.transferred = c.mappings;
+        if let Some(t) = self.src().halted_at {
+            self.st.halted = now - t;
+            self.st.max_freeze = self.st.halted;
+        }
+        let copied = std::mem::take(&mut self.src().copied);
+        let mut ids: Vec<MappingId> = copied.keys().copied().collect();
+        ids.sort_unstable_by_key(|id| copied[id].key);
+        self.src().removing = Some((ids, 0));
+        self.src_remove_step(core, now);
+    }
+
+    /// Removes the next [`REMOVE_SLICE`] copies; after the last, the source is ready for the
+    /// cutover.
+    fn src_remove_step(&mut self, core: &mut Core, now: Instant) {
+        let Some((ids, mut pos)) = self.src().removing.take() else {
+            return;
+        };
+        let end = (pos + REMOVE_SLICE).min(ids.len());
+        for id in &ids[pos..end] {
+            // A mapping that expired here after its last copy is gone already: fine, the
+            // destination's copy expires there too.
+            let _ = core.nat.remove_mapping(*id, now, RemoveCause::Migrated);
+        }
+        pos = end;
+        if pos < ids.len() {
+            self.src().removing = Some((ids, pos));
+            return;
+        }
+        let left = core.nat.group_stats(self.group).map_or(0, |s| s.mappings);
+        if left != 0 {
+            // Cannot happen: a halted or moved group creates no mapping.
+            core.counters.internal_errors += 1;
+            self.st.in_doubt = left;
+        }
         self.src_ready(core, now);
     }
 
@@ -1050,6 +1070,11 @@ impl Mig {
         if self.terminal {
             return;
         }
+        if self.src_ref().removing.is_some() {
+            // Committed: the destination serves the group whatever the channel does now.
+            self.src_remove_step(core, now);
+            return;
+        }
         if self.chan.failed {
             match self.phase {
                 // Nothing of the group is left here: finish without the peer.
@@ -1103,8 +1128,8 @@ impl Mig {
             t = t.min(self.chan.last_sent + cfg.keepalive);
         }
         let own = match self.phase {
-            // A scan goes on at the next call.
-            _ if s.scan.is_some() => Some(Instant::ZERO),
+            // A scan or a removal goes on at the next call.
+            _ if s.scan.is_some() || s.removing.is_some() => Some(Instant::ZERO),
             Phase::Idle => Some(s.next_sample),
             Phase::FreezeCopy => s.retry_at,
             Phase::Rounds | Phase::StopCopy => s.next_round.map(|(at, _)| at),

@@ -169,6 +169,12 @@ pub struct NodeConfig {
     /// CPU to pin the packet thread to (default: not pinned).
     #[serde(default)]
     pub cpu: Option<usize>,
+    /// Size the NAT's tables for `nat.max_mappings` and `nat.max_sessions` at start-up (default
+    /// true), as a carrier NAT does: no table ever grows (a rehash of a large table would keep
+    /// the packet thread from its ring for tens of milliseconds, for instance while a migration
+    /// installs state). Costs the tables' memory up front (about 0.1 KB per session).
+    #[serde(default = "default_true")]
+    pub preallocate: bool,
     /// Bypass the interface's qdisc when sending (`PACKET_QDISC_BYPASS`; default false).
     #[serde(default)]
     pub qdisc_bypass: bool,
@@ -380,6 +386,12 @@ impl NodeConfig {
     pub fn build_instance(&self) -> Result<Instance, ConfigError> {
         let err = |what: &str, e: &dyn fmt::Display| ConfigError::Invalid(format!("{what}: {e}"));
         let mut nat = Nat::new(self.nat.clone()).map_err(|e| err("[nat]", &e))?;
+        if self.preallocate {
+            nat.reserve(
+                self.nat.max_mappings as usize,
+                self.nat.max_sessions as usize,
+            );
+        }
         for p in &self.preload {
             let g = nat
                 .group_id(p.external)

@@ -525,6 +525,7 @@ impl Engine {
                     GroupMode::Active => "active",
                     GroupMode::Draining => "draining",
                     GroupMode::Halted => "halted",
+                    GroupMode::Moved => "moved",
                 };
                 Some(GroupStatus {
                     external: cfg.external,

@@ -218,16 +218,19 @@ fn params(a: Algorithm) -> Params {
     p
 }
 
+/// A NAT as a node builds it: tables sized for their bounds at start-up (`preallocate`).
 fn nat(groups: Vec<GroupConfig>, states: u32) -> Result<Nat> {
     let max = states + 65_536;
-    Nat::new(NatConfig {
+    let mut nat = Nat::new(NatConfig {
         groups,
         max_sessions: max,
         max_mappings: max,
         max_sessions_per_mapping: 4096,
         ..NatConfig::default()
     })
-    .context("NAT configuration")
+    .context("NAT configuration")?;
+    nat.reserve(max as usize, max as usize);
+    Ok(nat)
 }
 
 fn run(states: u32, algorithm: Algorithm) -> Result<Report> {
