@@ -26,8 +26,9 @@ use std::time::{Duration, Instant, SystemTime};
 /// The testbed's install script, embedded so the binary works outside the source tree.
 const INSTALL_SCRIPT: &str = include_str!("../../../../scripts/install-testbed-deps.sh");
 /// Programs a testbed needs (the install script provides all of them).
-pub const TOOLS: [&str; 15] = [
+pub const TOOLS: [&str; 16] = [
     "ip",
+    "tc",
     "ethtool",
     "ovsdb-tool",
     "ovsdb-server",
@@ -65,6 +66,9 @@ pub struct UpOptions {
     pub tso: bool,
     /// NAT filtering (`endpoint-independent` or `address-dependent`).
     pub filtering: String,
+    /// Rate of the shaped server link, bits per second ([`layout::Shaping`]); `None`: not
+    /// shaped (the switch's packet rate is then the bottleneck).
+    pub link_rate_bps: Option<u64>,
     /// Print progress on stderr.
     pub verbose: bool,
 }
@@ -192,6 +196,12 @@ pub struct State {
     pub processes: Vec<ProcessRecord>,
     /// `net.core.rmem_default`, if this run raised it.
     pub rmem_default: Option<SysctlChange>,
+    /// The server link's shaping, if any ([`layout::Shaping`]).
+    #[serde(default)]
+    pub link: Option<layout::Shaping>,
+    /// Where the shaping is installed (`<namespace>:<device>`).
+    #[serde(default)]
+    pub link_devices: Vec<String>,
 }
 
 impl State {
@@ -554,6 +564,10 @@ impl Testbed {
         }
         self.state.subscribers = subscribers;
         self.state.servers = layout::SERVERS.iter().map(|a| a.to_string()).collect();
+        if let Some(rate) = opts.link_rate_bps {
+            self.progress("shaping the server link");
+            self.shape_link(rate)?;
+        }
 
         self.progress("management bridge");
         let mgmt = l.ns_mgmt();
@@ -668,6 +682,49 @@ impl Testbed {
         }
         self.progress("waiting for the switch and the nodes to connect");
         self.wait_ready(&client, deadline)
+    }
+
+    /// Shapes the server link to `rate_bps` in both directions ([`layout::Shaping`]): the
+    /// switch's port towards the servers (egress: subscribers -> servers) and `srv0` (egress:
+    /// servers -> subscribers). Fails with a clear message when the kernel lacks the HTB qdisc
+    /// or the u32 classifier.
+    fn shape_link(&mut self, rate_bps: u64) -> Result<()> {
+        let plan = layout::Shaping::for_rate(rate_bps);
+        let ends = [
+            (self.layout.ns_srv(), layout::SRV_IF.to_owned(), "sport"),
+            (self.layout.ns_ovs(), self.layout.port_out(), "dport"),
+        ];
+        for (ns, dev, field) in &ends {
+            for args in plan.tc_commands(dev, field) {
+                let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                sys::in_ns(ns, "tc", &refs).map_err(|e| {
+                    anyhow!(
+                        "shaping the server link (--link-rate) needs the kernel's HTB qdisc (sch_htb), \
+                         bfifo/pfifo and the u32 classifier (cls_u32); this kernel refused `tc {}` \
+                         on {dev} in {ns}: {e:#}. Run with --link-rate off to skip shaping",
+                        args.join(" ")
+                    )
+                })?;
+            }
+            self.state.link_devices.push(format!("{ns}:{dev}"));
+        }
+        self.state.link = Some(plan);
+        self.save()
+    }
+
+    /// Checks that the link shaping is still installed (the switch must not have replaced
+    /// the qdisc of its port); returns the `tc -s qdisc` statistics of every shaped device.
+    pub fn link_stats(&self) -> Result<Vec<(String, String)>> {
+        let mut v = Vec::new();
+        for d in &self.state.link_devices {
+            let (ns, dev) = d.split_once(':').unwrap_or(("", d));
+            let out = sys::in_ns(ns, "tc", &["-s", "qdisc", "show", "dev", dev])?;
+            if !out.contains("qdisc htb 1:") {
+                bail!("the shaping of {dev} in {ns} is gone: {out}");
+            }
+            v.push((d.clone(), out));
+        }
+        Ok(v)
     }
 
     /// Raises `net.core.rmem_default` (global) if it is below [`RMEM_DEFAULT`], recording the
