@@ -49,6 +49,13 @@ pub const TOOLS: [&str; 16] = [
 /// 64 GSO frames is 4 MiB at once, which overflowed `ovs-vswitchd`'s packet socket at 4 MiB
 /// (frames lost without any counter; thousands of retransmissions per 5 s run).
 const RMEM_DEFAULT: u64 = 16 << 20;
+/// `net.core.wmem_default` while a shaped testbed runs (global). A packet socket's frames stay
+/// charged to its send buffer while they wait in a qdisc: with the default 208 kB,
+/// `ovs-vswitchd`'s socket on the shaped port filled before the 454-500 kB bulk queue did, and
+/// the switch dropped frames on `send` (EAGAIN) without any counter, the probes' priority class
+/// included (39% of the probes lost at 100 Mbit/s). 4 MiB covers the bulk queue at any rate up
+/// to 8 Gbit/s (4 ms) with the kernel's per-frame overhead.
+const WMEM_DEFAULT: u64 = 4 << 20;
 /// How long `up` waits for the controller, the switch and the nodes.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -196,6 +203,9 @@ pub struct State {
     pub processes: Vec<ProcessRecord>,
     /// `net.core.rmem_default`, if this run raised it.
     pub rmem_default: Option<SysctlChange>,
+    /// `net.core.wmem_default`, if this run raised it (shaped link only).
+    #[serde(default)]
+    pub wmem_default: Option<SysctlChange>,
     /// The server link's shaping, if any ([`layout::Shaping`]).
     #[serde(default)]
     pub link: Option<layout::Shaping>,
@@ -413,7 +423,10 @@ impl Testbed {
     fn build(&mut self, opts: &UpOptions) -> Result<()> {
         let l = self.layout.clone();
         let dir = self.state.dir.clone();
-        self.raise_rmem()?;
+        self.state.rmem_default = self.raise_default("rmem_default", RMEM_DEFAULT)?;
+        if opts.link_rate_bps.is_some() {
+            self.state.wmem_default = self.raise_default("wmem_default", WMEM_DEFAULT)?;
+        }
 
         self.progress("namespaces");
         for ns in [l.ns_sub(), l.ns_srv(), l.ns_mgmt()]
@@ -727,24 +740,26 @@ impl Testbed {
         Ok(v)
     }
 
-    /// Raises `net.core.rmem_default` (global) if it is below [`RMEM_DEFAULT`], recording the
-    /// old value for the teardown.
-    fn raise_rmem(&mut self) -> Result<()> {
-        let path = Path::new("/proc/sys/net/core/rmem_default");
-        let before: u64 = fs::read_to_string(path)
+    /// Raises `net.core.<key>` (global, `rmem_default` or `wmem_default`) to `value` if it is
+    /// below, recording the old value (in `state.json` before the write) for the teardown.
+    fn raise_default(&mut self, key: &str, value: u64) -> Result<Option<SysctlChange>> {
+        let path = Path::new("/proc/sys/net/core").join(key);
+        let before: u64 = fs::read_to_string(&path)
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(RMEM_DEFAULT);
-        if before < RMEM_DEFAULT {
-            self.state.rmem_default = Some(SysctlChange {
-                before,
-                set: RMEM_DEFAULT,
-            });
-            self.save()?;
-            fs::write(path, RMEM_DEFAULT.to_string())
-                .with_context(|| format!("writing {}", path.display()))?;
+            .unwrap_or(value);
+        if before >= value {
+            return Ok(None);
         }
-        Ok(())
+        let ch = SysctlChange { before, set: value };
+        match key {
+            "wmem_default" => self.state.wmem_default = Some(ch),
+            _ => self.state.rmem_default = Some(ch),
+        }
+        self.save()?;
+        fs::write(&path, value.to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Some(ch))
     }
 
     /// Starts `program args` in `ns` as a detached process with a log, records it.
@@ -993,16 +1008,21 @@ pub fn teardown(
             problems.push(format!("{e:#}"));
         }
     }
-    // 5. The global sysctl, if no other run needs it.
-    if let Some(ch) = state.and_then(|s| s.rmem_default) {
+    // 5. The global sysctls, if no other run needs them.
+    let changes = [
+        ("rmem_default", state.and_then(|s| s.rmem_default)),
+        ("wmem_default", state.and_then(|s| s.wmem_default)),
+    ];
+    for (key, ch) in changes {
+        let Some(ch) = ch else { continue };
         let others = existing_runs().into_iter().any(|r| r != run);
-        let path = Path::new("/proc/sys/net/core/rmem_default");
-        let now: Option<u64> = fs::read_to_string(path)
+        let path = Path::new("/proc/sys/net/core").join(key);
+        let now: Option<u64> = fs::read_to_string(&path)
             .ok()
             .and_then(|s| s.trim().parse().ok());
         if !others && now == Some(ch.set) {
             // Best effort: a failure leaves a larger default buffer, harmless.
-            let _ = fs::write(path, ch.before.to_string());
+            let _ = fs::write(&path, ch.before.to_string());
         }
     }
     // 6. The directory.

@@ -12,7 +12,7 @@
 //! Network safety: traffic only flows between namespaces the run created, with subscribers in
 //! 100.64.0.0/10, servers and external addresses in 203.0.113.0/24 and 198.18.0.0/15, and the
 //! management network in 198.19.0.0/24. Nothing is added to the root namespace except the
-//! state directory and, while a run exists, a larger `net.core.rmem_default`.
+//! state directory and, while a run exists, larger `net.core.rmem_default` and (shaped link) `wmem_default`.
 
 pub mod bed;
 mod benchmark;
