@@ -20,10 +20,10 @@
 //!    switch's flow and port counters (`GET /switch`, from OpenFlow statistics);
 //! 4. the testbed is removed.
 //!
-//! Times in the report are milliseconds since the clients started. The source's phase times
-//! (node clock) are aligned by taking the start of its first phase as the moment of the
-//! request (the control round trip, well under a millisecond here, is the error); the
-//! controller's milestones (controller clock) by its `requested_at`. The probe stream and
+//! Times in the report are milliseconds since the clients started. The controller's milestones
+//! (controller clock) are aligned by its `requested_at`; the source's phase times (node clock)
+//! by taking the start of its drain as the controller's barrier reply (the source drains on
+//! `CutoverDone`, one control hop later; `clock_alignment` says which anchor a run used). The probe stream and
 //! ping use the wall clock (`CLOCK_REALTIME`, one machine), aligned at the clients' start.
 //! `timeline` lists every milestone in ms after the request.
 
@@ -556,13 +556,30 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
         .collect();
     let req_ms = ms(t_req);
     let done_ms = ms(t_done);
-    // Phases: node clock -> experiment clock.
+    // Controller milestones: controller clock -> experiment clock.
+    let c0 = status.requested_at.as_nanos();
+    let cms = |t: Option<flowshift_wire::Instant>| {
+        t.map(|t| round(req_ms + t.as_nanos().saturating_sub(c0) as f64 / 1e6, 3))
+    };
+    // Phases: node clock -> experiment clock. The source enters its drain when the
+    // controller's `CutoverDone` arrives, one control hop (well under a millisecond) after the
+    // barrier reply: that anchors the node clock where it matters, at the cutover. Without a
+    // drain (aborted), the start of the first phase is taken as the request; that anchor is
+    // off by however late the source started (up to ~135 ms seen on a loaded machine).
     let rep_phases: Vec<Value> = report["phases"].as_array().cloned().unwrap_or_default();
     let node_origin = rep_phases
         .first()
         .and_then(|p| p["start_ms"].as_f64())
         .unwrap_or(0.0);
-    let shift = |t: f64| round(t - node_origin + req_ms, 3);
+    let drain_node = rep_phases
+        .iter()
+        .find(|p| p["name"] == "drain")
+        .and_then(|p| p["start_ms"].as_f64());
+    let (offset, alignment) = match (drain_node, cms(status.redirect_confirmed_at)) {
+        (Some(d), Some(c)) => (c - d, "source drain start = controller barrier reply"),
+        _ => (req_ms - node_origin, "source first phase start = request"),
+    };
+    let shift = |t: f64| round(t + offset, 3);
     let phases: Vec<Value> = rep_phases
         .iter()
         .filter(|p| p["name"] != "done")
@@ -586,21 +603,19 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
             )
         })
         .collect();
-    // Controller milestones: controller clock -> experiment clock.
-    let c0 = status.requested_at.as_nanos();
-    let cms = |t: Option<flowshift_wire::Instant>| {
-        t.map(|t| round(req_ms + t.as_nanos().saturating_sub(c0) as f64 / 1e6, 3))
-    };
     let mut controller = BTreeMap::new();
     controller.insert("requested_ms", Some(round(req_ms, 3)));
     controller.insert("redirect_sent_ms", cms(status.redirect_sent_at));
     controller.insert("redirect_confirmed_ms", cms(status.redirect_confirmed_at));
     controller.insert("done_ms", cms(status.finished_at));
     controller.insert("observed_done_ms", Some(round(done_ms, 3)));
+    // The migration starts at the request as the outside sees it (a source that starts late
+    // only makes its phases later).
     let mig_start = phases
         .first()
         .and_then(|p| p["start_ms"].as_f64())
-        .unwrap_or(req_ms);
+        .unwrap_or(req_ms)
+        .min(req_ms);
     let mig_end = controller
         .get("done_ms")
         .copied()
@@ -610,13 +625,13 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
 
     // The probe stream (wall clock -> experiment clock).
     let pa = probe::analyse(&probe_rec, wall0_ns);
-    let (p_base, p_p99, p_max) = probe::added_delay(&pa.answers, mig_start, f64::INFINITY);
+    let (p_base, p_p99, p_max) = probe::added_delay(&pa.answers, req_ms, f64::INFINITY);
     let lost_migration = pa
         .lost_ms
         .iter()
-        .filter(|&&t| t >= mig_start && t <= mig_end + 1000.0)
+        .filter(|&&t| t >= req_ms && t <= mig_end + 1000.0)
         .count();
-    let window = (mig_start - 1000.0, mig_end + 2000.0);
+    let window = (req_ms - 1000.0, mig_end + 2000.0);
     let in_window = |t: f64| t >= window.0 && t <= window.1;
     let rtt_plot: Vec<(f64, f64)> = pa
         .answers
@@ -823,6 +838,7 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
     let mut json = json;
     for (k, v) in [
         ("timeline", Value::from(timeline)),
+        ("clock_alignment", Value::from(alignment)),
         ("cpu_pct", cpu),
         ("link", link_json),
         ("probe", probe_json),
