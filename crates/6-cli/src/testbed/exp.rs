@@ -22,8 +22,8 @@
 //!
 //! Times in the report are milliseconds since the clients started. The controller's milestones
 //! (controller clock) are aligned by its `requested_at`; the source's phase times (node clock)
-//! by taking the start of its drain as the controller's barrier reply (the source drains on
-//! `CutoverDone`, one control hop later; `clock_alignment` says which anchor a run used). The probe stream and
+//! by taking its `done` as the controller's done (the source's `Completed` is one control hop;
+//! `clock_alignment` says which anchor a run used). The probe stream and
 //! ping use the wall clock (`CLOCK_REALTIME`, one machine), aligned at the clients' start.
 //! `timeline` lists every milestone in ms after the request.
 
@@ -561,22 +561,22 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
     let cms = |t: Option<flowshift_wire::Instant>| {
         t.map(|t| round(req_ms + t.as_nanos().saturating_sub(c0) as f64 / 1e6, 3))
     };
-    // Phases: node clock -> experiment clock. The source enters its drain when the
-    // controller's `CutoverDone` arrives, one control hop (well under a millisecond) after the
-    // barrier reply: that anchors the node clock where it matters, at the cutover. Without a
-    // drain (aborted), the start of the first phase is taken as the request; that anchor is
-    // off by however late the source started (up to ~135 ms seen on a loaded machine).
+    // Phases: node clock -> experiment clock. The source's `Completed` ends the migration at
+    // the controller one control hop (well under a millisecond) after the source entered
+    // `done`: that anchors the node clock at the cutover's end. Without it (aborted), the start
+    // of the first phase is taken as the request. (Not the drain start: stop-copy's source
+    // enters its drain before the switch update.)
     let rep_phases: Vec<Value> = report["phases"].as_array().cloned().unwrap_or_default();
     let node_origin = rep_phases
         .first()
         .and_then(|p| p["start_ms"].as_f64())
         .unwrap_or(0.0);
-    let drain_node = rep_phases
+    let done_node = rep_phases
         .iter()
-        .find(|p| p["name"] == "drain")
+        .find(|p| p["name"] == "done")
         .and_then(|p| p["start_ms"].as_f64());
-    let (offset, alignment) = match (drain_node, cms(status.redirect_confirmed_at)) {
-        (Some(d), Some(c)) => (c - d, "source drain start = controller barrier reply"),
+    let (offset, alignment) = match (done_node, cms(status.finished_at)) {
+        (Some(d), Some(c)) => (c - d, "source done = controller done"),
         _ => (req_ms - node_origin, "source first phase start = request"),
     };
     let shift = |t: f64| round(t + offset, 3);
