@@ -83,6 +83,14 @@ pub struct Fig1cArgs {
     /// instead of the simulator.
     #[arg(long)]
     pub testbed: bool,
+    /// Testbed: rate of the shaped server link (the bottleneck): `1gbit`, `500mbit`, ..., or
+    /// `off`. The simulator's bottleneck is always 1 Gbit/s.
+    #[arg(long, default_value = "1gbit")]
+    pub link_rate: crate::testbed::LinkRate,
+    /// Testbed: UDP probes per second from a subscriber of the migrated group to an echo on
+    /// the server side (loss, reordering, added delay as a subscriber sees them).
+    #[arg(long, default_value_t = 1000)]
+    pub probe_rate: u32,
 }
 
 /// Arguments of `experiment scaling`.
@@ -181,6 +189,50 @@ fn round(x: f64, d: i32) -> f64 {
     (x * p).round() / p
 }
 
+/// Re-bins (bin start ms, Mbit/s) goodput into bins of `bin_ms` aligned to multiples of it
+/// (the mean of the fine bins each holds; fine bins must divide `bin_ms`).
+pub(crate) fn rebin(bins: &[(f64, f64)], bin_ms: f64) -> Vec<(f64, f64)> {
+    let mut out: BTreeMap<i64, (f64, usize)> = BTreeMap::new();
+    for &(t, v) in bins {
+        let e = out.entry((t / bin_ms + 1e-9).floor() as i64).or_default();
+        e.0 += v;
+        e.1 += 1;
+    }
+    out.into_iter()
+        .map(|(k, (sum, n))| (k as f64 * bin_ms, sum / n as f64))
+        .collect()
+}
+
+/// The lowest goodput bin during a migration divided by the median bin before it: bins
+/// (start ms, Mbit/s) of width `bin_ms`; "during" is every bin overlapping `[from_ms, to_ms +
+/// bin_ms]` (request to done, plus one bin); "before" every bin starting at or after
+/// `base_from_ms` and ending by `from_ms`. `None` without a baseline.
+pub(crate) fn goodput_min_bin_ratio(
+    bins: &[(f64, f64)],
+    bin_ms: f64,
+    base_from_ms: f64,
+    from_ms: f64,
+    to_ms: f64,
+) -> Option<f64> {
+    let mut base: Vec<f64> = bins
+        .iter()
+        .filter(|(t, _)| *t >= base_from_ms && *t + bin_ms <= from_ms + 1e-9)
+        .map(|(_, v)| *v)
+        .collect();
+    base.sort_by(f64::total_cmp);
+    let median = match base.len() {
+        0 => return None,
+        n if n % 2 == 1 => base[n / 2],
+        n => (base[n / 2 - 1] + base[n / 2]) / 2.0,
+    };
+    let min = bins
+        .iter()
+        .filter(|(t, _)| *t + bin_ms > from_ms && *t <= to_ms + bin_ms)
+        .map(|(_, v)| *v)
+        .min_by(f64::total_cmp)?;
+    (median > 0.0).then(|| round(min / median, 3))
+}
+
 /// The report object of one run (the fields `fig1c.json` promises, and more).
 fn run_json(r: &ClusterRun) -> Value {
     let src = r.source.as_ref();
@@ -194,6 +246,14 @@ fn run_json(r: &ClusterRun) -> Value {
     let lost: u64 = lost_by_cause.values().sum();
     let requested = r.controller.get("requested_ms").copied().unwrap_or(0.0);
     let done = r.controller.get("done_ms").copied();
+    // The testbed's 100 ms bins, for comparability.
+    let min_bin_ratio = goodput_min_bin_ratio(
+        &rebin(&r.goodput, 100.0),
+        100.0,
+        requested / 2.0,
+        requested,
+        done.unwrap_or(requested),
+    );
     let phases: Vec<Value> = src
         .map(|s| {
             s.phases
@@ -213,6 +273,8 @@ fn run_json(r: &ClusterRun) -> Value {
         "packets_buffered": src.map_or(0, |s| s.packets_buffered) + dst.map_or(0, |d| d.packets_buffered),
         "packets_chained": src.map_or(0, |s| s.packets_chained),
         "reordered_packets": r.reordered_packets,
+        "probes_sent": Value::Null,
+        "probes_lost": Value::Null,
         "max_freeze_ms": round(src.map_or(0.0, |s| s.max_freeze_ms), 3),
         "halted_ms": round(src.map_or(0.0, |s| s.halted_ms), 3),
         "added_delay_ms_max": round(r.added_delay_ms_max, 3),
@@ -230,6 +292,7 @@ fn run_json(r: &ClusterRun) -> Value {
         "precopy_rounds": src.map(|s| &s.precopy_rounds),
         "goodput_before_mbps": round(r.goodput_before_mbps, 1),
         "goodput_during_mbps": round(r.goodput_during_mbps, 1),
+        "goodput_min_bin_ratio": min_bin_ratio,
         "goodput": r.goodput.iter().map(|&(t, m)| [round(t, 3), round(m, 2)]).collect::<Vec<_>>(),
         "invariants": {
             "ledger": r.invariants.ledger.as_ref().map(|_| "ok").unwrap_or_else(|e| e.as_str()),
@@ -328,7 +391,7 @@ pub fn fig1c(args: &Fig1cArgs) -> Result<()> {
         &curves,
         &args.out.join("fig1c"),
     )?;
-    print_fig1c_table(&report["runs"], ("reordered", "reordered_packets"));
+    print_fig1c_table(&report["runs"]);
     println!(
         "wrote {}/fig1c.json, fig1c.svg, fig1c.png",
         args.out.display()
@@ -390,44 +453,69 @@ pub(crate) fn write_goodput_plot(
     plot::write(&fig, path)
 }
 
-/// Prints the fig1c table of `runs` (the `runs` array of `fig1c.json`); `third` is the
-/// (header, field) of the third column: reordering in the simulator, retransmissions on the
-/// testbed.
-pub(crate) fn print_fig1c_table(runs: &Value, third: (&str, &str)) {
+/// Prints the fig1c table of `runs` (the `runs` array of `fig1c.json`, simulator or
+/// testbed); a field a back end does not have prints as `-`.
+pub(crate) fn print_fig1c_table(runs: &Value) {
     println!(
-        "{:<12} {:>6} {:>8} {:>9} {:>10} {:>10} {:>11} {:>12} {:>9} {:>11} {:>10} {:>9} {:>9}",
+        "{:<12} {:>6} {:>7} {:>7} {:>8} {:>7} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>11} {:>9} {:>6} {:>6} {:>7} {:>15}",
         "algorithm",
         "lost",
+        "p_lost",
+        "reorder",
         "buffered",
-        third.0,
+        "retrans",
         "freeze_ms",
         "halted_ms",
-        "delay_p99_ms",
-        "migration_ms",
+        "dly_p99",
+        "dly_max",
+        "mig_ms",
         "expired",
         "transferred",
         "bytes",
-        "Mb/s pre",
-        "Mb/s mig"
+        "Mb/s<",
+        "Mb/s~",
+        "min_bin",
+        "cpu% n1/n2/ovs"
     );
+    let int = |v: &Value| v.as_u64().map_or("-".to_owned(), |x| x.to_string());
+    let num = |v: &Value, d: usize| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.d$}"));
     for r in runs.as_array().into_iter().flatten() {
+        let c = &r["cpu_pct"];
+        let cpu = if c.is_object() {
+            format!(
+                "{}/{}/{}",
+                num(&c["node1"], 0),
+                num(&c["node2"], 0),
+                num(&c["ovs_vswitchd"], 0)
+            )
+        } else {
+            "-".to_owned()
+        };
         println!(
-            "{:<12} {:>6} {:>8} {:>9} {:>10.2} {:>10.2} {:>11.2} {:>12.1} {:>9} {:>11} {:>10} {:>9.0} {:>9.0}",
+            "{:<12} {:>6} {:>7} {:>7} {:>8} {:>7} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>11} {:>9} {:>6} {:>6} {:>7} {:>15}",
             r["algorithm"].as_str().unwrap_or("?"),
-            r["packets_lost"].as_u64().unwrap_or(0),
-            r["packets_buffered"].as_u64().unwrap_or(0),
-            r[third.1].as_u64().unwrap_or(0),
-            r["max_freeze_ms"].as_f64().unwrap_or(0.0),
-            r["halted_ms"].as_f64().unwrap_or(0.0),
-            r["added_delay_ms_p99"].as_f64().unwrap_or(0.0),
-            r["migration_ms"].as_f64().unwrap_or(f64::NAN),
-            r["states_expired_idle"].as_u64().unwrap_or(0),
-            r["states_transferred"].as_u64().unwrap_or(0),
-            r["bytes_transferred"].as_u64().unwrap_or(0),
-            r["goodput_before_mbps"].as_f64().unwrap_or(0.0),
-            r["goodput_during_mbps"].as_f64().unwrap_or(0.0),
+            int(&r["packets_lost"]),
+            int(&r["probes_lost"]),
+            int(&r["reordered_packets"]),
+            int(&r["packets_buffered"]),
+            int(&r["retransmits"]),
+            num(&r["max_freeze_ms"], 2),
+            num(&r["halted_ms"], 2),
+            num(&r["added_delay_ms_p99"], 2),
+            num(&r["added_delay_ms_max"], 2),
+            num(&r["migration_ms"], 1),
+            int(&r["states_expired_idle"]),
+            int(&r["states_transferred"]),
+            int(&r["bytes_transferred"]),
+            num(&r["goodput_before_mbps"], 0),
+            num(&r["goodput_during_mbps"], 0),
+            num(&r["goodput_min_bin_ratio"], 3),
+            cpu,
         );
     }
+    println!(
+        "  lost: packets the NAT nodes lost to the migration; p_lost, reorder, dly_*: the probe stream on the testbed\n  (added RTT over the migration and after), every data packet in the simulator (one-way); Mb/s< before, Mb/s~\n  from the request to 1 s after done; min_bin: lowest 100 ms goodput bin during the migration / median bin before"
+    );
 }
 
 /// `experiment scaling`.
@@ -538,4 +626,36 @@ pub fn scaling(args: &ScalingArgs) -> Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_bin_ratio_compares_the_worst_migration_bin_with_the_median_before() {
+        // 10 ms bins of 900, with a dip to 300 for 50 ms at 1200..1250 ms.
+        let fine: Vec<(f64, f64)> = (0..300)
+            .map(|i| {
+                let t = i as f64 * 10.0;
+                (
+                    t,
+                    if (1200.0..1250.0).contains(&t) {
+                        300.0
+                    } else {
+                        900.0
+                    },
+                )
+            })
+            .collect();
+        let coarse = rebin(&fine, 100.0);
+        assert_eq!(coarse.len(), 30);
+        assert_eq!(coarse[12], (1200.0, 600.0));
+        let r = goodput_min_bin_ratio(&coarse, 100.0, 500.0, 1000.0, 1150.0).unwrap();
+        assert!((r - 600.0 / 900.0).abs() < 1e-3, "{r}");
+        // The dip lies beyond done + one bin: not counted.
+        let r = goodput_min_bin_ratio(&coarse, 100.0, 500.0, 1000.0, 1050.0).unwrap();
+        assert_eq!(r, 1.0);
+        assert_eq!(goodput_min_bin_ratio(&coarse, 100.0, 0.0, 50.0, 60.0), None);
+    }
 }

@@ -45,6 +45,9 @@ enum Command {
     /// The one-machine testbed (root): namespaces, Open vSwitch, nodes, controller.
     #[command(subcommand)]
     Testbed(testbed::TestbedCommand),
+    /// The testbed's UDP probe stream (sender and echo, run inside its namespaces).
+    #[command(subcommand, hide = true)]
+    Probe(testbed::probe::ProbeCommand),
 }
 
 #[derive(Subcommand)]
@@ -90,5 +93,6 @@ fn main() -> Result<()> {
         Command::Migrate(args) => cmd_controller::migrate(&args),
         Command::Status(args) => cmd_controller::status(&args),
         Command::Testbed(cmd) => testbed::run(&cmd),
+        Command::Probe(cmd) => testbed::probe::run(&cmd),
     }
 }

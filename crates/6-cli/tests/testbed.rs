@@ -3,6 +3,10 @@
 //! to node 2 under that load through `flowshift migrate`, then checks from outside:
 //!
 //! * every iperf3 connection lived to the end and kept carrying data after the cutover;
+//! * a UDP probe stream (1000/s, `flowshift probe send|echo`) from a subscriber of the group
+//!   to an echo on the server side, running across the migration, lost no probe and none came
+//!   back out of order (nor reached the echo out of order);
+//! * the server link is shaped (`testbed up`'s default `--link-rate 1gbit`);
 //! * the controller names node 2 as the group's owner and both nodes count no migration loss
 //!   (`loss_*`) and no NAT drop caused by the move;
 //! * `flowshift testbed down` leaves no namespace, process or state directory of the run.
@@ -22,6 +26,9 @@ const STREAMS: usize = 4;
 /// Seconds of iperf3 traffic; the migration starts after [`MIGRATE_AFTER`].
 const SECONDS: u64 = 8;
 const MIGRATE_AFTER: Duration = Duration::from_secs(2);
+/// Probes per second, and the echo's port (the testbed's probe class).
+const PROBE_RATE: u64 = 1000;
+const PROBE_PORT: &str = "7001";
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -81,14 +88,17 @@ fn spawn_json(mut c: Command, out: &Path) -> Child {
     c.stdout(f).stderr(Stdio::null()).spawn().expect("spawns")
 }
 
-fn wait_listening(ns: &str, port: &str) {
+fn wait_listening(ns: &str, port: &str, flags: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let o = in_ns(ns, "ss", &["-Hltn"]).output().expect("ss runs");
+        let o = in_ns(ns, "ss", &[flags]).output().expect("ss runs");
         if String::from_utf8_lossy(&o.stdout).contains(&format!(":{port} ")) {
             return;
         }
-        assert!(Instant::now() < deadline, "iperf3 server never listened");
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {port} in {ns}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -163,7 +173,59 @@ fn freeze_copy_under_iperf3_load_breaks_no_connection_and_leaves_nothing_behind(
         ),
         &server_out,
     );
-    wait_listening(&srv, PORT);
+    wait_listening(&srv, PORT, "-Hltn");
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{dir}/state.json")).expect("state.json"),
+    )
+    .expect("state.json is JSON");
+    assert!(
+        state["link"]["rate_bps"].as_u64() == Some(1_000_000_000),
+        "the server link is shaped to 1 Gbit/s: {}",
+        state["link"]
+    );
+    // The probe stream: echo on the second server address, sender from a subscriber of the
+    // migrated group (not one iperf3 uses), running as long as iperf3.
+    let probes = PROBE_RATE * SECONDS;
+    let probe_out = Path::new(&dir).join("ci-probe.json");
+    let mut echo = in_ns(
+        &srv,
+        FLOWSHIFT,
+        &[
+            "probe",
+            "echo",
+            "--bind",
+            &format!("203.0.113.11:{PROBE_PORT}"),
+            "--duration",
+            "40",
+            "--count",
+            &probes.to_string(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .spawn()
+    .expect("probe echo starts");
+    wait_listening(&srv, PROBE_PORT, "-Hlun");
+    let mut prober = in_ns(
+        &sub,
+        FLOWSHIFT,
+        &[
+            "probe",
+            "send",
+            "--bind",
+            "100.64.0.8",
+            "--to",
+            &format!("203.0.113.11:{PROBE_PORT}"),
+            "--rate",
+            &PROBE_RATE.to_string(),
+            "--count",
+            &probes.to_string(),
+            "--out",
+            &probe_out.display().to_string(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .spawn()
+    .expect("probe sender starts");
     let (streams, seconds) = (STREAMS.to_string(), SECONDS.to_string());
     let mut client = spawn_json(
         in_ns(
@@ -217,6 +279,44 @@ fn freeze_copy_under_iperf3_load_breaks_no_connection_and_leaves_nothing_behind(
 
     let st = client.wait().expect("client exits");
     let _ = server.wait();
+    let ps = prober.wait().expect("probe sender exits");
+    assert!(ps.success(), "probe sender exited with {ps}");
+    let _ = echo.wait();
+    let probe: Value =
+        serde_json::from_str(&std::fs::read_to_string(&probe_out).expect("probe record"))
+            .expect("probe record is JSON");
+    let replies = probe["replies"].as_array().expect("replies");
+    let mut seen = vec![false; probes as usize];
+    let (mut unique, mut reordered, mut reordered_at_echo) = (0u64, 0u64, 0u64);
+    let (mut max_seq, mut by_echo) = (None, Vec::new());
+    for r in replies {
+        let seq = r[0].as_u64().expect("seq");
+        if std::mem::replace(&mut seen[seq as usize], true) {
+            continue;
+        }
+        unique += 1;
+        if max_seq.is_some_and(|m| seq < m) {
+            reordered += 1;
+        }
+        max_seq = max_seq.max(Some(seq));
+        by_echo.push((r[3].as_u64().expect("echo index"), seq));
+    }
+    by_echo.sort_unstable();
+    let mut m = None;
+    for &(_, seq) in &by_echo {
+        if m.is_some_and(|m| seq < m) {
+            reordered_at_echo += 1;
+        }
+        m = m.max(Some(seq));
+    }
+    assert_eq!(probe["sent"].as_u64(), Some(probes), "every probe sent");
+    assert_eq!(
+        probes - unique,
+        0,
+        "probes lost across the freeze-copy migration"
+    );
+    assert_eq!(reordered, 0, "probes came back out of order");
+    assert_eq!(reordered_at_echo, 0, "probes reached the echo out of order");
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&client_out).expect("client JSON"))
             .unwrap_or_else(|e| panic!("iperf3 client JSON: {e}"));
@@ -269,7 +369,7 @@ fn freeze_copy_under_iperf3_load_breaks_no_connection_and_leaves_nothing_behind(
         "node 2 forwarded nothing after the cutover"
     );
     eprintln!(
-        "testbed {}: migration {}, iperf3 {:.0} Mbit/s received, {} retransmits",
+        "testbed {}: migration {}, {probes} probes none lost or reordered, iperf3 {:.0} Mbit/s received, {} retransmits",
         run.id,
         mig["status"]["stage"],
         report["end"]["sum_received"]["bits_per_second"]

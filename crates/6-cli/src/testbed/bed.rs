@@ -26,8 +26,9 @@ use std::time::{Duration, Instant, SystemTime};
 /// The testbed's install script, embedded so the binary works outside the source tree.
 const INSTALL_SCRIPT: &str = include_str!("../../../../scripts/install-testbed-deps.sh");
 /// Programs a testbed needs (the install script provides all of them).
-pub const TOOLS: [&str; 15] = [
+pub const TOOLS: [&str; 16] = [
     "ip",
+    "tc",
     "ethtool",
     "ovsdb-tool",
     "ovsdb-server",
@@ -48,6 +49,13 @@ pub const TOOLS: [&str; 15] = [
 /// 64 GSO frames is 4 MiB at once, which overflowed `ovs-vswitchd`'s packet socket at 4 MiB
 /// (frames lost without any counter; thousands of retransmissions per 5 s run).
 const RMEM_DEFAULT: u64 = 16 << 20;
+/// `net.core.wmem_default` while a shaped testbed runs (global). A packet socket's frames stay
+/// charged to its send buffer while they wait in a qdisc: with the default 208 kB,
+/// `ovs-vswitchd`'s socket on the shaped port filled before the 454-500 kB bulk queue did, and
+/// the switch dropped frames on `send` (EAGAIN) without any counter, the probes' priority class
+/// included (39% of the probes lost at 100 Mbit/s). 4 MiB covers the bulk queue at any rate up
+/// to 8 Gbit/s (4 ms) with the kernel's per-frame overhead.
+const WMEM_DEFAULT: u64 = 4 << 20;
 /// How long `up` waits for the controller, the switch and the nodes.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -65,6 +73,9 @@ pub struct UpOptions {
     pub tso: bool,
     /// NAT filtering (`endpoint-independent` or `address-dependent`).
     pub filtering: String,
+    /// Rate of the shaped server link, bits per second ([`layout::Shaping`]); `None`: not
+    /// shaped (the switch's packet rate is then the bottleneck).
+    pub link_rate_bps: Option<u64>,
     /// Print progress on stderr.
     pub verbose: bool,
 }
@@ -192,6 +203,15 @@ pub struct State {
     pub processes: Vec<ProcessRecord>,
     /// `net.core.rmem_default`, if this run raised it.
     pub rmem_default: Option<SysctlChange>,
+    /// `net.core.wmem_default`, if this run raised it (shaped link only).
+    #[serde(default)]
+    pub wmem_default: Option<SysctlChange>,
+    /// The server link's shaping, if any ([`layout::Shaping`]).
+    #[serde(default)]
+    pub link: Option<layout::Shaping>,
+    /// Where the shaping is installed (`<namespace>:<device>`).
+    #[serde(default)]
+    pub link_devices: Vec<String>,
 }
 
 impl State {
@@ -403,7 +423,10 @@ impl Testbed {
     fn build(&mut self, opts: &UpOptions) -> Result<()> {
         let l = self.layout.clone();
         let dir = self.state.dir.clone();
-        self.raise_rmem()?;
+        self.state.rmem_default = self.raise_default("rmem_default", RMEM_DEFAULT)?;
+        if opts.link_rate_bps.is_some() {
+            self.state.wmem_default = self.raise_default("wmem_default", WMEM_DEFAULT)?;
+        }
 
         self.progress("namespaces");
         for ns in [l.ns_sub(), l.ns_srv(), l.ns_mgmt()]
@@ -554,6 +577,10 @@ impl Testbed {
         }
         self.state.subscribers = subscribers;
         self.state.servers = layout::SERVERS.iter().map(|a| a.to_string()).collect();
+        if let Some(rate) = opts.link_rate_bps {
+            self.progress("shaping the server link");
+            self.shape_link(rate)?;
+        }
 
         self.progress("management bridge");
         let mgmt = l.ns_mgmt();
@@ -670,24 +697,69 @@ impl Testbed {
         self.wait_ready(&client, deadline)
     }
 
-    /// Raises `net.core.rmem_default` (global) if it is below [`RMEM_DEFAULT`], recording the
-    /// old value for the teardown.
-    fn raise_rmem(&mut self) -> Result<()> {
-        let path = Path::new("/proc/sys/net/core/rmem_default");
-        let before: u64 = fs::read_to_string(path)
+    /// Shapes the server link to `rate_bps` in both directions ([`layout::Shaping`]): the
+    /// switch's port towards the servers (egress: subscribers -> servers) and `srv0` (egress:
+    /// servers -> subscribers). Fails with a clear message when the kernel lacks the HTB qdisc
+    /// or the u32 classifier.
+    fn shape_link(&mut self, rate_bps: u64) -> Result<()> {
+        let plan = layout::Shaping::for_rate(rate_bps);
+        let ends = [
+            (self.layout.ns_srv(), layout::SRV_IF.to_owned(), "sport"),
+            (self.layout.ns_ovs(), self.layout.port_out(), "dport"),
+        ];
+        for (ns, dev, field) in &ends {
+            for args in plan.tc_commands(dev, field) {
+                let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                sys::in_ns(ns, "tc", &refs).map_err(|e| {
+                    anyhow!(
+                        "shaping the server link (--link-rate) needs the kernel's HTB qdisc (sch_htb), \
+                         bfifo/pfifo and the u32 classifier (cls_u32); this kernel refused `tc {}` \
+                         on {dev} in {ns}: {e:#}. Run with --link-rate off to skip shaping",
+                        args.join(" ")
+                    )
+                })?;
+            }
+            self.state.link_devices.push(format!("{ns}:{dev}"));
+        }
+        self.state.link = Some(plan);
+        self.save()
+    }
+
+    /// Checks that the link shaping is still installed (the switch must not have replaced
+    /// the qdisc of its port); returns the `tc -s qdisc` statistics of every shaped device.
+    pub fn link_stats(&self) -> Result<Vec<(String, String)>> {
+        let mut v = Vec::new();
+        for d in &self.state.link_devices {
+            let (ns, dev) = d.split_once(':').unwrap_or(("", d));
+            let out = sys::in_ns(ns, "tc", &["-s", "qdisc", "show", "dev", dev])?;
+            if !out.contains("qdisc htb 1:") {
+                bail!("the shaping of {dev} in {ns} is gone: {out}");
+            }
+            v.push((d.clone(), out));
+        }
+        Ok(v)
+    }
+
+    /// Raises `net.core.<key>` (global, `rmem_default` or `wmem_default`) to `value` if it is
+    /// below, recording the old value (in `state.json` before the write) for the teardown.
+    fn raise_default(&mut self, key: &str, value: u64) -> Result<Option<SysctlChange>> {
+        let path = Path::new("/proc/sys/net/core").join(key);
+        let before: u64 = fs::read_to_string(&path)
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(RMEM_DEFAULT);
-        if before < RMEM_DEFAULT {
-            self.state.rmem_default = Some(SysctlChange {
-                before,
-                set: RMEM_DEFAULT,
-            });
-            self.save()?;
-            fs::write(path, RMEM_DEFAULT.to_string())
-                .with_context(|| format!("writing {}", path.display()))?;
+            .unwrap_or(value);
+        if before >= value {
+            return Ok(None);
         }
-        Ok(())
+        let ch = SysctlChange { before, set: value };
+        match key {
+            "wmem_default" => self.state.wmem_default = Some(ch),
+            _ => self.state.rmem_default = Some(ch),
+        }
+        self.save()?;
+        fs::write(&path, value.to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Some(ch))
     }
 
     /// Starts `program args` in `ns` as a detached process with a log, records it.
@@ -936,16 +1008,21 @@ pub fn teardown(
             problems.push(format!("{e:#}"));
         }
     }
-    // 5. The global sysctl, if no other run needs it.
-    if let Some(ch) = state.and_then(|s| s.rmem_default) {
+    // 5. The global sysctls, if no other run needs them.
+    let changes = [
+        ("rmem_default", state.and_then(|s| s.rmem_default)),
+        ("wmem_default", state.and_then(|s| s.wmem_default)),
+    ];
+    for (key, ch) in changes {
+        let Some(ch) = ch else { continue };
         let others = existing_runs().into_iter().any(|r| r != run);
-        let path = Path::new("/proc/sys/net/core/rmem_default");
-        let now: Option<u64> = fs::read_to_string(path)
+        let path = Path::new("/proc/sys/net/core").join(key);
+        let now: Option<u64> = fs::read_to_string(&path)
             .ok()
             .and_then(|s| s.trim().parse().ok());
         if !others && now == Some(ch.set) {
             // Best effort: a failure leaves a larger default buffer, harmless.
-            let _ = fs::write(path, ch.before.to_string());
+            let _ = fs::write(&path, ch.before.to_string());
         }
     }
     // 6. The directory.

@@ -51,6 +51,12 @@ pub struct Round {
     pub nat_cpu_s: Option<f64>,
     /// CPU seconds `ovs-vswitchd` used.
     pub switch_cpu_s: Option<f64>,
+    /// The NAT process's CPU over the round, % of one core (`/proc/<pid>/stat` utime+stime).
+    pub nat_cpu_pct: Option<f64>,
+    /// `ovs-vswitchd`'s CPU over the round, % of one core.
+    pub switch_cpu_pct: Option<f64>,
+    /// Wall time of the round (s), the denominator of the percentages.
+    pub wall_s: f64,
 }
 
 /// The benchmark's result (`--json`).
@@ -72,6 +78,8 @@ pub struct BenchReport {
     pub ratio: f64,
     /// Drops and migration losses the node counted during the run, by counter (none expected).
     pub node_drops: std::collections::BTreeMap<String, u64>,
+    /// The server link's shaping (`--link-rate`), if any.
+    pub link: Option<layout::Shaping>,
 }
 
 /// Rounds per path.
@@ -93,6 +101,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         seed: 1,
         tso: a.offload == Offload::Tso,
         filtering: "endpoint-independent".into(),
+        link_rate_bps: a.link_rate.0,
         verbose: !a.json,
     })?;
     let result = measure(&mut tb, a);
@@ -114,18 +123,20 @@ fn print_report(r: &BenchReport) {
         r.flows, r.seconds, r.offload
     );
     println!(
-        "  {:<10} {:>12} {:>12} {:>10} {:>10}",
-        "path", "Gbit/s", "retransmits", "NAT cpu s", "OVS cpu s"
+        "  {:<10} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10}",
+        "path", "Gbit/s", "retransmits", "NAT cpu s", "NAT cpu%", "OVS cpu s", "OVS cpu%"
     );
-    let opt = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.2}"));
+    let opt = |v: Option<f64>, d: usize| v.map_or("-".to_owned(), |x| format!("{x:.d$}"));
     for x in &r.rounds {
         println!(
-            "  {:<10} {:>12.3} {:>12} {:>10} {:>10}",
+            "  {:<10} {:>12.3} {:>12} {:>10} {:>10} {:>10} {:>10}",
             x.path,
             x.received_bps / 1e9,
             x.retransmits,
-            opt(x.nat_cpu_s),
-            opt(x.switch_cpu_s)
+            opt(x.nat_cpu_s, 2),
+            opt(x.nat_cpu_pct, 1),
+            opt(x.switch_cpu_s, 2),
+            opt(x.switch_cpu_pct, 1)
         );
     }
     println!(
@@ -133,6 +144,16 @@ fn print_report(r: &BenchReport) {
         r.flowshift_bps / 1e9,
         r.nftables_bps / 1e9,
         r.ratio
+    );
+    match &r.link {
+        Some(l) => println!(
+            "  server link shaped to {} bit/s (HTB, bulk queue {} B)",
+            l.rate_bps, l.limit_bytes
+        ),
+        None => println!("  server link not shaped (--link-rate off)"),
+    }
+    println!(
+        "  cpu%: utime+stime from /proc/<pid>/stat over the round, % of one core; nftables NAT runs in softirq (not attributable)"
     );
     if r.node_drops.is_empty() {
         println!("  node drops: none");
@@ -291,16 +312,24 @@ fn measure(tb: &mut Testbed, a: &BenchArgs) -> Result<BenchReport> {
         let port = iperf::BASE_PORT + i as u16;
         let cpu = |pid: Option<u32>| pid.and_then(sys::cpu_seconds);
         let (n0, s0) = (cpu(node_pid), cpu(switch_pid));
+        let started = Instant::now();
         let r = one_run(tb, sub, srv, bind, port, a, &dir)
             .with_context(|| format!("round {} ({})", i + 1, path_name(kernel)))?;
         let (n1, s1) = (cpu(node_pid), cpu(switch_pid));
+        let wall = started.elapsed().as_secs_f64();
         let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+        let pct = |d: Option<f64>| d.map(|d| (d / wall * 1000.0).round() / 10.0);
+        let nat_cpu_s = if kernel { None } else { diff(n0, n1) };
+        let switch_cpu_s = diff(s0, s1);
         rounds.push(Round {
             path: path_name(kernel),
             received_bps: r.received_bps,
             retransmits: r.retransmits,
-            nat_cpu_s: if kernel { None } else { diff(n0, n1) },
-            switch_cpu_s: diff(s0, s1),
+            nat_cpu_s,
+            switch_cpu_s,
+            nat_cpu_pct: pct(nat_cpu_s),
+            switch_cpu_pct: pct(switch_cpu_s),
+            wall_s: wall,
         });
     }
     sys::sleep(Duration::from_millis(1200))?;
@@ -355,6 +384,7 @@ fn measure(tb: &mut Testbed, a: &BenchArgs) -> Result<BenchReport> {
         nftables_bps: nft_bps,
         ratio: fs_bps / nft_bps,
         node_drops,
+        link: tb.state.link.clone(),
     })
 }
 

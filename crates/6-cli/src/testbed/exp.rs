@@ -3,29 +3,38 @@
 //! Per algorithm, on a fresh testbed (2 nodes, `--states` pre-loaded on group 198.18.0.1 of
 //! node 1, plain userspace datapath, about 1 Gbit/s):
 //!
-//! 1. one iperf3 server per port in the server namespace; `--flows` TCP flows from the
-//!    subscriber namespace in clients of at most 25 streams, each from its own subscriber
-//!    address of the group, with 100 ms JSON intervals; a 100 Hz ping (ICMP through the same
-//!    group) measures the round-trip time;
+//! 1. the server link shaped to `--link-rate` (default 1 Gbit/s, [`layout::Shaping`]: the
+//!    fixed bottleneck); one iperf3 server per port in the server namespace; `--flows` TCP
+//!    flows from the subscriber namespace in clients of at most 25 streams, each from its own
+//!    subscriber address of the group, with 100 ms JSON intervals; a sequence-numbered UDP
+//!    probe stream (`--probe-rate`, default 1000/s, [`probe`]) from a subscriber address of
+//!    the group to an echo on the server side: loss, reordering and added round-trip time as
+//!    a subscriber sees them; a 100 Hz ping (ICMP through the same group) for comparison;
 //! 2. at `--migrate-at` the group moves to node 2 through the controller's API (`POST
 //!    /migrate`, then `GET /migrations` until done);
 //! 3. collected: goodput per 100 ms from the servers' (receivers') intervals, retransmissions
-//!    from the clients, node counters before and after (drops by reason, migration losses),
+//!    from the clients, the probe stream's record, CPU of both node processes and
+//!    `ovs-vswitchd` over the clients' run (`/proc/<pid>/stat`), the shaper's queue drops,
+//!    node counters before and after (drops by reason, migration losses),
 //!    the source's report (`GET /migrations/<i>/report`: phases, freeze times, bytes), the
 //!    switch's flow and port counters (`GET /switch`, from OpenFlow statistics);
 //! 4. the testbed is removed.
 //!
-//! Times in the report are milliseconds since the clients started. The source's phase times
-//! (node clock) are aligned by taking the start of its first phase as the moment of the
-//! request (the control round trip, well under a millisecond here, is the error); the
-//! controller's milestones (controller clock) by its `requested_at`.
+//! Times in the report are milliseconds since the clients started. The controller's milestones
+//! (controller clock) are aligned by its `requested_at`; the source's phase times (node clock)
+//! by taking its `done` as the controller's done (the source's `Completed` is one control hop;
+//! `clock_alignment` says which anchor a run used). The probe stream and
+//! ping use the wall clock (`CLOCK_REALTIME`, one machine), aligned at the clients' start.
+//! `timeline` lists every milestone in ms after the request.
 
 use super::bed::{Testbed, UpOptions};
 use super::iperf::{self, IperfRun, JsonProcess, Ping};
 use super::layout;
+use super::probe;
 use super::sys;
 use crate::experiment::{
-    Fig1cArgs, GoodputCurve, algorithm_name, print_fig1c_table, write_goodput_plot,
+    Fig1cArgs, GoodputCurve, algorithm_name, goodput_min_bin_ratio, print_fig1c_table,
+    write_goodput_plot,
 };
 use anyhow::{Context, Result, bail};
 use flowshift_control::api::{ClusterStatus, MigrateRequest};
@@ -33,6 +42,7 @@ use flowshift_control::orchestrator::Stage;
 use flowshift_migration::{Algorithm, Params};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Streams per iperf3 client (one client per subscriber address).
@@ -84,6 +94,9 @@ pub fn fig1c(args: &Fig1cArgs) -> Result<()> {
     if args.flows == 0 || args.flows > max_flows {
         bail!("--flows must be 1..={max_flows} on the testbed");
     }
+    if args.probe_rate == 0 || args.probe_rate > 20_000 {
+        bail!("--probe-rate must be 1..=20000 per second");
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let algorithms = args.algorithm.list();
@@ -102,11 +115,17 @@ pub fn fig1c(args: &Fig1cArgs) -> Result<()> {
             "migrate_at_ms": migrate_at * 1e3, "duration_ms": duration * 1e3,
             "goodput_bin_ms": iperf::INTERVAL_S * 1e3, "transfer_loss": args.transfer_loss,
             "nodes": 2, "switch": "Open vSwitch userspace datapath (netdev), tx offload off",
+            "link_rate_bps": args.link_rate.0,
+            "bottleneck": match args.link_rate.0 {
+                Some(_) => "the server link, shaped with HTB in both directions (runs[].link)",
+                None => "none fixed (--link-rate off): the switch's packet rate",
+            },
+            "probe_rate_per_s": args.probe_rate,
             "clients": args.flows.div_ceil(STREAMS_PER_CLIENT),
             "params": runs.first().map(|r: &RunOut| r.params.clone()),
             "algorithms": algorithms.iter().map(|&a| algorithm_name(a)).collect::<Vec<_>>(),
             "time_origin": "start of the iperf3 clients",
-            "delay": "ping round-trip time through the migrated group (100 Hz)",
+            "delay": "UDP probe round-trip time minus its median in the second before the migration; p99 and max over the probes sent from the migration's start to the end of the run",
         },
         "runs": runs.iter().map(|r| r.json.clone()).collect::<Vec<_>>(),
     });
@@ -114,9 +133,28 @@ pub fn fig1c(args: &Fig1cArgs) -> Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
     plot_runs(args, &runs)?;
-    print_fig1c_table(&report["runs"], ("retrans", "retransmits"));
+    print_fig1c_table(&report["runs"]);
     println!(
-        "wrote {}/fig1c.json, fig1c.svg, fig1c.png (backend: testbed)",
+        "  testbed: server link {}; probe stream {}/s from {} to {}:{}",
+        match args.link_rate.0 {
+            Some(_) => format!("shaped to {}", args.link_rate),
+            None => "not shaped".into(),
+        },
+        args.probe_rate,
+        layout::subscriber(1, layout::SUBSCRIBER_HOSTS),
+        layout::SERVERS[1],
+        layout::PROBE_PORT
+    );
+    println!("timeline (ms after the request):");
+    for r in &runs {
+        println!(
+            "  {:<12} {}",
+            r.json["algorithm"].as_str().unwrap_or("?"),
+            timeline_line(&r.json["timeline"])
+        );
+    }
+    println!(
+        "wrote {}/fig1c.json, fig1c.svg, fig1c.png, fig1c-delay.svg, fig1c-delay.png (backend: testbed)",
         args.out.display()
     );
     let bad: Vec<String> = runs
@@ -147,6 +185,8 @@ pub fn fig1c(args: &Fig1cArgs) -> Result<()> {
 struct RunOut {
     json: Value,
     goodput: Vec<(f64, f64)>,
+    /// Probe round trips around the migration: (send ms, RTT ms).
+    rtt: Vec<(f64, f64)>,
     phases: Vec<(String, f64, f64)>,
     params: Value,
 }
@@ -205,10 +245,132 @@ fn round(x: f64, d: i32) -> f64 {
     (x * p).round() / p
 }
 
-fn unix_now() -> f64 {
+fn unix_now_ns() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// CPU of `pids` between two samples of `sys::cpu_seconds`, as % of one core.
+fn cpu_pct(names: &[&str], before: &[Option<f64>], after: &[Option<f64>], wall: Duration) -> Value {
+    let mut o = serde_json::Map::new();
+    for ((n, b), a) in names.iter().zip(before).zip(after) {
+        let v = match (b, a) {
+            (Some(b), Some(a)) if wall > Duration::ZERO => {
+                Value::from(round((a - b) / wall.as_secs_f64() * 100.0, 1))
+            }
+            _ => Value::Null,
+        };
+        o.insert((*n).to_owned(), v);
+    }
+    o.insert(
+        "window_ms".into(),
+        Value::from(round(wall.as_secs_f64() * 1e3, 1)),
+    );
+    Value::Object(o)
+}
+
+/// Packets each qdisc of `tc -s qdisc show` output dropped: `"<kind> <handle>" -> n`.
+fn qdisc_drops(text: &str) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    let mut current = None;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("qdisc ") {
+            let mut w = rest.split_whitespace();
+            current = Some(format!(
+                "{} {}",
+                w.next().unwrap_or("?"),
+                w.next().unwrap_or("?")
+            ));
+        } else if let (Some(c), Some(d)) = (&current, t.split("(dropped ").nth(1)) {
+            let n = d
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            m.insert(c.clone(), n);
+        }
+    }
+    m
+}
+
+/// The migration's milestones in ms after the request: the source's phases (and batches, if
+/// its report has `batch_spans`), the controller's switch update and barrier reply, the end of
+/// the drain, done. `phases` are on the experiment clock already; `shift` maps node-clock ms
+/// to it.
+fn timeline(
+    phases: &[Value],
+    report: &Value,
+    shift: impl Fn(f64) -> f64,
+    controller: &BTreeMap<&str, Option<f64>>,
+    req_ms: f64,
+) -> Vec<Value> {
+    let rel = |t: f64| round(t - req_ms, 3);
+    let mut v = Vec::new();
+    for p in phases {
+        let name = p["name"].as_str().unwrap_or("?").replace('_', "-");
+        let start = p["start_ms"].as_f64().unwrap_or(0.0);
+        let end = p["end_ms"].as_f64();
+        v.push(json!({"event": name, "start_ms": rel(start), "end_ms": end.map(rel)}));
+        if name == "drain"
+            && let Some(e) = end
+        {
+            v.push(json!({"event": "drain-end", "at_ms": rel(e)}));
+        }
+    }
+    for (i, b) in report["batch_spans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(s) = b["start_ms"].as_f64() {
+            v.push(json!({
+                "event": format!("batch-{}", i + 1),
+                "start_ms": rel(shift(s)),
+                "end_ms": b["end_ms"].as_f64().map(|e| rel(shift(e))),
+            }));
+        }
+    }
+    for (key, name) in [
+        ("redirect_sent_ms", "switch-update-sent"),
+        ("redirect_confirmed_ms", "barrier-reply"),
+        ("done_ms", "done"),
+    ] {
+        if let Some(Some(t)) = controller.get(key) {
+            v.push(json!({"event": name, "at_ms": rel(*t)}));
+        }
+    }
+    let key = |e: &Value| {
+        e["start_ms"]
+            .as_f64()
+            .or(e["at_ms"].as_f64())
+            .unwrap_or(0.0)
+    };
+    v.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    v
+}
+
+/// One line of a [`timeline`]: `prepare 0.0-0.4 | idle 0.4-500.2 | ... | done 563.0`.
+fn timeline_line(t: &Value) -> String {
+    let parts: Vec<String> = t
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let name = e["event"].as_str().unwrap_or("?");
+            match (e["at_ms"].as_f64(), e["start_ms"].as_f64()) {
+                (Some(at), _) => format!("{name} {at:.1}"),
+                (None, Some(s)) => match e["end_ms"].as_f64() {
+                    Some(end) => format!("{name} {s:.1}-{end:.1}"),
+                    None => format!("{name} {s:.1}-"),
+                },
+                _ => name.to_owned(),
+            }
+        })
+        .collect();
+    parts.join(" | ")
 }
 
 /// Drops `loss` of the state-transfer TCP segments in both directions on every node
@@ -234,6 +396,7 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
         seed: args.seed,
         tso: false,
         filtering: "endpoint-independent".into(),
+        link_rate_bps: args.link_rate.0,
         verbose: false,
     })?;
     if args.transfer_loss > 0.0 {
@@ -248,11 +411,15 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
         .collect();
     let limit = Duration::from_secs_f64(duration + 90.0);
     let mut servers = iperf::start_servers(&srv, layout::SERVERS[0], &ports, limit, &dir)?;
+    let probe_to = SocketAddrV4::new(layout::SERVERS[1], layout::PROBE_PORT);
+    let probe_count = (f64::from(args.probe_rate) * duration).round() as u64;
+    let mut echo = probe::start_echo(&srv, probe_to, duration + 30.0, &dir)?;
     let before = api.status()?;
     let switch_before = api.get::<Value>("/switch").unwrap_or(Value::Null);
 
     let t0 = Instant::now();
-    let wall0 = unix_now();
+    let wall0_ns = unix_now_ns();
+    let wall0 = wall0_ns as f64 / 1e9;
     let ms = |t: Instant| t.saturating_duration_since(t0).as_secs_f64() * 1e3;
     let ping = Ping::start(
         &sub,
@@ -261,6 +428,14 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
         PING_INTERVAL,
         duration.ceil() as u64 + 1,
         dir.join("ping.txt"),
+    )?;
+    let mut prober = probe::start_sender(
+        &sub,
+        layout::subscriber(1, layout::SUBSCRIBER_HOSTS),
+        probe_to,
+        args.probe_rate,
+        probe_count,
+        &dir,
     )?;
     let mut clients: Vec<(usize, JsonProcess)> = Vec::new();
     for (i, &port) in ports.iter().enumerate() {
@@ -277,6 +452,15 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
         clients.push((streams, c));
     }
     let clients_started_ms = ms(Instant::now());
+    let cpu_names = ["node1", "node2", "ovs_vswitchd"];
+    let cpu_pids = [tb.pid_of("node1"), tb.pid_of("node2"), tb.vswitchd_pid()];
+    let cpu_sample = || -> Vec<Option<f64>> {
+        cpu_pids
+            .iter()
+            .map(|p| p.and_then(sys::cpu_seconds))
+            .collect()
+    };
+    let (cpu0, cpu_t0) = (cpu_sample(), Instant::now());
 
     // The migration.
     let migrate_deadline = t0 + Duration::from_secs_f64(migrate_at);
@@ -330,6 +514,7 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
             Err(e) => tcp_problems.push(format!("{e:#}")),
         }
     }
+    let cpu = cpu_pct(&cpu_names, &cpu0, &cpu_sample(), cpu_t0.elapsed());
     let mut server_runs = Vec::new();
     for s in &mut servers {
         s.wait(Instant::now() + Duration::from_secs(10))?;
@@ -344,6 +529,11 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
         }
     }
     let ping = ping.finish(Instant::now() + Duration::from_secs(3))?;
+    prober
+        .finish(t0 + Duration::from_secs_f64(duration + 15.0))
+        .context("the probe stream")?;
+    drop(echo.finish(Instant::now()));
+    let probe_rec = probe::read_record(&prober.out)?;
     // Node statuses reach the controller every 500 ms; let the last counters arrive.
     sys::sleep(Duration::from_millis(1300))?;
     let after = api.status()?;
@@ -353,6 +543,9 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
     } else {
         Value::Null
     };
+    let link_stats = tb.state.link.as_ref().map(|_| tb.link_stats());
+    let link_plan = tb.state.link.clone();
+    let link_devices = tb.state.link_devices.clone();
     tb.down()?;
 
     // Goodput: the receivers' intervals, summed per 100 ms bin, on the experiment clock.
@@ -363,13 +556,30 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
         .collect();
     let req_ms = ms(t_req);
     let done_ms = ms(t_done);
-    // Phases: node clock -> experiment clock.
+    // Controller milestones: controller clock -> experiment clock.
+    let c0 = status.requested_at.as_nanos();
+    let cms = |t: Option<flowshift_wire::Instant>| {
+        t.map(|t| round(req_ms + t.as_nanos().saturating_sub(c0) as f64 / 1e6, 3))
+    };
+    // Phases: node clock -> experiment clock. The source's `Completed` ends the migration at
+    // the controller one control hop (well under a millisecond) after the source entered
+    // `done`: that anchors the node clock at the cutover's end. Without it (aborted), the start
+    // of the first phase is taken as the request. (Not the drain start: stop-copy's source
+    // enters its drain before the switch update.)
     let rep_phases: Vec<Value> = report["phases"].as_array().cloned().unwrap_or_default();
     let node_origin = rep_phases
         .first()
         .and_then(|p| p["start_ms"].as_f64())
         .unwrap_or(0.0);
-    let shift = |t: f64| round(t - node_origin + req_ms, 3);
+    let done_node = rep_phases
+        .iter()
+        .find(|p| p["name"] == "done")
+        .and_then(|p| p["start_ms"].as_f64());
+    let (offset, alignment) = match (done_node, cms(status.finished_at)) {
+        (Some(d), Some(c)) => (c - d, "source done = controller done"),
+        _ => (req_ms - node_origin, "source first phase start = request"),
+    };
+    let shift = |t: f64| round(t + offset, 3);
     let phases: Vec<Value> = rep_phases
         .iter()
         .filter(|p| p["name"] != "done")
@@ -393,26 +603,82 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
             )
         })
         .collect();
-    // Controller milestones: controller clock -> experiment clock.
-    let c0 = status.requested_at.as_nanos();
-    let cms = |t: Option<flowshift_wire::Instant>| {
-        t.map(|t| round(req_ms + t.as_nanos().saturating_sub(c0) as f64 / 1e6, 3))
-    };
     let mut controller = BTreeMap::new();
     controller.insert("requested_ms", Some(round(req_ms, 3)));
     controller.insert("redirect_sent_ms", cms(status.redirect_sent_at));
     controller.insert("redirect_confirmed_ms", cms(status.redirect_confirmed_at));
     controller.insert("done_ms", cms(status.finished_at));
     controller.insert("observed_done_ms", Some(round(done_ms, 3)));
+    // The migration starts at the request as the outside sees it (a source that starts late
+    // only makes its phases later).
     let mig_start = phases
         .first()
         .and_then(|p| p["start_ms"].as_f64())
-        .unwrap_or(req_ms);
+        .unwrap_or(req_ms)
+        .min(req_ms);
     let mig_end = controller
         .get("done_ms")
         .copied()
         .flatten()
         .unwrap_or(done_ms);
+    let timeline = timeline(&phases, &report, shift, &controller, req_ms);
+
+    // The probe stream (wall clock -> experiment clock).
+    let pa = probe::analyse(&probe_rec, wall0_ns);
+    let (p_base, p_p99, p_max) = probe::added_delay(&pa.answers, req_ms, f64::INFINITY);
+    let lost_migration = pa
+        .lost_ms
+        .iter()
+        .filter(|&&t| t >= req_ms && t <= mig_end + 1000.0)
+        .count();
+    let window = (req_ms - 1000.0, mig_end + 2000.0);
+    let in_window = |t: f64| t >= window.0 && t <= window.1;
+    let rtt_plot: Vec<(f64, f64)> = pa
+        .answers
+        .iter()
+        .filter(|a| in_window(a.sent_ms))
+        .map(|a| (a.sent_ms, a.rtt_ms))
+        .collect();
+    let probe_json = json!({
+        "rate_per_s": probe_rec.rate_per_s,
+        "from": layout::subscriber(1, layout::SUBSCRIBER_HOSTS).to_string(),
+        "to": probe_to.to_string(),
+        "sent": pa.sent,
+        "received": pa.received,
+        "lost": pa.lost,
+        "lost_during_migration": lost_migration,
+        "lost_at_ms": pa.lost_ms.iter().take(200).map(|&t| round(t, 1)).collect::<Vec<_>>(),
+        "reordered": pa.reordered,
+        "reordered_forward": pa.reordered_forward,
+        "reordered_return": pa.reordered_return,
+        "duplicates": pa.duplicates,
+        "send_errors": probe_rec.send_errors,
+        "baseline_rtt_ms": round(p_base, 3),
+        "added_delay_ms_p99": round(p_p99, 3),
+        "added_delay_ms_max": round(p_max, 3),
+        "rtt_timeline_fields": ["sent_ms", "rtt_ms", "forward_ms", "return_ms"],
+        "rtt_timeline_window_ms": [round(window.0, 1), round(window.1, 1)],
+        "rtt_timeline": pa.answers.iter().filter(|a| in_window(a.sent_ms)).map(|a| {
+            [round(a.sent_ms, 3), round(a.rtt_ms, 3), round(a.forward_ms, 3), round(a.return_ms, 3)]
+        }).collect::<Vec<_>>(),
+    });
+    let (link_json, link_problem) = match (&link_plan, link_stats) {
+        (Some(plan), Some(Ok(stats))) => {
+            let drops: BTreeMap<String, BTreeMap<String, u64>> = stats
+                .iter()
+                .map(|(d, text)| (d.clone(), qdisc_drops(text)))
+                .collect();
+            (
+                json!({"shaping": plan, "devices": link_devices, "qdisc_drops": drops}),
+                None,
+            )
+        }
+        (Some(plan), Some(Err(e))) => (
+            json!({"shaping": plan, "devices": link_devices}),
+            Some(format!("{e:#}")),
+        ),
+        _ => (Value::Null, None),
+    };
 
     // Counters.
     let d = deltas(&counters_of(&before), &counters_of(&after));
@@ -491,6 +757,7 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
     let invariants = json!({
         "completed": ok_or((status.stage != Stage::Done).then(|| format!("migration ended {:?}", status.stage))),
         "tcp_connections": ok_or((!tcp_problems.is_empty()).then(|| tcp_problems.join("; "))),
+        "link_shaping": ok_or(link_problem),
         "single_owner": ok_or((owners_after != [2] || controller_owner != Some(2)).then(|| {
             format!("group on nodes {owners_after:?}, controller owner {controller_owner:?}")
         })),
@@ -503,6 +770,21 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
     let r = &report;
     let n = |k: &str| r[k].as_u64().unwrap_or(0);
     let f = |k: &str| round(r[k].as_f64().unwrap_or(0.0), 3);
+    let min_bin_ratio = goodput_min_bin_ratio(
+        &goodput,
+        iperf::INTERVAL_S * 1e3,
+        mig_start / 2.0,
+        req_ms,
+        mig_end,
+    );
+    let ping_json = json!({
+        "sent": ping.sent,
+        "received": ping.received,
+        "interval_ms": PING_INTERVAL.as_secs_f64() * 1e3,
+        "baseline_rtt_ms": round(baseline, 3),
+        "added_delay_ms_p99": round(percentile(&added, 0.99), 3),
+        "added_delay_ms_max": round(added.last().copied().unwrap_or(0.0), 3),
+    });
     let json = json!({
         "algorithm": algorithm_name(alg),
         "seed": args.seed,
@@ -513,14 +795,16 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
         "network_drops_by_cause": drops,
         "packets_buffered": n("packets_buffered"),
         "packets_chained": n("packets_chained"),
-        "reordered_packets": Value::Null,
+        "reordered_packets": pa.reordered,
+        "probes_sent": pa.sent,
+        "probes_lost": pa.lost,
         "retransmits": retransmits,
         "max_freeze_ms": f("max_freeze_ms"),
         "max_buffer_delay_ms": f("max_buffer_delay_ms"),
         "halted_ms": f("halted_ms"),
-        "added_delay_ms_max": round(added.last().copied().unwrap_or(0.0), 3),
-        "added_delay_ms_p99": round(percentile(&added, 0.99), 3),
-        "baseline_delay_ms": round(baseline, 3),
+        "added_delay_ms_max": round(p_max, 3),
+        "added_delay_ms_p99": round(p_p99, 3),
+        "baseline_delay_ms": round(p_base, 3),
         "migration_ms": round(mig_end - req_ms, 3),
         "phases": phases,
         "controller": controller,
@@ -533,33 +817,43 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
         "precopy_rounds": r.get("precopy_rounds").cloned().unwrap_or(Value::Null),
         "goodput_before_mbps": round(mean_between(&goodput, mig_start / 2.0, mig_start), 1),
         "goodput_during_mbps": round(mean_between(&goodput, mig_start, mig_end + 1000.0), 1),
+        "goodput_min_bin_ratio": min_bin_ratio,
         "goodput": goodput.iter().map(|&(t, m)| [round(t, 1), round(m, 2)]).collect::<Vec<_>>(),
         "invariants": invariants,
-        "iperf": {
-            "clients": client_runs.len(),
-            "streams": clients.iter().map(|(s, _)| s).sum::<usize>(),
-            "bytes_sent": sent,
-            "bytes_received": received,
-            "sender_mbps": round(client_runs.iter().map(|r| r.sent_bps).sum::<f64>() / 1e6, 1),
-            "receiver_mbps": round(server_runs.iter().map(|r| r.received_bps).sum::<f64>() / 1e6, 1),
-            "errors": tcp_problems,
-        },
-        "ping": {
-            "sent": ping.sent,
-            "received": ping.received,
-            "interval_ms": PING_INTERVAL.as_secs_f64() * 1e3,
-        },
-        "node_counters_delta": d,
-        "switch": {
-            "flows": switch_flows,
-            "ports": switch_ports,
-            "source": "controller GET /switch (OpenFlow flow and port statistics, polled every second)",
-        },
-        "source_report": report,
     });
+    let iperf_json = json!({
+        "clients": client_runs.len(),
+        "streams": clients.iter().map(|(s, _)| s).sum::<usize>(),
+        "bytes_sent": sent,
+        "bytes_received": received,
+        "sender_mbps": round(client_runs.iter().map(|r| r.sent_bps).sum::<f64>() / 1e6, 1),
+        "receiver_mbps": round(server_runs.iter().map(|r| r.received_bps).sum::<f64>() / 1e6, 1),
+        "errors": tcp_problems,
+    });
+    let switch_json = json!({
+        "flows": switch_flows,
+        "ports": switch_ports,
+        "source": "controller GET /switch (OpenFlow flow and port statistics, polled every second)",
+    });
+    let mut json = json;
+    for (k, v) in [
+        ("timeline", Value::from(timeline)),
+        ("clock_alignment", Value::from(alignment)),
+        ("cpu_pct", cpu),
+        ("link", link_json),
+        ("probe", probe_json),
+        ("iperf", iperf_json),
+        ("ping", ping_json),
+        ("node_counters_delta", json!(d)),
+        ("switch", switch_json),
+        ("source_report", report),
+    ] {
+        json[k] = v;
+    }
     Ok(RunOut {
         json,
         goodput,
+        rtt: rtt_plot,
         phases: plot_phases,
         params: serde_json::to_value(&p).unwrap_or(Value::Null),
     })
@@ -653,6 +947,24 @@ fn plot_runs(args: &Fig1cArgs, runs: &[RunOut]) -> Result<()> {
         "goodput (Mbit/s, 100 ms bins)",
         &curves,
         &args.out.join("fig1c"),
+    )?;
+    let delay: Vec<GoodputCurve> = runs
+        .iter()
+        .zip(&labels)
+        .map(|(r, l)| GoodputCurve {
+            label: l,
+            points: &r.rtt,
+            phases: &r.phases,
+        })
+        .collect();
+    write_goodput_plot(
+        &format!(
+            "Testbed: round-trip time of {} UDP probes/s from a subscriber of the migrated group",
+            args.probe_rate
+        ),
+        "probe RTT (ms)",
+        &delay,
+        &args.out.join("fig1c-delay"),
     )
 }
 

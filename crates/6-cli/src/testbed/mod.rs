@@ -12,7 +12,7 @@
 //! Network safety: traffic only flows between namespaces the run created, with subscribers in
 //! 100.64.0.0/10, servers and external addresses in 203.0.113.0/24 and 198.18.0.0/15, and the
 //! management network in 198.19.0.0/24. Nothing is added to the root namespace except the
-//! state directory and, while a run exists, a larger `net.core.rmem_default`.
+//! state directory and, while a run exists, larger `net.core.rmem_default` and (shaped link) `wmem_default`.
 
 pub mod bed;
 mod benchmark;
@@ -20,6 +20,7 @@ pub mod check;
 mod exp;
 pub mod iperf;
 pub mod layout;
+pub mod probe;
 pub mod sys;
 
 use anyhow::{Result, bail};
@@ -44,6 +45,28 @@ pub enum Offload {
     Off,
     /// `userspace-tso-enable=true`, veth offloads on (GSO frames pass the switch and nodes).
     Tso,
+}
+
+/// Rate of the shaped server link (`--link-rate`): `1gbit`, `500mbit`, ..., or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkRate(pub Option<u64>);
+
+impl std::str::FromStr for LinkRate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        layout::parse_link_rate(s).map(LinkRate)
+    }
+}
+
+impl std::fmt::Display for LinkRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => write!(f, "off"),
+            Some(b) if b % 1_000_000_000 == 0 => write!(f, "{}gbit", b / 1_000_000_000),
+            Some(b) if b % 1_000_000 == 0 => write!(f, "{}mbit", b / 1_000_000),
+            Some(b) => write!(f, "{b}bit"),
+        }
+    }
 }
 
 /// NAT filtering of the nodes.
@@ -83,6 +106,11 @@ pub struct UpArgs {
     /// NAT filtering.
     #[arg(long, value_enum, default_value = "endpoint-independent")]
     pub filtering: FilteringArg,
+    /// Rate of the server link, shaped in both directions with HTB (a drop-tail bulk queue
+    /// sized for 100 TCP flows, a priority class for the probe stream): `1gbit`, `500mbit`, ...,
+    /// or `off`.
+    #[arg(long, default_value = "1gbit")]
+    pub link_rate: LinkRate,
     /// Stay in the foreground and remove the testbed on Ctrl-C / SIGTERM.
     #[arg(long)]
     pub foreground: bool,
@@ -123,6 +151,10 @@ pub struct BenchArgs {
     /// Parallel TCP flows per measurement.
     #[arg(long, default_value_t = 8)]
     pub flows: usize,
+    /// Shape the server link to this rate (`1gbit`, ...); off by default, since the benchmark
+    /// measures the paths' own limits.
+    #[arg(long, default_value = "off")]
+    pub link_rate: LinkRate,
 }
 
 /// Runs a testbed subcommand.
@@ -153,6 +185,7 @@ fn up(a: &UpArgs) -> Result<()> {
         seed: a.seed,
         tso: a.offload == Offload::Tso,
         filtering: a.filtering.as_config().into(),
+        link_rate_bps: a.link_rate.0,
         verbose: true,
     })?;
     print_summary(&tb.state);
@@ -226,6 +259,16 @@ fn print_summary(s: &bed::State) {
         );
     }
     println!("  filtering  {}", s.filtering);
+    match &s.link {
+        Some(l) => println!(
+            "  link       server link shaped to {} in both directions (HTB: bulk drop-tail {} kB, burst {} kB; probe class UDP port {})",
+            LinkRate(Some(l.rate_bps)),
+            l.limit_bytes / 1000,
+            l.burst_bytes / 1000,
+            layout::PROBE_PORT
+        ),
+        None => println!("  link       not shaped"),
+    }
     println!(
         "try: ip netns exec {} iperf3 -c {} (with a server: ip netns exec {} iperf3 -s)",
         s.ns_sub,
