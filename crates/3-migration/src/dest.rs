@@ -23,8 +23,8 @@ pub(crate) const IMPORT_SLICE_RECORDS: usize = 8192;
 
 /// A pre-copy commit being installed slice by slice.
 struct CommitJob {
-    /// Whole mappings' records, at most about [`IMPORT_SLICE_RECORDS`] per slice.
-    slices: VecDeque<Vec<u8>>,
+    /// The staged mappings not installed yet.
+    staged: BTreeMap<MappingKey, Staged>,
 }
 
 #[derive(Default)]
@@ -256,63 +256,55 @@ impl Mig {
                     self.dst_commit_answer(core, now, false);
                     return;
                 }
-                // Records carry their idle time at export; add the time they waited here.
-                let mut slices = VecDeque::new();
-                let mut slice = Vec::new();
-                for st in std::mem::take(&mut d.staged).into_values() {
-                    let extra =
-                        u32::try_from(now.saturating_since(st.at).as_millis()).unwrap_or(u32::MAX);
-                    for rec in st.records.chunks_exact(RECORD_LEN) {
-                        let start = slice.len();
-                        slice.extend_from_slice(rec);
-                        let idle = &mut slice[start + 20..start + 24];
-                        let v = u32::from_be_bytes([idle[0], idle[1], idle[2], idle[3]])
-                            .saturating_add(extra);
-                        idle.copy_from_slice(&v.to_be_bytes());
-                    }
-                    if slice.len() >= IMPORT_SLICE_RECORDS * RECORD_LEN {
-                        slices.push_back(std::mem::take(&mut slice));
-                    }
-                }
-                if !slice.is_empty() {
-                    slices.push_back(slice);
-                }
+                let staged = std::mem::take(&mut d.staged);
                 d.staged_records = 0;
                 d.imported_mappings = 0;
                 d.imported_records = 0;
-                d.commit_job = Some(CommitJob { slices });
+                d.commit_job = Some(CommitJob { staged });
                 self.dst_commit_step(core, now);
             }
             Algorithm::FreezeCopy => self.dst_commit_answer(core, now, false),
         }
     }
 
-    /// Imports the next slice of a pre-copy commit; answers the commit after the last one, or
-    /// at the first refusal (what was imported goes when the source's `Abort` comes).
+    /// Imports the next slice (whole mappings, about [`IMPORT_SLICE_RECORDS`] records) of a
+    /// pre-copy commit; answers the commit after the last one, or at the first refusal (what
+    /// was imported goes when the source's `Abort` comes).
     fn dst_commit_step(&mut self, core: &mut Core, now: Instant) {
         let g = self.group;
         let d = self.dst();
         let Some(job) = d.commit_job.as_mut() else {
             return;
         };
-        let Some(slice) = job.slices.pop_front() else {
-            d.commit_job = None;
-            self.dst_commit_answer(core, now, true);
-            return;
-        };
-        match core.nat.import(g, now, &slice) {
-            Ok(st) => {
-                d.imported_mappings += st.mappings;
-                d.imported_records += st.sessions;
-                if job.slices.is_empty() {
-                    d.commit_job = None;
-                    self.dst_commit_answer(core, now, true);
+        // Records carry their idle time at export; add the time they waited here.
+        let mut slice = Vec::with_capacity(IMPORT_SLICE_RECORDS * RECORD_LEN);
+        while slice.len() < IMPORT_SLICE_RECORDS * RECORD_LEN {
+            let Some((_, st)) = job.staged.pop_first() else {
+                break;
+            };
+            let extra = u32::try_from(now.saturating_since(st.at).as_millis()).unwrap_or(u32::MAX);
+            for rec in st.records.chunks_exact(RECORD_LEN) {
+                let start = slice.len();
+                slice.extend_from_slice(rec);
+                let idle = &mut slice[start + 20..start + 24];
+                let v =
+                    u32::from_be_bytes([idle[0], idle[1], idle[2], idle[3]]).saturating_add(extra);
+                idle.copy_from_slice(&v.to_be_bytes());
+            }
+        }
+        let last = job.staged.is_empty();
+        let ok = slice.is_empty()
+            || match core.nat.import(g, now, &slice) {
+                Ok(st) => {
+                    d.imported_mappings += st.mappings;
+                    d.imported_records += st.sessions;
+                    true
                 }
-            }
-            Err(_) => {
-                d.commit_job = None;
-                self.dst_commit_answer(core, now, false);
-            }
+                Err(_) => false,
+            };
+        if last || !ok {
+            d.commit_job = None;
+            self.dst_commit_answer(core, now, ok);
         }
     }
 

@@ -424,8 +424,10 @@ impl Mig {
             self.st.max_freeze = self.st.halted;
         }
         let copied = std::mem::take(&mut self.src().copied);
-        let mut ids: Vec<MappingId> = copied.keys().copied().collect();
-        ids.sort_unstable_by_key(|id| copied[id].key);
+        let mut keyed: Vec<(MappingKey, MappingId)> =
+            copied.iter().map(|(id, c)| (c.key, *id)).collect();
+        keyed.sort_unstable_by_key(|(k, _)| *k);
+        let ids = keyed.into_iter().map(|(_, id)| id).collect();
         self.src().removing = Some((ids, 0));
         self.src_remove_step(core, now);
     }
