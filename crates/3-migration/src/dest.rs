@@ -406,14 +406,24 @@ impl Mig {
     /// `cutover_hold_max` after it). After `Done`: completes likewise.
     pub(crate) fn dst_try_complete(&mut self, core: &mut Core, now: Instant) {
         let rx = core.chain_rx.get(&self.peer).copied().unwrap_or(0);
+        let rx_at = core
+            .chain_rx_at
+            .get(&self.peer)
+            .copied()
+            .unwrap_or(Instant::ZERO);
         let d = self.dst();
         if d.holding
             && let Some(target) = d.chain_end_target
         {
             let late = now >= d.chain_end_at + core.cfg.cutover_hold_max;
-            if rx >= target || late {
+            let idle = now >= d.chain_end_at.max(rx_at) + core.cfg.chain_idle_release;
+            if rx >= target || late || idle {
                 if rx < target {
-                    core.counters.hold_timeouts += 1;
+                    // Chained packets the marker counts never came: lost on the chain path.
+                    core.counters.chain_lost += target - rx;
+                    if late {
+                        core.counters.hold_timeouts += 1;
+                    }
                 }
                 self.dst_release(core, now);
             }
@@ -464,7 +474,13 @@ impl Mig {
         }
     }
 
-    pub(crate) fn dst_next_timeout(&self, d: &Dst, cfg: &MigrationConfig) -> Instant {
+    /// `rx_at`: when the last chained packet from the peer arrived.
+    pub(crate) fn dst_next_timeout(
+        &self,
+        d: &Dst,
+        cfg: &MigrationConfig,
+        rx_at: Instant,
+    ) -> Instant {
         let mut t = self.chan.next_timeout();
         if self.terminal {
             return t;
@@ -479,6 +495,7 @@ impl Mig {
             && let Some(_) = d.chain_end_target
         {
             t = t.min(d.chain_end_at + cfg.cutover_hold_max);
+            t = t.min(d.chain_end_at.max(rx_at) + cfg.chain_idle_release);
         } else if let Some(&(first, _)) = d.held.front() {
             t = t.min(first + cfg.cutover_hold_max);
         }

@@ -81,6 +81,8 @@ pub(crate) struct Core {
     pub routes: Vec<Route>,
     pub chain_tx: HashMap<InstanceId, u64>,
     pub chain_rx: HashMap<InstanceId, u64>,
+    /// When the last chained packet from each peer arrived.
+    pub chain_rx_at: HashMap<InstanceId, Instant>,
     pub counters: InstanceCounters,
     /// Buffered packets to run through the NAT again at the end of the current call.
     pub reprocess: Vec<Vec<u8>>,
@@ -342,10 +344,13 @@ impl Mig {
         }
     }
 
-    fn next_timeout(&self, cfg: &MigrationConfig) -> Instant {
+    fn next_timeout(&self, core: &Core) -> Instant {
         match &self.side {
-            Side::Src(s) => self.src_next_timeout(s, cfg),
-            Side::Dst(d) => self.dst_next_timeout(d, cfg),
+            Side::Src(s) => self.src_next_timeout(s, &core.cfg),
+            Side::Dst(d) => {
+                let rx_at = core.chain_rx_at.get(&self.peer).copied();
+                self.dst_next_timeout(d, &core.cfg, rx_at.unwrap_or(Instant::ZERO))
+            }
         }
     }
 
@@ -456,6 +461,7 @@ impl Instance {
                 routes: Vec::new(),
                 chain_tx: HashMap::new(),
                 chain_rx: HashMap::new(),
+                chain_rx_at: HashMap::new(),
                 counters: InstanceCounters::default(),
                 reprocess: Vec::new(),
                 loose: VecDeque::new(),
@@ -520,7 +526,7 @@ impl Instance {
                 Some(p) => pkt = p,
                 None => return,
             },
-            Ingress::Chain { from } => self.note_chained(from, 1),
+            Ingress::Chain { from } => self.note_chained(now, from, 1),
             Ingress::Switch => {}
         }
         let v = self.core.nat.process(now, &mut pkt);
@@ -543,7 +549,7 @@ impl Instance {
             return;
         }
         if let Ingress::Chain { from } = ingress {
-            self.note_chained(from, pkts.len() as u64);
+            self.note_chained(now, from, pkts.len() as u64);
         }
         let mut verdicts = std::mem::take(&mut self.verdicts);
         self.core.nat.process_batch(now, pkts, &mut verdicts);
@@ -558,8 +564,9 @@ impl Instance {
         }
     }
 
-    fn note_chained(&mut self, from: InstanceId, n: u64) {
+    fn note_chained(&mut self, now: Instant, from: InstanceId, n: u64) {
         *self.core.chain_rx.entry(from).or_default() += n;
+        self.core.chain_rx_at.insert(from, now);
         self.core.counters.chained_in += n;
     }
 
@@ -765,7 +772,7 @@ impl Instance {
     pub fn poll_timeout(&self) -> Instant {
         self.migs
             .values()
-            .map(|m| m.next_timeout(&self.core.cfg))
+            .map(|m| m.next_timeout(&self.core))
             .fold(self.core.nat.poll_timeout(), Instant::min)
     }
 

@@ -73,6 +73,9 @@ pub struct InstanceCounters {
     pub reprocessed: u64,
     /// Destination holds released by `cutover_hold_max` rather than by the end-of-chain marker.
     pub hold_timeouts: u64,
+    /// Chained packets an end-of-chain marker counted that never arrived (lost on the chain
+    /// path; the hold was released after `chain_idle_release` without them).
+    pub chain_lost: u64,
     /// Inconsistencies that should not happen (a `Hold` for a mapping no migration froze, a
     /// mapping that could not be removed, ...); non-zero means a bug.
     pub internal_errors: u64,

@@ -434,3 +434,57 @@ fn idle_phase_ends_at_the_first_sample_when_nothing_dies() {
         "freeze-and-copy began only after {waited:?}"
     );
 }
+
+#[test]
+fn chained_packets_lost_on_the_chain_path_delay_the_release_by_the_idle_bound_only() {
+    // Three chained packets vanish between the instances: the marker counts them, they never
+    // arrive, and the destination releases its hold `chain_idle_release` after the chain went
+    // quiet instead of waiting `cutover_hold_max` (1 s).
+    let mut cl = Cluster::new(23);
+    let n = 20u32;
+    let extra = 5u32;
+    let mut seq_out = vec![0u32; (n + extra) as usize];
+    let mut seq_in = vec![0u32; (n + extra) as usize];
+    for f in 0..n {
+        traffic(&mut cl, f, &mut seq_out, &mut seq_in);
+    }
+    let params = Params {
+        idle_max: Duration::ZERO,
+        drain: Duration::from_millis(300),
+        ..Params::default()
+    };
+    let id = cl.start(Algorithm::FreezeCopy, params);
+    cl.chain_drop = 3;
+    let limit = cl.now + Duration::from_secs(1);
+    let mut step = 0u32;
+    while !cl.phase_reached(id, A, Phase::Drain) && cl.now < limit {
+        // New flows: chained to B (the first three chained packets are lost).
+        traffic(&mut cl, n + step % extra, &mut seq_out, &mut seq_in);
+        traffic(&mut cl, step % n, &mut seq_out, &mut seq_in);
+        step += 1;
+        cl.advance_by(Duration::from_micros(100));
+    }
+    assert!(cl.phase_reached(id, A, Phase::Drain), "no cutover");
+    assert_eq!(
+        cl.chain_drop, 0,
+        "the chain lost fewer packets than planned"
+    );
+    let before = cl.delivered.len();
+    traffic(&mut cl, 0, &mut seq_out, &mut seq_in);
+    let injected = cl.now;
+    while cl.delivered.len() == before && cl.now < injected + Duration::from_millis(500) {
+        cl.advance_by(Duration::from_micros(50));
+    }
+    assert!(cl.delivered.len() > before, "still held");
+    let waited = cl.delivered[before].at - injected;
+    let cfg = flowshift_migration::MigrationConfig::default();
+    let bound = Params::default().chain_quiet
+        + cfg.chain_idle_release
+        + cl.transfer_delay
+        + cl.chain_delay
+        + Duration::from_millis(1);
+    assert!(waited <= bound, "held {waited:?}, bound {bound:?}");
+    assert_eq!(cl.b.counters().chain_lost, 3);
+    assert_eq!(cl.b.counters().hold_timeouts, 0);
+    assert_in_order(&cl.delivered);
+}

@@ -91,6 +91,12 @@ pub struct Fig1cArgs {
     /// the server side (loss, reordering, added delay as a subscriber sees them).
     #[arg(long, default_value_t = 1000)]
     pub probe_rate: u32,
+    /// Testbed: switch and veth offloads. `off` (the default): plain userspace datapath, whose
+    /// single thread tops out near the link rate on 2 cores (the queue then builds in the
+    /// switch, not at the shaped link); `tso`: GSO frames pass the switch and nodes, so the
+    /// shaped link is the bottleneck.
+    #[arg(long, value_enum, default_value = "off")]
+    pub offload: crate::testbed::Offload,
 }
 
 /// Arguments of `experiment scaling`.

@@ -150,6 +150,8 @@ pub struct Cluster {
     pub barrier_delay: Duration,
     pub auto_cutover: bool,
     pub faults: Faults,
+    /// The next this many chained packets are lost on the chain path.
+    pub chain_drop: u64,
     rng: ChaCha8Rng,
     seq: u64,
     /// (deliver at, order) -> (to, from, bytes)
@@ -200,6 +202,7 @@ impl Cluster {
             barrier_delay: Duration::from_millis(2),
             auto_cutover: true,
             faults: Faults::default(),
+            chain_drop: 0,
             rng: ChaCha8Rng::seed_from_u64(seed),
             seq: 0,
             transfer: BTreeMap::new(),
@@ -270,6 +273,7 @@ impl Cluster {
                             }
                             self.delivered.push(s);
                         }
+                        Output::Chain { .. } if self.chain_drop > 0 => self.chain_drop -= 1,
                         Output::Chain { to, pkt } => {
                             let k = (now + self.chain_delay, self.next_seq());
                             self.chain.insert(k, (to, id, pkt));

@@ -114,7 +114,11 @@ pub fn fig1c(args: &Fig1cArgs) -> Result<()> {
             "flows": args.flows, "states": args.states, "seed": args.seed,
             "migrate_at_ms": migrate_at * 1e3, "duration_ms": duration * 1e3,
             "goodput_bin_ms": iperf::INTERVAL_S * 1e3, "transfer_loss": args.transfer_loss,
-            "nodes": 2, "switch": "Open vSwitch userspace datapath (netdev), tx offload off",
+            "nodes": 2, "switch": "Open vSwitch userspace datapath (netdev)",
+            "offload": match args.offload {
+                super::Offload::Off => "off",
+                super::Offload::Tso => "tso",
+            },
             "link_rate_bps": args.link_rate.0,
             "bottleneck": match args.link_rate.0 {
                 Some(_) => "the server link, shaped with HTB in both directions (runs[].link)",
@@ -394,7 +398,7 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
         nodes: 2,
         preload: args.states,
         seed: args.seed,
-        tso: false,
+        tso: args.offload == super::Offload::Tso,
         filtering: "endpoint-independent".into(),
         link_rate_bps: args.link_rate.0,
         verbose: false,
