@@ -43,8 +43,10 @@ pub struct MigrationConfig {
     /// Bytes a destination may hold per migration (default 8 MiB).
     pub cutover_hold_bytes: u32,
     /// After the end-of-chain marker, a destination still missing some of the chained packets
-    /// it announces releases its hold once no chained packet has arrived for this long (they
-    /// were lost on the chain path; counted in `chain_lost`). Default 2 ms.
+    /// it announces releases its hold once no chained packet has arrived for this long (taken
+    /// as lost on the chain path; counted in `chain_lost`). Default 200 ms: it must exceed the
+    /// chain path's queueing delay, which on a saturated software switch reaches about 100 ms
+    /// (a release before the chained packets arrive reorders them).
     #[serde(rename = "chain_idle_release_us", with = "micros")]
     pub chain_idle_release: Duration,
     /// Longest a destination holds switch packets waiting for the end-of-chain marker; then it
@@ -80,7 +82,7 @@ impl Default for MigrationConfig {
             freeze_buffer_bytes: 8 << 20,
             cutover_hold_packets: 8192,
             cutover_hold_bytes: 8 << 20,
-            chain_idle_release: Duration::from_millis(2),
+            chain_idle_release: Duration::from_millis(200),
             cutover_hold_max: Duration::from_secs(1),
             max_outputs: 65536,
             max_events: 4096,
