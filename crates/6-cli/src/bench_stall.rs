@@ -4,7 +4,7 @@
 //! transfer frames, timers, controller commands) one after the other; while one call runs, no
 //! packet batch is read. This bench runs a whole migration of a group holding `--states`
 //! pre-loaded states between two in-process instances, delivering transfer frames and chained
-//! packets directly (no sockets), on the wall clock, with the loop a node runs: one packet
+//! packets directly (no sockets), on the wall clock, with the testbed's migration parameters and the loop a node runs: one packet
 //! batch (a bystander group's UDP packet), then at most one transfer frame per instance, due
 //! timers and commands. It prints, per algorithm and instance, the longest gap between two
 //! packet batches and the call that made it, plus the p99 gap, against the time one packet
@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use etherparse::PacketBuilder;
 use flowshift_migration::{
-    Algorithm, Ingress, Instance, InstanceId, MigrationConfig, MigrationEvent, Output, Params, Role,
+    Algorithm, Ingress, Instance, InstanceId, MigrationConfig, MigrationEvent, Output, Role,
 };
 use flowshift_nat::{GroupConfig, Nat, NatConfig};
 use flowshift_wire::Instant;
@@ -204,20 +204,6 @@ pub fn stall(args: &StallArgs) -> Result<()> {
     Ok(())
 }
 
-/// The testbed's migration parameters (short idle phase).
-fn params(a: Algorithm) -> Params {
-    let mut p = Params {
-        idle_sample_interval: Duration::from_millis(50),
-        idle_window_samples: 4,
-        idle_max: Duration::from_millis(500),
-        ..Params::default()
-    };
-    if a != Algorithm::FreezeCopy {
-        p.batches_in_flight = 8;
-    }
-    p
-}
-
 /// A NAT as a node builds it: tables sized for their bounds at start-up (`preallocate`).
 fn nat(groups: Vec<GroupConfig>, states: u32) -> Result<Nat> {
     let max = states + 65_536;
@@ -262,7 +248,13 @@ fn run(states: u32, algorithm: Algorithm) -> Result<Report> {
     let start = WallClock::now();
     let now = || Instant::from_nanos(start.elapsed().as_nanos() as u64 + 1_000_000_000);
     let id = a.call("start_migration", |i| {
-        i.start_migration(now(), g, B, algorithm, params(algorithm))
+        i.start_migration(
+            now(),
+            g,
+            B,
+            algorithm,
+            crate::testbed::exp::params(algorithm),
+        )
     })?;
     let (mut src_done, mut dst_done) = (false, false);
     let mut to_b: Vec<Vec<u8>> = Vec::new();

@@ -17,7 +17,7 @@
 pub mod bed;
 mod benchmark;
 pub mod check;
-mod exp;
+pub(crate) mod exp;
 pub mod iperf;
 pub mod layout;
 pub mod probe;
