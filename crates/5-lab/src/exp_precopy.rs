@@ -2403,7 +2403,7 @@ mod tests {
         let (bytes, _) = sample_pcap(SAMPLE_SEED).unwrap();
         assert!(
             shipped == bytes,
-            "regenerate with `flowshift experiment precopy --write-sample-pcap crates/6-cli/testdata/precopy-sample.pcap`"
+            "regenerate with `flowshift experiment precopy --write-sample-pcap crates/5-lab/testdata/precopy-sample.pcap`"
         );
     }
 
