@@ -1,12 +1,13 @@
 //! `flowshift`: the command-line front end (layer 6). Subcommands map to the drivers below.
 
+mod alloc;
 mod cmd_controller;
 mod cmd_node;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use flowshift_lab::{
-    alloc, bench, bench_stall, bench_transfer, exp_precopy, experiment, options, testbed,
+    bench, bench_stall, bench_transfer, exp_precopy, experiment, options, testbed,
 };
 
 #[global_allocator]
