@@ -2,7 +2,7 @@
 //! only on crates of strictly lower layers: wire -> NAT -> migration -> control -> drivers -> CLI.
 //! One listed exception: the lab (`crates/5-lab`: experiments, benchmarks, testbed) sits on top
 //! of its layer-5 siblings (simulator, controller client, node configuration); no layer-5 crate
-//! may depend on it, and it may depend on no other layer-5 crate.
+//! may depend on it, and it may depend on no layer-5 crate outside the list.
 
 use std::collections::BTreeMap;
 use std::path::Path;
