@@ -1,18 +1,14 @@
 //! `flowshift`: the command-line front end (layer 6). Subcommands map to the drivers below.
 
 mod alloc;
-mod bench;
-mod bench_stall;
-mod bench_transfer;
 mod cmd_controller;
 mod cmd_node;
-mod exp_precopy;
-mod experiment;
-mod plot;
-mod testbed;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use flowshift_lab::{
+    bench, bench_stall, bench_transfer, exp_precopy, experiment, options, testbed,
+};
 
 #[global_allocator]
 static GLOBAL: alloc::HugePageAlloc = alloc::HugePageAlloc;
@@ -54,7 +50,7 @@ enum Command {
 enum ExperimentCommand {
     /// The poster's Figure 1(c): 100 TCP flows saturating 1 Gbit/s, 65,000 states, one
     /// migration per algorithm; goodput over time with the phases marked.
-    Fig1c(experiment::Fig1cArgs),
+    Fig1c(options::Fig1cArgs),
     /// Migration cost versus state count (1k to 1M) per algorithm.
     Scaling(experiment::ScalingArgs),
     /// The poster's open question: pre-copy versus idle + freeze-and-copy on realistic flow
@@ -84,6 +80,10 @@ fn main() -> Result<()> {
         Command::Bench(BenchCommand::Dataplane(args)) => bench::dataplane(&args),
         Command::Bench(BenchCommand::Transfer(args)) => bench_transfer::transfer(&args),
         Command::Bench(BenchCommand::Stall(args)) => bench_stall::stall(&args),
+        // The CLI picks the back end: the simulator unless `--testbed`.
+        Command::Experiment(ExperimentCommand::Fig1c(args)) if args.testbed => {
+            testbed::fig1c(&args)
+        }
         Command::Experiment(ExperimentCommand::Fig1c(args)) => experiment::fig1c(&args),
         Command::Experiment(ExperimentCommand::Scaling(args)) => experiment::scaling(&args),
         Command::Experiment(ExperimentCommand::Precopy(args)) => exp_precopy::run(&args),

@@ -2,102 +2,23 @@
 //! the simulator (the real NAT core, migration engine and controller logic), reports as JSON,
 //! SVG and PNG, and a table on stdout.
 
-use crate::plot::{self, Figure, Series, Span};
+use crate::options::{AlgorithmChoice, Fig1cArgs};
+use crate::plot::{self, Figure, Series};
+use crate::report::{
+    GoodputCurve, algorithm_name, goodput_min_bin_ratio, print_fig1c_table, rebin, round,
+    write_goodput_plot, write_json,
+};
 use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use flowshift_migration::{Algorithm, Phase};
 use flowshift_sim::cluster::{self, ClusterConfig, ClusterRun};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
-
-/// Which algorithms to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AlgorithmChoice {
-    /// Idle phase, then iterated freeze-and-copy (the poster's).
-    FreezeCopy,
-    /// Stop, copy everything, redirect (baseline).
-    StopCopy,
-    /// Copy rounds while serving, then a final stop-and-copy (baseline).
-    PreCopy,
-    /// All three.
-    All,
-}
-
-impl AlgorithmChoice {
-    pub fn list(self) -> Vec<Algorithm> {
-        match self {
-            AlgorithmChoice::FreezeCopy => vec![Algorithm::FreezeCopy],
-            AlgorithmChoice::StopCopy => vec![Algorithm::StopCopy],
-            AlgorithmChoice::PreCopy => vec![Algorithm::PreCopy],
-            AlgorithmChoice::All => vec![
-                Algorithm::FreezeCopy,
-                Algorithm::StopCopy,
-                Algorithm::PreCopy,
-            ],
-        }
-    }
-}
-
-/// Name used in reports.
-pub fn algorithm_name(a: Algorithm) -> &'static str {
-    match a {
-        Algorithm::FreezeCopy => "freeze-copy",
-        Algorithm::StopCopy => "stop-copy",
-        Algorithm::PreCopy => "pre-copy",
-    }
-}
-
-/// Arguments of `experiment fig1c`.
-#[derive(Args, Debug)]
-pub struct Fig1cArgs {
-    /// Algorithm(s) to run, each on the same scenario and seed.
-    #[arg(long, value_enum, default_value = "all")]
-    pub algorithm: AlgorithmChoice,
-    /// Fictive long-lived states pre-loaded on the source (24 bytes each).
-    #[arg(long, default_value_t = 65_000)]
-    pub states: u32,
-    /// Long-lived TCP flows saturating the bottleneck.
-    #[arg(long, default_value_t = 100)]
-    pub flows: usize,
-    /// Seed (decides every random choice; same seed, same report).
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Output directory for fig1c.json, fig1c.svg and fig1c.png.
-    #[arg(long, default_value = "out")]
-    pub out: PathBuf,
-    /// Simulated seconds per run.
-    #[arg(long, default_value_t = 3.0)]
-    pub duration: f64,
-    /// When the migration starts (simulated seconds).
-    #[arg(long, default_value_t = 1.0)]
-    pub migrate_at: f64,
-    /// Random loss on the state-transfer link (fault injection, 0..1).
-    #[arg(long, default_value_t = 0.0)]
-    pub transfer_loss: f64,
-    /// Run on the one-machine testbed (root: namespaces, Open vSwitch, real nodes, iperf3)
-    /// instead of the simulator.
-    #[arg(long)]
-    pub testbed: bool,
-    /// Testbed: rate of the shaped server link (the bottleneck): `1gbit`, `500mbit`, ..., or
-    /// `off`. The simulator's bottleneck is always 1 Gbit/s.
-    #[arg(long, default_value = "1gbit")]
-    pub link_rate: crate::testbed::LinkRate,
-    /// Testbed: UDP probes per second from a subscriber of the migrated group to an echo on
-    /// the server side (loss, reordering, added delay as a subscriber sees them).
-    #[arg(long, default_value_t = 1000)]
-    pub probe_rate: u32,
-    /// Testbed: switch and veth offloads. `off` (the default): plain userspace datapath, whose
-    /// single thread tops out near the link rate on 2 cores (the queue then builds in the
-    /// switch, not at the shaped link); `tso`: GSO frames pass the switch and nodes, so the
-    /// shaped link is the bottleneck.
-    #[arg(long, value_enum, default_value = "off")]
-    pub offload: crate::testbed::Offload,
-}
 
 /// Arguments of `experiment scaling`.
 #[derive(Args, Debug)]
@@ -190,55 +111,6 @@ fn run_all(configs: Vec<ClusterConfig>, label: &str) -> Result<Vec<ClusterRun>> 
         .collect()
 }
 
-fn round(x: f64, d: i32) -> f64 {
-    let p = 10f64.powi(d);
-    (x * p).round() / p
-}
-
-/// Re-bins (bin start ms, Mbit/s) goodput into bins of `bin_ms` aligned to multiples of it
-/// (the mean of the fine bins each holds; fine bins must divide `bin_ms`).
-pub(crate) fn rebin(bins: &[(f64, f64)], bin_ms: f64) -> Vec<(f64, f64)> {
-    let mut out: BTreeMap<i64, (f64, usize)> = BTreeMap::new();
-    for &(t, v) in bins {
-        let e = out.entry((t / bin_ms + 1e-9).floor() as i64).or_default();
-        e.0 += v;
-        e.1 += 1;
-    }
-    out.into_iter()
-        .map(|(k, (sum, n))| (k as f64 * bin_ms, sum / n as f64))
-        .collect()
-}
-
-/// The lowest goodput bin during a migration divided by the median bin before it: bins
-/// (start ms, Mbit/s) of width `bin_ms`; "during" is every bin overlapping `[from_ms, to_ms +
-/// bin_ms]` (request to done, plus one bin); "before" every bin starting at or after
-/// `base_from_ms` and ending by `from_ms`. `None` without a baseline.
-pub(crate) fn goodput_min_bin_ratio(
-    bins: &[(f64, f64)],
-    bin_ms: f64,
-    base_from_ms: f64,
-    from_ms: f64,
-    to_ms: f64,
-) -> Option<f64> {
-    let mut base: Vec<f64> = bins
-        .iter()
-        .filter(|(t, _)| *t >= base_from_ms && *t + bin_ms <= from_ms + 1e-9)
-        .map(|(_, v)| *v)
-        .collect();
-    base.sort_by(f64::total_cmp);
-    let median = match base.len() {
-        0 => return None,
-        n if n % 2 == 1 => base[n / 2],
-        n => (base[n / 2 - 1] + base[n / 2]) / 2.0,
-    };
-    let min = bins
-        .iter()
-        .filter(|(t, _)| *t + bin_ms > from_ms && *t <= to_ms + bin_ms)
-        .map(|(_, v)| *v)
-        .min_by(f64::total_cmp)?;
-    (median > 0.0).then(|| round(min / median, 3))
-}
-
 /// The report object of one run (the fields `fig1c.json` promises, and more).
 fn run_json(r: &ClusterRun) -> Value {
     let src = r.source.as_ref();
@@ -309,16 +181,9 @@ fn run_json(r: &ClusterRun) -> Value {
     })
 }
 
-fn write_json(path: &Path, v: &Value) -> Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(v)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-/// `experiment fig1c`.
+/// `experiment fig1c` on the simulator (`--testbed` is the CLI's to route to
+/// [`crate::testbed::fig1c`]).
 pub fn fig1c(args: &Fig1cArgs) -> Result<()> {
-    if args.testbed {
-        return crate::testbed::fig1c(args);
-    }
     if !(0.0..1.0).contains(&args.transfer_loss)
         || args.migrate_at <= 0.0
         || args.duration <= args.migrate_at
@@ -411,117 +276,6 @@ pub fn fig1c(args: &Fig1cArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// One algorithm's goodput curve and phases for [`write_goodput_plot`].
-pub(crate) struct GoodputCurve<'a> {
-    /// Legend label.
-    pub label: &'a str,
-    /// (ms, Mbit/s).
-    pub points: &'a [(f64, f64)],
-    /// (phase name, start ms, end ms), shaded in the curve's colour.
-    pub phases: &'a [(String, f64, f64)],
-}
-
-/// Writes the fig1c goodput plot (SVG and PNG at `path` with the extensions added).
-pub(crate) fn write_goodput_plot(
-    title: &str,
-    y_label: &str,
-    curves: &[GoodputCurve],
-    path: &std::path::Path,
-) -> Result<()> {
-    let fig = Figure {
-        title,
-        x_label: "time (ms)",
-        y_label,
-        series: curves
-            .iter()
-            .map(|c| Series {
-                label: c.label,
-                points: c.points,
-            })
-            .collect(),
-        spans: curves
-            .iter()
-            .enumerate()
-            .flat_map(|(i, c)| {
-                c.phases.iter().map(move |(n, s, e)| Span {
-                    label: n,
-                    start: *s,
-                    end: *e,
-                    series: i,
-                })
-            })
-            .collect(),
-        log_y: false,
-        log_x: false,
-    };
-    plot::write(&fig, path)
-}
-
-/// Prints the fig1c table of `runs` (the `runs` array of `fig1c.json`, simulator or
-/// testbed); a field a back end does not have prints as `-`.
-pub(crate) fn print_fig1c_table(runs: &Value) {
-    println!(
-        "{:<12} {:>6} {:>7} {:>7} {:>8} {:>7} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>11} {:>9} {:>6} {:>6} {:>7} {:>15}",
-        "algorithm",
-        "lost",
-        "p_lost",
-        "reorder",
-        "buffered",
-        "retrans",
-        "freeze_ms",
-        "halted_ms",
-        "dly_p99",
-        "dly_max",
-        "mig_ms",
-        "expired",
-        "transferred",
-        "bytes",
-        "Mb/s<",
-        "Mb/s~",
-        "min_bin",
-        "cpu% n1/n2/ovs"
-    );
-    let int = |v: &Value| v.as_u64().map_or("-".to_owned(), |x| x.to_string());
-    let num = |v: &Value, d: usize| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.d$}"));
-    for r in runs.as_array().into_iter().flatten() {
-        let c = &r["cpu_pct"];
-        let cpu = if c.is_object() {
-            format!(
-                "{}/{}/{}",
-                num(&c["node1"], 0),
-                num(&c["node2"], 0),
-                num(&c["ovs_vswitchd"], 0)
-            )
-        } else {
-            "-".to_owned()
-        };
-        println!(
-            "{:<12} {:>6} {:>7} {:>7} {:>8} {:>7} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>11} {:>9} {:>6} {:>6} {:>7} {:>15}",
-            r["algorithm"].as_str().unwrap_or("?"),
-            int(&r["packets_lost"]),
-            int(&r["probes_lost"]),
-            int(&r["reordered_packets"]),
-            int(&r["packets_buffered"]),
-            int(&r["retransmits"]),
-            num(&r["max_freeze_ms"], 2),
-            num(&r["halted_ms"], 2),
-            num(&r["added_delay_ms_p99"], 2),
-            num(&r["added_delay_ms_max"], 2),
-            num(&r["migration_ms"], 1),
-            int(&r["states_expired_idle"]),
-            int(&r["states_transferred"]),
-            int(&r["bytes_transferred"]),
-            num(&r["goodput_before_mbps"], 0),
-            num(&r["goodput_during_mbps"], 0),
-            num(&r["goodput_min_bin_ratio"], 3),
-            cpu,
-        );
-    }
-    println!(
-        "  lost: packets the NAT nodes lost to the migration; p_lost, reorder, dly_*: the probe stream on the testbed\n  (added RTT over the migration and after), every data packet in the simulator (one-way); Mb/s< before, Mb/s~\n  from the request to 1 s after done; min_bin: lowest 100 ms goodput bin during the migration / median bin before"
-    );
 }
 
 /// `experiment scaling`.
@@ -632,36 +386,4 @@ pub fn scaling(args: &ScalingArgs) -> Result<()> {
         args.out.display()
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn min_bin_ratio_compares_the_worst_migration_bin_with_the_median_before() {
-        // 10 ms bins of 900, with a dip to 300 for 50 ms at 1200..1250 ms.
-        let fine: Vec<(f64, f64)> = (0..300)
-            .map(|i| {
-                let t = i as f64 * 10.0;
-                (
-                    t,
-                    if (1200.0..1250.0).contains(&t) {
-                        300.0
-                    } else {
-                        900.0
-                    },
-                )
-            })
-            .collect();
-        let coarse = rebin(&fine, 100.0);
-        assert_eq!(coarse.len(), 30);
-        assert_eq!(coarse[12], (1200.0, 600.0));
-        let r = goodput_min_bin_ratio(&coarse, 100.0, 500.0, 1000.0, 1150.0).unwrap();
-        assert!((r - 600.0 / 900.0).abs() < 1e-3, "{r}");
-        // The dip lies beyond done + one bin: not counted.
-        let r = goodput_min_bin_ratio(&coarse, 100.0, 500.0, 1000.0, 1050.0).unwrap();
-        assert_eq!(r, 1.0);
-        assert_eq!(goodput_min_bin_ratio(&coarse, 100.0, 0.0, 50.0, 60.0), None);
-    }
 }

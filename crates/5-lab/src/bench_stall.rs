@@ -187,7 +187,7 @@ pub fn stall(args: &StallArgs) -> Result<()> {
         } else {
             println!(
                 "{:<12} {:>9.1} {:>11} | {:>10.0} {:>9.0} {:>8.0} {:<16} | {:>10.0} {:>9.0} {:>8.0} {:<16}",
-                crate::experiment::algorithm_name(a),
+                crate::report::algorithm_name(a),
                 r.migration_ms,
                 r.states_transferred,
                 r.source.max_gap_us,

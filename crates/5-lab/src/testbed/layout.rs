@@ -381,34 +381,6 @@ impl Shaping {
     }
 }
 
-/// Parses a link rate: `off` / `none` / `0` (no shaping), or a number of bits per second with
-/// an optional SI suffix (`k`, `m`, `g`, optionally followed by `bit`): `1g`, `1gbit`,
-/// `500mbit`, `2.5G`. At least 1 Mbit/s, at most 100 Gbit/s.
-pub fn parse_link_rate(s: &str) -> Result<Option<u64>, String> {
-    let t = s.trim().to_ascii_lowercase();
-    if matches!(t.as_str(), "off" | "none" | "0") {
-        return Ok(None);
-    }
-    let t = t.strip_suffix("bit").unwrap_or(&t);
-    let t = t.strip_suffix("bps").unwrap_or(t);
-    let (num, mult) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1e3),
-        Some('m') => (&t[..t.len() - 1], 1e6),
-        Some('g') => (&t[..t.len() - 1], 1e9),
-        _ => (t, 1.0),
-    };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a rate (e.g. 1gbit, 500mbit, off)"))?;
-    let bps = v * mult;
-    if !(1e6..=1e11).contains(&bps) {
-        return Err(format!(
-            "link rate {s:?} out of range (1 Mbit/s to 100 Gbit/s, or off)"
-        ));
-    }
-    Ok(Some(bps.round() as u64))
-}
-
 /// Whether `s` is a run id (four lowercase hex digits).
 pub fn is_run_id(s: &str) -> bool {
     s.len() == 4
@@ -511,14 +483,6 @@ mod tests {
 
     #[test]
     fn link_rates_parse_and_shaping_is_sized_for_100_flows() {
-        assert_eq!(parse_link_rate("1gbit"), Ok(Some(1_000_000_000)));
-        assert_eq!(parse_link_rate("1G"), Ok(Some(1_000_000_000)));
-        assert_eq!(parse_link_rate("500mbit"), Ok(Some(500_000_000)));
-        assert_eq!(parse_link_rate("2.5g"), Ok(Some(2_500_000_000)));
-        assert_eq!(parse_link_rate("20000000"), Ok(Some(20_000_000)));
-        assert_eq!(parse_link_rate("off"), Ok(None));
-        assert!(parse_link_rate("fast").is_err());
-        assert!(parse_link_rate("10kbit").is_err());
         let s = Shaping::for_rate(1_000_000_000);
         assert_eq!(s.limit_bytes, 500_000);
         assert_eq!(s.burst_bytes, 62_500);

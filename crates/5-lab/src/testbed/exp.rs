@@ -32,9 +32,9 @@ use super::iperf::{self, IperfRun, JsonProcess, Ping};
 use super::layout;
 use super::probe;
 use super::sys;
-use crate::experiment::{
-    Fig1cArgs, GoodputCurve, algorithm_name, goodput_min_bin_ratio, print_fig1c_table,
-    write_goodput_plot,
+use crate::options::Fig1cArgs;
+use crate::report::{
+    GoodputCurve, algorithm_name, goodput_min_bin_ratio, print_fig1c_table, write_goodput_plot,
 };
 use anyhow::{Context, Result, bail};
 use flowshift_control::api::{ClusterStatus, MigrateRequest};

@@ -38,36 +38,7 @@ pub enum TestbedCommand {
     Check(CheckArgs),
 }
 
-/// Switch and veth offloads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Offload {
-    /// Plain userspace datapath: TSO off in the switch, `tx off` on every veth.
-    Off,
-    /// `userspace-tso-enable=true`, veth offloads on (GSO frames pass the switch and nodes).
-    Tso,
-}
-
-/// Rate of the shaped server link (`--link-rate`): `1gbit`, `500mbit`, ..., or `off`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LinkRate(pub Option<u64>);
-
-impl std::str::FromStr for LinkRate {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        layout::parse_link_rate(s).map(LinkRate)
-    }
-}
-
-impl std::fmt::Display for LinkRate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            None => write!(f, "off"),
-            Some(b) if b % 1_000_000_000 == 0 => write!(f, "{}gbit", b / 1_000_000_000),
-            Some(b) if b % 1_000_000 == 0 => write!(f, "{}mbit", b / 1_000_000),
-            Some(b) => write!(f, "{b}bit"),
-        }
-    }
-}
+pub use crate::options::{LinkRate, Offload};
 
 /// NAT filtering of the nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -172,7 +143,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 }
 
 /// `experiment fig1c --testbed`.
-pub fn fig1c(args: &crate::experiment::Fig1cArgs) -> Result<()> {
+pub fn fig1c(args: &crate::options::Fig1cArgs) -> Result<()> {
     exp::fig1c(args)
 }
 

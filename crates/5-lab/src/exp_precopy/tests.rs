@@ -1,0 +1,289 @@
+use super::*;
+
+/// A small synthetic workload: a few seconds of warm-up, UDP-heavy short flows.
+fn small(seed: u64) -> PrecopyArgs {
+    PrecopyArgs {
+        seed,
+        rate: 40.0,
+        min_packets: 2,
+        max_packets: 2000,
+        flow_pps: 50.0,
+        persistent: 50,
+        keepalive_s: 5.0,
+        subscribers: 32,
+        warmup_s: 20.0,
+        no_plot: true,
+        ..PrecopyArgs::default()
+    }
+}
+
+fn run_of<'a>(r: &'a Report, algo: &str) -> &'a RunOut {
+    r.workloads[0]
+        .runs
+        .iter()
+        .find(|x| x.algorithm == algo)
+        .expect("run present")
+}
+
+#[test]
+fn precopy_reports_dirty_rounds_when_flows_are_active() {
+    // A slow channel (2 Mbit/s) makes round 0 take long enough for active flows to touch
+    // mappings that were already copied.
+    let args = PrecopyArgs {
+        algorithms: vec![AlgoChoice::PreCopy],
+        bandwidth_mbps: 2.0,
+        ..small(3)
+    };
+    let r = experiment(&args, false).unwrap();
+    let x = run_of(&r, "pre-copy");
+    assert!(x.completed, "pre-copy did not complete: {x:?}");
+    assert!(x.rounds.len() >= 2, "rounds: {:?}", x.rounds);
+    assert!(
+        x.rounds.last().unwrap().last,
+        "the final round is the halted one"
+    );
+    assert!(
+        x.rounds[1..].iter().any(|r| r.dirty > 0),
+        "no dirty mapping after round 0: {:?}",
+        x.rounds
+    );
+    assert_eq!(
+        x.rounds[0].copied, x.table_at_start.mappings,
+        "round 0 copies the whole table"
+    );
+    // Everything copied and alive at the commit moved.
+    let rep = x.source_report.as_ref().unwrap();
+    assert_eq!(rep.states_transferred, x.states_transferred);
+    assert!(x.states_transferred > 0);
+    assert_eq!(x.traffic_total.unparsed, 0);
+}
+
+#[test]
+fn freeze_copy_expires_short_flows_in_the_idle_phase_without_loss() {
+    // Short UDP flows dominate; the idle phase lasts its maximum, 150 s (a zero rate
+    // threshold never triggers), so the 2-minute UDP timeout of the flows that ended
+    // during the 30-s warm-up runs out before freeze-and-copy.
+    let args = PrecopyArgs {
+        algorithms: vec![AlgoChoice::FreezeCopy],
+        udp_share: 0.9,
+        persistent: 20,
+        rate: 20.0,
+        warmup_s: 30.0,
+        idle_mode: IdleMode::Absolute,
+        idle_threshold: 0.0,
+        idle_max_s: 150.0,
+        ..small(5)
+    };
+    let r = experiment(&args, false).unwrap();
+    let x = run_of(&r, "freeze-copy");
+    assert!(x.completed, "freeze-copy did not complete");
+    assert!(x.idle_ms.unwrap() >= 150_000.0, "idle {:?} ms", x.idle_ms);
+    assert!(
+        x.states_expired_idle > x.states_transferred,
+        "expired {} vs transferred {}",
+        x.states_expired_idle,
+        x.states_transferred
+    );
+    assert!(x.states_transferred >= 20, "the long-lived ones move");
+    assert_eq!(x.packets_lost, 0, "freeze-copy must be loss-free");
+    assert!(!x.idle_samples.is_empty());
+}
+
+#[test]
+fn stop_copy_halts_for_the_whole_table() {
+    let args = PrecopyArgs {
+        algorithms: vec![AlgoChoice::StopCopy, AlgoChoice::PreCopy],
+        ..small(9)
+    };
+    let r = experiment(&args, false).unwrap();
+    let (s, p) = (run_of(&r, "stop-copy"), run_of(&r, "pre-copy"));
+    assert!(s.completed && p.completed);
+    assert_eq!(s.final_copy, Some(s.states_transferred));
+    assert!(
+        p.final_copy.unwrap() < s.final_copy.unwrap(),
+        "pre-copy's final copy {:?} is not smaller than stop-copy's {:?}",
+        p.final_copy,
+        s.final_copy
+    );
+}
+
+#[test]
+fn same_seed_gives_identical_json_and_another_seed_does_not() {
+    let args = PrecopyArgs {
+        algorithms: vec![AlgoChoice::PreCopy, AlgoChoice::StopCopy],
+        warmup_s: 8.0,
+        ..small(11)
+    };
+    let j1 = serde_json::to_string(&experiment(&args, false).unwrap()).unwrap();
+    let j2 = serde_json::to_string(&experiment(&args, false).unwrap()).unwrap();
+    assert_eq!(j1, j2);
+    let other = PrecopyArgs { seed: 12, ..args };
+    let j3 = serde_json::to_string(&experiment(&other, false).unwrap()).unwrap();
+    assert_ne!(j1, j3);
+}
+
+#[test]
+fn zipf_sizes_are_heavy_tailed_and_bounded() {
+    let args = PrecopyArgs {
+        dist: SizeDist::Zipf,
+        zipf_s: 1.5,
+        min_packets: 2,
+        max_packets: 10_000,
+        ..small(1)
+    };
+    let mut s = Synth::new(&args);
+    let sizes: Vec<u32> = (0..20_000).map(|_| s.size()).collect();
+    let small_share = sizes.iter().filter(|&&x| x <= 4).count() as f64 / 20_000.0;
+    assert!(small_share > 0.5, "most flows are short: {small_share}");
+    assert!(sizes.iter().any(|&x| x >= 200), "some are long");
+    assert!(sizes.iter().all(|&x| (2..=10_000).contains(&x)));
+}
+
+fn sample_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/precopy-sample.pcap")
+}
+
+#[test]
+fn pcap_replay_reads_the_flows_it_wrote() {
+    let (bytes, flows) = sample_pcap(SAMPLE_SEED).unwrap();
+    let dir = std::env::temp_dir().join(format!("flowshift-precopy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t.pcap");
+    std::fs::write(&path, &bytes).unwrap();
+    let (pkts, st) = read_pcap(&path, u64::MAX).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(st.records, st.used, "every packet is TCP/UDP over IPv4");
+    assert!(st.duration_s > 50.0 && st.duration_s < 61.0, "{st:?}");
+    assert!(pkts.windows(2).all(|w| w[0].ts <= w[1].ts));
+    let plan = plan_replay(&pkts, 16);
+    // Same flows, same initiators, in first-appearance order (compare as sets).
+    let mut wrote: Vec<_> = flows.clone();
+    let mut read: Vec<_> = plan.orig.clone();
+    wrote.sort();
+    read.sort();
+    assert_eq!(read, wrote);
+    // Mid-stream TCP flows got a synthesized SYN; UDP and TCP are both there.
+    assert!(plan.stats.synthesized_syn > 0 && plan.stats.udp_flows > 0);
+    // Every mapped address is inside the allowed ranges.
+    let subs = flowshift_nat::prefix(Ipv4Addr::new(100, 64, 0, 0), 10).unwrap();
+    let servers = flowshift_nat::prefix(Ipv4Addr::new(198, 18, 0, 0), 15).unwrap();
+    for f in &plan.flows {
+        assert!(subs.contains(&f.sub), "{}", f.sub);
+        assert!(
+            servers.contains(&f.server) && f.server != EXT,
+            "{}",
+            f.server
+        );
+    }
+    // Deterministic: the same trace maps the same way.
+    let again = plan_replay(&pkts, 16);
+    let key = |p: &ReplayPlan| {
+        p.flows
+            .iter()
+            .map(|f| (f.sub, f.sport, f.server, f.dport))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(key(&plan), key(&again));
+    assert_eq!(plan.events.len(), again.events.len());
+}
+
+#[test]
+fn shipped_sample_pcap_is_reproducible_and_small() {
+    let shipped = std::fs::read(sample_file()).expect("testdata/precopy-sample.pcap");
+    assert!(shipped.len() < 200_000);
+    let (bytes, _) = sample_pcap(SAMPLE_SEED).unwrap();
+    assert!(
+        shipped == bytes,
+        "regenerate with `flowshift experiment precopy --write-sample-pcap crates/5-lab/testdata/precopy-sample.pcap`"
+    );
+}
+
+#[test]
+fn replay_workload_migrates_with_both_algorithms() {
+    let args = PrecopyArgs {
+        pcap: Some(sample_file()),
+        workload: Some(WorkloadChoice::Replay),
+        algorithms: vec![AlgoChoice::PreCopy, AlgoChoice::FreezeCopy],
+        pcap_migrate_at_s: Some(30.0),
+        idle_max_s: 20.0,
+        subscribers: 16,
+        no_plot: true,
+        ..PrecopyArgs::default()
+    };
+    let r = experiment(&args, false).unwrap();
+    let w = &r.workloads[0];
+    assert_eq!(w.name, "replay");
+    for x in &w.runs {
+        assert!(x.completed, "{} did not complete", x.algorithm);
+        assert!(x.table_at_start.mappings > 10, "{:?}", x.table_at_start);
+        assert_eq!(x.traffic_total.unparsed, 0);
+    }
+    let p = run_of(&r, "pre-copy");
+    assert!(!p.rounds.is_empty() && p.rounds.last().unwrap().last);
+    assert!(p.traffic_total.to_outside > 100 && p.traffic_total.to_inside > 100);
+}
+
+#[test]
+fn garbage_and_truncated_pcaps_are_errors_not_panics() {
+    let dir = std::env::temp_dir().join(format!("flowshift-precopy-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("bad.pcap");
+    std::fs::write(&p, b"definitely not a pcap file").unwrap();
+    assert!(read_pcap(&p, 10).is_err());
+    let (bytes, _) = sample_pcap(SAMPLE_SEED).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() - 7]).unwrap();
+    assert!(read_pcap(&p, u64::MAX).is_err(), "a cut record is an error");
+    assert!(read_pcap(&dir.join("missing.pcap"), 10).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn run_writes_the_json_and_the_plots() {
+    let dir = std::env::temp_dir().join(format!("flowshift-precopy-run-{}", std::process::id()));
+    let args = PrecopyArgs {
+        out: dir.clone(),
+        algorithms: vec![AlgoChoice::PreCopy, AlgoChoice::FreezeCopy],
+        sweep_mbps: vec![10.0],
+        idle_max_s: 5.0,
+        no_plot: false,
+        ..small(2)
+    };
+    run(&args).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("precopy.json")).unwrap()).unwrap();
+    assert_eq!(json["seed"], 2);
+    let runs = json["workloads"][0]["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert!(runs[0]["rounds"].as_array().unwrap().len() >= 2);
+    assert_eq!(json["workloads"][0]["sweep"][0]["bandwidth_mbps"], 10.0);
+    for f in ["precopy", "precopy-sweep", "precopy-idle"] {
+        let svg = std::fs::read_to_string(dir.join(format!("{f}.svg"))).unwrap();
+        assert!(svg.contains("<svg"), "{f}.svg");
+        assert!(dir.join(format!("{f}.png")).exists(), "{f}.png");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    for bad in [
+        PrecopyArgs {
+            rate: 0.0,
+            ..small(1)
+        },
+        PrecopyArgs {
+            subscribers: 5000,
+            ..small(1)
+        },
+        PrecopyArgs {
+            alpha: f64::NAN,
+            ..small(1)
+        },
+        PrecopyArgs {
+            workload: Some(WorkloadChoice::Replay),
+            ..small(1)
+        },
+    ] {
+        assert!(experiment(&bad, false).is_err());
+    }
+}
