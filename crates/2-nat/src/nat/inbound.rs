@@ -1,7 +1,7 @@
 //! Inbound packets (outside to subscriber), and the second half of a hairpin.
 
 use super::packet::Flow;
-use super::rewrite::rewrite;
+use super::rewrite::Rewrite;
 use super::{GroupId, GroupMode, NIL, Nat, Verdict, mkey, skey};
 use crate::config::Filtering;
 use crate::counters::DropReason;
@@ -108,18 +108,18 @@ impl Nat {
             Delta::from_raw(s.ip_delta).inverse(),
             Delta::from_raw(s.l4_delta).inverse(),
         );
-        rewrite(
-            pkt,
-            h.header_len,
-            flow.proto,
-            false,
+        Rewrite {
+            ihl: h.header_len,
+            proto: flow.proto,
+            source: false,
             decrement_ttl,
-            int_addr.to_be_bytes(),
-            int_port,
+            with_l4: !h.is_fragment() || h.frag_offset == 0,
+            addr: int_addr.to_be_bytes(),
+            port: int_port,
             ip_delta,
             l4_delta,
-            !h.is_fragment() || h.frag_offset == 0,
-        );
+        }
+        .apply(pkt);
         self.last_session = slot;
         self.counters.translated_in += 1;
         Verdict::ToInside

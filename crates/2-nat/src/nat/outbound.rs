@@ -2,7 +2,7 @@
 
 use super::inbound::Ingress;
 use super::packet::Flow;
-use super::rewrite::rewrite;
+use super::rewrite::Rewrite;
 use super::{GroupId, GroupMode, Nat, RemoveCause, Verdict, mkey, skey};
 use crate::counters::DropReason;
 use crate::tcp::{Dir, TcpState};
@@ -80,18 +80,18 @@ impl Nat {
             s.group,
         );
         let ext = self.groups[group as usize].as_ref().map_or(0, |g| g.ext);
-        rewrite(
-            pkt,
-            h.header_len,
-            flow.proto,
-            true,
-            true,
-            ext.to_be_bytes(),
-            ext_port,
+        Rewrite {
+            ihl: h.header_len,
+            proto: flow.proto,
+            source: true,
+            decrement_ttl: true,
+            with_l4: !h.is_fragment() || h.frag_offset == 0,
+            addr: ext.to_be_bytes(),
+            port: ext_port,
             ip_delta,
             l4_delta,
-            !h.is_fragment() || h.frag_offset == 0,
-        );
+        }
+        .apply(pkt);
         self.last_session = slot;
         if !hairpin {
             self.counters.translated_out += 1;

@@ -2,7 +2,7 @@
 //! dispatch.
 
 use super::inbound::Ingress;
-use super::rewrite::rewrite;
+use super::rewrite::Rewrite;
 use super::{GroupId, GroupMode, MappingId, NIL, Nat, S_FROZEN, S_HAIRPIN, S_LIVE, Verdict, skey};
 use crate::config::IpOptionsPolicy;
 use crate::counters::DropReason;
@@ -300,18 +300,18 @@ impl Nat {
             self.sessions[hit.slot as usize].last_seen = now;
         }
         self.last_session = hit.slot;
-        rewrite(
-            pkt,
-            meta.ihl as usize,
-            meta.proto,
-            !meta.inbound,
-            true,
-            hit.addr.to_be_bytes(),
-            hit.port,
-            Delta::from_raw(hit.ip_delta),
-            Delta::from_raw(hit.l4_delta),
-            true,
-        );
+        Rewrite {
+            ihl: meta.ihl as usize,
+            proto: meta.proto,
+            source: !meta.inbound,
+            decrement_ttl: true,
+            with_l4: true,
+            addr: hit.addr.to_be_bytes(),
+            port: hit.port,
+            ip_delta: Delta::from_raw(hit.ip_delta),
+            l4_delta: Delta::from_raw(hit.l4_delta),
+        }
+        .apply(pkt);
         if meta.inbound {
             self.counters.translated_in += 1;
             Verdict::ToInside
