@@ -1,13 +1,11 @@
 //! Inbound packets (outside to subscriber), and the second half of a hairpin.
 
 use super::packet::Flow;
-use super::rewrite::Rewrite;
 use super::{GroupId, GroupMode, NIL, Nat, Verdict, mkey, skey};
 use crate::config::Filtering;
 use crate::counters::DropReason;
 use crate::tcp::{Dir, TcpState};
 use flowshift_wire::Instant;
-use flowshift_wire::checksum::Delta;
 use flowshift_wire::packet::{IcmpKind, Ipv4Header, L4, icmp_kind, proto, tcp_flags};
 
 /// How a packet reached the inbound path.
@@ -94,33 +92,8 @@ impl Nat {
             return v;
         }
         let write = self.cfg.inbound_refresh && self.refresh_key(&key, now);
-        if flow.proto == proto::TCP
-            && flow.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0
-        {
-            self.tcp_update(now, slot, Dir::In, flow.tcp_flags);
-        }
-        let s = &mut self.sessions[slot as usize];
-        if write {
-            s.last_seen = now;
-        }
-        let (int_addr, int_port) = (s.int_addr, s.int_port);
-        let (ip_delta, l4_delta) = (
-            Delta::from_raw(s.ip_delta).inverse(),
-            Delta::from_raw(s.l4_delta).inverse(),
-        );
-        Rewrite {
-            ihl: h.header_len,
-            proto: flow.proto,
-            source: false,
-            decrement_ttl,
-            with_l4: !h.is_fragment() || h.frag_offset == 0,
-            addr: int_addr.to_be_bytes(),
-            port: int_port,
-            ip_delta,
-            l4_delta,
-        }
-        .apply(pkt);
-        self.last_session = slot;
+        let rw = self.session_rewrite(slot, Dir::In, h, flow.proto, decrement_ttl);
+        self.apply_session(now, pkt, slot, flow.tcp_flags, write, &rw);
         self.counters.translated_in += 1;
         Verdict::ToInside
     }

@@ -2,12 +2,10 @@
 
 use super::inbound::Ingress;
 use super::packet::Flow;
-use super::rewrite::Rewrite;
 use super::{GroupId, GroupMode, Nat, RemoveCause, Verdict, mkey, skey};
 use crate::counters::DropReason;
 use crate::tcp::{Dir, TcpState};
 use flowshift_wire::Instant;
-use flowshift_wire::checksum::Delta;
 use flowshift_wire::packet::{self, IcmpKind, Ipv4Header, L4, icmp_kind, proto, tcp_flags};
 
 impl Nat {
@@ -64,35 +62,8 @@ impl Nat {
             return v;
         }
         let write = self.refresh_key(&key, now);
-        if flow.proto == proto::TCP
-            && flow.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0
-        {
-            self.tcp_update(now, slot, Dir::Out, flow.tcp_flags);
-        }
-        let s = &mut self.sessions[slot as usize];
-        if write {
-            s.last_seen = now;
-        }
-        let (ext_port, ip_delta, l4_delta, group) = (
-            s.ext_port,
-            Delta::from_raw(s.ip_delta),
-            Delta::from_raw(s.l4_delta),
-            s.group,
-        );
-        let ext = self.groups[group as usize].as_ref().map_or(0, |g| g.ext);
-        Rewrite {
-            ihl: h.header_len,
-            proto: flow.proto,
-            source: true,
-            decrement_ttl: true,
-            with_l4: !h.is_fragment() || h.frag_offset == 0,
-            addr: ext.to_be_bytes(),
-            port: ext_port,
-            ip_delta,
-            l4_delta,
-        }
-        .apply(pkt);
-        self.last_session = slot;
+        let rw = self.session_rewrite(slot, Dir::Out, h, flow.proto, true);
+        self.apply_session(now, pkt, slot, flow.tcp_flags, write, &rw);
         if !hairpin {
             self.counters.translated_out += 1;
             return Verdict::ToOutside;

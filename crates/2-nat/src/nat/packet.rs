@@ -10,7 +10,9 @@ use crate::index::{E_FROZEN, E_HAIRPIN, SEntry, SessionKey, TICK_MASK};
 use crate::tcp::Dir;
 use flowshift_wire::Instant;
 use flowshift_wire::checksum::Delta;
-use flowshift_wire::packet::{self, IcmpKind, L4, ParseError, icmp_kind, proto, tcp_flags};
+use flowshift_wire::packet::{
+    self, IcmpKind, Ipv4Header, L4, ParseError, icmp_kind, proto, tcp_flags,
+};
 
 pub(super) fn parse_drop(e: ParseError) -> DropReason {
     match e {
@@ -290,17 +292,8 @@ impl Nat {
             self.sessions[hit.slot as usize].flags & (S_LIVE | S_FROZEN | S_HAIRPIN) == S_LIVE,
             "fast path on a live, unfrozen, non-hairpin session"
         );
-        let dir = if meta.inbound { Dir::In } else { Dir::Out };
-        if meta.proto == proto::TCP
-            && meta.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0
-        {
-            self.tcp_update(now, hit.slot, dir, meta.tcp_flags);
-        }
-        if hit.write {
-            self.sessions[hit.slot as usize].last_seen = now;
-        }
-        self.last_session = hit.slot;
-        Rewrite {
+        // The index entry holds the rewrite: the session itself is not read for it.
+        let rw = Rewrite {
             ihl: meta.ihl as usize,
             proto: meta.proto,
             source: !meta.inbound,
@@ -310,8 +303,8 @@ impl Nat {
             port: hit.port,
             ip_delta: Delta::from_raw(hit.ip_delta),
             l4_delta: Delta::from_raw(hit.l4_delta),
-        }
-        .apply(pkt);
+        };
+        self.apply_session(now, pkt, hit.slot, meta.tcp_flags, hit.write, &rw);
         if meta.inbound {
             self.counters.translated_in += 1;
             Verdict::ToInside
@@ -389,6 +382,85 @@ impl Nat {
                 debug_assert!(false, "refresh of a session that is not indexed");
                 true
             }
+        }
+    }
+
+    /// The tail of every translated session hit (full outbound and inbound paths, batch fast
+    /// path): TCP state tracking (which may reschedule expiry), the refresh of `last_seen` if
+    /// `write` (the caller applied its refresh rule), the session remembered for the fragment
+    /// table, and the rewrite of `pkt`. The packet goes out if `rw` rewrites its source, in
+    /// otherwise. Counters and the verdict stay with the caller.
+    #[inline(always)]
+    pub(super) fn apply_session(
+        &mut self,
+        now: Instant,
+        pkt: &mut [u8],
+        slot: u32,
+        tcp_flags: u8,
+        write: bool,
+        rw: &Rewrite,
+    ) {
+        debug_assert!(
+            (slot as usize) < self.sessions.len(),
+            "session slot in range"
+        );
+        debug_assert!(
+            self.sessions[slot as usize].flags & S_LIVE != 0,
+            "applying a live session"
+        );
+        if rw.proto == proto::TCP
+            && tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0
+        {
+            let dir = if rw.source { Dir::Out } else { Dir::In };
+            self.tcp_update(now, slot, dir, tcp_flags);
+        }
+        if write {
+            self.sessions[slot as usize].last_seen = now;
+        }
+        self.last_session = slot;
+        rw.apply(pkt);
+    }
+
+    /// The full path's rewrite of a packet of session `slot` going `dir` (header `h`):
+    /// outbound to the session's external endpoint, inbound to its internal one.
+    #[inline(always)]
+    pub(super) fn session_rewrite(
+        &self,
+        slot: u32,
+        dir: Dir,
+        h: &Ipv4Header,
+        proto: u8,
+        decrement_ttl: bool,
+    ) -> Rewrite {
+        let s = &self.sessions[slot as usize];
+        let (ip_delta, l4_delta) = (Delta::from_raw(s.ip_delta), Delta::from_raw(s.l4_delta));
+        let with_l4 = !h.is_fragment() || h.frag_offset == 0;
+        match dir {
+            Dir::Out => Rewrite {
+                ihl: h.header_len,
+                proto,
+                source: true,
+                decrement_ttl,
+                with_l4,
+                addr: self.groups[s.group as usize]
+                    .as_ref()
+                    .map_or(0, |g| g.ext)
+                    .to_be_bytes(),
+                port: s.ext_port,
+                ip_delta,
+                l4_delta,
+            },
+            Dir::In => Rewrite {
+                ihl: h.header_len,
+                proto,
+                source: false,
+                decrement_ttl,
+                with_l4,
+                addr: s.int_addr.to_be_bytes(),
+                port: s.int_port,
+                ip_delta: ip_delta.inverse(),
+                l4_delta: l4_delta.inverse(),
+            },
         }
     }
 
