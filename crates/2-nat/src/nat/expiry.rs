@@ -47,6 +47,12 @@ impl Nat {
     }
 
     pub(super) fn tcp_update(&mut self, now: Instant, slot: u32, dir: Dir, flags: u8) {
+        debug_assert!(
+            self.sessions
+                .get(slot as usize)
+                .is_some_and(|s| s.flags & S_LIVE != 0),
+            "TCP update of a live session"
+        );
         let s = &mut self.sessions[slot as usize];
         let Some(old) = TcpState::from_u8(s.tcp) else {
             return;

@@ -79,6 +79,10 @@ impl Nat {
         let Some(f) = self.frags.get(&Self::frag_key(h)).copied() else {
             return Verdict::Drop(DropReason::FragmentNoState);
         };
+        debug_assert!(
+            (f.slot as usize) < self.sessions.len(),
+            "fragment's session slot in range (slabs never shrink)"
+        );
         let s = &self.sessions[f.slot as usize];
         if f.deadline <= now || s.flags & S_LIVE == 0 || s.generation != f.generation {
             return Verdict::Drop(DropReason::FragmentNoState);

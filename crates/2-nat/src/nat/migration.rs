@@ -3,7 +3,7 @@
 use super::table::{entry_flags, grow_slab};
 use super::{
     GroupId, ImportSummary, MappingId, MappingInfo, NIL, Nat, NatError, RemoveCause, S_FROZEN,
-    S_INBOUND_OPENED, skey,
+    S_INBOUND_OPENED, S_LIVE, skey,
 };
 use crate::index::STAMP_NONE;
 use crate::record::{FLAG_INBOUND_OPENED, RECORD_VERSION, StateRecord};
@@ -55,6 +55,10 @@ impl Nat {
         let mut s = m.first_session;
         while s != NIL {
             let sess = &mut self.sessions[s as usize];
+            debug_assert!(
+                sess.flags & S_LIVE != 0 && sess.mapping == id.slot,
+                "a mapping's session list holds its live sessions"
+            );
             if frozen {
                 sess.flags |= S_FROZEN;
             } else {
@@ -109,6 +113,10 @@ impl Nat {
         let mut n = 0;
         while s != NIL {
             let sess = &self.sessions[s as usize];
+            debug_assert!(
+                sess.flags & S_LIVE != 0 && sess.mapping == id.slot,
+                "a mapping's session list holds its live sessions"
+            );
             let idle = now.saturating_since(sess.last_seen).as_millis();
             let rec = StateRecord {
                 proto: m.proto,

@@ -467,6 +467,12 @@ impl Nat {
     /// For a session hit: the verdict if the group is halted or the mapping frozen.
     #[inline(always)]
     pub(super) fn hit_blocked(&self, slot: u32) -> Option<Verdict> {
+        debug_assert!(
+            self.sessions
+                .get(slot as usize)
+                .is_some_and(|s| s.flags & S_LIVE != 0),
+            "an indexed session is live"
+        );
         let s = &self.sessions[slot as usize];
         if s.flags & S_FROZEN != 0 {
             let m = &self.mappings[s.mapping as usize];

@@ -13,7 +13,40 @@ use flowshift_wire::checksum::Delta;
 use flowshift_wire::packet::proto;
 
 impl Nat {
+    /// The O(1) table invariants, checked (in debug builds) after every install and remove:
+    /// each slab slot is live or on its free list, each live entry has two index entries, and
+    /// the counts are within their bounds.
+    #[inline]
+    fn debug_check_counts(&self) {
+        debug_assert_eq!(
+            self.sessions.len(),
+            self.session_count as usize + self.session_free.len(),
+            "session slab: live + free = slots"
+        );
+        debug_assert_eq!(
+            self.mappings.len(),
+            self.mapping_count as usize + self.mapping_free.len(),
+            "mapping slab: live + free = slots"
+        );
+        debug_assert_eq!(
+            self.session_index.len(),
+            2 * self.session_count as usize,
+            "two index entries per session"
+        );
+        debug_assert_eq!(
+            self.mapping_index.len(),
+            2 * self.mapping_count as usize,
+            "two index entries per mapping"
+        );
+        debug_assert!(self.session_count <= self.cfg.max_sessions, "session bound");
+        debug_assert!(self.mapping_count <= self.cfg.max_mappings, "mapping bound");
+    }
+
     pub(super) fn mapping_id(&self, slot: u32) -> MappingId {
+        debug_assert!(
+            self.mappings.get(slot as usize).is_some_and(|m| m.live),
+            "handle of a live mapping"
+        );
         MappingId {
             slot,
             generation: self.mappings[slot as usize].generation,
@@ -87,6 +120,12 @@ impl Nat {
             next: first,
             prev: NIL,
         };
+        debug_assert!(
+            self.mapping_free
+                .last()
+                .is_none_or(|&f| self.mappings.get(f as usize).is_some_and(|m| !m.live)),
+            "the mapping slot to reuse is free"
+        );
         let slot = slab_insert(&mut self.mappings, &mut self.mapping_free, m, |old, new| {
             new.generation = old.generation
         });
@@ -104,6 +143,7 @@ impl Nat {
             .insert_new(mkey(Dir::In, proto, ext, ext_port), slot);
         self.mapping_count += 1;
         self.counters.mappings_created += 1;
+        self.debug_check_counts();
         slot
     }
 
@@ -136,6 +176,10 @@ impl Nat {
         tcp: Option<TcpState>,
         inbound_opened: bool,
     ) -> u32 {
+        debug_assert!(
+            self.mappings.get(m as usize).is_some_and(|m| m.live),
+            "session under a live mapping"
+        );
         let map = &self.mappings[m as usize];
         let (proto, int_addr, int_port, ext_port, g, first) = (
             map.proto,
@@ -187,6 +231,13 @@ impl Nat {
             next: first,
             prev: NIL,
         };
+        debug_assert!(
+            self.session_free.last().is_none_or(|&f| self
+                .sessions
+                .get(f as usize)
+                .is_some_and(|s| s.flags & S_LIVE == 0)),
+            "the session slot to reuse is free"
+        );
         let slot = slab_insert(&mut self.sessions, &mut self.session_free, s, |old, new| {
             new.generation = old.generation
         });
@@ -220,12 +271,17 @@ impl Nat {
         ));
         self.session_count += 1;
         self.counters.sessions_created += 1;
+        self.debug_check_counts();
         self.schedule(now, slot);
         slot
     }
 
     /// Removes a session; removes its mapping too if it was the last one.
     pub(super) fn remove_session(&mut self, now: Instant, slot: u32, cause: RemoveCause) {
+        debug_assert!(
+            (slot as usize) < self.sessions.len(),
+            "session slot in range"
+        );
         let s = &mut self.sessions[slot as usize];
         if s.flags & S_LIVE == 0 {
             return;
@@ -269,10 +325,16 @@ impl Nat {
         if let Some(group) = self.groups[g as usize].as_mut() {
             group.sessions -= 1;
         }
+        debug_assert!(
+            self.mappings[m as usize].live,
+            "a live session's mapping is live"
+        );
         self.remove_mapping_if_empty(now, m, cause);
+        self.debug_check_counts();
     }
 
     pub(super) fn remove_mapping_if_empty(&mut self, now: Instant, m: u32, cause: RemoveCause) {
+        debug_assert!((m as usize) < self.mappings.len(), "mapping slot in range");
         let map = &mut self.mappings[m as usize];
         if !map.live || map.sessions != 0 {
             return;
@@ -357,11 +419,13 @@ fn slab_insert<T>(
 ) -> u32 {
     match free.pop() {
         Some(slot) => {
+            debug_assert!((slot as usize) < slab.len(), "free slot in range");
             keep(&slab[slot as usize], &mut item);
             slab[slot as usize] = item;
             slot
         }
         None => {
+            debug_assert!(slab.len() < NIL as usize, "slot numbers stay below NIL");
             slab.push(item);
             (slab.len() - 1) as u32
         }
