@@ -1,4 +1,17 @@
 //! The NAT instance: tables, the packet path, expiry, and the migration hooks.
+//!
+//! This module holds the public types, the [`Nat`] struct and its constructor; each concern
+//! adds its own `impl Nat` block in a submodule:
+//! * `groups`: external addresses, modes, port blocks, occupancy;
+//! * `packet`: [`Nat::process`], [`Nat::process_batch`] and its fast path, the full path's
+//!   dispatch, and `apply_session`, the tail every translated session hit shares;
+//! * `outbound`, `inbound`: the full path in each direction (hairpin included);
+//! * `rewrite`: the precomputed `Rewrite` of a translated packet;
+//! * `icmp`: ICMP errors (RFC 5508); `fragments`: the fragment table;
+//! * `table`: the mapping and session slabs and indexes, install and remove;
+//! * `expiry`: the timer wheel and timeout classes;
+//! * `migration`: enumerate, freeze, export, remove, reserve; `import`: its two passes;
+//! * `invariants`: [`Nat::check_invariants`].
 
 mod expiry;
 mod fragments;
