@@ -45,7 +45,7 @@ impl Nat {
         })
     }
 
-    /// Freezes or unfreezes a mapping: while frozen its packets return [`Verdict::Hold`] and
+    /// Freezes or unfreezes a mapping: while frozen its packets return [`Verdict::Hold`](crate::Verdict::Hold) and
     /// its sessions do not expire.
     pub fn set_frozen(&mut self, id: MappingId, frozen: bool) -> Result<(), NatError> {
         self.live_mapping(id)?;
