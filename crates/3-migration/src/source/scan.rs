@@ -1,0 +1,234 @@
+//! The source's work that grows with the group's size, done in slices between packet batches:
+//! scanning the group (freeze order, stop-copy and pre-copy rounds), and the rounds themselves.
+
+use super::{RoundReport, SCAN_SLICE};
+use crate::instance::{Core, Mig, Side};
+use crate::proto::{self, Algorithm, MappingKey, Message};
+use crate::{MigrationEvent, Phase};
+use flowshift_nat::{GroupMode, MappingId};
+use flowshift_wire::Instant;
+use std::collections::{BTreeMap, VecDeque};
+
+/// What a scan computes.
+pub(super) enum ScanGoal {
+    /// The freeze order: mappings by port block, with each block's latest packet.
+    FreezeOrder(BTreeMap<u32, (Instant, Vec<MappingId>)>),
+    /// A stop-copy or pre-copy round: the mappings to copy (new or dirty).
+    Round {
+        round: u32,
+        last: bool,
+        queue: VecDeque<(u32, MappingId)>,
+        new: u32,
+        dirty: u32,
+    },
+}
+
+/// A scan of the group's mappings in slices of [`SCAN_SLICE`].
+pub(super) struct Scan {
+    pub ids: Vec<MappingId>,
+    pub pos: usize,
+    pub goal: ScanGoal,
+}
+
+impl Mig {
+    /// Starts scanning the group's mappings and runs the first slice.
+    pub(super) fn src_begin_scan(&mut self, core: &mut Core, now: Instant, goal: ScanGoal) {
+        let ids = core.nat.group_mappings(self.group).unwrap_or_default();
+        self.src().scan = Some(Box::new(Scan { ids, pos: 0, goal }));
+        self.src_scan_step(core, now);
+    }
+
+    /// Examines the next [`SCAN_SLICE`] mappings; at the end of the scan, moves on (freeze
+    /// order: start sending; round: finish the round's set-up and start sending).
+    ///
+    /// Freeze order: port block by port block (a block's mappings always travel in one batch,
+    /// see `src_build_batch`), the idlest block (oldest most recent packet among its
+    /// mappings) first. A mapping that dies during the scan is skipped (its handle no longer
+    /// resolves).
+    pub(super) fn src_scan_step(&mut self, core: &mut Core, now: Instant) {
+        let nc = core.nat.config();
+        let (port_min, block_size) = (nc.port_min, nc.block_size.max(1) as u32);
+        let Some(mut scan) = self.src().scan.take() else {
+            return;
+        };
+        let end = (scan.pos + SCAN_SLICE).min(scan.ids.len());
+        let copied = &mut self.src().copied;
+        for i in scan.pos..end {
+            let id = scan.ids[i];
+            let Ok(info) = core.nat.mapping_info(id) else {
+                continue;
+            };
+            match &mut scan.goal {
+                ScanGoal::FreezeOrder(blocks) => {
+                    if core.frozen.contains_key(&id) {
+                        continue;
+                    }
+                    let block = info.external_port.saturating_sub(port_min) as u32 / block_size;
+                    let e = blocks.entry(block).or_insert((Instant::ZERO, Vec::new()));
+                    e.0 = e.0.max(info.last_seen);
+                    e.1.push(id);
+                }
+                // Run keys are unique here: no block grouping is needed when the destination
+                // does not serve the group before the commit.
+                ScanGoal::Round {
+                    round,
+                    queue,
+                    new,
+                    dirty,
+                    ..
+                } => match copied.get_mut(&id) {
+                    None => {
+                        *new += 1;
+                        queue.push_back((i as u32, id));
+                    }
+                    Some(c) => {
+                        c.round = *round;
+                        if info.last_seen >= c.at || info.sessions != c.sessions {
+                            *dirty += 1;
+                            queue.push_back((i as u32, id));
+                        }
+                    }
+                },
+            }
+        }
+        scan.pos = end;
+        if scan.pos < scan.ids.len() {
+            self.src().scan = Some(scan);
+            return;
+        }
+        match scan.goal {
+            ScanGoal::FreezeOrder(blocks) => {
+                let mut order: Vec<(Instant, u32, Vec<MappingId>)> = blocks
+                    .into_iter()
+                    .map(|(b, (last, ids))| (last, b, ids))
+                    .collect();
+                order.sort_by_key(|(last, b, _)| (*last, *b));
+                self.src().queue = order
+                    .into_iter()
+                    .flat_map(|(_, b, ids)| ids.into_iter().map(move |id| (b, id)))
+                    .collect();
+                if self.src_ref().queue.is_empty()
+                    && core.nat.group_stats(self.group).map_or(0, |s| s.mappings) != 0
+                {
+                    // Every mapping left is frozen by another migration: cannot happen.
+                    core.counters.internal_errors += 1;
+                    return;
+                }
+                self.src_pump(core, now);
+            }
+            ScanGoal::Round {
+                round,
+                last,
+                queue,
+                new,
+                dirty,
+            } => self.src_round_scanned(core, now, round, last, queue, new, dirty),
+        }
+    }
+
+    // ---------------------------------------------------------- stop-copy and pre-copy
+
+    pub(super) fn src_start_round(&mut self, core: &mut Core, now: Instant, last: bool) {
+        let g = self.group;
+        if last {
+            core.set_mode(g, GroupMode::Halted);
+            let s = self.src();
+            if s.halted_at.is_none() {
+                s.halted_at = Some(now);
+            }
+            self.set_phase(core, now, Phase::StopCopy);
+        } else {
+            self.set_phase(core, now, Phase::Rounds);
+        }
+        let s = self.src();
+        let round = s.next_round_number();
+        s.round_started = now;
+        s.next_round = None;
+        let goal = ScanGoal::Round {
+            round,
+            last,
+            queue: VecDeque::new(),
+            new: 0,
+            dirty: 0,
+        };
+        self.src_begin_scan(core, now, goal);
+    }
+
+    /// A round's scan is complete: delete what died, then send the new and dirty mappings.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn src_round_scanned(
+        &mut self,
+        core: &mut Core,
+        now: Instant,
+        round: u32,
+        last: bool,
+        queue: VecDeque<(u32, MappingId)>,
+        new: u32,
+        dirty: u32,
+    ) {
+        let s = self.src();
+        let mut dead: Vec<MappingKey> = Vec::new();
+        s.copied.retain(|_, c| {
+            // Entries not seen by this scan died (new ones are inserted when sent).
+            let alive = c.round == round;
+            if !alive {
+                dead.push(c.key);
+            }
+            alive
+        });
+        dead.sort_unstable();
+        s.queue = queue;
+        s.round = Some(RoundReport {
+            round,
+            copied: 0,
+            dirty,
+            new,
+            dead: dead.len() as u32,
+            records: 0,
+            last,
+        });
+        for chunk in dead.chunks(proto::MAX_DELETE_KEYS) {
+            self.chan
+                .send(now, &Message::Delete(chunk.to_vec()), &core.cfg);
+        }
+        self.src_pump(core, now);
+    }
+
+    pub(super) fn src_round_done(&mut self, core: &mut Core, now: Instant) {
+        let Some(r) = self.src().round.take() else {
+            return;
+        };
+        if self.algorithm == Algorithm::PreCopy {
+            self.st.rounds.push(r);
+            core.event(MigrationEvent::PrecopyRound {
+                migration: self.id,
+                round: r.round,
+                copied: r.copied,
+                dirty: r.dirty,
+                new: r.new,
+                dead: r.dead,
+                last: r.last,
+            });
+        }
+        if r.last {
+            let s = self.src();
+            let commit = proto::Commit {
+                mappings: s.copied.len() as u32,
+                records: s.copied.values().map(|c| c.sessions).sum(),
+            };
+            s.commit_sent = true;
+            self.chan.send(now, &Message::Commit(commit), &core.cfg);
+            return;
+        }
+        let p = &self.params;
+        let last_next = r.copied <= p.precopy_stop_threshold
+            || r.round + 1 >= p.precopy_max_rounds
+            || matches!(&self.side, Side::Src(s) if s.forward);
+        let at = self.src().round_started + self.params.precopy_min_round_interval;
+        if at <= now {
+            self.src_start_round(core, now, last_next);
+        } else {
+            self.src().next_round = Some((at, last_next));
+        }
+    }
+}
