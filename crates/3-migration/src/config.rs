@@ -173,10 +173,13 @@ pub struct Params {
     #[serde(with = "millis")]
     pub drain: Duration,
     /// After `cutover_done`, the source sends the end-of-chain marker (`ChainEnd`) once it has
-    /// chained no packet of the group for this long (default 500 us; at most `drain` after
-    /// the cutover). Packets still in flight from the switch when the barrier confirmed the
-    /// redirect arrive within it; one arriving later is chained anyway and counted as
-    /// `chained_after_marker` (it may overtake packets the destination already released).
+    /// chained no packet of the group for this long (default 10 ms; at most `drain` after the
+    /// cutover). It must outlast every gap in the group's traffic to the source while the
+    /// switch still sends it there: a barrier confirms the flow table, not a software switch's
+    /// datapath cache, and a CPU-starved switch or a packet ring's block timeout (1 ms, a
+    /// jiffy on some kernels) delays stragglers by milliseconds. A straggler after the marker
+    /// is still chained and counted as `chained_after_marker`, but it may overtake packets the
+    /// destination already released (1 reordered probe in 8,000 with 500 us on this testbed).
     #[serde(rename = "chain_quiet_us", with = "micros")]
     pub chain_quiet: Duration,
     /// Freeze-copy: the longest a mapping should stay frozen, freeze to acknowledgement
@@ -210,7 +213,7 @@ impl Default for Params {
             precopy_max_rounds: 30,
             precopy_min_round_interval: Duration::ZERO,
             drain: Duration::from_millis(50),
-            chain_quiet: Duration::from_micros(500),
+            chain_quiet: Duration::from_millis(10),
             freeze_target: Duration::from_millis(1),
             freeze_budget_min: 4 << 10,
             freeze_budget_max: 4 << 20,
