@@ -133,6 +133,11 @@ pub struct TransferCounters {
     pub transfer_accepts: Counter,
     /// Incoming connections refused (bad hello, unknown peer, too many connections).
     pub transfer_refused: Counter,
+    /// Incoming connections refused for their TLS: failed or slow handshake, a certificate
+    /// not from the cluster CA, or one that does not name the peer the hello states.
+    pub transfer_auth_refused: Counter,
+    /// Incoming connections closed after [`crate::transfer::IDLE_TIMEOUT`] without a frame.
+    pub transfer_idle_closed: Counter,
     /// Incoming streams closed because a frame header was invalid.
     pub transfer_stream_errors: Counter,
     /// Times a reader waited because the packet thread's queue was full (backpressure).

@@ -3,6 +3,7 @@
 mod alloc;
 mod cmd_controller;
 mod cmd_node;
+mod cmd_pki;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -38,6 +39,9 @@ enum Command {
     Migrate(cmd_controller::MigrateArgs),
     /// Show the running controller's view: groups, owners, nodes, migrations.
     Status(cmd_controller::StatusArgs),
+    /// The cluster's CA and certificates for mutual TLS between nodes and controller.
+    #[command(subcommand)]
+    Pki(cmd_pki::PkiCommand),
     /// The one-machine testbed (root): namespaces, Open vSwitch, nodes, controller.
     #[command(subcommand)]
     Testbed(testbed::TestbedCommand),
@@ -92,6 +96,7 @@ fn main() -> Result<()> {
         Command::Controller(args) => cmd_controller::controller(&args),
         Command::Migrate(args) => cmd_controller::migrate(&args),
         Command::Status(args) => cmd_controller::status(&args),
+        Command::Pki(cmd) => cmd_pki::run(&cmd),
         Command::Testbed(cmd) => testbed::run(&cmd),
         Command::Probe(cmd) => testbed::probe::run(&cmd),
     }
