@@ -14,5 +14,6 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod autoscale;
 pub mod orchestrator;
 pub mod rules;
