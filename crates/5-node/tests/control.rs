@@ -164,7 +164,7 @@ fn requests_replies_events_and_reconnection() {
             .iter()
             .any(|ev| matches!(ev, MigrationEvent::Aborted { .. }))
     );
-    assert_eq!(ends.control_counters.control_bad_lines.get(), 1);
+    assert_eq!(ends.control_counters.bad_lines.get(), 1);
 
     // The controller goes away; the node reconnects and says hello again.
     drop(ctl);
