@@ -219,18 +219,18 @@ fn freeze_copy(preload: u32, extra: &str, in_flight: u32) -> (String, String) {
     );
     let status = a.status(clock());
     assert_eq!(
-        status.counters["transfer_frames_out"],
+        status.counters.transfer.frames_out,
         ca.frames_out.get()
     );
-    assert_eq!(status.counters["transfer_out_refused"], 0);
+    assert_eq!(status.counters.io.transfer_out_refused, 0);
     svc_a.join();
     svc_b.join();
     let gaps = |e: &Engine| {
         let c = e.status(clock()).counters;
-        assert!(c["max_poll_gap_migrating_us"] > 0);
+        assert!(c.poll_max.max_poll_gap_migrating_us > 0);
         format!(
             "longest gap while migrating {} us, gaps over 1 ms {} of {}",
-            c["max_poll_gap_migrating_us"], c["poll_gaps_over_1000us"], c["poll_gaps"]
+            c.poll_max.max_poll_gap_migrating_us, c.poll.poll_gaps_over_1000us, c.poll.poll_gaps
         )
     };
     (gaps(&a), gaps(&b))
