@@ -120,7 +120,10 @@ pub struct Counters {
     /// Packets held because their mapping is frozen.
     pub held: u64,
     /// Drops, indexed by `DropReason as usize`.
-    #[serde(serialize_with = "drops_by_label", deserialize_with = "drops_from_labels")]
+    #[serde(
+        serialize_with = "drops_by_label",
+        deserialize_with = "drops_from_labels"
+    )]
     pub drops: [u64; DropReason::COUNT],
     /// Mappings created.
     pub mappings_created: u64,

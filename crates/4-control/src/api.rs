@@ -114,8 +114,8 @@ pub enum ReplyBody {
         /// True if the source owns the group again.
         reverted: bool,
     },
-    /// The node's status.
-    Status(NodeStatus),
+    /// The node's status (boxed: far larger than the other replies).
+    Status(Box<NodeStatus>),
     /// A migration report.
     Report(serde_json::Value),
 }
@@ -289,7 +289,7 @@ mod tests {
             },
             NodeToController::Reply {
                 req: 4,
-                result: Ok(ReplyBody::Status(NodeStatus::default())),
+                result: Ok(ReplyBody::Status(Box::default())),
             },
         ];
         for m in msgs {

@@ -340,7 +340,11 @@ mod tests {
     use super::*;
 
     fn name<T: Serialize>(v: &T) -> String {
-        serde_json::to_value(v).unwrap().as_str().unwrap().to_owned()
+        serde_json::to_value(v)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     #[test]
@@ -410,7 +414,10 @@ mod tests {
         assert_eq!(back.nat.drops_of(DropReason::NoMapping), 2);
         assert_eq!(back.total_drops(), 2);
         assert_eq!(back.io.rx_packets, 4);
-        assert_eq!((back.loss(LossCause::GroupHalted), back.total_losses()), (1, 1));
+        assert_eq!(
+            (back.loss(LossCause::GroupHalted), back.total_losses()),
+            (1, 1)
+        );
     }
 
     #[test]

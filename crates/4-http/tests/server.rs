@@ -195,7 +195,11 @@ fn a_stalled_head_times_out_and_is_counted() {
     // The server closes the connection (possibly after an error answer).
     c.read_to_end(&mut rest).unwrap();
     // The server task counts after closing: wait for it.
-    assert!(eventually(|| s.counters().timeouts == 1), "{:?}", s.counters());
+    assert!(
+        eventually(|| s.counters().timeouts == 1),
+        "{:?}",
+        s.counters()
+    );
 }
 
 #[test]
@@ -208,7 +212,11 @@ fn bodies_are_bounded_in_size_and_time() {
     let s = Server::start(tcp_any(), limits, Auth::default());
     let client = Client::new(s.endpoint.clone());
     let (status, body) = client
-        .request(axum::http::Method::POST, "/echo", Some(b"{\"a\":1}".to_vec()))
+        .request(
+            axum::http::Method::POST,
+            "/echo",
+            Some(b"{\"a\":1}".to_vec()),
+        )
         .unwrap();
     assert_eq!((status, body.as_slice()), (200, b"{\"a\":1}".as_slice()));
     let (status, _) = client

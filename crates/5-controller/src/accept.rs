@@ -3,8 +3,8 @@
 
 use crate::core::{Inbox, Input, Shared};
 use crate::net::spawn_writer;
-use flowshift_http::{BoxRead, BoxWrite, Listener, Peer, Stream};
 use flowshift_control::api::{LineBuffer, NodeToController, decode_line};
+use flowshift_http::{BoxRead, BoxWrite, Listener, Peer, Stream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

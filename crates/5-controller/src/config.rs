@@ -270,9 +270,8 @@ impl ClusterConfig {
             }
         }
         if matches!(self.api_listen, Endpoint::Tcp(_)) && self.api_token_file.is_none() {
-            problems.push(
-                "api_listen is TCP: set api_token_file (the API's bearer token)".to_owned(),
-            );
+            problems
+                .push("api_listen is TCP: set api_token_file (the API's bearer token)".to_owned());
         }
         if problems.is_empty() {
             Ok(())
@@ -451,7 +450,10 @@ idle_max = 0
         let no_token = GOOD.replace("api_token_file = \"/etc/flowshift/api.token\"\n", "");
         assert!(invalid(&no_token).contains("set api_token_file"));
         let unix = no_token.replace("tcp:127.0.0.1:6780", "unix:/run/x/api.sock");
-        assert_eq!(ClusterConfig::from_toml(&unix).unwrap().api_token_file, None);
+        assert_eq!(
+            ClusterConfig::from_toml(&unix).unwrap().api_token_file,
+            None
+        );
     }
 
     #[test]

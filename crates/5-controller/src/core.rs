@@ -704,7 +704,7 @@ impl Core {
             }
             (Purpose::Status, ReplyBody::Status(s)) => {
                 if let Some(n) = self.nodes.get_mut(&p.node) {
-                    n.status = Some(s);
+                    n.status = Some(*s);
                     n.status_pending = false;
                 }
             }

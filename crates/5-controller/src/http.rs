@@ -129,7 +129,10 @@ async fn ask(State(inbox): State<Inbox>, req: ApiRequest) -> Response {
     let (tx, rx) = oneshot::channel();
     if !inbox.try_send(Input::Api { req, reply: tx }) {
         Shared::bump(&inbox.shared.api_refused_busy);
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "controller busy; try again");
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller busy; try again",
+        );
     }
     match rx.await {
         Ok(r) => reply(r),

@@ -357,7 +357,7 @@ impl Engine {
                     reverted: o == AbortOutcome::Reverted,
                 })
                 .map_err(|e| e.to_string()),
-            NodeRequest::Status => Ok(ReplyBody::Status(self.status(now))),
+            NodeRequest::Status => Ok(ReplyBody::Status(Box::new(self.status(now)))),
             NodeRequest::Report { migration } => {
                 let r = self
                     .inst

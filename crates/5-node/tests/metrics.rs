@@ -37,7 +37,10 @@ fn scrapes_need_the_token_when_one_is_configured() {
     let (status, text) = scrape(&anonymous.clone().with_token(Some(token)));
     assert_eq!(status, 200);
     assert!(text.contains("flowshift_rx_packets_total 12\n"), "{text}");
-    assert!(text.contains("flowshift_uptime_seconds{node=\"4\"} 0"), "{text}");
+    assert!(
+        text.contains("flowshift_uptime_seconds{node=\"4\"} 0"),
+        "{text}"
+    );
     // The refused scrape is counted on the endpoint itself.
     assert!(
         text.contains("flowshift_metrics_http_unauthorized_total 1\n"),

@@ -205,23 +205,11 @@ fn freeze_copy(preload: u32, extra: &str, in_flight: u32) -> (String, String) {
     assert!(ca.frames_out.get() > 0 && cb.frames_out.get() > 0);
     assert_eq!(ca.frames_in.get(), cb.frames_out.get());
     assert_eq!(cb.frames_in.get(), ca.frames_out.get());
-    assert_eq!(
-        ca.frames_lost.get() + cb.frames_lost.get(),
-        0
-    );
-    assert_eq!(
-        (ca.connects.get(), cb.connects.get()),
-        (1, 1)
-    );
-    assert_eq!(
-        (ca.accepts.get(), cb.accepts.get()),
-        (1, 1)
-    );
+    assert_eq!(ca.frames_lost.get() + cb.frames_lost.get(), 0);
+    assert_eq!((ca.connects.get(), cb.connects.get()), (1, 1));
+    assert_eq!((ca.accepts.get(), cb.accepts.get()), (1, 1));
     let status = a.status(clock());
-    assert_eq!(
-        status.counters.transfer.frames_out,
-        ca.frames_out.get()
-    );
+    assert_eq!(status.counters.transfer.frames_out, ca.frames_out.get());
     assert_eq!(status.counters.io.transfer_out_refused, 0);
     svc_a.join();
     svc_b.join();

@@ -38,6 +38,8 @@ enum Command {
     Migrate(cmd_controller::MigrateArgs),
     /// Show the running controller's view: groups, owners, nodes, migrations.
     Status(cmd_controller::StatusArgs),
+    /// Write a new bearer token file (mode 0600) for the operator API or /metrics.
+    Token(cmd_controller::TokenArgs),
     /// The one-machine testbed (root): namespaces, Open vSwitch, nodes, controller.
     #[command(subcommand)]
     Testbed(testbed::TestbedCommand),
@@ -92,6 +94,7 @@ fn main() -> Result<()> {
         Command::Controller(args) => cmd_controller::controller(&args),
         Command::Migrate(args) => cmd_controller::migrate(&args),
         Command::Status(args) => cmd_controller::status(&args),
+        Command::Token(args) => cmd_controller::token(&args),
         Command::Testbed(cmd) => testbed::run(&cmd),
         Command::Probe(cmd) => testbed::probe::run(&cmd),
     }

@@ -516,7 +516,7 @@ fn run_node(
             match body {
                 NodeRequest::Status => send(
                     &mut s,
-                    &reply(Ok(ReplyBody::Status(NodeStatus {
+                    &reply(Ok(ReplyBody::Status(Box::new(NodeStatus {
                         id,
                         uptime_s: t0.elapsed().as_secs_f64(),
                         groups: vec![GroupStatus {
@@ -532,7 +532,7 @@ fn run_node(
                             c.nat.drop(flowshift_nat::DropReason::NoMapping);
                             c
                         },
-                    }))),
+                    })))),
                 ),
                 NodeRequest::StartMigration { .. } if opts.fail_start => {
                     log.push(format!("node {id} refuses start"));
