@@ -1,11 +1,13 @@
 //! Drop reasons and counters: every packet the NAT refuses is counted under exactly one reason.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 macro_rules! drop_reasons {
     ($( $(#[doc = $doc:literal])* $name:ident = $label:literal, )*) => {
-        /// Why a packet was dropped. One counter per reason ([`Counters::drops`]).
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        /// Why a packet was dropped. One counter per reason ([`Counters::drops`]). Serialized
+        /// by its label.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
         #[repr(u8)]
         pub enum DropReason { $( $(#[doc = $doc])* $name, )* }
 
@@ -17,6 +19,10 @@ macro_rules! drop_reasons {
             /// Stable snake_case name (metrics labels, JSON keys).
             pub const fn label(self) -> &'static str {
                 match self { $(DropReason::$name => $label,)* }
+            }
+            /// The reason with this label.
+            pub fn from_label(label: &str) -> Option<DropReason> {
+                match label { $($label => Some(DropReason::$name),)* _ => None }
             }
         }
     };
@@ -94,7 +100,10 @@ drop_reasons! {
 }
 
 /// Packet and table counters of one NAT instance. Plain integers: the owner is single-threaded.
-#[derive(Clone, Debug, Default, Serialize)]
+/// Serialized with `drops` as a map from reason label to count; deserializing ignores unknown
+/// labels and missing fields (a newer or older peer's status still reads).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
     /// Packets handed to the NAT.
     pub packets_in: u64,
@@ -111,7 +120,10 @@ pub struct Counters {
     /// Packets held because their mapping is frozen.
     pub held: u64,
     /// Drops, indexed by `DropReason as usize`.
-    #[serde(serialize_with = "drops_by_label")]
+    #[serde(
+        serialize_with = "drops_by_label",
+        deserialize_with = "drops_from_labels"
+    )]
     pub drops: [u64; DropReason::COUNT],
     /// Mappings created.
     pub mappings_created: u64,
@@ -143,6 +155,19 @@ fn drops_by_label<S: serde::Serializer>(
         m.serialize_entry(r.label(), &d[*r as usize])?;
     }
     m.end()
+}
+
+fn drops_from_labels<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<[u64; DropReason::COUNT], D::Error> {
+    let by_label = std::collections::BTreeMap::<String, u64>::deserialize(d)?;
+    let mut drops = [0; DropReason::COUNT];
+    for (label, n) in by_label {
+        if let Some(r) = DropReason::from_label(&label) {
+            drops[r as usize] = n;
+        }
+    }
+    Ok(drops)
 }
 
 impl Counters {

@@ -2,13 +2,16 @@
 
 use crate::channel::ChannelStats;
 use crate::{AbortReason, Algorithm, InstanceId, MigrationId, Role};
-use serde::Serialize;
+use flowshift_nat::DropReason;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 macro_rules! loss_causes {
     ($( $(#[doc = $doc:literal])* $name:ident = $label:literal, )*) => {
         /// Why the migration engine (or the NAT, because of a migration) dropped a packet.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        /// Serialized by its label.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
         #[repr(u8)]
         pub enum LossCause { $( $(#[doc = $doc])* $name, )* }
 
@@ -46,8 +49,24 @@ loss_causes! {
     CutoverHoldFull = "cutover_hold_full",
 }
 
+impl LossCause {
+    /// The NAT drop reason each cause is counted under (by the NAT, over the instance's life).
+    pub const fn drop_reason(self) -> DropReason {
+        match self {
+            LossCause::GroupHalted => DropReason::GroupHalted,
+            LossCause::GroupDraining => DropReason::GroupDraining,
+            LossCause::FreezeBufferFull => DropReason::FreezeBufferFull,
+            LossCause::PrepareBufferFull => DropReason::PrepareBufferFull,
+            LossCause::ChainQueueFull => DropReason::ChainQueueFull,
+            LossCause::CutoverHoldFull => DropReason::CutoverHoldFull,
+        }
+    }
+}
+
 /// Instance-wide counters of the migration engine (per-migration figures are in reports).
-#[derive(Clone, Debug, Default, Serialize)]
+/// Missing fields deserialize as 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct InstanceCounters {
     /// Transfer frames handed to `handle_transfer`.
     pub frames_in: u64,

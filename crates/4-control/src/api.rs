@@ -12,7 +12,9 @@
 //! returns a [`MigrateResponse`]; `GET /migrations` lists [`MigrationStatus`] records.
 
 use crate::orchestrator::MigrationStatus;
-use flowshift_migration::{Algorithm, MigrationEvent, Params, Phase, Role};
+pub use crate::status::{GroupStatus, NodeMigration, NodeStatus};
+use flowshift_migration::{Algorithm, MigrationEvent, Params};
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -112,51 +114,10 @@ pub enum ReplyBody {
         /// True if the source owns the group again.
         reverted: bool,
     },
-    /// The node's status.
-    Status(NodeStatus),
+    /// The node's status (boxed: far larger than the other replies).
+    Status(Box<NodeStatus>),
     /// A migration report.
     Report(serde_json::Value),
-}
-
-/// One node as it reports itself.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    /// Instance id.
-    pub id: u16,
-    /// Seconds since the node started.
-    pub uptime_s: f64,
-    /// Groups configured on the node (including ones being received).
-    pub groups: Vec<GroupStatus>,
-    /// Migrations the node knows (running and recently finished).
-    pub migrations: Vec<NodeMigration>,
-    /// Every counter by stable name: NAT counters, `drop_<reason>` per NAT drop reason,
-    /// `loss_<cause>` per migration loss cause, engine counters, I/O counters (`rx_packets`,
-    /// `tx_packets`, `rx_ring_drops`, ...).
-    pub counters: BTreeMap<String, u64>,
-}
-
-/// A group on one node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupStatus {
-    /// External address.
-    pub external: Ipv4Addr,
-    /// Mode: `active`, `draining` or `halted`.
-    pub mode: String,
-    /// Mappings held.
-    pub mappings: u32,
-    /// Sessions held.
-    pub sessions: u32,
-}
-
-/// A migration as one node sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeMigration {
-    /// Migration id.
-    pub migration: u64,
-    /// This node's role.
-    pub role: Role,
-    /// Current phase.
-    pub phase: Phase,
 }
 
 /// `POST /migrate` body.
@@ -205,7 +166,7 @@ pub struct GroupOwner {
     /// External address.
     pub external: Ipv4Addr,
     /// Subscriber prefix.
-    pub subscribers: String,
+    pub subscribers: Ipv4Net,
     /// Owning node.
     pub owner: u16,
 }
@@ -328,7 +289,7 @@ mod tests {
             },
             NodeToController::Reply {
                 req: 4,
-                result: Ok(ReplyBody::Status(NodeStatus::default())),
+                result: Ok(ReplyBody::Status(Box::default())),
             },
         ];
         for m in msgs {

@@ -9,7 +9,8 @@
 //! [`orchestrator`] drives migrations step by step (start, redirect, barrier, cutover, done)
 //! by emitting commands for the instances and the switch and consuming their events.
 //!
-//! [`api`] holds the messages of the controller-node channel and of the operator API.
+//! [`api`] holds the messages of the controller-node channel and of the operator API;
+//! [`status`] the node status they carry (typed modes, roles, phases and counters).
 
 #![deny(missing_docs)]
 
@@ -17,3 +18,4 @@ pub mod api;
 pub mod autoscale;
 pub mod orchestrator;
 pub mod rules;
+pub mod status;

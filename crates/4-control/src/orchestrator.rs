@@ -68,6 +68,30 @@ pub enum Stage {
     Aborted,
 }
 
+impl Stage {
+    /// Every stage, in order.
+    pub const ALL: [Stage; 6] = [
+        Stage::Requested,
+        Stage::Running,
+        Stage::Redirecting,
+        Stage::Draining,
+        Stage::Done,
+        Stage::Aborted,
+    ];
+
+    /// The stage's snake_case name (as in JSON).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Stage::Requested => "requested",
+            Stage::Running => "running",
+            Stage::Redirecting => "redirecting",
+            Stage::Draining => "draining",
+            Stage::Done => "done",
+            Stage::Aborted => "aborted",
+        }
+    }
+}
+
 /// One migration's record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationStatus {
@@ -77,8 +101,8 @@ pub struct MigrationStatus {
     pub from: u16,
     /// Destination.
     pub to: u16,
-    /// Algorithm name.
-    pub algorithm: String,
+    /// Algorithm.
+    pub algorithm: Algorithm,
     /// Stage.
     pub stage: Stage,
     /// Id, once known.
@@ -199,7 +223,7 @@ impl Orchestrator {
             external,
             from: g.owner,
             to: to.0,
-            algorithm: format!("{algorithm:?}"),
+            algorithm,
             stage: Stage::Requested,
             migration: None,
             requested_at: now,

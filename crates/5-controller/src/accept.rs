@@ -2,8 +2,9 @@
 //! and decode; every decision is the core's.
 
 use crate::core::{Inbox, Input, Shared};
-use crate::net::{BoxRead, Listener, spawn_writer};
+use crate::net::spawn_writer;
 use flowshift_control::api::{LineBuffer, NodeToController, decode_line};
+use flowshift_http::{BoxRead, BoxWrite, Listener, Peer, Stream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -35,11 +36,16 @@ async fn accept_failed(what: &str, e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
+fn split(stream: Stream, peer: Peer) -> (BoxRead, BoxWrite, String) {
+    let (r, w) = stream.into_split();
+    (r, w, peer.to_string())
+}
+
 /// Accepts switch connections forever; each is handed to the core, which keeps the newest.
 pub(crate) async fn switches(listener: Listener, inbox: Inbox) {
     loop {
         let (mut rd, wr, peer) = match listener.accept().await {
-            Ok(c) => c,
+            Ok((stream, peer)) => split(stream, peer),
             Err(e) => {
                 accept_failed("switch", e).await;
                 continue;
@@ -78,7 +84,7 @@ pub(crate) async fn nodes(listener: Listener, inbox: Inbox) {
     let slots = Arc::new(Semaphore::new(MAX_NODE_CONNECTIONS));
     loop {
         let (rd, wr, peer) = match listener.accept().await {
-            Ok(c) => c,
+            Ok((stream, peer)) => split(stream, peer),
             Err(e) => {
                 accept_failed("node", e).await;
                 continue;

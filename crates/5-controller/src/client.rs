@@ -1,35 +1,24 @@
-//! A blocking client of the operator API (for the CLI and tests): HTTP/1.1 over TCP or a
-//! unix socket, one request per connection, bounded answer size and time.
+//! A blocking client of the operator API (for the CLI, the testbed and tests), on
+//! [`flowshift_http::Client`]: TCP or unix socket, one request per connection, bounded answer
+//! size and time, the bearer token if given.
 
 use crate::config::Endpoint;
 use crate::core::ControllerCounters;
 use crate::switch::SwitchStatus;
+use axum::http::Method;
 use flowshift_control::api::{ClusterStatus, MigrateRequest, MigrateResponse};
 use flowshift_control::orchestrator::MigrationStatus;
+use flowshift_http::{Client, HttpError, Token};
 use serde::de::DeserializeOwned;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
-
-/// Largest answer accepted, in bytes.
-pub const MAX_RESPONSE: usize = 64 << 20;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// No connection to the controller.
-    #[error("cannot reach the controller at {endpoint}")]
-    Connect {
-        /// Where.
-        endpoint: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The exchange failed midway (including timeouts).
-    #[error("talking to the controller: {0}")]
-    Io(#[from] std::io::Error),
-    /// The answer was not HTTP or not the expected JSON.
+    /// No connection, a failed exchange or a timeout.
+    #[error("the controller's API: {0}")]
+    Http(#[from] HttpError),
+    /// The answer was not the expected JSON, or the request could not be encoded.
     #[error("bad answer from the controller: {0}")]
     BadResponse(String),
     /// The controller answered with an error status.
@@ -45,23 +34,29 @@ pub enum ClientError {
 /// A client of one controller.
 #[derive(Clone, Debug)]
 pub struct ApiClient {
-    endpoint: Endpoint,
-    timeout: Duration,
+    http: Client,
 }
 
 impl ApiClient {
-    /// A client of the controller at `endpoint`, with a 10 s limit per call.
+    /// A client of the controller at `endpoint`, without a token, with a 10 s limit per call.
     pub fn new(endpoint: Endpoint) -> Self {
         ApiClient {
-            endpoint,
-            timeout: Duration::from_secs(10),
+            http: Client::new(endpoint),
         }
     }
 
-    /// The same client with another time limit per call (connect, send and receive each).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
+    /// The same client sending `token` (the controller's `api_token_file`).
+    pub fn with_token(self, token: Option<Token>) -> Self {
+        ApiClient {
+            http: self.http.with_token(token),
+        }
+    }
+
+    /// The same client with another time limit per call.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        ApiClient {
+            http: self.http.with_timeout(timeout),
+        }
     }
 
     /// `GET /status`.
@@ -102,107 +97,17 @@ impl ApiClient {
         decode(status, &body)
     }
 
-    /// One raw exchange: status code and body.
+    /// One raw exchange (`method`: `GET` or `POST`): status code and body.
     pub fn request(
         &self,
         method: &str,
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<(u16, Vec<u8>), ClientError> {
-        let body = body.unwrap_or_default();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: flowshift\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        if !body.is_empty() {
-            req.push_str("Content-Type: application/json\r\n");
-        }
-        req.push_str("\r\n");
-        let mut stream = self.connect()?;
-        stream.write_all(req.as_bytes())?;
-        stream.write_all(body)?;
-        let mut answer = Vec::new();
-        stream
-            .take(MAX_RESPONSE as u64 + 1)
-            .read_to_end(&mut answer)?;
-        if answer.len() > MAX_RESPONSE {
-            return Err(ClientError::BadResponse(format!(
-                "answer longer than {MAX_RESPONSE} bytes"
-            )));
-        }
-        parse_response(&answer)
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|e| ClientError::BadResponse(format!("method {method:?}: {e}")))?;
+        Ok(self.http.request(method, path, body.map(<[u8]>::to_vec))?)
     }
-
-    fn connect(&self) -> Result<Box<dyn ReadWrite>, ClientError> {
-        let err = |source| ClientError::Connect {
-            endpoint: self.endpoint.to_string(),
-            source,
-        };
-        match &self.endpoint {
-            Endpoint::Unix(path) => {
-                let s = UnixStream::connect(path).map_err(err)?;
-                s.set_read_timeout(Some(self.timeout))?;
-                s.set_write_timeout(Some(self.timeout))?;
-                Ok(Box::new(s))
-            }
-            Endpoint::Tcp(hp) => {
-                let mut last = None;
-                for addr in hp.to_socket_addrs().map_err(err)? {
-                    match TcpStream::connect_timeout(&addr, self.timeout) {
-                        Ok(s) => {
-                            s.set_read_timeout(Some(self.timeout))?;
-                            s.set_write_timeout(Some(self.timeout))?;
-                            return Ok(Box::new(s));
-                        }
-                        Err(e) => last = Some(e),
-                    }
-                }
-                Err(err(last.unwrap_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::NotFound, "no address")
-                })))
-            }
-        }
-    }
-}
-
-/// A byte stream (TCP or unix).
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
-
-fn parse_response(answer: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(answer) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return Err(ClientError::BadResponse("truncated answer".into()));
-        }
-        Err(e) => return Err(ClientError::BadResponse(e.to_string())),
-    };
-    let status = resp.code.unwrap_or_default();
-    let body = answer.get(head_len..).unwrap_or_default();
-    let length = resp
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| {
-            std::str::from_utf8(h.value)
-                .ok()?
-                .trim()
-                .parse::<usize>()
-                .ok()
-        });
-    let body = match length {
-        Some(n) if n <= body.len() => &body[..n],
-        Some(n) => {
-            return Err(ClientError::BadResponse(format!(
-                "answer body has {} of {n} bytes",
-                body.len()
-            )));
-        }
-        None => body,
-    };
-    Ok((status, body.to_vec()))
 }
 
 fn decode<T: DeserializeOwned>(status: u16, body: &[u8]) -> Result<T, ClientError> {
@@ -221,21 +126,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn responses_parse_with_and_without_length() {
-        let (s, b) =
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}trailing").unwrap();
-        assert_eq!((s, b.as_slice()), (200, b"{}".as_slice()));
-        let (s, b) = parse_response(b"HTTP/1.1 404 Not Found\r\n\r\n{\"error\":\"x\"}").unwrap();
-        assert_eq!(s, 404);
-        match decode::<serde_json::Value>(s, &b) {
+    fn error_answers_carry_their_message() {
+        match decode::<serde_json::Value>(404, b"{\"error\":\"x\"}") {
             Err(ClientError::Api {
                 status: 404,
                 message,
             }) => assert_eq!(message, "x"),
             other => panic!("{other:?}"),
         }
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}").is_err());
-        assert!(parse_response(b"HTTP/1.1 200").is_err());
-        assert!(parse_response(b"garbage\r\n\r\n").is_err());
+        match decode::<serde_json::Value>(502, b"plain text\n") {
+            Err(ClientError::Api { message, .. }) => assert_eq!(message, "plain text"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decode::<u32>(200, b"{}"),
+            Err(ClientError::BadResponse(_))
+        ));
+        assert_eq!(decode::<u32>(200, b"7").unwrap(), 7);
     }
 }

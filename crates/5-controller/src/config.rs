@@ -4,6 +4,8 @@
 //! openflow_listen = "unix:/run/x/of.sock"   # or "tcp:0.0.0.0:6653"; the switch connects here
 //! node_listen = "198.19.0.1:6700"           # nodes connect here
 //! api_listen = "unix:/run/x/api.sock"       # or "127.0.0.1:6780"
+//! api_token_file = "/etc/flowshift/api.token" # bearer token of the operator API (created
+//!                                            # with mode 0600 if missing; required for TCP)
 //! [switch]
 //! inside_port = 1                            # OpenFlow port towards subscribers
 //! outside_port = 2                           # OpenFlow port towards servers
@@ -29,83 +31,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-/// Longest unix socket path (`sun_path` minus the terminating NUL), in bytes.
-const SUN_PATH_MAX: usize = 107;
-
-/// Where to listen or connect: TCP `HOST:PORT` or a unix stream socket.
-///
-/// Parsed from `unix:/path`, `tcp:HOST:PORT` or `HOST:PORT` (host: a name, an IPv4 address
-/// or a bracketed IPv6 address); displayed as `unix:/path` or `HOST:PORT`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum Endpoint {
-    /// TCP, as `HOST:PORT`.
-    Tcp(String),
-    /// A unix stream socket at this path.
-    Unix(PathBuf),
-}
-
-impl FromStr for Endpoint {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(path) = s.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err(format!("{s:?}: empty unix socket path"));
-            }
-            if path.len() > SUN_PATH_MAX {
-                return Err(format!(
-                    "{s:?}: unix socket path longer than {SUN_PATH_MAX} bytes"
-                ));
-            }
-            return Ok(Endpoint::Unix(PathBuf::from(path)));
-        }
-        let hp = s.strip_prefix("tcp:").unwrap_or(s);
-        let (host, port) = hp
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{s:?}: expected HOST:PORT, tcp:HOST:PORT or unix:/path"))?;
-        if host.is_empty() {
-            return Err(format!("{s:?}: empty host"));
-        }
-        if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
-            return Err(format!(
-                "{s:?}: write IPv6 addresses in brackets, [::1]:PORT"
-            ));
-        }
-        port.parse::<u16>()
-            .map_err(|_| format!("{s:?}: bad port {port:?}"))?;
-        Ok(Endpoint::Tcp(hp.to_owned()))
-    }
-}
-
-impl Endpoint {
-    /// Whether this is TCP port 0 (the system picks a free port when binding).
-    pub fn is_ephemeral(&self) -> bool {
-        matches!(self, Endpoint::Tcp(hp) if hp.ends_with(":0"))
-    }
-}
-
-impl TryFrom<String> for Endpoint {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Endpoint> for String {
-    fn from(e: Endpoint) -> String {
-        e.to_string()
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Endpoint::Tcp(hp) => f.write_str(hp),
-            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
+pub use flowshift_http::Endpoint;
 
 /// An Ethernet address, written `02:f5:00:00:00:01` in configurations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -197,6 +123,11 @@ pub struct ClusterConfig {
     pub node_listen: Endpoint,
     /// Where the operator API (HTTP/1.1 JSON) listens.
     pub api_listen: Endpoint,
+    /// The operator API's bearer token (`flowshift_http::Token`'s file format); created with
+    /// mode 0600 on start if it does not exist. Required when `api_listen` is TCP; without
+    /// it a unix `api_listen` admits whoever may open its socket (owner only).
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
     /// Switch wiring.
     pub switch: SwitchConfig,
     /// The nodes (at least one).
@@ -338,6 +269,10 @@ impl ClusterConfig {
                 }
             }
         }
+        if matches!(self.api_listen, Endpoint::Tcp(_)) && self.api_token_file.is_none() {
+            problems
+                .push("api_listen is TCP: set api_token_file (the API's bearer token)".to_owned());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -378,6 +313,14 @@ impl ClusterConfig {
             .collect()
     }
 
+    /// The API token, if `api_token_file` is set (for clients: the file must exist).
+    pub fn api_token(&self) -> anyhow::Result<Option<flowshift_http::Token>> {
+        self.api_token_file
+            .as_deref()
+            .map(flowshift_http::Token::load)
+            .transpose()
+    }
+
     /// The node with this id.
     pub fn node(&self, id: u16) -> Option<&NodeConfig> {
         self.nodes.iter().find(|n| n.id == id)
@@ -392,6 +335,7 @@ mod tests {
 openflow_listen = "unix:/run/x/of.sock"
 node_listen = "198.19.0.1:6700"
 api_listen = "tcp:127.0.0.1:6780"
+api_token_file = "/etc/flowshift/api.token"
 [switch]
 inside_port = 1
 outside_port = 2
@@ -425,6 +369,10 @@ idle_max = 0
         );
         assert_eq!(c.node_listen, Endpoint::Tcp("198.19.0.1:6700".into()));
         assert_eq!(c.api_listen, Endpoint::Tcp("127.0.0.1:6780".into()));
+        assert_eq!(
+            c.api_token_file.as_deref(),
+            Some(std::path::Path::new("/etc/flowshift/api.token"))
+        );
         assert_eq!(c.nodes[1].mac, Mac([2, 0xf5, 0, 0, 0, 2]));
         assert_eq!(c.nodes[1].mac.to_string(), "02:f5:00:00:00:02");
         let p = c.params.as_ref().unwrap();
@@ -498,6 +446,14 @@ idle_max = 0
         assert!(e.contains("group 198.18.0.1 appears twice"), "{e}");
         let e = invalid(&GOOD.replace("tcp:127.0.0.1:6780", "unix:/run/x/of.sock"));
         assert!(e.contains("openflow_listen and api_listen"), "{e}");
+        // A TCP API needs its token; a unix one may rely on the socket's permissions.
+        let no_token = GOOD.replace("api_token_file = \"/etc/flowshift/api.token\"\n", "");
+        assert!(invalid(&no_token).contains("set api_token_file"));
+        let unix = no_token.replace("tcp:127.0.0.1:6780", "unix:/run/x/api.sock");
+        assert_eq!(
+            ClusterConfig::from_toml(&unix).unwrap().api_token_file,
+            None
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use flowshift_control::api::{
     NodeRequest, NodeStatus, NodeToController, ReplyBody, encode_line,
 };
 use flowshift_control::orchestrator::{Command, ControlError, Orchestrator};
+use flowshift_http::{HttpCounters, ServerCounters};
 use flowshift_migration::{InstanceId, MigrationEvent, MigrationId, Params};
 use flowshift_wire::Instant;
 use serde::{Deserialize, Serialize};
@@ -76,12 +77,9 @@ pub struct ControllerCounters {
     pub api_requests: u64,
     /// API requests refused because the inbox was full (HTTP 503).
     pub api_refused_busy: u64,
-    /// HTTP requests refused as malformed or too large.
-    pub http_bad_requests: u64,
-    /// HTTP connections refused because too many were open.
-    pub http_conns_refused: u64,
-    /// HTTP connections closed because the exchange took too long.
-    pub http_timeouts: u64,
+    /// The operator API's HTTP server: connections accepted, evicted and refused, head
+    /// timeouts, bad requests, 401s.
+    pub http: HttpCounters,
 }
 
 /// Counters bumped outside the core task.
@@ -90,9 +88,7 @@ pub(crate) struct Shared {
     pub(crate) inbox_full_waits: AtomicU64,
     pub(crate) node_lines_malformed: AtomicU64,
     pub(crate) api_refused_busy: AtomicU64,
-    pub(crate) http_bad_requests: AtomicU64,
-    pub(crate) http_conns_refused: AtomicU64,
-    pub(crate) http_timeouts: AtomicU64,
+    pub(crate) http: Arc<ServerCounters>,
 }
 
 impl Shared {
@@ -708,7 +704,7 @@ impl Core {
             }
             (Purpose::Status, ReplyBody::Status(s)) => {
                 if let Some(n) = self.nodes.get_mut(&p.node) {
-                    n.status = Some(s);
+                    n.status = Some(*s);
                     n.status_pending = false;
                 }
             }
@@ -863,7 +859,7 @@ impl Core {
                 .iter()
                 .map(|g| GroupOwner {
                     external: g.external,
-                    subscribers: g.subscribers.to_string(),
+                    subscribers: g.subscribers,
                     owner: g.owner,
                 })
                 .collect(),
@@ -896,9 +892,7 @@ impl Core {
             node_lines_malformed: self.counters.node_lines_malformed
                 + load(&s.node_lines_malformed),
             api_refused_busy: load(&s.api_refused_busy),
-            http_bad_requests: load(&s.http_bad_requests),
-            http_conns_refused: load(&s.http_conns_refused),
-            http_timeouts: load(&s.http_timeouts),
+            http: s.http.snapshot(),
             ..self.counters.clone()
         }
     }

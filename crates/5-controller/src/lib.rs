@@ -12,8 +12,10 @@
 //! * **Nodes**: listen on `node_listen`; a node opens with a `Hello` that must match the
 //!   configuration (id and MAC), then gets requests and pushes migration events
 //!   (`flowshift_control::api`, JSON lines). Status is polled every 500 ms.
-//! * **Operator API** ([`http`]): HTTP/1.1 JSON on `api_listen` (TCP or unix socket);
-//!   [`client::ApiClient`] is its client.
+//! * **Operator API** ([`http`]): HTTP/1.1 JSON on `api_listen` (TCP or unix socket; a unix
+//!   socket is made owner-only), axum on [`flowshift_http::serve`] (bounded connections per
+//!   client and overall, head and body timeouts), a bearer token from `api_token_file`
+//!   (created with mode 0600 on first start); [`client::ApiClient`] is its client.
 //!
 //! One task owns all state (`core`); socket tasks only frame bytes. Every queue is bounded
 //! and counted ([`ControllerCounters`], [`SwitchCounters`]).
@@ -32,11 +34,12 @@ pub mod switch;
 pub use crate::core::ControllerCounters;
 pub use client::{ApiClient, ClientError};
 pub use config::{ClusterConfig, ConfigError, Endpoint, Mac};
+pub use flowshift_http::Token;
 pub use switch::{FlowCounter, PortCounter, SwitchCounters, SwitchStatus};
 
 use crate::core::{Core, INBOX_CAPACITY, Inbox, Shared};
 use anyhow::{Context, Result};
-use net::Listener;
+use flowshift_http::{Listener, UnixMode};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -48,20 +51,32 @@ pub struct Controller {
     openflow: Listener,
     nodes: Listener,
     api: Listener,
+    token: Option<Token>,
 }
 
 impl Controller {
-    /// Validates `cfg` and binds its listeners (inside a tokio runtime). TCP port 0 binds an
+    /// Validates `cfg`, reads the API token (creating its file, mode 0600, if it does not
+    /// exist) and binds the listeners (inside a tokio runtime). TCP port 0 binds an
     /// ephemeral port; the `*_endpoint` methods tell which.
     pub async fn bind(cfg: ClusterConfig) -> Result<Controller> {
         cfg.validate()?;
-        let openflow = Listener::bind(&cfg.openflow_listen)
+        let token = match &cfg.api_token_file {
+            None => None,
+            Some(path) => {
+                let (token, created) = Token::load_or_create(path).context("api_token_file")?;
+                if created {
+                    info!(path = %path.display(), "created the API token file");
+                }
+                Some(token)
+            }
+        };
+        let openflow = Listener::bind(&cfg.openflow_listen, UnixMode::Umask)
             .await
             .context("openflow_listen")?;
-        let nodes = Listener::bind(&cfg.node_listen)
+        let nodes = Listener::bind(&cfg.node_listen, UnixMode::Umask)
             .await
             .context("node_listen")?;
-        let api = Listener::bind(&cfg.api_listen)
+        let api = Listener::bind(&cfg.api_listen, UnixMode::OwnerOnly)
             .await
             .context("api_listen")?;
         Ok(Controller {
@@ -69,6 +84,7 @@ impl Controller {
             openflow,
             nodes,
             api,
+            token,
         })
     }
 
@@ -108,7 +124,7 @@ impl Controller {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(accept::switches(self.openflow, inbox.clone()));
         tasks.spawn(accept::nodes(self.nodes, inbox.clone()));
-        tasks.spawn(http::serve(self.api, inbox));
+        tasks.spawn(http::serve(self.api, inbox, self.token));
         core.run(rx, shutdown).await;
         // Dropping the accept loops drops the listeners (and removes unix socket files).
         tasks.shutdown().await;

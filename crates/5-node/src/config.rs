@@ -9,6 +9,7 @@
 //! controller = "198.19.0.1:6700"           # controller's node listener (the node connects)
 //! transfer_listen = "198.19.0.11:6800"     # state-transfer TCP listener
 //! metrics_listen = "198.19.0.11:9100"      # Prometheus GET /metrics (optional; omit = off)
+//! metrics_token_file = "/etc/flowshift/metrics.token"  # optional bearer token for /metrics
 //! vnet_hdr = true                          # PACKET_VNET_HDR (GSO frames pass); default true
 //! tls = { ca = "pki/ca.pem", cert = "pki/node-1.pem", key = "pki/node-1.key" }
 //!                                          # mutual TLS (`flowshift pki init`); relative to this file
@@ -140,6 +141,10 @@ pub struct NodeConfig {
     /// Prometheus endpoint (`GET /metrics`); `None`: off.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Bearer token `/metrics` requires (created with mode 0600 if missing; Prometheus sends
+    /// it with `authorization: {credentials_file: ...}`); `None`: `/metrics` is open.
+    #[serde(default)]
+    pub metrics_token_file: Option<PathBuf>,
     /// Exchange a virtio-net header with the kernel (`PACKET_VNET_HDR`): GSO super-frames and
     /// partial checksums pass through the NAT (default true).
     #[serde(default = "default_true")]

@@ -168,7 +168,7 @@ fn client(
         let stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
             Ok(s) => s,
             Err(e) => {
-                c.control_connect_failures.inc();
+                c.connect_failures.inc();
                 if !failing {
                     warn!(%addr, error = %e, "controller unreachable; retrying every second");
                 }
@@ -179,7 +179,7 @@ fn client(
         };
         failing = false;
         conn += 1;
-        c.control_connects.inc();
+        c.connects.inc();
         info!(%addr, "controller connected");
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(REPLY_TIMEOUT));
@@ -240,7 +240,7 @@ fn serve(
         }
         let msg = match ends.out_rx.recv_timeout(TICK) {
             Ok(Outgoing::Event { at_ns, event }) => {
-                c.control_events_sent.inc();
+                c.events_sent.inc();
                 NodeToController::Event { at_ns, event }
             }
             Ok(Outgoing::Reply {
@@ -288,7 +288,7 @@ fn requests(
                 Ok(Some(l)) => l,
                 Ok(None) => break,
                 Err(e) => {
-                    c.control_bad_lines.inc();
+                    c.bad_lines.inc();
                     warn!(error = %e, "controller sent an overlong line; closing");
                     return;
                 }
@@ -299,12 +299,12 @@ fn requests(
             let (req, body) = match decode_line::<ControllerToNode>(&line) {
                 Ok(ControllerToNode::Request { req, body }) => (req, body),
                 Err(e) => {
-                    c.control_bad_lines.inc();
+                    c.bad_lines.inc();
                     warn!(error = %e, "undecodable controller line ignored");
                     continue;
                 }
             };
-            c.control_requests.inc();
+            c.requests.inc();
             let result = execute(&packet_thread, body, c);
             if out.send(Outgoing::Reply { conn, req, result }).is_err() {
                 return;
@@ -319,11 +319,11 @@ fn execute(
     c: &ControlCounters,
 ) -> Result<ReplyBody, String> {
     let Some(rx) = queue_command(packet_thread.commands, packet_thread.waker, body) else {
-        c.control_request_failures.inc();
+        c.request_failures.inc();
         return Err("node busy: command queue full".into());
     };
     rx.recv_timeout(REPLY_TIMEOUT).unwrap_or_else(|_| {
-        c.control_request_failures.inc();
+        c.request_failures.inc();
         Err("node did not answer in time".into())
     })
 }

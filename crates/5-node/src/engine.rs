@@ -27,16 +27,15 @@ use crate::frame::{
     self, Class, ETH_HLEN, ETHERTYPE_CHAIN, ETHERTYPE_IPV4, FrameSink, Peers, RxFrame, TxFrame,
 };
 use crate::pacing::GapMeter;
-use crate::stats::{ControlCounters, IoCounters, SnapshotCell, TransferCounters, add_counters};
+use crate::stats::{ControlCounters, Counter, IoCounters, SnapshotCell, TransferCounters};
 use crate::transfer::TransferLink;
 use flowshift_control::api::{GroupStatus, NodeMigration, NodeRequest, NodeStatus, ReplyBody};
+use flowshift_control::status::{CpuCounters, NodeCounters};
 use flowshift_migration::{
-    AbortOutcome, Direction, Ingress, Instance, InstanceId, LossCause, MigrationId, Output, Params,
-    Phase,
+    AbortOutcome, Direction, Ingress, Instance, InstanceId, MigrationId, Output, Params, Phase,
 };
-use flowshift_nat::{BlockAction, DropReason, GroupMode};
+use flowshift_nat::BlockAction;
 use flowshift_wire::Instant;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::mpsc::TrySendError;
 use std::time::Duration;
@@ -358,7 +357,7 @@ impl Engine {
                     reverted: o == AbortOutcome::Reverted,
                 })
                 .map_err(|e| e.to_string()),
-            NodeRequest::Status => Ok(ReplyBody::Status(self.status(now))),
+            NodeRequest::Status => Ok(ReplyBody::Status(Box::new(self.status(now)))),
             NodeRequest::Report { migration } => {
                 let r = self
                     .inst
@@ -521,15 +520,10 @@ impl Engine {
             .filter_map(|g| {
                 let cfg = nat.group_config(g).ok()?;
                 let st = nat.group_stats(g).ok()?;
-                let mode = match nat.group_mode(g).ok()? {
-                    GroupMode::Active => "active",
-                    GroupMode::Draining => "draining",
-                    GroupMode::Halted => "halted",
-                    GroupMode::Moved => "moved",
-                };
+                let mode = nat.group_mode(g).ok()?;
                 Some(GroupStatus {
                     external: cfg.external,
-                    mode: mode.into(),
+                    mode,
                     mappings: st.mappings,
                     sessions: st.sessions,
                 })
@@ -545,34 +539,23 @@ impl Engine {
                 phase,
             })
             .collect();
-        let mut counters = BTreeMap::new();
-        let nc = nat.counters();
-        add_counters(&mut counters, "nat_", nc);
-        for r in DropReason::ALL {
-            counters.insert(format!("drop_{}", r.label()), nc.drops_of(*r));
-        }
-        for c in LossCause::ALL {
-            let n = DropReason::ALL
-                .iter()
-                .find(|r| r.label() == c.label())
-                .map_or(0, |r| nc.drops_of(*r));
-            counters.insert(format!("loss_{}", c.label()), n);
-        }
-        add_counters(&mut counters, "migration_", self.inst.counters());
-        add_counters(&mut counters, "", &self.io);
-        add_counters(&mut counters, "", &*self.links.transfer_counters);
-        add_counters(&mut counters, "", &*self.links.control_counters);
-        counters.extend(self.gaps.counters());
         let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        counters.insert(
-            "cpu_packet_thread_us".into(),
-            us(crate::sys::thread_cpu_time()),
-        );
-        counters.insert("cpu_process_us".into(), us(crate::sys::process_cpu_time()));
-        counters.insert(
-            "cpu_packet_thread_preemptions".into(),
-            crate::sys::thread_preemptions(),
-        );
+        let (poll, poll_max) = self.gaps.counters();
+        let counters = NodeCounters {
+            nat: nat.counters().clone(),
+            losses: NodeCounters::losses_from(nat.counters()),
+            migration: self.inst.counters().clone(),
+            io: self.io.clone(),
+            transfer: self.links.transfer_counters.map(Counter::get),
+            control: self.links.control_counters.map(Counter::get),
+            poll,
+            poll_max,
+            cpu: CpuCounters {
+                packet_thread_us: us(crate::sys::thread_cpu_time()),
+                process_us: us(crate::sys::process_cpu_time()),
+                packet_thread_preemptions: crate::sys::thread_preemptions(),
+            },
+        };
         NodeStatus {
             id: self.id,
             uptime_s: now.as_secs_f64(),

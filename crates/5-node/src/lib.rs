@@ -25,7 +25,8 @@
 //! * [`frame`]: the frame formats between switch and node, and the partial-checksum repair for
 //!   GSO frames.
 //! * [`transfer`]: migration frames over TCP between nodes; [`control`]: the controller
-//!   channel; [`metrics`]: `GET /metrics`.
+//!   channel; [`metrics`]: `GET /metrics` (prometheus-client text, served by axum on a small
+//!   tokio runtime in its own thread; optional bearer token).
 //!
 //! Every queue between threads is bounded; a refusal is counted (see [`stats`]). The packet
 //! thread never blocks on another thread: it uses `try_send`/`try_recv` and publishes its
@@ -42,7 +43,6 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod pacing;
-pub mod signals;
 pub mod stats;
 pub mod sys;
 pub mod transfer;

@@ -1,336 +1,402 @@
-//! Prometheus endpoint: `GET /metrics` in the text exposition format (version 0.0.4), from
-//! the status snapshot the packet thread publishes (at most 100 ms old).
+//! Prometheus endpoint: `GET /metrics` in the Prometheus text format (version 0.0.4, encoded
+//! by `prometheus-client`), from the status snapshot the packet thread publishes (at most
+//! 100 ms old).
 //!
-//! Families:
-//! * every status counter `<name>` as `flowshift_<name>_total` (counter), except
-//! * `drop_<reason>` as `flowshift_nat_drops_total{reason="<reason>"}` and `loss_<cause>` as
-//!   `flowshift_migration_losses_total{cause="<cause>"}`;
-//! * high-water marks `max_<name>` as gauges `flowshift_max_<name>` (`flowshift_max_poll_gap_us`,
-//!   `flowshift_max_poll_gap_migrating_us`);
-//! * CPU times `cpu_<what>_us` in seconds, as `flowshift_cpu_<what>_seconds_total`
-//!   (`flowshift_cpu_packet_thread_seconds_total`, `flowshift_cpu_process_seconds_total`);
-//! * gauges `flowshift_uptime_seconds`, `flowshift_mappings`, `flowshift_sessions`,
+//! Families (typed by the status's components, see [`flowshift_control::status`]):
+//! * counters `flowshift_<name>_total` for every field of the NAT's counters (`nat_<field>`),
+//!   the migration engine's (`migration_<field>`), the packet thread's I/O counters (by field
+//!   name: `rx_packets`, ...), the transfer service's (`transfer_<field>`), the control
+//!   client's (`control_<field>`) and the poll gaps (`poll_gaps`, `poll_gaps_over_<b>us`);
+//! * `flowshift_nat_drops_total{reason}` per [`flowshift_nat::DropReason`] label and
+//!   `flowshift_migration_losses_total{cause}` per [`flowshift_migration::LossCause`] label;
+//! * gauges `flowshift_max_poll_gap_us`, `flowshift_max_poll_gap_migrating_us`;
+//! * CPU: `flowshift_cpu_packet_thread_seconds_total`, `flowshift_cpu_process_seconds_total`,
+//!   `flowshift_cpu_packet_thread_preemptions_total`;
+//! * gauges `flowshift_uptime_seconds{node}`, `flowshift_mappings`, `flowshift_sessions`,
 //!   `flowshift_group_mappings{external}`, `flowshift_group_sessions{external}`,
 //!   `flowshift_group_mode{external,mode}` (1 for the current mode) and
-//!   `flowshift_migration_info{migration,role,phase}` (1 per migration the node knows).
+//!   `flowshift_migration_info{migration,role,phase}` (1 per migration the node knows);
+//! * the endpoint's own HTTP counters, `flowshift_metrics_http_<field>_total` (connections,
+//!   evicted, refused, timeouts, bad_requests, unauthorized).
 //!
-//! The server is one thread serving one connection at a time (scrapes are rare and small);
-//! requests are read with a timeout and a size bound.
+//! Served by [`flowshift_http::serve`] (axum) on a single-threaded tokio runtime in its own
+//! thread, off the packet thread and idle between scrapes. Bounded: [`LIMITS`] (a slow or
+//! half-sent scrape holds only its own connection, and the longest-idle one is closed when a
+//! new scrape needs room). With `metrics_token_file`, scrapes need `Authorization: Bearer
+//! <token>` (401 otherwise, counted).
 
 use crate::stats::SnapshotCell;
-use flowshift_control::api::NodeStatus;
-use std::fmt::{self, Write as _};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use flowshift_control::api::{GroupStatus, NodeStatus};
+use flowshift_control::status::integer_fields;
+use flowshift_http::{Auth, Limits, Listener, ServerCounters, Token};
+use flowshift_migration::LossCause;
+use flowshift_nat::DropReason;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use tokio::sync::oneshot;
 
-/// Largest request head read.
-const MAX_REQUEST: usize = 8 << 10;
+/// Bounds of the endpoint: scrapes are small and rare.
+pub const LIMITS: Limits = Limits {
+    max_connections: 16,
+    max_per_client: 8,
+    header_timeout: Duration::from_secs(5),
+    body_timeout: Duration::from_secs(5),
+    max_head: 16 * 1024,
+    max_body: 0,
+};
 
-fn help_for(name: &str) -> String {
-    let family = if name.starts_with("nat_") {
-        "NAT counter (flowshift_nat::Counters)"
-    } else if name.starts_with("migration_") {
-        "migration engine counter (flowshift_migration::InstanceCounters)"
-    } else if name.starts_with("transfer_") {
-        "state-transfer service counter"
-    } else if name.starts_with("control_") {
-        "controller connection counter"
-    } else if name.starts_with("cpu_") {
-        "CPU accounting of the node process"
-    } else if name.starts_with("max_poll_gap") || name.starts_with("poll_gaps") {
-        "packet loop: time from one ring read to the next, spent on other work (not asleep)"
-    } else {
-        "packet I/O counter"
-    };
-    format!("{name}: {family}.")
+/// What the collector reads on each scrape.
+#[derive(Debug)]
+enum Source {
+    /// The packet thread's latest snapshot.
+    Live(Arc<SnapshotCell>),
+    /// One status (tests, [`render`]).
+    Fixed(Box<NodeStatus>),
 }
 
-fn json_label<T: serde::Serialize>(v: &T) -> String {
+/// Encodes the node's status (and the endpoint's own counters) on each scrape.
+#[derive(Debug)]
+struct StatusCollector {
+    source: Source,
+    http: Arc<ServerCounters>,
+}
+
+impl Collector for StatusCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let live;
+        let status = match &self.source {
+            Source::Live(cell) => {
+                live = cell.get();
+                &*live
+            }
+            Source::Fixed(s) => &**s,
+        };
+        encode_status(status, &mut enc)?;
+        for (name, v) in integer_fields(&self.http.snapshot()) {
+            counter(
+                &mut enc,
+                &format!("metrics_http_{name}"),
+                "HTTP counter of this /metrics endpoint.",
+                v,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge<V>(enc: &mut DescriptorEncoder, name: &str, help: &str, v: V) -> fmt::Result
+where
+    ConstGauge<V>: EncodeMetric,
+{
+    let g = ConstGauge::new(v);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// One family of gauges with labels: `(labels, value)` samples.
+fn labelled_gauges<const N: usize, V>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = ([(&'static str, String); N], V)>,
+) -> fmt::Result
+where
+    ConstGauge<V>: EncodeMetric,
+{
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in samples {
+        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// One family of counters with one label.
+fn labelled_counters(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    samples: impl IntoIterator<Item = (&'static str, u64)>,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, v) in samples {
+        ConstCounter::new(v).encode(m.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
+}
+
+/// The serde name of a unit enum value (its JSON spelling), as a label value.
+fn label<T: Serialize>(v: &T) -> String {
     match serde_json::to_value(v) {
         Ok(serde_json::Value::String(s)) => s,
         _ => "unknown".into(),
     }
 }
 
-/// Appends one metric family: its HELP and TYPE lines, then one sample per (labels, value);
-/// `labels` is the text inside the braces (empty: none).
-fn family<V: fmt::Display>(
-    o: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (String, V)>,
-) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (labels, v) in samples {
-        if labels.is_empty() {
-            let _ = writeln!(o, "{name} {v}");
-        } else {
-            let _ = writeln!(o, "{name}{{{labels}}} {v}");
-        }
-    }
-}
-
-/// Renders a status in the text exposition format.
-pub fn render(s: &NodeStatus) -> String {
-    let mut o = String::with_capacity(16 << 10);
-    family(
-        &mut o,
-        "flowshift_uptime_seconds",
-        "gauge",
+fn encode_status(s: &NodeStatus, enc: &mut DescriptorEncoder) -> fmt::Result {
+    let c = &s.counters;
+    labelled_gauges(
+        enc,
+        "uptime_seconds",
         "Seconds since the node started.",
-        [(format!("node=\"{}\"", s.id), s.uptime_s)],
-    );
-    let mut drops = Vec::new();
-    let mut losses = Vec::new();
-    for (name, &v) in &s.counters {
-        if let Some(r) = name.strip_prefix("drop_") {
-            drops.push((format!("reason=\"{r}\""), v));
-        } else if let Some(c) = name.strip_prefix("loss_") {
-            losses.push((format!("cause=\"{c}\""), v));
-        } else if name.starts_with("max_") {
-            family(
-                &mut o,
-                &format!("flowshift_{name}"),
-                "gauge",
-                &help_for(name),
-                [(String::new(), v)],
-            );
-        } else if let Some(what) = name
-            .strip_prefix("cpu_")
-            .and_then(|n| n.strip_suffix("_us"))
-        {
-            family(
-                &mut o,
-                &format!("flowshift_cpu_{what}_seconds_total"),
-                "counter",
-                &format!(
-                    "CPU time (user + system) of the {}, seconds.",
-                    what.replace('_', " ")
-                ),
-                [(String::new(), v as f64 / 1e6)],
-            );
-        } else {
-            family(
-                &mut o,
-                &format!("flowshift_{name}_total"),
-                "counter",
-                &help_for(name),
-                [(String::new(), v)],
-            );
+        [([("node", s.id.to_string())], s.uptime_s)],
+    )?;
+    let components = [
+        (
+            "nat_",
+            "NAT counter (flowshift_nat::Counters)",
+            integer_fields(&c.nat),
+        ),
+        (
+            "migration_",
+            "migration engine counter (flowshift_migration::InstanceCounters)",
+            integer_fields(&c.migration),
+        ),
+        ("", "packet I/O counter", integer_fields(&c.io)),
+        (
+            "transfer_",
+            "state-transfer service counter",
+            integer_fields(&c.transfer),
+        ),
+        (
+            "control_",
+            "controller connection counter",
+            integer_fields(&c.control),
+        ),
+        (
+            "",
+            "packet loop: time from one ring read to the next, spent on other work (not asleep)",
+            integer_fields(&c.poll),
+        ),
+    ];
+    for (prefix, help, fields) in components {
+        for (field, v) in fields {
+            let name = format!("{prefix}{field}");
+            counter(enc, &name, &format!("{name}: {help}."), v)?;
         }
     }
-    family(
-        &mut o,
-        "flowshift_nat_drops_total",
-        "counter",
+    for (name, v) in integer_fields(&c.poll_max) {
+        gauge(
+            enc,
+            &name,
+            &format!("{name}: packet loop, longest time from one ring read to the next, µs."),
+            v,
+        )?;
+    }
+    for (what, us) in [
+        ("packet_thread", c.cpu.packet_thread_us),
+        ("process", c.cpu.process_us),
+    ] {
+        let seconds = ConstCounter::new(us as f64 / 1e6);
+        seconds.encode(enc.encode_descriptor(
+            &format!("cpu_{what}_seconds"),
+            &format!(
+                "CPU time (user + system) of the {}, seconds.",
+                what.replace('_', " ")
+            ),
+            None,
+            MetricType::Counter,
+        )?)?;
+    }
+    counter(
+        enc,
+        "cpu_packet_thread_preemptions",
+        "Involuntary context switches of the packet thread.",
+        c.cpu.packet_thread_preemptions,
+    )?;
+    labelled_counters(
+        enc,
+        "nat_drops",
         "Packets the NAT dropped, by reason.",
-        drops,
-    );
-    family(
-        &mut o,
-        "flowshift_migration_losses_total",
-        "counter",
+        "reason",
+        DropReason::ALL
+            .iter()
+            .map(|&r| (r.label(), c.nat.drops_of(r))),
+    )?;
+    labelled_counters(
+        enc,
+        "migration_losses",
         "Packets lost because of migrations, by cause.",
-        losses,
-    );
+        "cause",
+        LossCause::ALL.iter().map(|&l| (l.label(), c.loss(l))),
+    )?;
     let mappings: u64 = s.groups.iter().map(|g| u64::from(g.mappings)).sum();
     let sessions: u64 = s.groups.iter().map(|g| u64::from(g.sessions)).sum();
-    family(
-        &mut o,
-        "flowshift_mappings",
-        "gauge",
-        "Mappings held.",
-        [(String::new(), mappings)],
-    );
-    family(
-        &mut o,
-        "flowshift_sessions",
-        "gauge",
-        "Sessions held.",
-        [(String::new(), sessions)],
-    );
-    let per_group = |f: fn(&flowshift_control::api::GroupStatus) -> u32| {
+    gauge(enc, "mappings", "Mappings held.", mappings)?;
+    gauge(enc, "sessions", "Sessions held.", sessions)?;
+    let per_group = |f: fn(&GroupStatus) -> u32| {
         s.groups
             .iter()
-            .map(move |g| (format!("external=\"{}\"", g.external), f(g)))
+            .map(move |g| ([("external", g.external.to_string())], f(g)))
     };
-    family(
-        &mut o,
-        "flowshift_group_mappings",
-        "gauge",
+    labelled_gauges(
+        enc,
+        "group_mappings",
         "Mappings held, per group.",
         per_group(|g| g.mappings),
-    );
-    family(
-        &mut o,
-        "flowshift_group_sessions",
-        "gauge",
+    )?;
+    labelled_gauges(
+        enc,
+        "group_sessions",
         "Sessions held, per group.",
         per_group(|g| g.sessions),
-    );
-    family(
-        &mut o,
-        "flowshift_group_mode",
-        "gauge",
+    )?;
+    labelled_gauges(
+        enc,
+        "group_mode",
         "The group's mode (1 for the current one).",
         s.groups.iter().map(|g| {
             (
-                format!("external=\"{}\",mode=\"{}\"", g.external, g.mode),
-                1,
+                [
+                    ("external", g.external.to_string()),
+                    ("mode", label(&g.mode)),
+                ],
+                1i64,
             )
         }),
-    );
-    family(
-        &mut o,
-        "flowshift_migration_info",
-        "gauge",
+    )?;
+    labelled_gauges(
+        enc,
+        "migration_info",
         "Migrations the node knows, with role and current phase.",
         s.migrations.iter().map(|m| {
             (
-                format!(
-                    "migration=\"{}\",role=\"{}\",phase=\"{}\"",
-                    m.migration,
-                    json_label(&m.role),
-                    json_label(&m.phase)
-                ),
-                1,
+                [
+                    ("migration", m.migration.to_string()),
+                    ("role", label(&m.role)),
+                    ("phase", label(&m.phase)),
+                ],
+                1i64,
             )
         }),
-    );
-    o
+    )
 }
 
-/// Starts the server thread on `listener`; it ends once `stop` is set.
-pub fn start(
-    listener: TcpListener,
-    snapshot: Arc<SnapshotCell>,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("fs-metrics".into())
-        .spawn(move || {
-            let fd = listener.as_raw_fd();
-            while !stop.load(Ordering::Relaxed) {
-                if !crate::sys::poll_fd(fd, libc::POLLIN, Duration::from_millis(200)) {
-                    continue;
-                }
-                if let Ok((s, _)) = listener.accept() {
-                    serve(s, &snapshot);
-                }
-            }
-        })
+/// A registry whose one collector reads `source`.
+fn registry(source: Source, http: Arc<ServerCounters>) -> Registry {
+    let mut registry = Registry::with_prefix("flowshift");
+    registry.register_collector(Box::new(StatusCollector { source, http }));
+    registry
 }
 
-fn serve(mut s: TcpStream, snapshot: &SnapshotCell) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
+fn encode(registry: &Registry) -> String {
+    let mut out = String::with_capacity(16 << 10);
+    // Writing to a String cannot fail, and the collector's encoding does not either.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, registry);
+    out
+}
+
+/// Renders a status (and zero HTTP counters) in the text format.
+pub fn render(s: &NodeStatus) -> String {
+    encode(&registry(
+        Source::Fixed(Box::new(s.clone())),
+        Arc::default(),
+    ))
+}
+
+/// The running endpoint; [`MetricsServer::stop`] ends it.
+pub struct MetricsServer {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// Stops serving (open scrapes are cut) and joins the thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let (method, path) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-    let (status, ctype, body) = match (method, path) {
-        (b"GET", b"/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(&snapshot.get()),
-        ),
-        (b"GET", _) => (
-            "404 Not Found",
-            "text/plain",
-            "not found; try /metrics\n".into(),
-        ),
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
-    };
-    let _ = write!(
-        s,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Serves `/metrics` on `listener` from `snapshot` in a new thread, requiring `token` if
+/// given.
+pub fn start(
+    listener: std::net::TcpListener,
+    snapshot: Arc<SnapshotCell>,
+    token: Option<Token>,
+) -> std::io::Result<MetricsServer> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("fs-metrics".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = match Listener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "metrics listener unusable; /metrics is off");
+                        return;
+                    }
+                };
+                let http = Arc::new(ServerCounters::default());
+                let registry = Arc::new(registry(Source::Live(snapshot), http.clone()));
+                let app = Router::new().route(
+                    "/metrics",
+                    get(move || {
+                        let registry = registry.clone();
+                        async move { metrics_response(&registry) }
+                    }),
+                );
+                let auth = Auth {
+                    token,
+                    open_paths: Vec::new(),
+                };
+                flowshift_http::serve(listener, app, LIMITS, auth, http, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            });
+        })?;
+    Ok(MetricsServer {
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+fn metrics_response(registry: &Registry) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        encode(registry),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use flowshift_control::api::{GroupStatus, NodeMigration};
-    use flowshift_migration::{Phase, Role};
-    use std::collections::BTreeMap;
-
-    #[test]
-    fn the_exposition_has_one_header_per_family_and_well_formed_samples() {
-        let s = NodeStatus {
-            id: 3,
-            uptime_s: 1.5,
-            groups: vec![GroupStatus {
-                external: "198.18.0.1".parse().unwrap(),
-                mode: "draining".into(),
-                mappings: 7,
-                sessions: 9,
-            }],
-            migrations: vec![NodeMigration {
-                migration: 42,
-                role: Role::Source,
-                phase: Phase::Idle,
-            }],
-            counters: BTreeMap::from([
-                ("rx_packets".to_string(), 10),
-                ("max_poll_gap_us".to_string(), 250),
-                ("poll_gaps_over_100us".to_string(), 3),
-                ("cpu_packet_thread_us".to_string(), 1_500_000),
-                ("drop_no_mapping".to_string(), 2),
-                ("loss_group_halted".to_string(), 0),
-            ]),
-        };
-        let text = render(&s);
-        for line in [
-            "flowshift_uptime_seconds{node=\"3\"} 1.5",
-            "flowshift_rx_packets_total 10",
-            "flowshift_max_poll_gap_us 250",
-            "# TYPE flowshift_max_poll_gap_us gauge",
-            "flowshift_poll_gaps_over_100us_total 3",
-            "flowshift_cpu_packet_thread_seconds_total 1.5",
-            "# TYPE flowshift_cpu_packet_thread_seconds_total counter",
-            "flowshift_nat_drops_total{reason=\"no_mapping\"} 2",
-            "flowshift_migration_losses_total{cause=\"group_halted\"} 0",
-            "flowshift_mappings 7",
-            "flowshift_sessions 9",
-            "flowshift_group_mappings{external=\"198.18.0.1\"} 7",
-            "flowshift_group_sessions{external=\"198.18.0.1\"} 9",
-            "flowshift_group_mode{external=\"198.18.0.1\",mode=\"draining\"} 1",
-            "flowshift_migration_info{migration=\"42\",role=\"source\",phase=\"idle\"} 1",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing {line:?} in\n{text}"
-            );
-        }
-        let mut typed = std::collections::HashSet::new();
-        for l in text.lines() {
-            if let Some(rest) = l.strip_prefix("# TYPE ") {
-                let name = rest.split(' ').next().unwrap();
-                assert!(typed.insert(name.to_owned()), "{name} typed twice");
-            } else if !l.starts_with("# HELP ") {
-                let (name, value) = l.rsplit_once(' ').expect("sample: name value");
-                let base = name.split('{').next().unwrap();
-                assert!(typed.contains(base), "{base} sampled before its TYPE");
-                assert!(value.parse::<f64>().is_ok(), "value of {l:?}");
-            }
-        }
-    }
-}
+mod tests;

@@ -31,6 +31,7 @@ use crate::sys::Waker;
 use crate::transfer::{self, TransferService};
 use anyhow::{Context, Result, anyhow};
 use flowshift_control::api::NodeStatus;
+use flowshift_http::Token;
 use flowshift_migration::InstanceId;
 use flowshift_wire::Instant;
 use std::net::TcpListener;
@@ -58,7 +59,7 @@ pub struct Node {
     packet: JoinHandle<NodeStatus>,
     transfer: TransferService,
     control: JoinHandle<()>,
-    metrics: Option<JoinHandle<()>>,
+    metrics: Option<crate::metrics::MetricsServer>,
     snapshot: Arc<SnapshotCell>,
 }
 
@@ -134,8 +135,19 @@ impl Node {
             control_counters,
             stop.clone(),
         )?;
+        let metrics_token = cfg
+            .metrics_token_file
+            .as_deref()
+            .map(|p| {
+                let (token, created) = Token::load_or_create(p).context("metrics_token_file")?;
+                if created {
+                    info!(path = %p.display(), "created the /metrics token file");
+                }
+                anyhow::Ok(token)
+            })
+            .transpose()?;
         let metrics = metrics_listener
-            .map(|l| crate::metrics::start(l, snapshot.clone(), stop.clone()))
+            .map(|l| crate::metrics::start(l, snapshot.clone(), metrics_token))
             .transpose()?;
         let loop_cfg = LoopConfig {
             poll: cfg.poll,
@@ -189,7 +201,7 @@ impl Node {
         self.transfer.join();
         let _ = self.control.join();
         if let Some(m) = self.metrics {
-            let _ = m.join();
+            m.stop();
         }
         status
     }
@@ -255,19 +267,24 @@ fn packet_loop(
 }
 
 /// Runs a node until SIGINT or SIGTERM (or until its packet thread dies), then logs the final
-/// counters. Installs the signal handlers.
+/// counters. Installs the signal handlers (`signal-hook`: they only set a flag).
 pub fn run(cfg: NodeConfig) -> Result<NodeStatus> {
-    crate::signals::install()?;
+    let signalled = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, signalled.clone())
+            .context("installing the signal handlers")?;
+    }
     let node = Node::start(cfg)?;
-    while !crate::signals::received() && node.is_running() {
+    while !signalled.load(Ordering::SeqCst) && node.is_running() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let died = !node.is_running();
     let status = node.shutdown()?;
     let counters: Vec<String> = status
         .counters
-        .iter()
-        .filter(|(_, v)| **v != 0)
+        .flat()
+        .into_iter()
+        .filter(|(_, v)| *v != 0)
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     info!(

@@ -21,6 +21,7 @@
 //!
 //! [`PollMode::Busy`] never blocks (one core at 100%, the lowest wake-up jitter).
 
+use flowshift_control::status::{PollCounters, PollMax};
 use flowshift_wire::Instant;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -142,24 +143,22 @@ impl GapMeter {
         Some(gap)
     }
 
-    /// The counters, by their status names: `poll_gaps`, `poll_gaps_over_<b>us`,
-    /// `max_poll_gap_us`, `max_poll_gap_migrating_us`.
-    pub fn counters(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+    /// The gap counters and the high-water marks, as the status reports them.
+    pub fn counters(&self) -> (PollCounters, PollMax) {
         let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        [
-            ("poll_gaps".to_string(), self.gaps),
-            ("max_poll_gap_us".to_string(), us(self.max)),
-            (
-                "max_poll_gap_migrating_us".to_string(),
-                us(self.max_migrating),
-            ),
-        ]
-        .into_iter()
-        .chain(
-            GAP_BOUNDS_US
-                .iter()
-                .zip(self.over)
-                .map(|(b, n)| (format!("poll_gaps_over_{b}us"), n)),
+        let [o10, o100, o1000, o10000] = self.over;
+        (
+            PollCounters {
+                poll_gaps: self.gaps,
+                poll_gaps_over_10us: o10,
+                poll_gaps_over_100us: o100,
+                poll_gaps_over_1000us: o1000,
+                poll_gaps_over_10000us: o10000,
+            },
+            PollMax {
+                max_poll_gap_us: us(self.max),
+                max_poll_gap_migrating_us: us(self.max_migrating),
+            },
         )
     }
 }
@@ -251,12 +250,13 @@ mod tests {
         assert_eq!(g.over, [3, 2, 2, 1]);
         assert_eq!(g.max, Duration::from_millis(20));
         assert_eq!(g.max_migrating, Duration::from_millis(3));
-        let c: std::collections::BTreeMap<_, _> = g.counters().collect();
-        assert_eq!(c["max_poll_gap_us"], 20_000);
-        assert_eq!(c["max_poll_gap_migrating_us"], 3000);
-        assert_eq!(c["poll_gaps"], 4);
-        assert_eq!(c["poll_gaps_over_10us"], 3);
-        assert_eq!(c["poll_gaps_over_10000us"], 1);
+        let (c, m) = g.counters();
+        assert_eq!(m.max_poll_gap_us, 20_000);
+        assert_eq!(m.max_poll_gap_migrating_us, 3000);
+        assert_eq!(c.poll_gaps, 4);
+        assert_eq!(c.poll_gaps_over_10us, 3);
+        assert_eq!(c.poll_gaps_over_100us, 2);
+        assert_eq!(c.poll_gaps_over_10000us, 1);
         // A ring stage without a preceding end (after start-up) measures nothing.
         assert_eq!(g.ring_start(at(30_000), false), None);
     }

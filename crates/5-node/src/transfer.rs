@@ -244,26 +244,26 @@ fn writer(t: &Target, rx: Receiver<Vec<u8>>, c: &TransferCounters, stop: &Atomic
         last_write = Instant::now();
         if conn.is_none() {
             if retry_at.is_some_and(|t| Instant::now() < t) {
-                c.transfer_frames_lost.add(batch.len() as u64);
+                c.frames_lost.add(batch.len() as u64);
                 batch.clear();
                 continue;
             }
             match connect(t) {
                 Ok(s) => {
-                    c.transfer_connects.inc();
+                    c.connects.inc();
                     info!(peer = peer.0, %addr, "transfer connection up");
                     failing = false;
                     retry_at = None;
                     conn = Some(BufWriter::with_capacity(256 << 10, s));
                 }
                 Err(e) => {
-                    c.transfer_connect_failures.inc();
+                    c.connect_failures.inc();
                     if !failing {
                         warn!(peer = peer.0, %addr, error = %e, "transfer connect failed; retrying");
                     }
                     failing = true;
                     retry_at = Some(Instant::now() + RECONNECT_BACKOFF);
-                    c.transfer_frames_lost.add(batch.len() as u64);
+                    c.frames_lost.add(batch.len() as u64);
                     batch.clear();
                     continue;
                 }
@@ -273,11 +273,11 @@ fn writer(t: &Target, rx: Receiver<Vec<u8>>, c: &TransferCounters, stop: &Atomic
         let bytes: usize = batch.iter().map(Vec::len).sum();
         let ok = batch.iter().all(|f| w.write_all(f).is_ok()) && w.flush().is_ok();
         if ok {
-            c.transfer_frames_out.add(batch.len() as u64);
-            c.transfer_bytes_out.add(bytes as u64);
+            c.frames_out.add(batch.len() as u64);
+            c.bytes_out.add(bytes as u64);
         } else {
             warn!(peer = peer.0, %addr, "transfer connection broke; reconnecting");
-            c.transfer_frames_lost.add(batch.len() as u64);
+            c.frames_lost.add(batch.len() as u64);
             conn = None;
         }
         batch.clear();
@@ -306,7 +306,7 @@ fn acceptor(
             continue;
         };
         if active.load(Ordering::Relaxed) >= max_conns {
-            c.transfer_refused.inc();
+            c.refused.inc();
             warn!(%from, "transfer connection refused: too many connections");
             continue;
         }
@@ -398,7 +398,7 @@ fn authenticate(
     let (conn, tcp) = match split::accept(tcp, tls, HELLO_TIMEOUT) {
         Ok(x) => x,
         Err(e) => {
-            c.transfer_auth_refused.inc();
+            c.auth_refused.inc();
             warn!(%from, error = %e, "transfer connection refused: TLS handshake failed");
             return None;
         }
@@ -409,20 +409,20 @@ fn authenticate(
     let mut s = rustls::StreamOwned::new(conn, tcp);
     let mut h = [0u8; HELLO_LEN];
     if !read_full(&mut s, &mut h, stop, Some(Instant::now() + HELLO_TIMEOUT)) {
-        c.transfer_refused.inc();
+        c.refused.inc();
         return None;
     }
     let Some(id) = parse_hello(&h).filter(|id| peers.contains(id)) else {
-        c.transfer_refused.inc();
+        c.refused.inc();
         warn!(%from, "transfer connection refused: bad hello or not a peer");
         return None;
     };
     if !flowshift_trust::peer_is(split::peer_certificates(&s.conn), &node_name(id.0)) {
-        c.transfer_auth_refused.inc();
+        c.auth_refused.inc();
         warn!(%from, claimed = id.0, "transfer connection refused: certificate is not that peer's");
         return None;
     }
-    c.transfer_accepts.inc();
+    c.accepts.inc();
     info!(peer = id.0, %from, "transfer connection accepted");
     Some((id, s))
 }
@@ -439,14 +439,14 @@ fn reader(
         let idle_deadline = Instant::now() + IDLE_TIMEOUT;
         if !read_full(&mut s, &mut head, stop, Some(idle_deadline)) {
             if Instant::now() >= idle_deadline {
-                c.transfer_idle_closed.inc();
+                c.idle_closed.inc();
             }
             return;
         }
         let len = match frame_len(&head) {
             Ok(Some(n)) => n,
             _ => {
-                c.transfer_stream_errors.inc();
+                c.stream_errors.inc();
                 warn!(
                     peer = id.0,
                     "invalid transfer frame header; closing the stream"
@@ -464,12 +464,12 @@ fn reader(
                 return;
             }
         }
-        c.transfer_frames_in.inc();
-        c.transfer_bytes_in.add(len as u64);
+        c.frames_in.inc();
+        c.bytes_in.add(len as u64);
         match inbound.queue.try_send((id, frame)) {
             Ok(()) => {}
             Err(TrySendError::Full(x)) => {
-                c.transfer_in_waits.inc();
+                c.in_waits.inc();
                 inbound.waker.wake();
                 if inbound.queue.send(x).is_err() {
                     return;

@@ -368,13 +368,17 @@ fn node_translates_frames_on_a_veth_between_namespaces() {
     // 7. Counters, in the snapshot and on /metrics.
     std::thread::sleep(Duration::from_millis(250));
     let st = node.status();
-    let c = |k: &str| st.counters[k];
-    assert!(c("rx_not_ipv4") >= 1, "ARP counted");
-    assert_eq!(c("drop_no_mapping"), 1, "the stray packet");
-    assert!(c("nat_translated_out") >= 3 && c("nat_translated_in") >= 1);
-    assert_eq!(c("tx_errors"), 0);
+    let c = &st.counters;
+    assert!(c.io.rx_not_ipv4 >= 1, "ARP counted");
+    assert_eq!(
+        c.nat.drops_of(flowshift_nat::DropReason::NoMapping),
+        1,
+        "the stray packet"
+    );
+    assert!(c.nat.translated_out >= 3 && c.nat.translated_in >= 1);
+    assert_eq!(c.io.tx_errors, 0);
     let mut http = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut text = String::new();
     http.read_to_string(&mut text).unwrap();
@@ -396,16 +400,16 @@ fn node_translates_frames_on_a_veth_between_namespaces() {
     eprintln!(
         "node: rx {} tx {} ring drops {} tx queue full {} idle sleeps {}; \
          max poll gap {} us, gaps over 1 ms {} of {}; packet thread CPU {:.3} s, preempted {}",
-        fin.counters["rx_packets"],
-        fin.counters["tx_packets"],
-        fin.counters["rx_ring_drops"],
-        fin.counters["tx_queue_full"],
-        fin.counters["idle_sleeps"],
-        fin.counters["max_poll_gap_us"],
-        fin.counters["poll_gaps_over_1000us"],
-        fin.counters["poll_gaps"],
-        fin.counters["cpu_packet_thread_us"] as f64 / 1e6,
-        fin.counters["cpu_packet_thread_preemptions"],
+        fin.counters.io.rx_packets,
+        fin.counters.io.tx_packets,
+        fin.counters.io.rx_ring_drops,
+        fin.counters.io.tx_queue_full,
+        fin.counters.io.idle_sleeps,
+        fin.counters.poll_max.max_poll_gap_us,
+        fin.counters.poll.poll_gaps_over_1000us,
+        fin.counters.poll.poll_gaps,
+        fin.counters.cpu.packet_thread_us as f64 / 1e6,
+        fin.counters.cpu.packet_thread_preemptions,
     );
 }
 
@@ -494,8 +498,8 @@ fn idle_cpu_and_lone_frame_latency() {
         let cpu = |node: &Node| {
             let st = node.status();
             (
-                st.counters["cpu_packet_thread_us"] as f64 / 1e6,
-                st.counters["cpu_process_us"] as f64 / 1e6,
+                st.counters.cpu.packet_thread_us as f64 / 1e6,
+                st.counters.cpu.process_us as f64 / 1e6,
                 st.uptime_s,
             )
         };
@@ -522,8 +526,8 @@ fn idle_cpu_and_lone_frame_latency() {
             q(1.0),
             c(0.5),
             c(1.0),
-            st.counters["idle_sleeps"],
-            st.counters["max_poll_gap_us"],
+            st.counters.io.idle_sleeps,
+            st.counters.poll_max.max_poll_gap_us,
         );
         match mode {
             "adaptive" => {
@@ -535,7 +539,7 @@ fn idle_cpu_and_lone_frame_latency() {
                 // Queued commands wake a blocked loop (it would otherwise sleep up to 100 ms).
                 assert!(c(0.5) < 20.0, "requests take {:.1} ms", c(0.5));
             }
-            _ => assert_eq!(st.counters["idle_sleeps"], 0, "busy mode never sleeps"),
+            _ => assert_eq!(st.counters.io.idle_sleeps, 0, "busy mode never sleeps"),
         }
     }
 }

@@ -73,16 +73,15 @@ fn the_status_carries_poll_gaps_and_cpu_time() {
     }
     std::hint::black_box(x);
     let st = e.status(ms(60));
-    let c = |k: &str| st.counters[k];
-    assert_eq!(c("max_poll_gap_us"), 3000);
-    assert_eq!(c("max_poll_gap_migrating_us"), 0);
-    assert_eq!(c("poll_gaps"), 2);
-    assert_eq!(c("poll_gaps_over_10us"), 2);
-    assert_eq!(c("poll_gaps_over_100us"), 1);
-    assert_eq!(c("poll_gaps_over_1000us"), 1);
-    assert_eq!(c("poll_gaps_over_10000us"), 0);
-    assert_eq!(c("idle_sleeps"), 1);
-    assert!(c("cpu_packet_thread_us") > 0);
-    assert!(c("cpu_process_us") >= c("cpu_packet_thread_us"));
-    assert!(st.counters.contains_key("cpu_packet_thread_preemptions"));
+    let c = &st.counters;
+    assert_eq!(c.poll_max.max_poll_gap_us, 3000);
+    assert_eq!(c.poll_max.max_poll_gap_migrating_us, 0);
+    assert_eq!(c.poll.poll_gaps, 2);
+    assert_eq!(c.poll.poll_gaps_over_10us, 2);
+    assert_eq!(c.poll.poll_gaps_over_100us, 1);
+    assert_eq!(c.poll.poll_gaps_over_1000us, 1);
+    assert_eq!(c.poll.poll_gaps_over_10000us, 0);
+    assert_eq!(c.io.idle_sleeps, 1);
+    assert!(c.cpu.packet_thread_us > 0);
+    assert!(c.cpu.process_us >= c.cpu.packet_thread_us);
 }

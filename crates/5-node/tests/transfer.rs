@@ -205,35 +205,23 @@ fn freeze_copy(preload: u32, extra: &str, in_flight: u32) -> (String, String) {
     assert_eq!(report.packets_lost_by_cause.values().sum::<u64>(), 0);
 
     let (ca, cb) = (&ends_a.transfer_counters, &ends_b.transfer_counters);
-    assert!(ca.transfer_frames_out.get() > 0 && cb.transfer_frames_out.get() > 0);
-    assert_eq!(ca.transfer_frames_in.get(), cb.transfer_frames_out.get());
-    assert_eq!(cb.transfer_frames_in.get(), ca.transfer_frames_out.get());
-    assert_eq!(
-        ca.transfer_frames_lost.get() + cb.transfer_frames_lost.get(),
-        0
-    );
-    assert_eq!(
-        (ca.transfer_connects.get(), cb.transfer_connects.get()),
-        (1, 1)
-    );
-    assert_eq!(
-        (ca.transfer_accepts.get(), cb.transfer_accepts.get()),
-        (1, 1)
-    );
+    assert!(ca.frames_out.get() > 0 && cb.frames_out.get() > 0);
+    assert_eq!(ca.frames_in.get(), cb.frames_out.get());
+    assert_eq!(cb.frames_in.get(), ca.frames_out.get());
+    assert_eq!(ca.frames_lost.get() + cb.frames_lost.get(), 0);
+    assert_eq!((ca.connects.get(), cb.connects.get()), (1, 1));
+    assert_eq!((ca.accepts.get(), cb.accepts.get()), (1, 1));
     let status = a.status(clock());
-    assert_eq!(
-        status.counters["transfer_frames_out"],
-        ca.transfer_frames_out.get()
-    );
-    assert_eq!(status.counters["transfer_out_refused"], 0);
+    assert_eq!(status.counters.transfer.frames_out, ca.frames_out.get());
+    assert_eq!(status.counters.io.transfer_out_refused, 0);
     svc_a.join();
     svc_b.join();
     let gaps = |e: &Engine| {
         let c = e.status(clock()).counters;
-        assert!(c["max_poll_gap_migrating_us"] > 0);
+        assert!(c.poll_max.max_poll_gap_migrating_us > 0);
         format!(
             "longest gap while migrating {} us, gaps over 1 ms {} of {}",
-            c["max_poll_gap_migrating_us"], c["poll_gaps_over_1000us"], c["poll_gaps"]
+            c.poll_max.max_poll_gap_migrating_us, c.poll.poll_gaps_over_1000us, c.poll.poll_gaps
         )
     };
     (gaps(&a), gaps(&b))
@@ -352,19 +340,15 @@ fn strangers_impostors_and_bad_streams_are_refused() {
     assert!(link.send(InstanceId(2), vec![1, 2, 3]));
     assert!(!link.send(InstanceId(5), vec![1]), "unknown peer refused");
     let t = std::time::Instant::now();
-    while counters.transfer_frames_lost.get() == 0 {
+    while counters.frames_lost.get() == 0 {
         assert!(t.elapsed() < Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(
-        counters.transfer_auth_refused.get(),
-        3,
-        "plain, other CA, impostor"
-    );
-    assert_eq!(counters.transfer_refused.get(), 1, "node 3 is no peer");
-    assert_eq!(counters.transfer_stream_errors.get(), 1);
-    assert_eq!(counters.transfer_accepts.get(), 2);
-    assert_eq!(counters.transfer_connect_failures.get(), 1);
+    assert_eq!(counters.auth_refused.get(), 3, "plain, other CA, impostor");
+    assert_eq!(counters.refused.get(), 1, "node 3 is no peer");
+    assert_eq!(counters.stream_errors.get(), 1);
+    assert_eq!(counters.accepts.get(), 2);
+    assert_eq!(counters.connect_failures.get(), 1);
     drop(s);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     drop(link);

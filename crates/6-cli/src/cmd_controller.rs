@@ -1,11 +1,12 @@
-//! `flowshift controller` (the daemon), and `flowshift migrate` / `flowshift status`, which
-//! talk to a running controller's operator API.
+//! `flowshift controller` (the daemon), `flowshift migrate` / `flowshift status`, which talk
+//! to a running controller's operator API, and `flowshift token`, which writes a token file.
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use flowshift_control::api::{ClusterStatus, MigrateRequest};
 use flowshift_control::orchestrator::{MigrationStatus, Stage};
-use flowshift_controller::{ApiClient, ClusterConfig, Endpoint};
+use flowshift_controller::{ApiClient, ClusterConfig, Endpoint, Token};
+use flowshift_lab::report::algorithm_name;
 use flowshift_migration::{Algorithm, Params};
 use serde_json::Value;
 use std::net::Ipv4Addr;
@@ -44,10 +45,8 @@ pub struct MigrateArgs {
     /// '{"idle_max": 2000}'; durations in ms); default: the controller's.
     #[arg(long)]
     params: Option<String>,
-    /// Controller API: HOST:PORT or unix:/path. Default: $FLOWSHIFT_CONTROLLER, else the API
-    /// of the single running testbed, else 127.0.0.1:6780.
-    #[arg(long)]
-    controller: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
     /// Wait until the migration is done or aborted, then print its report.
     #[arg(long)]
     wait: bool,
@@ -62,12 +61,38 @@ pub struct MigrateArgs {
 /// Arguments of `flowshift status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Controller API: HOST:PORT or unix:/path (default as for `migrate`).
-    #[arg(long)]
-    controller: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
     /// Print the raw `ClusterStatus` JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Where the operator API is and how to authenticate.
+#[derive(Args, Debug)]
+struct ApiArgs {
+    /// Controller API: HOST:PORT or unix:/path. Default: api_listen of --config, else
+    /// $FLOWSHIFT_CONTROLLER, else the API of the single running testbed, else 127.0.0.1:6780.
+    #[arg(long)]
+    controller: Option<String>,
+    /// The API's bearer token file. Default: api_token_file of --config, else
+    /// $FLOWSHIFT_TOKEN_FILE, else the testbed's when talking to the running testbed.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The cluster configuration (its api_listen and api_token_file are the defaults).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// Arguments of `flowshift token`.
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// Where to write the token (mode 0600); an existing file is kept unless --rotate.
+    #[arg(long)]
+    file: PathBuf,
+    /// Replace an existing token (restart the daemon that reads it, then update its clients).
+    #[arg(long)]
+    rotate: bool,
 }
 
 /// Migration algorithms as spelled on the command line.
@@ -99,9 +124,52 @@ pub fn controller(args: &ControllerArgs) -> Result<()> {
     flowshift_controller::run_until_signal(cfg)
 }
 
+/// Writes a new bearer token file (`api_token_file`, `metrics_token_file`).
+pub fn token(args: &TokenArgs) -> Result<()> {
+    if args.rotate {
+        match std::fs::remove_file(&args.file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", args.file.display())),
+        }
+    }
+    Token::create(&args.file)?;
+    println!("wrote a new token to {} (mode 0600)", args.file.display());
+    Ok(())
+}
+
+/// A client of the operator API as `args` and the environment select it.
+fn api_client(args: &ApiArgs) -> Result<ApiClient> {
+    let cfg = args
+        .config
+        .as_deref()
+        .map(ClusterConfig::load)
+        .transpose()?;
+    let testbed = testbed_api(Path::new(TESTBED_STATE_DIR));
+    let endpoint = match (&args.controller, &cfg) {
+        (Some(flag), _) => flag
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--controller: {e}"))?,
+        (None, Some(cfg)) => cfg.api_listen.clone(),
+        (None, None) => resolve_controller(None)?,
+    };
+    let env_token = std::env::var_os("FLOWSHIFT_TOKEN_FILE").filter(|v| !v.is_empty());
+    let token_file = match (&args.token_file, &cfg, env_token) {
+        (Some(f), _, _) => Some(f.clone()),
+        (None, Some(cfg), _) => cfg.api_token_file.clone(),
+        (None, None, Some(env)) => Some(PathBuf::from(env)),
+        (None, None, None) => match testbed {
+            Ok(Some(t)) if t.endpoint == endpoint => t.token_file,
+            _ => None,
+        },
+    };
+    let token = token_file.as_deref().map(Token::load).transpose()?;
+    Ok(ApiClient::new(endpoint).with_token(token))
+}
+
 /// Asks the running controller to migrate a group; with `--wait`, follows it to the end.
 pub fn migrate(args: &MigrateArgs) -> Result<()> {
-    let client = ApiClient::new(resolve_controller(args.controller.as_deref())?);
+    let client = api_client(&args.api)?;
     let params = args
         .params
         .as_deref()
@@ -121,7 +189,10 @@ pub fn migrate(args: &MigrateArgs) -> Result<()> {
         } else {
             println!(
                 "migration #{index} requested: {} from node {} to node {} ({})",
-                args.group, resp.status.from, resp.status.to, resp.status.algorithm
+                args.group,
+                resp.status.from,
+                resp.status.to,
+                algorithm_name(resp.status.algorithm)
             );
         }
         return Ok(());
@@ -138,7 +209,7 @@ pub fn migrate(args: &MigrateArgs) -> Result<()> {
             eprintln!(
                 "[{:7.1} s] migration #{index}: {}",
                 started.elapsed().as_secs_f64(),
-                stage_name(m.stage)
+                m.stage.as_str()
             );
             last_stage = Some(m.stage);
         }
@@ -148,7 +219,7 @@ pub fn migrate(args: &MigrateArgs) -> Result<()> {
         if started.elapsed() > Duration::from_secs(args.wait_timeout) {
             bail!(
                 "migration #{index} still {} after {} s",
-                stage_name(m.stage),
+                m.stage.as_str(),
                 args.wait_timeout
             );
         }
@@ -178,7 +249,7 @@ pub fn migrate(args: &MigrateArgs) -> Result<()> {
 
 /// Prints the running controller's view of the cluster.
 pub fn status(args: &StatusArgs) -> Result<()> {
-    let client = ApiClient::new(resolve_controller(args.controller.as_deref())?);
+    let client = api_client(&args.api)?;
     let s = client.status()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -201,16 +272,24 @@ fn resolve_controller(flag: Option<&str>) -> Result<Endpoint> {
             .parse()
             .map_err(|e| anyhow::anyhow!("FLOWSHIFT_CONTROLLER: {e}"));
     }
-    if let Some(ep) = testbed_api(Path::new(TESTBED_STATE_DIR))? {
-        return Ok(ep);
+    if let Some(t) = testbed_api(Path::new(TESTBED_STATE_DIR))? {
+        return Ok(t.endpoint);
     }
     DEFAULT_CONTROLLER
         .parse()
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// The `api` of the one `testbed-*/state.json` under `dir`, if exactly one exists.
-fn testbed_api(dir: &Path) -> Result<Option<Endpoint>> {
+/// A testbed's API: its endpoint and token file.
+#[derive(Debug, PartialEq)]
+struct TestbedApi {
+    endpoint: Endpoint,
+    token_file: Option<PathBuf>,
+}
+
+/// The `api` and `api_token_file` of the one `testbed-*/state.json` under `dir`, if exactly
+/// one exists.
+fn testbed_api(dir: &Path) -> Result<Option<TestbedApi>> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(None);
     };
@@ -238,24 +317,20 @@ fn testbed_api(dir: &Path) -> Result<Option<Endpoint>> {
     let Some(api) = v.get("api").and_then(Value::as_str) else {
         return Ok(None);
     };
-    let ep = if api.starts_with('/') {
+    let endpoint = if api.starts_with('/') {
         Endpoint::Unix(PathBuf::from(api))
     } else {
         api.parse()
             .map_err(|e| anyhow::anyhow!("{}: api: {e}", state.display()))?
     };
-    Ok(Some(ep))
-}
-
-fn stage_name(s: Stage) -> &'static str {
-    match s {
-        Stage::Requested => "requested",
-        Stage::Running => "running",
-        Stage::Redirecting => "redirecting",
-        Stage::Draining => "draining",
-        Stage::Done => "done",
-        Stage::Aborted => "aborted",
-    }
+    let token_file = v
+        .get("api_token_file")
+        .and_then(Value::as_str)
+        .map(PathBuf::from);
+    Ok(Some(TestbedApi {
+        endpoint,
+        token_file,
+    }))
 }
 
 /// Milliseconds from `from` to `to` (ns timestamps of the controller clock).
@@ -269,8 +344,8 @@ fn print_summary(index: usize, m: &MigrationStatus, report: Option<&Value>) {
         m.external,
         m.from,
         m.to,
-        m.algorithm,
-        stage_name(m.stage)
+        algorithm_name(m.algorithm),
+        m.stage.as_str()
     );
     let t0 = m.requested_at.as_nanos();
     let mut timeline = Vec::new();
@@ -375,14 +450,7 @@ fn print_status(s: &ClusterStatus) {
         let connected = if n.connected { "yes" } else { "no" };
         match &n.status {
             Some(st) => {
-                let sum = |prefix: &str| -> u64 {
-                    st.counters
-                        .iter()
-                        .filter(|(k, _)| k.starts_with(prefix))
-                        .map(|(_, v)| v)
-                        .sum()
-                };
-                let get = |k: &str| st.counters.get(k).copied().unwrap_or(0);
+                let c = &st.counters;
                 let mappings: u64 = st.groups.iter().map(|g| u64::from(g.mappings)).sum();
                 println!(
                     "{:<5} {:<9} {:>9.1} {:>6} {:>9} {:>12} {:>12} {:>9} {:>9}",
@@ -391,10 +459,10 @@ fn print_status(s: &ClusterStatus) {
                     st.uptime_s,
                     st.groups.len(),
                     mappings,
-                    get("rx_packets"),
-                    get("tx_packets"),
-                    sum("drop_"),
-                    sum("loss_"),
+                    c.io.rx_packets,
+                    c.io.tx_packets,
+                    c.total_drops(),
+                    c.total_losses(),
                 );
             }
             None => println!("{id:<5} {connected:<9} (no status yet)"),
@@ -422,8 +490,8 @@ fn print_status(s: &ClusterStatus) {
             m.external,
             m.from,
             m.to,
-            m.algorithm,
-            stage_name(m.stage),
+            algorithm_name(m.algorithm),
+            m.stage.as_str(),
             id,
             span_ms(m.requested_at.as_nanos(), end)
         );
@@ -448,18 +516,22 @@ mod tests {
         .unwrap();
         assert_eq!(
             testbed_api(&dir).unwrap(),
-            Some(Endpoint::Unix(
-                "/run/flowshift/testbed-ab12/api.sock".into()
-            ))
+            Some(TestbedApi {
+                endpoint: Endpoint::Unix("/run/flowshift/testbed-ab12/api.sock".into()),
+                token_file: None,
+            })
         );
         std::fs::write(
             dir.join("testbed-ab12/state.json"),
-            r#"{"api": "/x/api.sock"}"#,
+            r#"{"api": "/x/api.sock", "api_token_file": "/x/api.token"}"#,
         )
         .unwrap();
         assert_eq!(
             testbed_api(&dir).unwrap(),
-            Some(Endpoint::Unix("/x/api.sock".into()))
+            Some(TestbedApi {
+                endpoint: Endpoint::Unix("/x/api.sock".into()),
+                token_file: Some("/x/api.token".into()),
+            })
         );
         std::fs::create_dir_all(dir.join("testbed-cd34")).unwrap();
         std::fs::write(dir.join("testbed-cd34/state.json"), "{}").unwrap();

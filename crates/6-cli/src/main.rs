@@ -42,6 +42,8 @@ enum Command {
     /// The cluster's CA and certificates for mutual TLS between nodes and controller.
     #[command(subcommand)]
     Pki(cmd_pki::PkiCommand),
+    /// Write a new bearer token file (mode 0600) for the operator API or /metrics.
+    Token(cmd_controller::TokenArgs),
     /// The one-machine testbed (root): namespaces, Open vSwitch, nodes, controller.
     #[command(subcommand)]
     Testbed(testbed::TestbedCommand),
@@ -97,6 +99,7 @@ fn main() -> Result<()> {
         Command::Migrate(args) => cmd_controller::migrate(&args),
         Command::Status(args) => cmd_controller::status(&args),
         Command::Pki(cmd) => cmd_pki::run(&cmd),
+        Command::Token(args) => cmd_controller::token(&args),
         Command::Testbed(cmd) => testbed::run(&cmd),
         Command::Probe(cmd) => testbed::probe::run(&cmd),
     }

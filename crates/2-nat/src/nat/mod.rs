@@ -61,8 +61,9 @@ pub struct MappingId {
     generation: u32,
 }
 
-/// How this instance treats a group's traffic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How this instance treats a group's traffic (serialized by its snake_case name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum GroupMode {
     /// Normal service: mappings are created and translated.
     Active,

@@ -7,6 +7,7 @@ use flowshift_control::api::{
     ControllerToNode, GroupStatus, LineBuffer, NodeRequest, NodeStatus, NodeToController,
     ReplyBody, decode_line, encode_line,
 };
+use flowshift_control::status::NodeCounters;
 use flowshift_controller::{ApiClient, ClusterConfig, Controller, Endpoint};
 use flowshift_migration::{InstanceId, MigrationEvent, MigrationId, Role};
 use flowshift_openflow::{
@@ -28,14 +29,27 @@ pub const MAC1: [u8; 6] = [2, 0xf5, 0, 0, 0, 1];
 pub const MAC2: [u8; 6] = [2, 0xf5, 0, 0, 0, 2];
 pub const DPID: u64 = 0x00fa_0002;
 
+/// A fresh path for an API token file (the controller creates it; [`Running`] removes it).
+pub fn token_path() -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    std::env::temp_dir().join(format!(
+        "fsctl-token-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
 /// A two-node cluster: inside port 1, outside port 2, node 1 on port 3, node 2 on port 4,
-/// one group 198.18.0.1 / 100.64.0.0/16 owned by node 1.
+/// one group 198.18.0.1 / 100.64.0.0/16 owned by node 1; the API needs a token from a fresh
+/// file.
 pub fn config(openflow: &str, nodes: &str, api: &str) -> ClusterConfig {
+    let token = token_path();
     ClusterConfig::from_toml(&format!(
         r#"
 openflow_listen = "{openflow}"
 node_listen = "{nodes}"
 api_listen = "{api}"
+api_token_file = "{}"
 [switch]
 inside_port = 1
 outside_port = 2
@@ -51,7 +65,8 @@ mac = "02:f5:00:00:00:02"
 external = "198.18.0.1"
 subscribers = "100.64.0.0/16"
 owner = 1
-"#
+"#,
+        token.display()
     ))
     .expect("test configuration is valid")
 }
@@ -129,7 +144,10 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
 
 /// A controller on its own thread and runtime; stopped on drop.
 pub struct Running {
+    /// A client with the API token.
     pub api: ApiClient,
+    /// The API token file (removed on drop).
+    pub token_file: Option<PathBuf>,
     pub api_endpoint: Endpoint,
     pub openflow: Endpoint,
     pub nodes: Endpoint,
@@ -145,6 +163,7 @@ pub fn start_controller(cfg: ClusterConfig) -> Running {
         .try_init();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let token_file = cfg.api_token_file.clone();
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -165,8 +184,14 @@ pub fn start_controller(cfg: ClusterConfig) -> Running {
     let (openflow, nodes, api) = ready_rx
         .recv_timeout(Duration::from_secs(5))
         .expect("controller started");
+    let token = token_file
+        .as_deref()
+        .map(|p| flowshift_controller::Token::load(p).expect("the controller wrote its token"));
     Running {
-        api: ApiClient::new(api.clone()).with_timeout(Duration::from_secs(5)),
+        api: ApiClient::new(api.clone())
+            .with_token(token)
+            .with_timeout(Duration::from_secs(5)),
+        token_file,
         api_endpoint: api,
         openflow,
         nodes,
@@ -182,6 +207,9 @@ impl Drop for Running {
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        if let Some(p) = &self.token_file {
+            let _ = std::fs::remove_file(p);
         }
     }
 }
@@ -488,20 +516,23 @@ fn run_node(
             match body {
                 NodeRequest::Status => send(
                     &mut s,
-                    &reply(Ok(ReplyBody::Status(NodeStatus {
+                    &reply(Ok(ReplyBody::Status(Box::new(NodeStatus {
                         id,
                         uptime_s: t0.elapsed().as_secs_f64(),
                         groups: vec![GroupStatus {
                             external: GROUP,
-                            mode: "active".into(),
+                            mode: flowshift_nat::GroupMode::Active,
                             mappings: 5,
                             sessions: 7,
                         }],
                         migrations: vec![],
-                        counters: [("rx_packets".to_owned(), 100), ("drop_x".to_owned(), 1)]
-                            .into_iter()
-                            .collect(),
-                    }))),
+                        counters: {
+                            let mut c = NodeCounters::default();
+                            c.io.rx_packets = 100;
+                            c.nat.drop(flowshift_nat::DropReason::NoMapping);
+                            c
+                        },
+                    })))),
                 ),
                 NodeRequest::StartMigration { .. } if opts.fail_start => {
                     log.push(format!("node {id} refuses start"));

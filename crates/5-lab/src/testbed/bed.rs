@@ -13,7 +13,7 @@
 use super::layout::{self, ConfigOptions, Layout};
 use super::sys;
 use anyhow::{Context, Result, anyhow, bail};
-use flowshift_controller::{ApiClient, Endpoint};
+use flowshift_controller::{ApiClient, Endpoint, Token};
 use flowshift_openflow::ovs::{self, Netns, Ovs, OvsOptions, OvsRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -179,6 +179,9 @@ pub struct State {
     pub filtering: String,
     /// The controller's operator API (`unix:<path>`).
     pub api: String,
+    /// The API's bearer token file.
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
     /// Subscriber namespace.
     pub ns_sub: String,
     /// Server namespace.
@@ -223,13 +226,18 @@ impl State {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
-    /// A client of the run's controller.
+    /// A client of the run's controller (with the API token, once `up` has written it).
     pub fn api_client(&self) -> Result<ApiClient> {
         let ep: Endpoint = self
             .api
             .parse()
             .map_err(|e| anyhow!("state.json api {:?}: {e}", self.api))?;
-        Ok(ApiClient::new(ep))
+        let token = self
+            .api_token_file
+            .as_deref()
+            .map(Token::load)
+            .transpose()?;
+        Ok(ApiClient::new(ep).with_token(token))
     }
 }
 
@@ -366,6 +374,7 @@ impl Testbed {
             offload: if opts.tso { "tso" } else { "off" }.into(),
             filtering: opts.filtering.clone(),
             api: format!("unix:{}", dir.join("api.sock").display()),
+            api_token_file: Some(layout::api_token_file(&dir)),
             ns_sub: l.ns_sub(),
             ns_srv: l.ns_srv(),
             ns_mgmt: l.ns_mgmt(),
@@ -655,6 +664,8 @@ impl Testbed {
         let cluster = dir.join("cluster.toml");
         fs::write(&cluster, l.cluster_config(&dir))
             .with_context(|| format!("writing {}", cluster.display()))?;
+        // Before the controller starts, so every client finds it.
+        Token::create(&layout::api_token_file(&dir))?;
         self.save()?;
 
         self.progress("controller");

@@ -19,6 +19,8 @@ use super::layout;
 use super::sys;
 use super::{BenchArgs, Offload};
 use anyhow::{Context, Result, bail};
+use flowshift_migration::LossCause;
+use flowshift_nat::DropReason;
 use flowshift_openflow::ovs::Netns;
 use serde::Serialize;
 use std::net::Ipv4Addr;
@@ -339,10 +341,15 @@ fn measure(tb: &mut Testbed, a: &BenchArgs) -> Result<BenchReport> {
             .get(&1)
             .and_then(|n| n.status.as_ref())
             .map(|st| {
-                st.counters
+                let c = &st.counters;
+                let drops = DropReason::ALL
                     .iter()
-                    .filter(|(k, _)| k.starts_with("drop_") || k.starts_with("loss_"))
-                    .map(|(k, &v)| (k.clone(), v))
+                    .map(|&r| (format!("drop_{}", r.label()), c.nat.drops_of(r)));
+                let losses = LossCause::ALL
+                    .iter()
+                    .map(|&l| (format!("loss_{}", l.label()), c.loss(l)));
+                drops
+                    .chain(losses)
                     .collect::<std::collections::BTreeMap<_, _>>()
             })
             .unwrap_or_default()

@@ -39,7 +39,9 @@ use crate::report::{
 use anyhow::{Context, Result, bail};
 use flowshift_control::api::{ClusterStatus, MigrateRequest};
 use flowshift_control::orchestrator::Stage;
-use flowshift_migration::{Algorithm, Params};
+use flowshift_control::status::NodeCounters;
+use flowshift_migration::{Algorithm, LossCause, Params};
+use flowshift_nat::DropReason;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
@@ -195,32 +197,86 @@ struct RunOut {
     params: Value,
 }
 
-fn counters_of(s: &ClusterStatus) -> BTreeMap<u16, BTreeMap<String, u64>> {
+/// Every node's counters in a cluster status.
+fn counters_of(s: &ClusterStatus) -> BTreeMap<u16, NodeCounters> {
     s.nodes
         .iter()
         .filter_map(|(id, e)| e.status.as_ref().map(|st| (*id, st.counters.clone())))
         .collect()
 }
 
-/// Per-node counter deltas (after - before), non-zero ones only.
-fn deltas(
-    before: &BTreeMap<u16, BTreeMap<String, u64>>,
-    after: &BTreeMap<u16, BTreeMap<String, u64>>,
+/// Per-node deltas (after - before) of every counter by its flat name, non-zero ones only
+/// (for the report).
+fn flat_deltas(
+    before: &BTreeMap<u16, NodeCounters>,
+    after: &BTreeMap<u16, NodeCounters>,
 ) -> BTreeMap<u16, BTreeMap<String, u64>> {
     after
         .iter()
         .map(|(id, a)| {
-            let b = before.get(id);
+            let b = before.get(id).map(NodeCounters::flat).unwrap_or_default();
             let d = a
-                .iter()
+                .flat()
+                .into_iter()
                 .filter_map(|(k, v)| {
-                    let d = v.saturating_sub(b.and_then(|b| b.get(k)).copied().unwrap_or(0));
-                    (d > 0).then(|| (k.clone(), d))
+                    let d = v.saturating_sub(b.get(&k).copied().unwrap_or(0));
+                    (d > 0).then_some((k, d))
                 })
                 .collect();
             (*id, d)
         })
         .collect()
+}
+
+/// What the nodes counted between two statuses, summed over the nodes: migration losses by
+/// cause label, network drops (`node_drop_<reason>` and the node's I/O drops, `node_<field>`)
+/// and internal errors of the migration engine. Only non-zero entries.
+struct NodeDeltas {
+    lost_by_cause: BTreeMap<String, u64>,
+    drops: BTreeMap<String, u64>,
+    internal_errors: u64,
+}
+
+fn node_deltas(
+    before: &BTreeMap<u16, NodeCounters>,
+    after: &BTreeMap<u16, NodeCounters>,
+) -> NodeDeltas {
+    let mut d = NodeDeltas {
+        lost_by_cause: BTreeMap::new(),
+        drops: BTreeMap::new(),
+        internal_errors: 0,
+    };
+    let add = |map: &mut BTreeMap<String, u64>, key: String, n: u64| {
+        if n > 0 {
+            *map.entry(key).or_default() += n;
+        }
+    };
+    for (id, a) in after {
+        let b = before.get(id).cloned().unwrap_or_default();
+        for &cause in LossCause::ALL {
+            let n = a.loss(cause).saturating_sub(b.loss(cause));
+            add(&mut d.lost_by_cause, cause.label().to_owned(), n);
+        }
+        for &r in DropReason::ALL {
+            let n = a.nat.drops_of(r).saturating_sub(b.nat.drops_of(r));
+            add(&mut d.drops, format!("node_drop_{}", r.label()), n);
+        }
+        let io = [
+            ("rx_ring_drops", a.io.rx_ring_drops, b.io.rx_ring_drops),
+            ("tx_errors", a.io.tx_errors, b.io.tx_errors),
+            ("tx_queue_full", a.io.tx_queue_full, b.io.tx_queue_full),
+            ("rx_truncated", a.io.rx_truncated, b.io.rx_truncated),
+        ];
+        for (name, after, before) in io {
+            let n = after.saturating_sub(before);
+            add(&mut d.drops, format!("node_{name}"), n);
+        }
+        d.internal_errors += a
+            .migration
+            .internal_errors
+            .saturating_sub(b.migration.internal_errors);
+    }
+    d
 }
 
 fn mean_between(points: &[(f64, f64)], from: f64, to: f64) -> f64 {
@@ -685,27 +741,13 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
     };
 
     // Counters.
-    let d = deltas(&counters_of(&before), &counters_of(&after));
-    let mut lost_by_cause: BTreeMap<String, u64> = BTreeMap::new();
-    let mut drops: BTreeMap<String, u64> = BTreeMap::new();
-    let mut internal_errors = 0;
-    for counters in d.values() {
-        for (k, v) in counters {
-            if let Some(cause) = k.strip_prefix("loss_") {
-                *lost_by_cause.entry(cause.to_owned()).or_default() += v;
-            } else if k.starts_with("drop_")
-                || matches!(
-                    k.as_str(),
-                    "rx_ring_drops" | "tx_errors" | "tx_queue_full" | "rx_truncated"
-                )
-            {
-                *drops.entry(format!("node_{k}")).or_default() += v;
-            }
-            if k == "migration_internal_errors" {
-                internal_errors += v;
-            }
-        }
-    }
+    let (c0, c1) = (counters_of(&before), counters_of(&after));
+    let d = flat_deltas(&c0, &c1);
+    let NodeDeltas {
+        lost_by_cause,
+        mut drops,
+        internal_errors,
+    } = node_deltas(&c0, &c1);
     let (switch_flows, switch_ports) = switch_deltas(&switch_before, &switch_after);
     for p in &switch_ports {
         for k in ["rx_dropped", "tx_dropped", "rx_errors", "tx_errors"] {
@@ -988,22 +1030,42 @@ mod tests {
 
     #[test]
     fn counter_deltas_and_switch_deltas() {
-        let mut b = BTreeMap::new();
-        b.insert(
-            1u16,
-            BTreeMap::from([("loss_group_halted".to_string(), 5u64)]),
+        let mut b = NodeCounters::default();
+        for _ in 0..5 {
+            b.nat.drop(DropReason::GroupHalted);
+        }
+        b.losses = NodeCounters::losses_from(&b.nat);
+        let mut a = b.clone();
+        for _ in 0..4 {
+            a.nat.drop(DropReason::GroupHalted);
+        }
+        a.nat.drop(DropReason::NoMapping);
+        a.losses = NodeCounters::losses_from(&a.nat);
+        a.io.rx_packets = 3;
+        a.io.tx_errors = 2;
+        a.migration.internal_errors = 1;
+        let (b, a) = (BTreeMap::from([(1u16, b)]), BTreeMap::from([(1u16, a)]));
+        let d = node_deltas(&b, &a);
+        assert_eq!(
+            d.lost_by_cause,
+            BTreeMap::from([("group_halted".to_owned(), 4)])
         );
-        let mut a = BTreeMap::new();
-        a.insert(
-            1u16,
+        assert_eq!(
+            d.drops,
             BTreeMap::from([
-                ("loss_group_halted".to_string(), 9u64),
-                ("rx_packets".to_string(), 3u64),
-            ]),
+                ("node_drop_group_halted".to_owned(), 4),
+                ("node_drop_no_mapping".to_owned(), 1),
+                ("node_tx_errors".to_owned(), 2),
+            ])
         );
-        let d = deltas(&b, &a);
-        assert_eq!(d[&1]["loss_group_halted"], 4);
-        assert_eq!(d[&1]["rx_packets"], 3);
+        assert_eq!(d.internal_errors, 1);
+        let flat = flat_deltas(&b, &a);
+        assert_eq!(flat[&1]["loss_group_halted"], 4);
+        assert_eq!(flat[&1]["rx_packets"], 3);
+        assert!(
+            !flat[&1].contains_key("tx_packets"),
+            "zero deltas are left out"
+        );
         let before = json!({"flows": [{"table_id": 0, "priority": 100, "match": "m", "cookie": 1, "packets": 10, "bytes": 100}],
                             "ports": [{"port_no": 1, "rx_packets": 5, "tx_packets": 5, "rx_bytes": 1, "tx_bytes": 1, "rx_dropped": 0, "tx_dropped": 0, "rx_errors": 0, "tx_errors": u64::MAX}]});
         let after = json!({"flows": [{"table_id": 0, "priority": 100, "match": "m", "cookie": 1, "packets": 15, "bytes": 160}],

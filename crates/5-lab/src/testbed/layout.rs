@@ -256,6 +256,7 @@ impl Layout {
             "api_listen = \"unix:{}\"",
             dir.join("api.sock").display()
         );
+        let _ = writeln!(s, "api_token_file = \"{}\"", api_token_file(dir).display());
         let _ = writeln!(s, "\n[switch]");
         let _ = writeln!(s, "inside_port = {INSIDE_PORT}");
         let _ = writeln!(s, "outside_port = {OUTSIDE_PORT}");
@@ -282,6 +283,13 @@ pub fn ovs_dir(dir: &Path) -> std::path::PathBuf {
 
 /// The controller's OpenFlow socket: inside the switch's directory, because `ovs-vswitchd`
 /// only connects to unix sockets under its run directory.
+/// The operator API's bearer token file (written by `testbed up` before the controller
+/// starts).
+pub fn api_token_file(dir: &Path) -> std::path::PathBuf {
+    dir.join("api.token")
+}
+
+/// The controller's OpenFlow socket.
 pub fn openflow_socket(dir: &Path) -> std::path::PathBuf {
     ovs_dir(dir).join("of.sock")
 }
@@ -527,5 +535,9 @@ mod tests {
         assert_eq!(cfg.groups.len(), 2);
         assert_eq!(cfg.groups[1].owner, 2);
         assert_eq!(cfg.nodes[1].port, 4);
+        assert_eq!(
+            cfg.api_token_file.as_deref(),
+            Some(Path::new("/run/flowshift/testbed-beef/api.token"))
+        );
     }
 }

@@ -10,6 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -270,25 +271,30 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / hz)
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Set by the SIGINT/SIGTERM handlers [`catch_interrupts`] installs.
+static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Installs SIGINT/SIGTERM handlers that only set a flag ([`interrupted`]); long runs poll it
-/// and unwind, so their clean-up runs.
+/// Installs SIGINT/SIGTERM handlers (`signal-hook`) that only set a flag ([`interrupted`]);
+/// long runs poll it and unwind, so their clean-up runs. Installing twice is harmless.
 pub fn catch_interrupts() {
-    // SAFETY: the handler only stores to an atomic (async-signal-safe).
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    let mut first = false;
+    let flag = INTERRUPTED.get_or_init(|| {
+        first = true;
+        Arc::new(AtomicBool::new(false))
+    });
+    if !first {
+        return;
+    }
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, flag.clone()) {
+            eprintln!("warning: cannot catch signal {sig}: {e}; an interrupt skips the clean-up");
+        }
     }
 }
 
 /// Whether SIGINT or SIGTERM arrived since [`catch_interrupts`].
 pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    INTERRUPTED.get().is_some_and(|f| f.load(Ordering::SeqCst))
 }
 
 /// Fails when interrupted (for `?` in polling loops).
