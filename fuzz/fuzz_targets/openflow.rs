@@ -227,10 +227,10 @@ fn templates() -> &'static [Vec<u8>] {
 
 /// Sets the header's length to the buffer's.
 fn repair(bytes: &mut [u8]) {
-    if let Ok(len) = u16::try_from(bytes.len()) {
-        if bytes.len() >= OFP_HEADER_LEN {
-            bytes[2..4].copy_from_slice(&len.to_be_bytes());
-        }
+    if let Ok(len) = u16::try_from(bytes.len())
+        && bytes.len() >= OFP_HEADER_LEN
+    {
+        bytes[2..4].copy_from_slice(&len.to_be_bytes());
     }
 }
 
