@@ -29,6 +29,10 @@ fn new_nat() -> Nat {
         max_sessions: 512,
         max_mappings: 256,
         max_sessions_per_mapping: 8,
+        // Below the table bound, so floods reach the per-subscriber limit too.
+        max_sessions_per_subscriber: 48,
+        hash_seed: 0x5eed,
+        rng_seed: 1,
         max_fragment_flows: 16,
         ..NatConfig::with_groups(groups)
     };

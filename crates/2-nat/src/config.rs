@@ -91,6 +91,11 @@ pub struct NatConfig {
     pub max_mappings: u32,
     /// Upper bound on sessions under one mapping (default 4096).
     pub max_sessions_per_mapping: u32,
+    /// Upper bound on the sessions one subscriber (internal address) holds, whoever opened
+    /// them (RFC 6888 REQ-5: state per subscriber; default 4096). A session the limit refuses
+    /// is dropped as [`DropReason::SubscriberSessionLimit`](crate::DropReason); imports may
+    /// exceed it (see [`Nat::import`](crate::Nat::import)).
+    pub max_sessions_per_subscriber: u32,
     /// Idle timeouts.
     pub timeouts: Timeouts,
     /// Inbound filtering behaviour.
@@ -112,9 +117,14 @@ pub struct NatConfig {
     /// Granularity of the expiry timer wheel (default 1 s).
     #[serde(with = "millis")]
     pub timer_granularity: Duration,
-    /// Seed for the flow-table hash function (keys come from untrusted traffic: pass a secret).
+    /// Seed for the flow-table hash function. Keys come from untrusted traffic, so a deployed
+    /// NAT needs a secret seed: the default is a public constant (tests, simulator, benches),
+    /// and the drivers (the node's configuration loader) draw a random one when the
+    /// configuration leaves it out.
     pub hash_seed: u64,
-    /// Seed for port choice inside a block.
+    /// Seed for port choice inside a block (RFC 6056: external ports should be hard to guess).
+    /// Default a public constant; drivers draw a random one when it is left out, like
+    /// `hash_seed`.
     pub rng_seed: u64,
 }
 
@@ -129,6 +139,7 @@ impl Default for NatConfig {
             max_sessions: 1 << 20,
             max_mappings: 1 << 20,
             max_sessions_per_mapping: 4096,
+            max_sessions_per_subscriber: 4096,
             timeouts: Timeouts::default(),
             filtering: Filtering::default(),
             ip_options: IpOptionsPolicy::default(),
@@ -229,7 +240,11 @@ impl NatConfig {
                 return Err(ConfigError::TimeoutTooShort { name, got, min });
             }
         }
-        if self.max_sessions == 0 || self.max_mappings == 0 || self.max_sessions_per_mapping == 0 {
+        if self.max_sessions == 0
+            || self.max_mappings == 0
+            || self.max_sessions_per_mapping == 0
+            || self.max_sessions_per_subscriber == 0
+        {
             return Err(ConfigError::Bound("table bounds must be non-zero"));
         }
         if self.max_blocks_per_subscriber == 0 {

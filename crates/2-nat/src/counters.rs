@@ -80,6 +80,8 @@ drop_reasons! {
     SessionTableFull = "session_table_full",
     /// Mapping at its per-mapping session bound.
     SessionsPerMappingLimit = "sessions_per_mapping_limit",
+    /// The subscriber holds `max_sessions_per_subscriber` sessions (RFC 6888 REQ-5).
+    SubscriberSessionLimit = "subscriber_session_limit",
     /// The group is halted by a stop-and-copy migration (its downtime).
     GroupHalted = "group_halted",
     /// The group is migrating and the packet needs a new mapping, which this instance may no
@@ -101,8 +103,9 @@ drop_reasons! {
 
 /// Packet and table counters of one NAT instance. Plain integers: the owner is single-threaded.
 /// Serialized with `drops` as a map from reason label to count; deserializing ignores unknown
-/// labels and missing fields (a newer or older peer's status still reads).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// labels and missing fields (a newer or older peer's status still reads). `Default` is
+/// written out (the drops array is longer than derives support).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Counters {
     /// Packets handed to the NAT.
@@ -143,6 +146,35 @@ pub struct Counters {
     pub records_imported: u64,
     /// State records refused by import (every record of a refused batch counts).
     pub records_refused: u64,
+    /// Sessions installed while their subscriber already held `max_sessions_per_subscriber`
+    /// (only imports do that: the packet path refuses such sessions).
+    pub sessions_over_subscriber_limit: u64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        // Written out: `Default` for arrays stops at 32 elements.
+        Counters {
+            packets_in: 0,
+            translated_out: 0,
+            translated_in: 0,
+            hairpinned: 0,
+            fast_path: 0,
+            chained: 0,
+            held: 0,
+            drops: [0; DropReason::COUNT],
+            mappings_created: 0,
+            mappings_removed: 0,
+            sessions_created: 0,
+            sessions_expired: 0,
+            blocks_allocated: 0,
+            blocks_released: 0,
+            events_dropped: 0,
+            records_imported: 0,
+            records_refused: 0,
+            sessions_over_subscriber_limit: 0,
+        }
+    }
 }
 
 fn drops_by_label<S: serde::Serializer>(

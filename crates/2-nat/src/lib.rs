@@ -18,8 +18,9 @@
 //!   >= 2 h 4 min and transitory >= 4 min (REQ-5); simultaneous open; FIN/RST tracking.
 //! * RFC 5508 (ICMP): query identifiers mapped like ports, 60 s timeout; errors translated
 //!   with their embedded headers, inner checksums updated and the ICMP checksum recomputed.
-//! * RFC 6888: port-block allocation (REQ-3/4), a per-subscriber limit, block allocation and
-//!   release logged as [`Event`]s (REQ-12).
+//! * RFC 6888: port-block allocation (REQ-3/4) with a per-subscriber block limit, a
+//!   per-subscriber session limit (REQ-5, `max_sessions_per_subscriber`), block allocation
+//!   and release logged as [`Event`]s (REQ-12).
 //!
 //! Data-plane details: TTL decremented (expired packets dropped), IPv4 header checksum
 //! verified, IP options passed or dropped by policy, fragments translated through a bounded

@@ -118,8 +118,10 @@ pub struct Port {
     pub port_no: u32,
     /// MAC address.
     pub hw_addr: [u8; 6],
-    /// Interface name; at most 15 bytes are encoded, decoding stops at the first NUL and
-    /// replaces invalid UTF-8.
+    /// Interface name (the wire field is 16 bytes, NUL-terminated). Encoding writes at most
+    /// 15 bytes, cut at a character boundary. Decoding reads up to the first NUL, at most 15
+    /// bytes (a 16th byte stands where the NUL must be), and replaces each byte of invalid
+    /// UTF-8 with `?`, so a decoded name encodes back to the same name.
     pub name: String,
     /// OFPPC_* configuration bits.
     pub config: u32,
@@ -399,6 +401,26 @@ fn decode_port_stats(r: &mut Reader<'_>) -> Result<PortStats, DecodeError> {
     })
 }
 
+/// Longest port name on the wire, in bytes (the 16-byte field holds a terminating NUL).
+const PORT_NAME_MAX: usize = 15;
+
+/// The name in a 16-byte ofp_port name field: up to the first NUL, at most
+/// [`PORT_NAME_MAX`] bytes, every byte of invalid UTF-8 replaced by `?` (one byte for one:
+/// the name stays within the field when encoded again, unlike U+FFFD).
+fn decode_port_name(raw: &[u8; 16]) -> String {
+    let end = raw
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(raw.len())
+        .min(PORT_NAME_MAX);
+    let mut name = String::with_capacity(end);
+    for chunk in raw[..end].utf8_chunks() {
+        name.push_str(chunk.valid());
+        name.extend(core::iter::repeat_n('?', chunk.invalid().len()));
+    }
+    name
+}
+
 /// Appends a 64-byte ofp_port.
 pub(crate) fn encode_port(p: &Port, out: &mut Vec<u8>) {
     put_u32(out, p.port_no);
@@ -406,9 +428,11 @@ pub(crate) fn encode_port(p: &Port, out: &mut Vec<u8>) {
     out.extend_from_slice(&p.hw_addr);
     put_zeros(out, 2);
     let mut name = [0u8; 16];
-    let bytes = p.name.as_bytes();
-    let n = bytes.len().min(15);
-    name[..n].copy_from_slice(&bytes[..n]);
+    let n = (0..=p.name.len().min(PORT_NAME_MAX))
+        .rev()
+        .find(|&i| p.name.is_char_boundary(i))
+        .unwrap_or(0);
+    name[..n].copy_from_slice(&p.name.as_bytes()[..n]);
     out.extend_from_slice(&name);
     for v in [
         p.config,
@@ -432,8 +456,7 @@ pub(crate) fn decode_port(r: &mut Reader<'_>) -> Result<Port, DecodeError> {
     let hw_addr = e.array("port hw_addr")?;
     e.skip(2, "port padding")?;
     let raw: [u8; 16] = e.array("port name")?;
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    let name = String::from_utf8_lossy(raw.get(..end).unwrap_or_default()).into_owned();
+    let name = decode_port_name(&raw);
     Ok(Port {
         port_no,
         hw_addr,

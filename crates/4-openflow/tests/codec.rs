@@ -265,3 +265,49 @@ fn oversized_messages_are_refused_by_the_encoder() {
         Err(EncodeError::OxmTooLong { len: 256 })
     );
 }
+
+/// Regression (fuzz `openflow`): port names that are not NUL-terminated or not UTF-8 decoded
+/// to names that no longer fit the 16-byte field (U+FFFD is 3 bytes), so a decoded port did
+/// not survive encode + decode.
+#[test]
+fn port_names_survive_decode_encode_decode() {
+    let status = |name: &str| {
+        Message::PortStatus(PortStatus {
+            reason: 2,
+            port: Port {
+                port_no: 3,
+                name: name.into(),
+                ..Port::default()
+            },
+        })
+    };
+    let base = encode(&status("x"), 9).unwrap();
+    // The name field: header 8, reason + padding 8, port_no + padding 8, MAC + padding 8.
+    let with_name = |raw: [u8; 16]| {
+        let mut b = base.clone();
+        b[32..48].copy_from_slice(&raw);
+        b
+    };
+    let cases: [([u8; 16], &str); 4] = [
+        ([0xff; 16], "???????????????"),
+        (*b"abcdefghijklmnop", "abcdefghijklmno"),
+        (*b"eth0\0garbage\0\0\0\0", "eth0"),
+        // "é" cut after its first byte at the 15-byte limit.
+        (*b"abcdefghijklmn\xc3\xa9", "abcdefghijklmn?"),
+    ];
+    for (raw, want) in cases {
+        let (xid, msg) = decode(&with_name(raw)).unwrap();
+        let Message::PortStatus(PortStatus { port, .. }) = &msg else {
+            panic!("not a port status: {msg:?}");
+        };
+        assert_eq!(port.name, want);
+        let again = encode(&msg, xid).unwrap();
+        assert_eq!(decode(&again).unwrap(), (xid, msg.clone()));
+    }
+    // Encoding cuts a long name at a character boundary: 9 x "é" (18 bytes) -> 7 (14 bytes).
+    let (_, msg) = decode(&encode(&status("ééééééééé"), 1).unwrap()).unwrap();
+    let Message::PortStatus(PortStatus { port, .. }) = msg else {
+        panic!("not a port status");
+    };
+    assert_eq!(port.name, "ééééééé");
+}

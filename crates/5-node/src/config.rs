@@ -21,6 +21,8 @@
 //! transfer = "198.19.0.12:6800"
 //! [nat]                                    # flowshift_nat::NatConfig (all fields default)
 //! groups = [{ external = "198.18.0.1", subscribers = "100.64.0.0/16" }]
+//! max_sessions_per_subscriber = 4096       # RFC 6888 REQ-5 (default 4096)
+//! # hash_seed, rng_seed: leave them out: each start draws secret ones from the OS
 //! [migration]                              # flowshift_migration::MigrationConfig
 //! [params]                                 # default flowshift_migration::Params
 //! [[preload]]                              # fictive states (flowshift_nat::record::fictive_records)
@@ -204,6 +206,32 @@ pub struct NodeConfig {
     /// Fictive states imported at start-up.
     #[serde(default)]
     pub preload: Vec<PreloadConfig>,
+    /// Which of the NAT's seeds the file sets (`[nat] hash_seed`, `rng_seed`); set by
+    /// [`NodeConfig::parse`]. [`NodeConfig::build_instance`] draws the others from the OS
+    /// random source, so every start of a node has its own secret hash and port-choice seeds.
+    #[serde(skip)]
+    pub nat_seeds: SeedsGiven,
+}
+
+/// Which NAT seeds a configuration file sets explicitly (the rest are drawn at random).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeedsGiven {
+    /// `[nat] hash_seed` is in the file.
+    pub hash_seed: bool,
+    /// `[nat] rng_seed` is in the file.
+    pub rng_seed: bool,
+}
+
+impl SeedsGiven {
+    /// Which seeds the `[nat]` table of a parsed TOML document sets.
+    fn of(doc: &toml::Table) -> SeedsGiven {
+        let nat = doc.get("nat").and_then(toml::Value::as_table);
+        let has = |k: &str| nat.is_some_and(|t| t.contains_key(k));
+        SeedsGiven {
+            hash_seed: has("hash_seed"),
+            rng_seed: has("rng_seed"),
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -259,7 +287,9 @@ pub fn load_config(path: impl AsRef<Path>) -> Result<NodeConfig, ConfigError> {
 impl NodeConfig {
     /// Parses and validates a configuration.
     pub fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
-        let cfg: NodeConfig = toml::from_str(text)?;
+        let mut cfg: NodeConfig = toml::from_str(text)?;
+        // Parsed once more as a plain table (errors keep their positions from the first parse).
+        cfg.nat_seeds = SeedsGiven::of(&toml::from_str(text)?);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -393,12 +423,30 @@ impl NodeConfig {
         Ok(())
     }
 
-    /// Builds the NAT instance: the NAT with its groups, the pre-loaded fictive states
-    /// (imported at time zero; their port-block events stay queued in the NAT for the driver's
-    /// mapping log), wrapped in a migration [`Instance`].
+    /// The NAT configuration with the seeds the file leaves out drawn from the OS random
+    /// source (see [`NodeConfig::nat_seeds`]).
+    pub fn nat_config(&self) -> Result<NatConfig, ConfigError> {
+        let random = || {
+            getrandom::u64().map_err(|e| {
+                ConfigError::Invalid(format!("[nat]: no OS random source for the seeds: {e}"))
+            })
+        };
+        let mut nat = self.nat.clone();
+        if !self.nat_seeds.hash_seed {
+            nat.hash_seed = random()?;
+        }
+        if !self.nat_seeds.rng_seed {
+            nat.rng_seed = random()?;
+        }
+        Ok(nat)
+    }
+
+    /// Builds the NAT instance: the NAT with its groups (and its seeds, [`Self::nat_config`]),
+    /// the pre-loaded fictive states (imported at time zero; their port-block events stay
+    /// queued in the NAT for the driver's mapping log), wrapped in a migration [`Instance`].
     pub fn build_instance(&self) -> Result<Instance, ConfigError> {
         let err = |what: &str, e: &dyn fmt::Display| ConfigError::Invalid(format!("{what}: {e}"));
-        let mut nat = Nat::new(self.nat.clone()).map_err(|e| err("[nat]", &e))?;
+        let mut nat = Nat::new(self.nat_config()?).map_err(|e| err("[nat]", &e))?;
         if self.preallocate {
             nat.reserve(
                 self.nat.max_mappings as usize,

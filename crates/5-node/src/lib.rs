@@ -47,5 +47,7 @@ pub mod stats;
 pub mod sys;
 pub mod transfer;
 
-pub use config::{ConfigError, MacAddr, NodeConfig, PeerConfig, PreloadConfig, load_config};
+pub use config::{
+    ConfigError, MacAddr, NodeConfig, PeerConfig, PreloadConfig, SeedsGiven, load_config,
+};
 pub use node::{Node, run};

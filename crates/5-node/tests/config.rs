@@ -1,7 +1,7 @@
 //! Node configuration: the plan's example parses; mistakes are refused with clear messages.
 
 use flowshift_node::pacing::PollMode;
-use flowshift_node::{ConfigError, MacAddr, NodeConfig, load_config};
+use flowshift_node::{ConfigError, MacAddr, NodeConfig, SeedsGiven, load_config};
 
 const GOOD: &str = r#"
 id = 1
@@ -220,4 +220,48 @@ fn packet_loop_keys_and_the_former_busy_poll_name() {
     assert_eq!((c.poll, c.spin_us), (PollMode::Adaptive, 50));
     // Configurations written before `spin_us` keep working.
     assert_eq!(with("busy_poll = 120").spin_us, 120);
+}
+
+#[test]
+fn nat_seeds_are_secret_unless_the_file_sets_them() {
+    let public = flowshift_nat::NatConfig::default();
+    // Left out: each build draws its own.
+    let c = NodeConfig::parse(GOOD).unwrap();
+    assert_eq!(c.nat_seeds, SeedsGiven::default());
+    let (a, b) = (c.nat_config().unwrap(), c.nat_config().unwrap());
+    assert_ne!(a.hash_seed, b.hash_seed, "a fresh hash seed per build");
+    assert_ne!(a.rng_seed, b.rng_seed, "a fresh port-choice seed per build");
+    assert_ne!(a.hash_seed, public.hash_seed);
+    let inst = c.build_instance().unwrap();
+    assert_ne!(inst.nat().config().hash_seed, public.hash_seed);
+    assert_ne!(inst.nat().config().rng_seed, public.rng_seed);
+    // Set: used as given (reproducible runs); one may be set without the other.
+    let set = GOOD.replacen("[nat]", "[nat]\nhash_seed = 42\nrng_seed = 7", 1);
+    let c = NodeConfig::parse(&set).unwrap();
+    let n = c.build_instance().unwrap().nat().config().clone();
+    assert_eq!((n.hash_seed, n.rng_seed), (42, 7));
+    let one = GOOD.replacen("[nat]", "[nat]\nrng_seed = 7", 1);
+    let c = NodeConfig::parse(&one).unwrap();
+    let (a, b) = (c.nat_config().unwrap(), c.nat_config().unwrap());
+    assert_eq!((a.rng_seed, b.rng_seed), (7, 7));
+    assert_ne!(a.hash_seed, b.hash_seed);
+}
+
+#[test]
+fn the_per_subscriber_session_limit_is_configurable() {
+    let c = NodeConfig::parse(GOOD).unwrap();
+    assert_eq!(c.nat.max_sessions_per_subscriber, 4096, "default");
+    let set = GOOD.replacen("[nat]", "[nat]\nmax_sessions_per_subscriber = 100", 1);
+    let c = NodeConfig::parse(&set).unwrap();
+    assert_eq!(c.nat.max_sessions_per_subscriber, 100);
+    assert_eq!(
+        c.build_instance()
+            .unwrap()
+            .nat()
+            .config()
+            .max_sessions_per_subscriber,
+        100
+    );
+    let zero = GOOD.replacen("[nat]", "[nat]\nmax_sessions_per_subscriber = 0", 1);
+    assert!(err(&zero).contains("non-zero"));
 }

@@ -12,7 +12,8 @@ use hashbrown::HashMap;
 impl Nat {
     /// Checks every internal invariant (O(table size); for tests and the simulator): indices
     /// point at live entries that hold the keys, counts agree, every mapping's external port is
-    /// bound exactly once in its group's blocks, no two mappings share an external endpoint.
+    /// bound exactly once in its group's blocks, no two mappings share an external endpoint,
+    /// the per-subscriber session counts are exact.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut live_sessions = 0u32;
         let mut per_mapping: HashMap<u32, u32> = HashMap::new();
@@ -112,6 +113,7 @@ impl Nat {
                 live_sessions
             ));
         }
+        self.check_subscriber_counts(&self.sessions)?;
         let mut live_mappings = 0u32;
         let mut ext_seen: HashMap<(u32, u8, u16), u32> = HashMap::new();
         for (i, m) in self.mappings.iter().enumerate() {

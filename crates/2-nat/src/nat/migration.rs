@@ -165,7 +165,10 @@ impl Nat {
     /// installed. Refuses malformed records, records outside the group's subscribers or port
     /// range, mappings or ports already present here, ports in a block another subscriber holds,
     /// duplicates, and batches that would exceed the table bounds. Imported blocks may exceed
-    /// the per-subscriber block limit (the peer allocated them).
+    /// the per-subscriber block limit (the peer allocated them), and imported sessions the
+    /// per-subscriber session limit: they are installed and the excess is counted in
+    /// [`Counters::sessions_over_subscriber_limit`](crate::Counters); such a subscriber opens
+    /// no new session until it is back under its limit (why: `nat/subscribers.rs`).
     pub fn import(
         &mut self,
         g: GroupId,
@@ -202,6 +205,7 @@ impl Nat {
         // One expiry entry per new session (a session has one per timeout class it went
         // through; more are allocated as needed).
         self.wheel.reserve(s);
+        self.reserve_subscribers(s);
         debug_assert!(self.mappings.capacity() >= self.mappings.len() + m_new);
         debug_assert!(self.sessions.capacity() >= self.sessions.len() + s_new);
         debug_assert!(self.session_index.capacity() >= self.session_index.len() + 2 * s);

@@ -11,6 +11,7 @@
 //! * `table`: the mapping and session slabs and indexes, install and remove;
 //! * `expiry`: the timer wheel and timeout classes;
 //! * `migration`: enumerate, freeze, export, remove, reserve; `import`: its two passes;
+//! * `subscribers`: per-subscriber session counts and their limit (RFC 6888 REQ-5);
 //! * `invariants`: [`Nat::check_invariants`].
 
 mod expiry;
@@ -24,6 +25,7 @@ mod migration;
 mod outbound;
 mod packet;
 mod rewrite;
+mod subscribers;
 mod table;
 
 use self::fragments::{FragEntry, FragKey};
@@ -314,6 +316,8 @@ pub struct Nat {
     mappings: Vec<Mapping>,
     mapping_free: Vec<u32>,
     mapping_count: u32,
+    /// Sessions per subscriber (internal address); no zero entries (`subscribers.rs`).
+    sub_sessions: Map<u32, u32>,
     session_index: SessionIndex,
     mapping_index: MappingIndex,
     wheel: Wheel,
@@ -369,6 +373,7 @@ impl Nat {
             mappings: Vec::new(),
             mapping_free: Vec::new(),
             mapping_count: 0,
+            sub_sessions: Map::with_hasher(hasher.clone()),
             session_index: SessionIndex::new(hasher.clone()),
             mapping_index: MappingIndex::new(hasher.clone()),
             wheel: Wheel::new(gran, horizon.min(u64::MAX / 2)),

@@ -74,6 +74,10 @@ impl Nat {
         if self.session_count >= self.cfg.max_sessions {
             return Err(DropReason::SessionTableFull);
         }
+        // Before a port (maybe a block) is taken for a session that would be refused.
+        if !self.subscriber_has_room(int_addr) {
+            return Err(DropReason::SubscriberSessionLimit);
+        }
         let pp = PortProto::from_ip_proto(proto).ok_or(DropReason::UnsupportedProtocol)?;
         let group = self.groups[g as usize]
             .as_mut()
@@ -158,6 +162,9 @@ impl Nat {
     ) -> Result<u32, DropReason> {
         if self.session_count >= self.cfg.max_sessions {
             return Err(DropReason::SessionTableFull);
+        }
+        if !self.subscriber_has_room(self.mappings[m as usize].int_addr) {
+            return Err(DropReason::SubscriberSessionLimit);
         }
         if self.mappings[m as usize].sessions >= self.cfg.max_sessions_per_mapping {
             return Err(DropReason::SessionsPerMappingLimit);
@@ -270,6 +277,7 @@ impl Nat {
             ef,
         ));
         self.session_count += 1;
+        self.subscriber_session_added(int_addr);
         self.counters.sessions_created += 1;
         self.debug_check_counts();
         self.schedule(now, slot);
@@ -322,6 +330,7 @@ impl Nat {
         }
         self.mappings[m as usize].sessions -= 1;
         self.session_count -= 1;
+        self.subscriber_session_removed(int_addr);
         if let Some(group) = self.groups[g as usize].as_mut() {
             group.sessions -= 1;
         }
