@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod autoscale;
 pub mod orchestrator;
 pub mod rules;
 pub mod status;

@@ -270,6 +270,12 @@ counter_struct! {
         pub accepts,
         /// Incoming connections refused (bad hello, unknown peer, too many connections).
         pub refused,
+        /// Incoming connections refused for their TLS: failed or slow handshake, a
+        /// certificate not from the cluster CA, or one that does not name the peer the hello
+        /// states.
+        pub auth_refused,
+        /// Incoming connections closed after the transfer idle timeout without a frame.
+        pub idle_closed,
         /// Incoming streams closed because a frame header was invalid.
         pub stream_errors,
         /// Times a reader waited because the packet thread's queue was full (backpressure).

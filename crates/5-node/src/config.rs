@@ -11,6 +11,8 @@
 //! metrics_listen = "198.19.0.11:9100"      # Prometheus GET /metrics (optional; omit = off)
 //! metrics_token_file = "/etc/flowshift/metrics.token"  # optional bearer token for /metrics
 //! vnet_hdr = true                          # PACKET_VNET_HDR (GSO frames pass); default true
+//! tls = { ca = "pki/ca.pem", cert = "pki/node-1.pem", key = "pki/node-1.key" }
+//!                                          # mutual TLS (`flowshift pki init`); relative to this file
 //! # optional I/O tuning: ring_block_kib, ring_blocks, batch, cpu, qdisc_bypass, and the
 //! # packet loop: poll = "adaptive" | "busy", spin_us (alias busy_poll), side_budget
 //! [[peers]]                                # every other node
@@ -132,6 +134,10 @@ pub struct NodeConfig {
     pub controller: SocketAddr,
     /// Where the node accepts state-transfer connections from its peers.
     pub transfer_listen: SocketAddr,
+    /// This node's TLS credentials (`flowshift pki init` writes them): every transfer and
+    /// control connection is mutual TLS, the certificate naming this node's id. Relative
+    /// paths are taken from the configuration file's folder ([`load_config`]).
+    pub tls: flowshift_trust::TlsFiles,
     /// Prometheus endpoint (`GET /metrics`); `None`: off.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
@@ -245,7 +251,9 @@ pub fn load_config(path: impl AsRef<Path>) -> Result<NodeConfig, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    NodeConfig::parse(&text)
+    let mut cfg = NodeConfig::parse(&text)?;
+    cfg.tls = cfg.tls.resolved(path.parent().unwrap_or(Path::new(".")));
+    Ok(cfg)
 }
 
 impl NodeConfig {

@@ -75,6 +75,15 @@ impl Node {
     /// namespace).
     pub fn start_with_socket(cfg: NodeConfig, sock: AfPacket) -> Result<Node> {
         let inst = cfg.build_instance()?;
+        let creds = flowshift_trust::Credentials::load(&cfg.tls).context("loading [tls]")?;
+        if !creds.is(&flowshift_trust::node_name(cfg.id)) {
+            anyhow::bail!(
+                "[tls] cert {} is not node {}'s (it must name {})",
+                cfg.tls.cert.display(),
+                cfg.id,
+                flowshift_trust::node_name(cfg.id)
+            );
+        }
         let ifindex = sock.ifindex();
         let transfer_listener = TcpListener::bind(cfg.transfer_listen)
             .with_context(|| format!("transfer_listen {}", cfg.transfer_listen))?;
@@ -109,6 +118,7 @@ impl Node {
         let transfer = transfer::start(
             transfer_listener,
             InstanceId(cfg.id),
+            &creds,
             &peers,
             tends,
             transfer_counters,

@@ -1,10 +1,15 @@
 //! State transfer between nodes over TCP (the migration protocol's frames).
 //!
-//! **Wire.** A connection carries one direction: the connecting node sends a [`HELLO_LEN`]-byte
-//! hello (`"FSXH"`, version 1, a zero byte, its instance id as big-endian u16), then
-//! migration frames back to back; they are self-delimiting
-//! ([`flowshift_migration::proto::frame_len`]). The receiving node refuses hellos from
-//! instances that are not configured peers, and closes a stream whose frame header is invalid.
+//! **Wire.** Every connection is mutual TLS ([`flowshift_trust`]): the connecting node checks
+//! that the listener's certificate names the peer it wants, the listener that the connecting
+//! node's certificate chains to the cluster CA. A connection carries one direction: inside
+//! TLS the connecting node sends a [`HELLO_LEN`]-byte hello (`"FSXH"`, version 1, a zero
+//! byte, its instance id as big-endian u16), then migration frames back to back; they are
+//! self-delimiting ([`flowshift_migration::proto::frame_len`]). The receiving node refuses a
+//! hello from an instance that is not a configured peer or that its certificate does not
+//! name (`transfer_auth_refused`), closes a stream whose frame header is invalid, and closes
+//! a connection idle for [`IDLE_TIMEOUT`] (the writer reconnects when it next has a frame). A
+//! frame's buffer grows as its bytes arrive, never on the strength of a header alone.
 //!
 //! **Threads.** One writer per peer connects lazily, when the packet thread first has a frame
 //! for that peer, and reconnects after a failure (at most every [`RECONNECT_BACKOFF`]; frames
@@ -22,6 +27,8 @@ use crate::stats::TransferCounters;
 use crate::sys::Waker;
 use flowshift_migration::InstanceId;
 use flowshift_migration::proto::{HEADER_LEN, frame_len};
+use flowshift_trust::split::{self, ClientStream, ServerStream};
+use flowshift_trust::{Credentials, node_name};
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -38,8 +45,15 @@ const HELLO_MAGIC: [u8; 4] = *b"FSXH";
 const HELLO_VERSION: u8 = 1;
 /// Least time between two connection attempts to one peer.
 pub const RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
-/// How long a connection may take to send its hello.
+/// How long a connection may take for its TLS handshake and its hello (each).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// An incoming connection without a frame for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A writer whose connection has been unused this long opens a fresh one for its next frames
+/// (before the listener's [`IDLE_TIMEOUT`] could close it under them).
+const WRITER_IDLE: Duration = Duration::from_secs(240);
+/// A frame's buffer grows by at most this much per read (frames up to 16 MiB are valid).
+const FRAME_GROWTH: usize = 256 << 10;
 /// Read timeout: how often a blocked reader looks at the stop flag.
 const READ_TICK: Duration = Duration::from_millis(200);
 /// A write that cannot progress for this long fails the connection.
@@ -142,11 +156,15 @@ impl TransferService {
 pub fn start(
     listener: TcpListener,
     me: InstanceId,
+    creds: &Credentials,
     peers: &[(InstanceId, SocketAddr)],
     ends: TransferEnds,
     counters: Arc<TransferCounters>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<TransferService> {
+    let tls_err = |e: flowshift_trust::TrustError| io::Error::new(io::ErrorKind::InvalidInput, e);
+    let client_cfg = creds.client_config().map_err(tls_err)?;
+    let server_cfg = creds.server_config().map_err(tls_err)?;
     let mut threads = Vec::new();
     for (peer, rx) in ends.out {
         let addr = peers
@@ -157,10 +175,16 @@ pub fn start(
                 io::Error::new(io::ErrorKind::InvalidInput, "queue for an unknown peer")
             })?;
         let (c, s) = (counters.clone(), stop.clone());
+        let target = Target {
+            me,
+            peer,
+            addr,
+            tls: client_cfg.clone(),
+        };
         threads.push(
             std::thread::Builder::new()
                 .name(format!("fs-xfer-to-{}", peer.0))
-                .spawn(move || writer(me, peer, addr, rx, &c, &s))?,
+                .spawn(move || writer(&target, rx, &c, &s))?,
         );
     }
     let ids: Vec<InstanceId> = peers.iter().map(|&(id, _)| id).collect();
@@ -168,28 +192,36 @@ pub fn start(
     threads.push(
         std::thread::Builder::new()
             .name("fs-xfer-accept".into())
-            .spawn(move || acceptor(listener, ids, inbound, waker, counters, stop))?,
+            .spawn(move || acceptor(listener, server_cfg, ids, inbound, waker, counters, stop))?,
     );
     Ok(TransferService { threads })
 }
 
-fn connect(addr: SocketAddr, me: InstanceId) -> io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    s.set_nodelay(true)?;
-    s.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    (&s).write_all(&hello(me))?;
-    Ok(s)
-}
-
-fn writer(
+/// Where a writer sends: the peer, its listener, and the TLS set-up to reach it.
+struct Target {
     me: InstanceId,
     peer: InstanceId,
     addr: SocketAddr,
-    rx: Receiver<Vec<u8>>,
-    c: &TransferCounters,
-    stop: &AtomicBool,
-) {
-    let mut conn: Option<BufWriter<TcpStream>> = None;
+    tls: Arc<rustls::ClientConfig>,
+}
+
+/// Connects to the peer over mutual TLS (its certificate must name it) and sends the hello.
+fn connect(t: &Target) -> io::Result<ClientStream> {
+    let tcp = TcpStream::connect_timeout(&t.addr, Duration::from_secs(1))?;
+    tcp.set_nodelay(true)?;
+    let name = flowshift_trust::server_name(&node_name(t.peer.0))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let (conn, tcp) = split::connect(tcp, t.tls.clone(), name, HELLO_TIMEOUT)?;
+    tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    s.write_all(&hello(t.me))?;
+    Ok(s)
+}
+
+fn writer(t: &Target, rx: Receiver<Vec<u8>>, c: &TransferCounters, stop: &AtomicBool) {
+    let (peer, addr) = (t.peer, t.addr);
+    let mut conn: Option<BufWriter<ClientStream>> = None;
+    let mut last_write = Instant::now();
     let mut retry_at: Option<Instant> = None;
     let mut failing = false;
     let mut batch: Vec<Vec<u8>> = Vec::with_capacity(WRITE_BATCH);
@@ -206,13 +238,17 @@ fn writer(
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        if conn.is_some() && last_write.elapsed() >= WRITER_IDLE {
+            conn = None;
+        }
+        last_write = Instant::now();
         if conn.is_none() {
             if retry_at.is_some_and(|t| Instant::now() < t) {
                 c.frames_lost.add(batch.len() as u64);
                 batch.clear();
                 continue;
             }
-            match connect(addr, me) {
+            match connect(t) {
                 Ok(s) => {
                     c.connects.inc();
                     info!(peer = peer.0, %addr, "transfer connection up");
@@ -250,6 +286,7 @@ fn writer(
 
 fn acceptor(
     listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
     peers: Vec<InstanceId>,
     inbound: SyncSender<(InstanceId, Vec<u8>)>,
     waker: Arc<Waker>,
@@ -274,7 +311,8 @@ fn acceptor(
             continue;
         }
         active.fetch_add(1, Ordering::Relaxed);
-        let (peers, inbound, waker, c2, stop2, active2) = (
+        let (tls, peers, inbound, waker, c2, stop2, active2) = (
+            tls.clone(),
             peers.clone(),
             inbound.clone(),
             waker.clone(),
@@ -289,7 +327,9 @@ fn acceptor(
                     queue: &inbound,
                     waker: &waker,
                 };
-                reader(stream, from, &peers, to_packet_thread, &c2, &stop2);
+                if let Some((id, s)) = authenticate(stream, from, tls, &peers, &c2, &stop2) {
+                    reader(s, id, to_packet_thread, &c2, &stop2);
+                }
                 active2.fetch_sub(1, Ordering::Relaxed);
             });
         match spawned {
@@ -307,7 +347,7 @@ fn acceptor(
 
 /// Fills `buf` from the stream; false on end of stream, error, stop, or `deadline`.
 fn read_full(
-    s: &mut TcpStream,
+    s: &mut impl Read,
     buf: &mut [u8],
     stop: &AtomicBool,
     deadline: Option<Instant>,
@@ -341,32 +381,66 @@ struct Inbound<'a> {
     waker: &'a Waker,
 }
 
-fn reader(
-    mut s: TcpStream,
+/// The TLS handshake and the hello of an accepted connection: the peer it is from, once its
+/// certificate chains to the CA, the hello is valid and names a configured peer, and the
+/// certificate names that same peer. `None` (counted) otherwise.
+fn authenticate(
+    tcp: TcpStream,
     from: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
     peers: &[InstanceId],
-    inbound: Inbound<'_>,
     c: &TransferCounters,
     stop: &AtomicBool,
-) {
-    if s.set_nodelay(true).is_err() || s.set_read_timeout(Some(READ_TICK)).is_err() {
-        return;
+) -> Option<(InstanceId, ServerStream)> {
+    if tcp.set_nodelay(true).is_err() {
+        return None;
     }
+    let (conn, tcp) = match split::accept(tcp, tls, HELLO_TIMEOUT) {
+        Ok(x) => x,
+        Err(e) => {
+            c.auth_refused.inc();
+            warn!(%from, error = %e, "transfer connection refused: TLS handshake failed");
+            return None;
+        }
+    };
+    if tcp.set_read_timeout(Some(READ_TICK)).is_err() {
+        return None;
+    }
+    let mut s = rustls::StreamOwned::new(conn, tcp);
     let mut h = [0u8; HELLO_LEN];
     if !read_full(&mut s, &mut h, stop, Some(Instant::now() + HELLO_TIMEOUT)) {
         c.refused.inc();
-        return;
+        return None;
     }
     let Some(id) = parse_hello(&h).filter(|id| peers.contains(id)) else {
         c.refused.inc();
         warn!(%from, "transfer connection refused: bad hello or not a peer");
-        return;
+        return None;
     };
+    if !flowshift_trust::peer_is(split::peer_certificates(&s.conn), &node_name(id.0)) {
+        c.auth_refused.inc();
+        warn!(%from, claimed = id.0, "transfer connection refused: certificate is not that peer's");
+        return None;
+    }
     c.accepts.inc();
     info!(peer = id.0, %from, "transfer connection accepted");
+    Some((id, s))
+}
+
+fn reader(
+    mut s: ServerStream,
+    id: InstanceId,
+    inbound: Inbound<'_>,
+    c: &TransferCounters,
+    stop: &AtomicBool,
+) {
     loop {
         let mut head = [0u8; HEADER_LEN];
-        if !read_full(&mut s, &mut head, stop, None) {
+        let idle_deadline = Instant::now() + IDLE_TIMEOUT;
+        if !read_full(&mut s, &mut head, stop, Some(idle_deadline)) {
+            if Instant::now() >= idle_deadline {
+                c.idle_closed.inc();
+            }
             return;
         }
         let len = match frame_len(&head) {
@@ -380,10 +454,15 @@ fn reader(
                 return;
             }
         };
-        let mut frame = vec![0u8; len];
-        frame[..HEADER_LEN].copy_from_slice(&head);
-        if !read_full(&mut s, &mut frame[HEADER_LEN..], stop, None) {
-            return;
+        let mut frame = Vec::with_capacity(len.min(FRAME_GROWTH));
+        frame.extend_from_slice(&head);
+        while frame.len() < len {
+            let at = frame.len();
+            let step = (len - at).min(FRAME_GROWTH);
+            frame.resize(at + step, 0);
+            if !read_full(&mut s, &mut frame[at..], stop, None) {
+                return;
+            }
         }
         c.frames_in.inc();
         c.bytes_in.add(len as u64);

@@ -11,6 +11,7 @@ inside_next_hop = "02:f5:00:00:01:00"
 outside_next_hop = "02:f5:00:00:02:00"
 controller = "198.19.0.1:6700"
 transfer_listen = "198.19.0.11:6800"
+tls = { ca = "pki/ca.pem", cert = "pki/node-1.pem", key = "pki/node-1.key" }
 metrics_listen = "198.19.0.11:9100"
 vnet_hdr = true
 [[peers]]
@@ -68,13 +69,18 @@ inside_next_hop = "02:00:00:00:01:00"
 outside_next_hop = "02:00:00:00:02:00"
 controller = "127.0.0.1:6700"
 transfer_listen = "127.0.0.1:6800"
+tls = { ca = "pki/ca.pem", cert = "pki/node-7.pem", key = "/etc/flowshift/node-7.key" }
 "#;
     let c = NodeConfig::parse(text).unwrap();
     assert!(c.peers.is_empty() && c.preload.is_empty() && c.metrics_listen.is_none());
     assert_eq!(c.build_instance().unwrap().nat().group_ids().len(), 0);
     let path = std::env::temp_dir().join(format!("fs-node-cfg-{}.toml", std::process::id()));
     std::fs::write(&path, text).unwrap();
-    assert_eq!(load_config(&path).unwrap(), c);
+    // Relative credential paths are taken from the file's folder, absolute ones kept.
+    let mut resolved = c.clone();
+    resolved.tls.ca = std::env::temp_dir().join("pki/ca.pem");
+    resolved.tls.cert = std::env::temp_dir().join("pki/node-7.pem");
+    assert_eq!(load_config(&path).unwrap(), resolved);
     std::fs::remove_file(&path).unwrap();
     let missing = load_config("/nonexistent/node.toml").unwrap_err();
     assert!(matches!(missing, ConfigError::Read { .. }));

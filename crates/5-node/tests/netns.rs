@@ -230,6 +230,7 @@ impl Bed {
     /// As [`Bed::node`], the node's controller at 127.0.0.1:`controller`.
     fn node_with_controller(&self, extra: &str, controller: u16) -> (Node, u16) {
         let metrics_port = free_port();
+        let tls = pki().toml(flowshift_trust::pki::Party::Node(1));
         let cfg = NodeConfig::parse(&format!(
             r#"
 id = 1
@@ -240,6 +241,7 @@ outside_next_hop = "02:f5:00:00:02:00"
 controller = "127.0.0.1:{controller}"
 transfer_listen = "127.0.0.1:{}"
 metrics_listen = "127.0.0.1:{metrics_port}"
+tls = {tls}
 {extra}
 [[peers]]
 id = 2

@@ -9,6 +9,7 @@ use flowshift_migration::{Algorithm, InstanceId, Params, Phase};
 use flowshift_node::engine::Engine;
 use flowshift_node::frame::{ETHERTYPE_CHAIN, ETHERTYPE_IPV4, RxFrame, VnetHdr};
 use flowshift_node::transfer;
+use flowshift_trust::pki::Party;
 use flowshift_wire::Instant;
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -60,6 +61,7 @@ fn freeze_copy(preload: u32, extra: &str, in_flight: u32) -> (String, String) {
     let svc_a = transfer::start(
         la,
         InstanceId(1),
+        &creds(1),
         &[(InstanceId(2), ab)],
         ends_a.transfer,
         ends_a.transfer_counters.clone(),
@@ -69,6 +71,7 @@ fn freeze_copy(preload: u32, extra: &str, in_flight: u32) -> (String, String) {
     let svc_b = transfer::start(
         lb,
         InstanceId(2),
+        &creds(2),
         &[(InstanceId(1), aa)],
         ends_b.transfer,
         ends_b.transfer_counters.clone(),
@@ -224,9 +227,55 @@ fn freeze_copy(preload: u32, extra: &str, in_flight: u32) -> (String, String) {
     (gaps(&a), gaps(&b))
 }
 
+fn creds(id: u16) -> flowshift_trust::Credentials {
+    flowshift_trust::Credentials::load(&pki().files(Party::Node(id))).expect("test credentials")
+}
+
+/// A TLS connection to node 1's listener at `addr` with `files`' credentials, and `hello`.
+fn tls_client(
+    addr: std::net::SocketAddr,
+    files: &flowshift_trust::TlsFiles,
+    hello: u16,
+) -> std::io::Result<flowshift_trust::split::ClientStream> {
+    use std::io::Write;
+    let c = flowshift_trust::Credentials::load(files).unwrap();
+    let tcp = std::net::TcpStream::connect(addr)?;
+    let name = flowshift_trust::server_name(&flowshift_trust::node_name(1)).unwrap();
+    let (conn, tcp) = flowshift_trust::split::connect(
+        tcp,
+        c.client_config().unwrap(),
+        name,
+        Duration::from_secs(5),
+    )?;
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    s.write_all(&transfer::hello(InstanceId(hello)))?;
+    Ok(s)
+}
+
+/// Reads until the node closes the connection (or 5 s pass: then the test fails).
+fn wait_closed(s: &mut impl std::io::Read) {
+    let t = std::time::Instant::now();
+    let mut b = [0u8; 64];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return,
+            Err(e)
+                if e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut =>
+            {
+                return;
+            }
+            _ => assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "not closed by the node"
+            ),
+        }
+    }
+}
+
 #[test]
-fn strangers_and_bad_streams_are_refused() {
-    use std::io::{Read, Write};
+fn strangers_impostors_and_bad_streams_are_refused() {
+    use std::io::Write;
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let waker = Arc::new(flowshift_node::sys::Waker::new().unwrap());
@@ -236,30 +285,36 @@ fn strangers_and_bad_streams_are_refused() {
     let svc = transfer::start(
         l,
         InstanceId(1),
+        &creds(1),
         &[(InstanceId(2), "127.0.0.1:9".parse().unwrap())],
         ends,
         counters.clone(),
         stop.clone(),
     )
     .unwrap();
-    let wait_closed = |mut s: std::net::TcpStream| {
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut b = [0u8; 1];
-        assert!(
-            matches!(s.read(&mut b), Ok(0) | Err(_)),
-            "connection closed by the node"
-        );
-    };
-    // Not a peer.
+    // Plain TCP with a valid hello (the attack of issue 12): no TLS, refused.
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(&transfer::hello(InstanceId(3))).unwrap();
-    wait_closed(s);
-    // A peer, then garbage instead of a frame header.
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(&transfer::hello(InstanceId(2))).unwrap();
+    wait_closed(&mut s);
+    // Another CA's certificate for node 2: the handshake fails.
+    let other = flowshift_trust::pki::ScratchPki::new(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &[Party::Node(2)],
+    )
+    .unwrap();
+    assert!(tls_client(addr, &other.files(Party::Node(2)), 2).is_err());
+    // Node 3 holds a valid certificate but is no peer of node 1.
+    let mut s = tls_client(addr, &pki().files(Party::Node(3)), 3).unwrap();
+    wait_closed(&mut s);
+    // Node 3 claiming to be node 2: its certificate does not name node 2.
+    let mut s = tls_client(addr, &pki().files(Party::Node(3)), 2).unwrap();
+    wait_closed(&mut s);
+    // Node 2, then garbage instead of a frame header.
+    let mut s = tls_client(addr, &pki().files(Party::Node(2)), 2).unwrap();
     s.write_all(&[0xAB; 64]).unwrap();
-    wait_closed(s);
-    // A peer sending a valid frame, split in small writes.
+    wait_closed(&mut s);
+    // Node 2 sending a valid frame, split in small writes.
     let frame = flowshift_migration::proto::write_frame(
         flowshift_migration::proto::Kind::Ack,
         flowshift_migration::MigrationId::new(InstanceId(2), 1),
@@ -267,8 +322,7 @@ fn strangers_and_bad_streams_are_refused() {
         0,
         &[],
     );
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(&transfer::hello(InstanceId(2))).unwrap();
+    let mut s = tls_client(addr, &pki().files(Party::Node(2)), 2).unwrap();
     for chunk in frame.chunks(5) {
         s.write_all(chunk).unwrap();
         std::thread::sleep(Duration::from_millis(2));
@@ -290,7 +344,8 @@ fn strangers_and_bad_streams_are_refused() {
         assert!(t.elapsed() < Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(counters.refused.get(), 1);
+    assert_eq!(counters.auth_refused.get(), 3, "plain, other CA, impostor");
+    assert_eq!(counters.refused.get(), 1, "node 3 is no peer");
     assert_eq!(counters.stream_errors.get(), 1);
     assert_eq!(counters.accepts.get(), 2);
     assert_eq!(counters.connect_failures.get(), 1);

@@ -3,6 +3,7 @@
 mod alloc;
 mod cmd_controller;
 mod cmd_node;
+mod cmd_pki;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -40,6 +41,9 @@ enum Command {
     Status(cmd_controller::StatusArgs),
     /// Write a new bearer token file (mode 0600) for the operator API or /metrics.
     Token(cmd_controller::TokenArgs),
+    /// The cluster's CA and certificates for mutual TLS between nodes and controller.
+    #[command(subcommand)]
+    Pki(cmd_pki::PkiCommand),
     /// The one-machine testbed (root): namespaces, Open vSwitch, nodes, controller.
     #[command(subcommand)]
     Testbed(testbed::TestbedCommand),
@@ -95,6 +99,7 @@ fn main() -> Result<()> {
         Command::Migrate(args) => cmd_controller::migrate(&args),
         Command::Status(args) => cmd_controller::status(&args),
         Command::Token(args) => cmd_controller::token(&args),
+        Command::Pki(cmd) => cmd_pki::run(&cmd),
         Command::Testbed(cmd) => testbed::run(&cmd),
         Command::Probe(cmd) => testbed::probe::run(&cmd),
     }

@@ -629,6 +629,13 @@ impl Testbed {
         }
 
         self.progress("configurations");
+        // A fresh CA and certificates for this run's nodes and controller (mutual TLS).
+        let mut parties: Vec<flowshift_trust::pki::Party> = (1..=l.nodes)
+            .map(flowshift_trust::pki::Party::Node)
+            .collect();
+        parties.push(flowshift_trust::pki::Party::Controller);
+        flowshift_trust::pki::init(&dir.join(layout::PKI_DIR), &parties, true)
+            .context("creating the run's PKI")?;
         let copts = ConfigOptions {
             preload: opts.preload,
             seed: opts.seed,

@@ -20,6 +20,8 @@ use std::path::Path;
 
 /// OpenFlow port towards the subscribers.
 pub const INSIDE_PORT: u32 = 1;
+/// The run's PKI folder (`flowshift pki init` layout), relative to the run folder.
+pub const PKI_DIR: &str = "pki";
 /// OpenFlow port towards the servers.
 pub const OUTSIDE_PORT: u32 = 2;
 /// Subscriber interface (in the subscriber namespace).
@@ -210,6 +212,10 @@ impl Layout {
         let _ = writeln!(s, "controller = \"{CONTROLLER_IP}:{NODE_LISTEN_PORT}\"");
         let _ = writeln!(s, "transfer_listen = \"{me}:{TRANSFER_PORT}\"");
         let _ = writeln!(s, "metrics_listen = \"{me}:{METRICS_PORT}\"");
+        let _ = writeln!(
+            s,
+            "tls = {{ ca = \"{PKI_DIR}/ca.pem\", cert = \"{PKI_DIR}/node-{k}.pem\", key = \"{PKI_DIR}/node-{k}.key\" }}"
+        );
         let _ = writeln!(s, "vnet_hdr = {}", opts.vnet_hdr);
         for p in (1..=self.nodes).filter(|&p| p != k) {
             let _ = writeln!(s, "\n[[peers]]");

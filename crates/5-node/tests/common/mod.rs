@@ -11,7 +11,9 @@ use flowshift_node::frame::{
 };
 use flowshift_node::stats::{ControlCounters, SnapshotCell, TransferCounters};
 use flowshift_node::transfer::{self, TransferEnds};
-use std::sync::Arc;
+use flowshift_trust::pki::{Party, ScratchPki};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 pub const NODE1: [u8; 6] = [2, 0xf5, 0, 0, 0, 1];
 pub const NODE2: [u8; 6] = [2, 0xf5, 0, 0, 0, 2];
@@ -19,6 +21,21 @@ pub const INSIDE: [u8; 6] = [2, 0xf5, 0, 0, 1, 0];
 pub const OUTSIDE: [u8; 6] = [2, 0xf5, 0, 0, 2, 0];
 pub const EXT: [u8; 4] = [198, 18, 0, 1];
 pub const SERVER: [u8; 4] = [203, 0, 113, 10];
+
+/// Credentials for nodes 1..=3 and the controller, shared by this test binary's tests (in
+/// cargo's per-crate temp folder under target/).
+pub fn pki() -> &'static ScratchPki {
+    static PKI: OnceLock<ScratchPki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let parties = [
+            Party::Node(1),
+            Party::Node(2),
+            Party::Node(3),
+            Party::Controller,
+        ];
+        ScratchPki::new(Path::new(env!("CARGO_TARGET_TMPDIR")), &parties).expect("test PKI")
+    })
+}
 
 /// A node configuration: node `id` of two (1 and 2), serving 198.18.0.1 <- 100.64.0.0/16 if
 /// `serves`; `extra` is appended to the top-level keys.
@@ -30,6 +47,7 @@ pub fn config(
     extra: &str,
 ) -> NodeConfig {
     let peer = if id == 1 { 2 } else { 1 };
+    let tls = pki().toml(Party::Node(id));
     let groups = if serves {
         r#"groups = [{ external = "198.18.0.1", subscribers = "100.64.0.0/16" }]"#
     } else {
@@ -44,6 +62,7 @@ inside_next_hop = "02:f5:00:00:01:00"
 outside_next_hop = "02:f5:00:00:02:00"
 controller = "127.0.0.1:9"
 transfer_listen = "{transfer}"
+tls = {tls}
 {extra}
 [[peers]]
 id = {peer}
