@@ -113,7 +113,7 @@ impl Side {
         }
         self.pending = (0.0, "packet", 0.0);
         let t = WallClock::now();
-        let mut batch = vec![pkt.to_vec()];
+        let mut batch = vec![(pkt.to_vec(), ())];
         self.inst.handle_batch(now, &mut batch, Ingress::Switch);
         self.packet_calls.push(t.elapsed().as_secs_f64() * 1e6);
     }
@@ -259,7 +259,7 @@ fn run(states: u32, algorithm: Algorithm) -> Result<Report> {
     let (mut src_done, mut dst_done) = (false, false);
     let mut to_b: Vec<Vec<u8>> = Vec::new();
     let mut to_a: Vec<Vec<u8>> = Vec::new();
-    let mut chained: Vec<Vec<u8>> = Vec::new();
+    let mut chained: Vec<(Vec<u8>, ())> = Vec::new();
     while !(src_done && dst_done) {
         if start.elapsed() > RUN_LIMIT {
             bail!("{algorithm:?}: migration still running after {RUN_LIMIT:?}");
@@ -282,8 +282,8 @@ fn run(states: u32, algorithm: Algorithm) -> Result<Report> {
             });
         }
         while let Some(o) = a.inst.poll_output() {
-            if let Output::Chain { pkt, .. } = o {
-                chained.push(pkt);
+            if let Output::Chain { pkt, meta, .. } = o {
+                chained.push((pkt, meta));
             }
         }
         while b.inst.poll_output().is_some() {}

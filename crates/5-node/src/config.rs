@@ -26,6 +26,7 @@
 //! seed = 1
 //! ```
 
+use crate::frame::Offload;
 use crate::pacing::PollMode;
 use flowshift_migration::{Instance, InstanceId, MigrationConfig, Params};
 use flowshift_nat::{Nat, NatConfig};
@@ -382,8 +383,8 @@ impl NodeConfig {
 
     /// Builds the NAT instance: the NAT with its groups, the pre-loaded fictive states
     /// (imported at time zero; their port-block events stay queued in the NAT for the driver's
-    /// mapping log), wrapped in a migration [`Instance`].
-    pub fn build_instance(&self) -> Result<Instance, ConfigError> {
+    /// mapping log), wrapped in a migration [`Instance`] whose packets carry their offload tag.
+    pub fn build_instance(&self) -> Result<Instance<Offload>, ConfigError> {
         let err = |what: &str, e: &dyn fmt::Display| ConfigError::Invalid(format!("{what}: {e}"));
         let mut nat = Nat::new(self.nat.clone()).map_err(|e| err("[nat]", &e))?;
         if self.preallocate {
@@ -401,7 +402,7 @@ impl NodeConfig {
                     .map_err(|e| err(&format!("[[preload]] {}", p.external), &e))?;
             }
         }
-        Instance::new(InstanceId(self.id), nat, self.migration.clone())
+        Instance::with_meta(InstanceId(self.id), nat, self.migration.clone())
             .map_err(|e| err("[migration]", &e))
     }
 }

@@ -1,5 +1,5 @@
 //! Figures at the poster's scale (about 60,000 states). Ignored by default (slow in debug
-//! builds): `cargo test -p flowshift-migration --release --test scale -- --ignored --nocapture`.
+//! builds): `cargo test -p flowshift-harness --release --test scale -- --ignored --nocapture`.
 //! The transfer link here has a delay (0.5 ms each way) but no bandwidth limit, so durations are
 //! round-trip bound; the simulator adds link rates.
 
@@ -18,19 +18,19 @@ fn run(algorithm: Algorithm) {
         block_size: 512,
         ..flowshift_nat::NatConfig::default()
     };
-    let mut cl = Cluster::with_configs(1, MigrationConfig::default(), |_| {});
-    cl.a = flowshift_migration::Instance::new(
+    let a = flowshift_migration::Instance::new(
         A,
         Nat::new(wide(vec![group(EXT0, [100, 64, 0, 0], 22)])).unwrap(),
         MigrationConfig::default(),
     )
     .unwrap();
-    cl.b = flowshift_migration::Instance::new(
+    let b = flowshift_migration::Instance::new(
         B,
         Nat::new(wide(vec![group(EXT2, [100, 64, 16, 0], 24)])).unwrap(),
         MigrationConfig::default(),
     )
     .unwrap();
+    let mut cl = cluster_of(1, a, b);
     let (subs, per) = (118u32, 508u16);
     for s in 0..subs {
         let host = [100, 64, ((1 + s) >> 8) as u8, (1 + s) as u8];
@@ -54,7 +54,7 @@ fn run(algorithm: Algorithm) {
     };
     let wall = std::time::Instant::now();
     let id = cl.start(algorithm, params);
-    cl.advance_by(Duration::from_secs(60));
+    cl.advance_by(Duration::from_secs(60)).unwrap();
     let wall = wall.elapsed();
     let r = cl.a.report(id).unwrap();
     assert!(r.completed, "{algorithm:?} not completed");
@@ -113,7 +113,7 @@ fn wrapper_overhead_figures() {
         .collect();
     for p in &pkts {
         nat.process(now, &mut p.clone());
-        inst.handle_packet(now, p.clone(), Ingress::Switch);
+        inst.handle_packet(now, p.clone(), (), Ingress::Switch);
         while inst.poll_output().is_some() {}
     }
     let rounds = 100;
@@ -128,7 +128,7 @@ fn wrapper_overhead_figures() {
     let t = std::time::Instant::now();
     for _ in 0..rounds {
         for p in &pkts {
-            inst.handle_packet(now, p.clone(), Ingress::Switch);
+            inst.handle_packet(now, p.clone(), (), Ingress::Switch);
             std::hint::black_box(inst.poll_output());
         }
     }
@@ -137,7 +137,7 @@ fn wrapper_overhead_figures() {
     let mut batch = Vec::with_capacity(64);
     for _ in 0..rounds {
         for chunk in pkts.chunks(64) {
-            batch.extend(chunk.iter().cloned());
+            batch.extend(chunk.iter().map(|p| (p.clone(), ())));
             inst.handle_batch(now, &mut batch, Ingress::Switch);
             while let Some(o) = inst.poll_output() {
                 std::hint::black_box(o);
