@@ -3,7 +3,8 @@
 //!
 //! An [`Instance`] wraps one [`flowshift_nat::Nat`] and runs the migrations it takes part in,
 //! as source or destination. It reads no clock, socket or random source: the driver (the
-//! simulator, or the Linux node) passes time and input in and takes actions out:
+//! simulator, the Linux node, the two-instance harness) passes time and input in and takes
+//! actions out:
 //!
 //! | in | out |
 //! |---|---|
@@ -28,7 +29,10 @@
 //! its offload tag from the chained frame's virtio-net header). Transfer frames carry no tag.
 //! The Linux node keeps each packet's offload data (virtio-net header, original addresses and
 //! checksum seed) in the tag; the simulator keeps its packet identity (ledger id, flow,
-//! sequence, send time) in it.
+//! sequence, send time) in it. [`Instance::for_each_held`] lists the packets (and tags) an
+//! instance keeps between calls. Build a tagged instance with [`Instance::with_meta`];
+//! [`Instance::new`] is the untagged one.
+//!
 //! Frames are self-delimiting ([`proto::frame_len`]): send each as a datagram, or back to back
 //! on a stream. The channel may lose, duplicate or reorder frames; the protocol recovers (see
 //! [`proto`] and the channel's retransmission settings in [`MigrationConfig`]). Chained packets

@@ -56,6 +56,8 @@ const INSIDE_PORT: u32 = 1;
 const OUTSIDE_PORT: u32 = 2;
 /// Steps at one instant before [`Harness::advance`] reports a livelock.
 const MAX_STEPS_AT_ONE_INSTANT: u64 = 1_000_000;
+/// Most frames on the transfer links together, and most packets on the chain path.
+pub const MAX_IN_FLIGHT: usize = 1 << 20;
 
 /// The links' and the switch's timing, and the fault injection.
 #[derive(Clone, Debug)]
@@ -131,6 +133,12 @@ pub enum HarnessError {
     /// The source instance has no group with this external address.
     #[error("instance {0:?} has no group {1}")]
     NoGroup(InstanceId, Ipv4Addr),
+    /// The instances are not numbered [`A`] and [`B`].
+    #[error("the instances must be {A:?} and {B:?}, not {0:?} and {1:?}")]
+    Ids(InstanceId, InstanceId),
+    /// The orchestrator accepted the request but issued no start (a bug).
+    #[error("the orchestrator did not start the migration of {0}")]
+    NotStarted(Ipv4Addr),
     /// Time stopped advancing.
     #[error("no progress of time at {0:?} (livelock)")]
     Livelock(Instant),
@@ -151,6 +159,9 @@ pub struct HarnessStats {
     pub frames_duplicated: u64,
     /// Chained packets lost by [`Harness::chain_drop`].
     pub chain_dropped: u64,
+    /// Frames and chained packets refused because their link already held
+    /// [`MAX_IN_FLIGHT`] (dropped).
+    pub queue_full: u64,
     /// Outputs for an instance outside the pair (dropped).
     pub unrouted: u64,
     /// Orchestrator commands an instance refused (`cutover_done`, `start_migration`): a bug.
@@ -194,6 +205,9 @@ impl<O: Observer> Harness<O> {
         cfg: HarnessConfig,
         obs: O,
     ) -> Result<Harness<O>, HarnessError> {
+        if (a.id(), b.id()) != (A, B) {
+            return Err(HarnessError::Ids(a.id(), b.id()));
+        }
         let port = |id: InstanceId| InstancePort {
             port: 10 + u32::from(id.0),
             mac: [2, 0, 0, 0, 0, id.0 as u8],
@@ -310,7 +324,7 @@ impl<O: Observer> Harness<O> {
         self.pump();
         self.started
             .take()
-            .unwrap_or(Err(HarnessError::NoGroup(to, external)))
+            .unwrap_or(Err(HarnessError::NotStarted(external)))
     }
 
     /// When the next scheduled thing happens (`Instant::MAX`: nothing scheduled).
@@ -505,8 +519,8 @@ impl<O: Observer> Driver<()> for Sink<'_, O> {
                 } else if *self.chain_drop > 0 {
                     *self.chain_drop -= 1;
                     self.stats.chain_dropped += 1;
-                } else {
-                    self.net.chain(now + self.cfg.chain_delay, to, from, pkt);
+                } else if !self.net.chain(now + self.cfg.chain_delay, to, from, pkt) {
+                    self.stats.queue_full += 1;
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! The harness's links: the state-transfer link (serialization, delay, seeded faults) and the
 //! chain path (FIFO, fixed delay), as time-ordered queues.
 
-use crate::{A, HarnessConfig, HarnessStats};
+use crate::{A, HarnessConfig, HarnessStats, MAX_IN_FLIGHT};
 use flowshift_migration::{InstanceId, MigrationEvent};
 use flowshift_wire::Instant;
 use rand::{RngExt, SeedableRng};
@@ -74,14 +74,19 @@ impl Net {
         self.transfer.pop_first().map(|(_, x)| x)
     }
 
-    /// A chained packet arrives at `at`.
-    pub fn chain(&mut self, at: Instant, to: InstanceId, from: InstanceId, pkt: Vec<u8>) {
+    /// A chained packet arrives at `at`; false (dropped) if [`MAX_IN_FLIGHT`] are on the way.
+    pub fn chain(&mut self, at: Instant, to: InstanceId, from: InstanceId, pkt: Vec<u8>) -> bool {
+        if self.chain.len() >= MAX_IN_FLIGHT {
+            return false;
+        }
         let k = (at, self.next_seq());
         self.chain.insert(k, (to, from, pkt));
+        true
     }
 
     /// A transfer frame leaves `from` now: it waits for the link, is serialized, then faults
     /// apply; each surviving copy arrives a delay (plus jitter) after its serialization ends.
+    /// A copy that finds [`MAX_IN_FLIGHT`] frames on the links is dropped (`queue_full`).
     pub fn transmit(
         &mut self,
         now: Instant,
@@ -117,6 +122,10 @@ impl Net {
                 0 => frame.take().unwrap_or_default(),
                 _ => frame.clone().unwrap_or_default(),
             };
+            if self.transfer.len() >= MAX_IN_FLIGHT {
+                stats.queue_full += 1;
+                continue;
+            }
             let k = (done + cfg.transfer_delay + jitter, self.next_seq());
             self.transfer.insert(k, (to, from, bytes));
         }

@@ -123,3 +123,19 @@ fn a_slow_transfer_link_takes_longer() {
         "{fast:?} vs {slow:?}"
     );
 }
+
+#[test]
+fn instances_must_be_a_and_b() {
+    let inst = |id| {
+        let nat = flowshift_nat::Nat::new(nat_config(vec![group(EXT2, [100, 64, 16, 0], 24)], 1));
+        flowshift_migration::Instance::new(id, nat.unwrap(), mig_config()).unwrap()
+    };
+    let r = Harness::new(
+        inst(B),
+        inst(A),
+        flowshift_wire::Instant::ZERO,
+        HarnessConfig::default(),
+        (),
+    );
+    assert!(matches!(r, Err(HarnessError::Ids(..))));
+}

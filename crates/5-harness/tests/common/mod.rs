@@ -286,6 +286,7 @@ impl ClusterExt for Cluster {
             "an orchestrator command was refused"
         );
         assert_eq!(st.frames_malformed, 0, "a malformed transfer frame");
+        assert_eq!(st.queue_full + st.unrouted, 0, "a link refused a packet");
         self.a.nat().check_invariants().expect("A invariants");
         self.b.nat().check_invariants().expect("B invariants");
         let ma = mappings(self.a.nat(), EXT0);

@@ -173,7 +173,7 @@ fn run_one(
         .context("start the migration")?;
     run_until(&mut sim, t_start + limit, finished)?;
     let hs = sim.stats();
-    if hs.unsteered + hs.commands_refused + hs.frames_malformed + hs.unrouted != 0 {
+    if hs.unsteered + hs.commands_refused + hs.frames_malformed + hs.unrouted + hs.queue_full != 0 {
         bail!("the harness refused part of the run: {hs:?}");
     }
     let during = sim.obs.stats.minus(&before);
