@@ -53,8 +53,9 @@ pub struct MigrationConfig {
     /// releases them anyway (default 1 s).
     #[serde(with = "millis")]
     pub cutover_hold_max: Duration,
-    /// Bound of the output queue (default 65536). The driver drains `poll_output` after every
-    /// call; overflow is a counted drop.
+    /// Bound of the output queue (default 65536): packets to send or chain; overflow is a
+    /// counted drop. Drop reports (`report_drops`) have an allowance of as many again; a report
+    /// beyond it is refused and counted. The driver drains `poll_output` after every call.
     pub max_outputs: u32,
     /// Bound of the event queue (default 4096); overflow is counted.
     pub max_events: u32,

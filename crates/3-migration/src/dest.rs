@@ -1,7 +1,7 @@
 //! The destination side of a migration: passive, it reacts to the source's messages.
 
 use crate::config::MigrationConfig;
-use crate::instance::{Core, GroupMatch, Mig, Side};
+use crate::instance::{Core, GroupMatch, Held, Mig, Side};
 use crate::proto::{self, Algorithm, MappingKey, Message};
 use crate::report::LossCause;
 use crate::{AbortReason, MigrationEvent, Phase};
@@ -27,8 +27,7 @@ struct CommitJob {
     staged: BTreeMap<MappingKey, Staged>,
 }
 
-#[derive(Default)]
-pub(crate) struct Dst {
+pub(crate) struct Dst<M> {
     commit_job: Option<CommitJob>,
     staged: BTreeMap<MappingKey, Staged>,
     staged_records: u64,
@@ -36,8 +35,9 @@ pub(crate) struct Dst {
     imported_records: u32,
     group_added: bool,
     committed: bool,
-    /// Switch packets of the group held until the end-of-chain marker.
-    held: VecDeque<(Instant, Vec<u8>)>,
+    /// Switch packets of the group held until the end-of-chain marker (at most
+    /// `cutover_hold_packets` and `cutover_hold_bytes`; `held_bytes` counts them).
+    held: VecDeque<Held<M>>,
     held_bytes: u64,
     pub holding: bool,
     /// From `ChainEnd`: chained packets to receive before the holding stops.
@@ -48,7 +48,33 @@ pub(crate) struct Dst {
     done_at: Instant,
 }
 
-impl Dst {
+impl<M> Default for Dst<M> {
+    fn default() -> Self {
+        Dst {
+            commit_job: None,
+            staged: BTreeMap::new(),
+            staged_records: 0,
+            imported_mappings: 0,
+            imported_records: 0,
+            group_added: false,
+            committed: false,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            holding: false,
+            chain_end_target: None,
+            chain_end_at: Instant::ZERO,
+            done_target: None,
+            done_at: Instant::ZERO,
+        }
+    }
+}
+
+impl<M> Dst<M> {
+    /// The switch packets held until the end-of-chain marker, in arrival order.
+    pub fn held(&self) -> impl Iterator<Item = &Held<M>> {
+        self.held.iter()
+    }
+
     /// Waiting for chained packets: before releasing the hold (`ChainEnd`) or completing
     /// (`Done`).
     pub fn awaits_chain(&self) -> bool {
@@ -64,15 +90,15 @@ fn key_of(rec: &[u8]) -> MappingKey {
     }
 }
 
-impl Mig {
-    fn dst(&mut self) -> &mut Dst {
+impl<M: Copy> Mig<M> {
+    fn dst(&mut self) -> &mut Dst<M> {
         match &mut self.side {
             Side::Dst(d) => d,
             Side::Src(_) => unreachable!("destination method on a source"),
         }
     }
 
-    pub(crate) fn dst_msg(&mut self, core: &mut Core, now: Instant, msg: Message) {
+    pub(crate) fn dst_msg(&mut self, core: &mut Core<M>, now: Instant, msg: Message) {
         if self.terminal {
             return;
         }
@@ -85,7 +111,9 @@ impl Mig {
                 let d = self.dst();
                 for k in keys {
                     if let Some(s) = d.staged.remove(&k) {
-                        d.staged_records -= (s.records.len() / RECORD_LEN) as u64;
+                        let n = (s.records.len() / RECORD_LEN) as u64;
+                        debug_assert!(d.staged_records >= n, "staged record count");
+                        d.staged_records -= n;
                     }
                 }
             }
@@ -115,12 +143,12 @@ impl Mig {
         }
     }
 
-    fn dst_refuse(&mut self, core: &mut Core, now: Instant, reason: AbortReason) {
+    fn dst_refuse(&mut self, core: &mut Core<M>, now: Instant, reason: AbortReason) {
         self.chan.send(now, &Message::Abort(reason), &core.cfg);
         self.abort_final(core, now, reason, false);
     }
 
-    fn dst_prepare(&mut self, core: &mut Core, now: Instant, p: proto::Prepare) {
+    fn dst_prepare(&mut self, core: &mut Core<M>, now: Instant, p: proto::Prepare) {
         self.set_phase(core, now, Phase::Prepare);
         let nc = core.nat.config();
         if (p.port_min, p.port_max, p.block_size) != (nc.port_min, nc.port_max, nc.block_size) {
@@ -171,7 +199,12 @@ impl Mig {
         self.set_phase(core, now, Phase::Transfer);
     }
 
-    fn dst_batch(&mut self, core: &mut Core, now: Instant, batch: u32, records: Vec<u8>) {
+    fn dst_batch(&mut self, core: &mut Core<M>, now: Instant, batch: u32, records: Vec<u8>) {
+        debug_assert_eq!(
+            records.len() % RECORD_LEN,
+            0,
+            "decoded batches hold whole records"
+        );
         let n = (records.len() / RECORD_LEN) as u32;
         self.st.batches += 1;
         self.st.records += n as u64;
@@ -206,6 +239,7 @@ impl Mig {
                     .filter_map(|k| d.staged.get(k))
                     .map(|s| (s.records.len() / RECORD_LEN) as u64)
                     .sum();
+                debug_assert!(replaced <= d.staged_records, "staged record count");
                 let total = d.staged_records - replaced + n as u64;
                 if total > max {
                     (0, false)
@@ -238,7 +272,7 @@ impl Mig {
         );
     }
 
-    fn dst_commit(&mut self, core: &mut Core, now: Instant, c: proto::Commit) {
+    fn dst_commit(&mut self, core: &mut Core<M>, now: Instant, c: proto::Commit) {
         match self.algorithm {
             Algorithm::StopCopy => {
                 let d = self.dst();
@@ -270,7 +304,7 @@ impl Mig {
     /// Imports the next slice (whole mappings, about [`IMPORT_SLICE_RECORDS`] records) of a
     /// pre-copy commit; answers the commit after the last one, or at the first refusal (what
     /// was imported goes when the source's `Abort` comes).
-    fn dst_commit_step(&mut self, core: &mut Core, now: Instant) {
+    fn dst_commit_step(&mut self, core: &mut Core<M>, now: Instant) {
         let g = self.group;
         let d = self.dst();
         let Some(job) = d.commit_job.as_mut() else {
@@ -293,6 +327,7 @@ impl Mig {
             }
         }
         let last = job.staged.is_empty();
+        debug_assert_eq!(slice.len() % RECORD_LEN, 0, "whole records");
         let ok = slice.is_empty()
             || match core.nat.import(g, now, &slice) {
                 Ok(st) => {
@@ -308,7 +343,7 @@ impl Mig {
         }
     }
 
-    fn dst_commit_answer(&mut self, core: &mut Core, now: Instant, ok: bool) {
+    fn dst_commit_answer(&mut self, core: &mut Core<M>, now: Instant, ok: bool) {
         let g = self.group;
         let d = self.dst();
         let (mappings, records) = (d.imported_mappings, d.imported_records);
@@ -330,7 +365,7 @@ impl Mig {
     }
 
     /// Drops everything received for the migration and the group (the source reverted).
-    fn dst_drop_group(&mut self, core: &mut Core, now: Instant) {
+    fn dst_drop_group(&mut self, core: &mut Core<M>, now: Instant) {
         let g = self.group;
         let d = self.dst();
         d.staged.clear();
@@ -349,14 +384,14 @@ impl Mig {
         self.st.transferred = 0;
     }
 
-    fn dst_revert(&mut self, core: &mut Core, now: Instant, reason: AbortReason) {
+    fn dst_revert(&mut self, core: &mut Core<M>, now: Instant, reason: AbortReason) {
         self.dst_drop_group(core, now);
         self.dst_release(core, now);
         self.abort_final(core, now, reason, false);
     }
 
     /// The source is gone (silence or our own retransmissions exhausted).
-    fn dst_peer_failed(&mut self, core: &mut Core, now: Instant, reason: AbortReason) {
+    fn dst_peer_failed(&mut self, core: &mut Core<M>, now: Instant, reason: AbortReason) {
         let keep = self.algorithm == Algorithm::FreezeCopy || self.dst().committed;
         if !keep {
             // The source reverts whatever it did not see committed.
@@ -372,39 +407,47 @@ impl Mig {
     }
 
     /// A switch packet of the group, held until the end-of-chain marker.
-    pub(crate) fn dst_hold(&mut self, core: &mut Core, now: Instant, pkt: Vec<u8>) {
+    pub(crate) fn dst_hold(&mut self, core: &mut Core<M>, now: Instant, pkt: Vec<u8>, meta: M) {
         let cfg = &core.cfg;
         let d = self.dst();
+        debug_assert!(d.holding, "holding a packet while not holding");
         if d.held.len() >= cfg.cutover_hold_packets as usize
             || d.held_bytes + pkt.len() as u64 > cfg.cutover_hold_bytes as u64
         {
-            self.lose(core, LossCause::CutoverHoldFull, pkt);
+            self.lose(core, LossCause::CutoverHoldFull, pkt, meta);
             return;
         }
         d.held_bytes += pkt.len() as u64;
-        d.held.push_back((now, pkt));
+        d.held.push_back(Held { at: now, pkt, meta });
+        debug_assert!(d.held.len() <= cfg.cutover_hold_packets as usize);
+        debug_assert!(d.held_bytes <= cfg.cutover_hold_bytes as u64);
         self.st.buffered += 1;
     }
 
     /// Hands every held packet to the NAT (at the end of the current call), in arrival order.
-    fn dst_flush(&mut self, core: &mut Core, now: Instant) {
+    fn dst_flush(&mut self, core: &mut Core<M>, now: Instant) {
         let held = std::mem::take(&mut self.dst().held);
+        debug_assert_eq!(
+            held.iter().map(|h| h.pkt.len() as u64).sum::<u64>(),
+            self.dst().held_bytes,
+            "hold accounting"
+        );
         self.dst().held_bytes = 0;
-        for (since, pkt) in held {
-            self.st.max_buffer_delay = self.st.max_buffer_delay.max(now - since);
-            core.reprocess.push(pkt);
+        for h in held {
+            self.st.max_buffer_delay = self.st.max_buffer_delay.max(now - h.at);
+            core.reprocess.push((h.pkt, h.meta));
         }
     }
 
     /// Stops holding and flushes.
-    fn dst_release(&mut self, core: &mut Core, now: Instant) {
+    fn dst_release(&mut self, core: &mut Core<M>, now: Instant) {
         self.dst_flush(core, now);
         self.dst().holding = false;
     }
 
     /// After `ChainEnd`: stops holding once every chained packet it announced has arrived (or
     /// `cutover_hold_max` after it). After `Done`: completes likewise.
-    pub(crate) fn dst_try_complete(&mut self, core: &mut Core, now: Instant) {
+    pub(crate) fn dst_try_complete(&mut self, core: &mut Core<M>, now: Instant) {
         let rx = core.chain_rx.get(&self.peer).copied().unwrap_or(0);
         let rx_at = core
             .chain_rx_at
@@ -442,7 +485,7 @@ impl Mig {
         self.complete(core, now);
     }
 
-    pub(crate) fn dst_timeout(&mut self, core: &mut Core, now: Instant) {
+    pub(crate) fn dst_timeout(&mut self, core: &mut Core<M>, now: Instant) {
         self.chan.on_timeout(now, &core.cfg);
         if self.terminal {
             return;
@@ -465,7 +508,7 @@ impl Mig {
             }
         }
         let hold_max = core.cfg.cutover_hold_max;
-        if let Some(&(first, _)) = self.dst().held.front()
+        if let Some(first) = self.dst().held.front().map(|h| h.at)
             && now >= first + hold_max
         {
             // The marker is late: let these through (holding continues for later ones).
@@ -477,7 +520,7 @@ impl Mig {
     /// `rx_at`: when the last chained packet from the peer arrived.
     pub(crate) fn dst_next_timeout(
         &self,
-        d: &Dst,
+        d: &Dst<M>,
         cfg: &MigrationConfig,
         rx_at: Instant,
     ) -> Instant {
@@ -496,7 +539,7 @@ impl Mig {
         {
             t = t.min(d.chain_end_at + cfg.cutover_hold_max);
             t = t.min(d.chain_end_at.max(rx_at) + cfg.chain_idle_release);
-        } else if let Some(&(first, _)) = d.held.front() {
+        } else if let Some(first) = d.held.front().map(|h| h.at) {
             t = t.min(first + cfg.cutover_hold_max);
         }
         t

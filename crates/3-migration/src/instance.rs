@@ -5,13 +5,12 @@ use crate::channel::Channel;
 use crate::config::{MigrationConfig, Params};
 use crate::dest::Dst;
 use crate::proto::{self, Algorithm, Kind, Message};
-use crate::report::{BatchSpan, InstanceCounters, LossCause, MigrationReport, PhaseSpan};
+use crate::report::{InstanceCounters, LossCause, MigrationReport, Stats};
 use crate::source::Src;
 use crate::{
     AbortOutcome, AbortReason, Direction, Error, Ingress, InstanceId, MigrationEvent, MigrationId,
     Output, Phase, Role,
 };
-use core::time::Duration;
 use flowshift_nat::record::RECORD_LEN;
 use flowshift_nat::{DropReason, GroupConfig, GroupId, MappingId, Nat, Verdict};
 use flowshift_wire::Instant;
@@ -69,12 +68,21 @@ pub(crate) struct Route {
     pub buffering: bool,
 }
 
+/// A data packet an instance keeps for later, with the driver's tag and when it arrived.
+pub(crate) struct Held<M> {
+    pub at: Instant,
+    pub pkt: Vec<u8>,
+    pub meta: M,
+}
+
 /// State shared by all migrations of an instance.
-pub(crate) struct Core {
+pub(crate) struct Core<M> {
     pub id: InstanceId,
     pub nat: Nat,
     pub cfg: MigrationConfig,
-    pub outputs: VecDeque<Output>,
+    pub outputs: VecDeque<Output<M>>,
+    /// Drop reports (`Output::Dropped`) in `outputs`.
+    pub reports: usize,
     pub events: VecDeque<MigrationEvent>,
     /// Frozen mappings: which migration and batch.
     pub frozen: HashMap<MappingId, (MigrationId, u32)>,
@@ -85,63 +93,88 @@ pub(crate) struct Core {
     pub chain_rx_at: HashMap<InstanceId, Instant>,
     pub counters: InstanceCounters,
     /// Buffered packets to run through the NAT again at the end of the current call.
-    pub reprocess: Vec<Vec<u8>>,
+    pub reprocess: Vec<(Vec<u8>, M)>,
     pub loose: VecDeque<(InstanceId, Vec<u8>)>,
 }
 
-impl Core {
+impl<M: Copy> Core<M> {
     pub fn event(&mut self, e: MigrationEvent) {
         if self.events.len() >= self.cfg.max_events as usize {
             self.counters.events_dropped += 1;
         } else {
             self.events.push_back(e);
         }
+        debug_assert!(self.events.len() <= self.cfg.max_events as usize);
     }
 
-    /// Queues an output; gives it back if the queue is full (counted in `outputs_dropped`).
+    /// True if the output queue has room for one more packet to send or chain: at most
+    /// `max_outputs` of them (drop reports have their own allowance, see [`discard`]); a
+    /// refusal is counted in `outputs_dropped`.
+    ///
+    /// [`discard`]: Self::discard
     #[inline]
-    fn out(&mut self, o: Output) -> Result<(), Output> {
-        if self.outputs.len() >= self.cfg.max_outputs as usize {
+    fn room(&mut self) -> bool {
+        debug_assert!(self.reports <= self.outputs.len());
+        if self.outputs.len() - self.reports >= self.cfg.max_outputs as usize {
             self.counters.outputs_dropped += 1;
-            Err(o)
+            false
         } else {
-            self.outputs.push_back(o);
-            Ok(())
+            true
         }
     }
 
     /// Queues a translated packet; a full queue drops it (`OutputQueueFull`).
-    pub fn send(&mut self, pkt: Vec<u8>, dir: Direction) {
-        if let Err(Output::Send { pkt, .. }) = self.out(Output::Send { pkt, dir }) {
+    #[inline]
+    pub fn send(&mut self, pkt: Vec<u8>, meta: M, dir: Direction) {
+        if self.room() {
+            self.outputs.push_back(Output::Send { pkt, meta, dir });
+        } else {
             self.nat.counters_mut().drop(DropReason::OutputQueueFull);
-            self.discard(pkt, DropReason::OutputQueueFull);
+            self.discard(pkt, meta, DropReason::OutputQueueFull);
         }
     }
 
-    /// Hands a dropped packet back to the driver if it asked for them (already counted).
-    pub fn discard(&mut self, pkt: Vec<u8>, reason: DropReason) {
-        if self.cfg.report_drops {
-            self.outputs.push_back(Output::Dropped { pkt, reason });
+    /// Hands a dropped packet back to the driver if it asked for them (the drop is already
+    /// counted). Drop reports are bounded apart from the packets to send: at most
+    /// `max_outputs` of them wait in the queue; one more is refused and counted in
+    /// `drop_reports_refused`.
+    pub fn discard(&mut self, pkt: Vec<u8>, meta: M, reason: DropReason) {
+        if !self.cfg.report_drops {
+            return;
         }
+        if self.reports >= self.cfg.max_outputs as usize {
+            self.counters.drop_reports_refused += 1;
+            return;
+        }
+        self.reports += 1;
+        self.outputs
+            .push_back(Output::Dropped { pkt, meta, reason });
     }
 
     /// Queues a packet for the peer; false (counted as a `ChainQueueFull` drop) if the output
     /// queue is full.
-    pub fn chain(&mut self, to: InstanceId, pkt: Vec<u8>) -> bool {
-        match self.out(Output::Chain { to, pkt }) {
-            Ok(()) => {
-                *self.chain_tx.entry(to).or_default() += 1;
-                self.counters.chained_out += 1;
-                true
-            }
-            Err(o) => {
-                self.nat.counters_mut().drop(DropReason::ChainQueueFull);
-                if let Output::Chain { pkt, .. } = o {
-                    self.discard(pkt, DropReason::ChainQueueFull);
-                }
-                false
-            }
+    pub fn chain(&mut self, to: InstanceId, pkt: Vec<u8>, meta: M) -> bool {
+        if self.room() {
+            self.outputs.push_back(Output::Chain { to, pkt, meta });
+            *self.chain_tx.entry(to).or_default() += 1;
+            self.counters.chained_out += 1;
+            true
+        } else {
+            self.nat.counters_mut().drop(DropReason::ChainQueueFull);
+            self.discard(pkt, meta, DropReason::ChainQueueFull);
+            false
         }
+    }
+
+    /// Next output for the driver.
+    #[inline]
+    pub fn pop_output(&mut self) -> Option<Output<M>> {
+        let o = self.outputs.pop_front()?;
+        if let Output::Dropped { .. } = o {
+            debug_assert!(self.reports > 0, "a drop report not counted");
+            self.reports -= 1;
+        }
+        Some(o)
     }
 
     /// Sets a group's mode; the group is ours, so a failure is an internal error (counted).
@@ -160,7 +193,7 @@ impl Core {
 
     /// Drops a packet for a migration reason: counted under the NAT's reason, and handed
     /// back if the driver asked for dropped packets.
-    pub fn nat_drop(&mut self, cause: LossCause, pkt: Vec<u8>) {
+    pub fn nat_drop(&mut self, cause: LossCause, pkt: Vec<u8>, meta: M) {
         let r = match cause {
             LossCause::GroupHalted => DropReason::GroupHalted,
             LossCause::GroupDraining => DropReason::GroupDraining,
@@ -170,82 +203,17 @@ impl Core {
             LossCause::CutoverHoldFull => DropReason::CutoverHoldFull,
         };
         self.nat.counters_mut().drop(r);
-        self.discard(pkt, r);
+        self.discard(pkt, meta, r);
     }
 }
 
-/// Per-migration figures (see [`MigrationReport`]).
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub mappings_at_start: u32,
-    pub expired_idle: u32,
-    pub transferred: u32,
-    pub records: u64,
-    pub batches: u32,
-    pub batches_refused: u32,
-    pub buffered: u64,
-    pub chained: u64,
-    pub lost: [u64; LossCause::COUNT],
-    pub max_freeze: Duration,
-    pub max_buffer_delay: Duration,
-    pub halted: Duration,
-    pub rounds: Vec<crate::RoundReport>,
-    pub in_doubt: u32,
-    pub blocks_split: u32,
-    /// Freeze-copy: held packets released, their summed and longest wait (the freeze the
-    /// subscriber's packets saw).
-    pub held_released: u64,
-    pub held_delay_sum: Duration,
-    pub max_held_delay: Duration,
-    /// The freeze budget after the last acknowledged batch (record bytes).
-    pub freeze_budget: u64,
-    /// Freeze-copy batches, first `MAX_BATCH_SPANS` of them; the rest are only counted.
-    pub batch_spans: Vec<BatchSpan>,
-    /// Source: time from the cutover to the end-of-chain marker, and packets chained after it.
-    pub chain_end_after: Duration,
-    pub chained_after_marker: u64,
-}
-
-/// Most freeze batches listed in a report.
-pub(crate) const MAX_BATCH_SPANS: usize = 4096;
-
-impl Stats {
-    /// Records an acknowledged freeze batch.
-    pub fn note_batch(
-        &mut self,
-        sent: Instant,
-        acked: Instant,
-        mappings: usize,
-        bytes: u64,
-        held: &[(Instant, Vec<u8>)],
-    ) {
-        if self.batch_spans.len() < MAX_BATCH_SPANS {
-            let ms = |t: Instant| t.as_nanos() as f64 / 1e6;
-            self.batch_spans.push(BatchSpan {
-                start_ms: ms(sent),
-                end_ms: ms(acked),
-                mappings: mappings as u32,
-                bytes,
-                held_packets: held.len() as u32,
-            });
-        }
-    }
-
-    /// Records the wait of one held packet released to the destination.
-    pub fn note_held(&mut self, waited: Duration) {
-        self.held_released += 1;
-        self.held_delay_sum += waited;
-        self.max_held_delay = self.max_held_delay.max(waited);
-    }
-}
-
-pub(crate) enum Side {
-    Src(Box<Src>),
-    Dst(Box<Dst>),
+pub(crate) enum Side<M> {
+    Src(Box<Src<M>>),
+    Dst(Box<Dst<M>>),
 }
 
 /// One migration, from this instance's side.
-pub(crate) struct Mig {
+pub(crate) struct Mig<M> {
     pub id: MigrationId,
     pub peer: InstanceId,
     pub group: GroupId,
@@ -264,10 +232,10 @@ pub(crate) struct Mig {
     /// Counted in the finished list.
     pub listed: bool,
     pub st: Stats,
-    pub side: Side,
+    pub side: Side<M>,
 }
 
-impl Mig {
+impl<M: Copy> Mig<M> {
     pub fn role(&self) -> Role {
         match self.side {
             Side::Src(_) => Role::Source,
@@ -275,7 +243,7 @@ impl Mig {
         }
     }
 
-    pub fn set_phase(&mut self, core: &mut Core, now: Instant, phase: Phase) {
+    pub fn set_phase(&mut self, core: &mut Core<M>, now: Instant, phase: Phase) {
         if self.phase == phase && !self.phases.is_empty() {
             return;
         }
@@ -289,7 +257,7 @@ impl Mig {
         });
     }
 
-    pub fn complete(&mut self, core: &mut Core, now: Instant) {
+    pub fn complete(&mut self, core: &mut Core<M>, now: Instant) {
         if self.terminal {
             return;
         }
@@ -302,7 +270,13 @@ impl Mig {
         });
     }
 
-    pub fn abort_final(&mut self, core: &mut Core, now: Instant, reason: AbortReason, split: bool) {
+    pub fn abort_final(
+        &mut self,
+        core: &mut Core<M>,
+        now: Instant,
+        reason: AbortReason,
+        split: bool,
+    ) {
         if self.terminal {
             return;
         }
@@ -318,12 +292,12 @@ impl Mig {
         });
     }
 
-    pub fn lose(&mut self, core: &mut Core, cause: LossCause, pkt: Vec<u8>) {
+    pub fn lose(&mut self, core: &mut Core<M>, cause: LossCause, pkt: Vec<u8>, meta: M) {
         self.st.lost[cause as usize] += 1;
-        core.nat_drop(cause, pkt);
+        core.nat_drop(cause, pkt, meta);
     }
 
-    fn on_frame(&mut self, core: &mut Core, now: Instant, frame: proto::Frame, len: usize) {
+    fn on_frame(&mut self, core: &mut Core<M>, now: Instant, frame: proto::Frame, len: usize) {
         let mut msgs = Vec::new();
         self.chan.on_frame(now, frame, &core.cfg, len, &mut msgs);
         for msg in msgs {
@@ -337,14 +311,14 @@ impl Mig {
         }
     }
 
-    fn on_timeout(&mut self, core: &mut Core, now: Instant) {
+    fn on_timeout(&mut self, core: &mut Core<M>, now: Instant) {
         match self.side {
             Side::Src(_) => self.src_timeout(core, now),
             Side::Dst(_) => self.dst_timeout(core, now),
         }
     }
 
-    fn next_timeout(&self, core: &Core) -> Instant {
+    fn next_timeout(&self, core: &Core<M>) -> Instant {
         match &self.side {
             Side::Src(s) => self.src_next_timeout(s, &core.cfg),
             Side::Dst(d) => {
@@ -353,81 +327,13 @@ impl Mig {
             }
         }
     }
-
-    fn report(&self) -> MigrationReport {
-        let ms = |t: Instant| t.as_nanos() as f64 / 1e6;
-        let phases = self
-            .phases
-            .iter()
-            .enumerate()
-            .map(|(i, &(name, start))| PhaseSpan {
-                name,
-                start_ms: ms(start),
-                end_ms: self.phases.get(i + 1).map(|&(_, t)| ms(t)).or(
-                    if self.terminal && i + 1 == self.phases.len() {
-                        Some(ms(start))
-                    } else {
-                        None
-                    },
-                ),
-            })
-            .collect();
-        let d = |d: Duration| d.as_nanos() as f64 / 1e6;
-        MigrationReport {
-            migration: self.id,
-            role: self.role(),
-            peer: self.peer,
-            algorithm: self.algorithm,
-            external: self
-                .gcfg
-                .as_ref()
-                .map_or(std::net::Ipv4Addr::UNSPECIFIED, |g| g.external),
-            phases,
-            completed: self.completed,
-            aborted: self.aborted,
-            split: self.split,
-            forced_forward: self.forced_forward,
-            mappings_at_start: self.st.mappings_at_start,
-            states_expired_idle: self.st.expired_idle,
-            states_transferred: self.st.transferred,
-            records: self.st.records,
-            batches: self.st.batches,
-            batches_refused: self.st.batches_refused,
-            bytes_transferred: self.chan.stats.bytes_sent,
-            bytes_received: self.chan.stats.bytes_received,
-            channel: self.chan.stats,
-            packets_buffered: self.st.buffered,
-            packets_chained: self.st.chained,
-            packets_lost_by_cause: LossCause::ALL
-                .iter()
-                .map(|c| (c.label(), self.st.lost[*c as usize]))
-                .collect(),
-            max_freeze_ms: d(self.st.max_freeze),
-            max_buffer_delay_ms: d(self.st.max_buffer_delay),
-            halted_ms: d(self.st.halted),
-            precopy_rounds: self.st.rounds.clone(),
-            in_doubt_mappings: self.st.in_doubt,
-            blocks_split: self.st.blocks_split,
-            max_held_delay_ms: d(self.st.max_held_delay),
-            mean_held_delay_ms: if self.st.held_released == 0 {
-                0.0
-            } else {
-                d(self.st.held_delay_sum) / self.st.held_released as f64
-            },
-            held_packets_released: self.st.held_released,
-            freeze_budget_bytes: self.st.freeze_budget,
-            freeze_batches: self.st.batch_spans.clone(),
-            chain_end_after_ms: d(self.st.chain_end_after),
-            chained_after_marker: self.st.chained_after_marker,
-        }
-    }
 }
 
 /// One NAT instance and the migrations it takes part in. See the crate documentation for the
-/// driver contract and the algorithms.
-pub struct Instance {
-    core: Core,
-    migs: BTreeMap<MigrationId, Mig>,
+/// driver contract, the per-packet tag `M` and the algorithms.
+pub struct Instance<M = ()> {
+    core: Core<M>,
+    migs: BTreeMap<MigrationId, Mig<M>>,
     finished: VecDeque<MigrationId>,
     next_counter: u64,
     highest_seen: HashMap<InstanceId, u64>,
@@ -441,9 +347,16 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Wraps `nat` as instance `id`. Fails if `cfg` is invalid, or if the NAT's per-mapping
-    /// session bound lets one mapping exceed a frame.
+    /// An instance whose packets carry no tag (`M = ()`); see [`with_meta`](Self::with_meta).
     pub fn new(id: InstanceId, nat: Nat, cfg: MigrationConfig) -> Result<Instance, Error> {
+        Instance::with_meta(id, nat, cfg)
+    }
+}
+
+impl<M: Copy> Instance<M> {
+    /// Wraps `nat` as instance `id`, its packets tagged with the driver's `M`. Fails if `cfg`
+    /// is invalid, or if the NAT's per-mapping session bound lets one mapping exceed a frame.
+    pub fn with_meta(id: InstanceId, nat: Nat, cfg: MigrationConfig) -> Result<Instance<M>, Error> {
         cfg.validate().map_err(Error::Config)?;
         if nat.config().max_sessions_per_mapping as usize * RECORD_LEN + 4 > proto::MAX_BODY {
             return Err(Error::Config(
@@ -456,6 +369,7 @@ impl Instance {
                 nat,
                 cfg,
                 outputs: VecDeque::new(),
+                reports: 0,
                 events: VecDeque::new(),
                 frozen: HashMap::new(),
                 routes: Vec::new(),
@@ -517,12 +431,13 @@ impl Instance {
 
     // ------------------------------------------------------------------------ packet path
 
-    /// Processes one data packet (`pkt` starts at the IPv4 header). Results appear in
-    /// [`poll_output`](Self::poll_output); drops are counted. With no migration running this
-    /// is [`Nat::process`] plus one queue push.
-    pub fn handle_packet(&mut self, now: Instant, mut pkt: Vec<u8>, ingress: Ingress) {
+    /// Processes one data packet (`pkt` starts at the IPv4 header) with the driver's tag
+    /// `meta`. Results appear in [`poll_output`](Self::poll_output), the packet with its tag;
+    /// drops are counted. With no migration running this is [`Nat::process`] plus one queue
+    /// push.
+    pub fn handle_packet(&mut self, now: Instant, mut pkt: Vec<u8>, meta: M, ingress: Ingress) {
         match ingress {
-            Ingress::Switch if self.holding > 0 => match self.try_hold(now, pkt) {
+            Ingress::Switch if self.holding > 0 => match self.try_hold(now, pkt, meta) {
                 Some(p) => pkt = p,
                 None => return,
             },
@@ -530,7 +445,7 @@ impl Instance {
             Ingress::Switch => {}
         }
         let v = self.core.nat.process(now, &mut pkt);
-        self.dispatch(now, pkt, v);
+        self.dispatch(now, pkt, meta, v);
         if let Ingress::Chain { from } = ingress
             && self.awaiting_chain > 0
         {
@@ -538,13 +453,14 @@ impl Instance {
         }
     }
 
-    /// Processes a batch of packets from one ingress, in order, exactly as calling
-    /// [`handle_packet`](Self::handle_packet) on each would; uses [`Nat::process_batch`].
-    /// `pkts` is left empty (its capacity can be reused).
-    pub fn handle_batch(&mut self, now: Instant, pkts: &mut Vec<Vec<u8>>, ingress: Ingress) {
+    /// Processes a batch of packets with their tags from one ingress, in order, exactly as
+    /// calling [`handle_packet`](Self::handle_packet) on each would; uses the NAT's batched
+    /// fast path ([`Nat::process_batch_with`]). `pkts` is left empty (its capacity can be
+    /// reused).
+    pub fn handle_batch(&mut self, now: Instant, pkts: &mut Vec<(Vec<u8>, M)>, ingress: Ingress) {
         if ingress == Ingress::Switch && self.holding > 0 {
-            for p in pkts.drain(..) {
-                self.handle_packet(now, p, ingress);
+            for (p, meta) in pkts.drain(..) {
+                self.handle_packet(now, p, meta, ingress);
             }
             return;
         }
@@ -552,9 +468,12 @@ impl Instance {
             self.note_chained(now, from, pkts.len() as u64);
         }
         let mut verdicts = std::mem::take(&mut self.verdicts);
-        self.core.nat.process_batch(now, pkts, &mut verdicts);
-        for (p, v) in pkts.drain(..).zip(verdicts.iter()) {
-            self.dispatch(now, p, *v);
+        self.core
+            .nat
+            .process_batch_with(now, pkts, |p| p.0.as_mut_slice(), &mut verdicts);
+        debug_assert_eq!(verdicts.len(), pkts.len(), "one verdict per packet");
+        for ((p, meta), v) in pkts.drain(..).zip(verdicts.iter()) {
+            self.dispatch(now, p, meta, *v);
         }
         self.verdicts = verdicts;
         if let Ingress::Chain { from } = ingress
@@ -581,13 +500,13 @@ impl Instance {
 
     /// Destination: holds a switch packet of an incoming group; gives it back if no hold
     /// applies.
-    fn try_hold(&mut self, now: Instant, pkt: Vec<u8>) -> Option<Vec<u8>> {
+    fn try_hold(&mut self, now: Instant, pkt: Vec<u8>, meta: M) -> Option<Vec<u8>> {
         for m in self.migs.values_mut() {
             if let Side::Dst(d) = &m.side
                 && d.holding
                 && m.gm.matches(&pkt)
             {
-                m.dst_hold(&mut self.core, now, pkt);
+                m.dst_hold(&mut self.core, now, pkt, meta);
                 return None;
             }
         }
@@ -595,18 +514,18 @@ impl Instance {
     }
 
     #[inline]
-    fn dispatch(&mut self, now: Instant, pkt: Vec<u8>, v: Verdict) {
+    fn dispatch(&mut self, now: Instant, pkt: Vec<u8>, meta: M, v: Verdict) {
         match v {
-            Verdict::ToOutside => self.core.send(pkt, Direction::ToOutside),
-            Verdict::ToInside => self.core.send(pkt, Direction::ToInside),
+            Verdict::ToOutside => self.core.send(pkt, meta, Direction::ToOutside),
+            Verdict::ToInside => self.core.send(pkt, meta, Direction::ToInside),
             Verdict::Drop(r) => {
                 if self.running > 0 {
                     self.attribute_drop(r, &pkt);
                 }
-                self.core.discard(pkt, r);
+                self.core.discard(pkt, meta, r);
             }
-            Verdict::ToPeer(g) => self.chain_miss(now, g, pkt),
-            Verdict::Hold(m) => self.hold(now, m, pkt),
+            Verdict::ToPeer(g) => self.chain_miss(now, g, pkt, meta),
+            Verdict::Hold(m) => self.hold(now, m, pkt, meta),
         }
     }
 
@@ -626,45 +545,66 @@ impl Instance {
         }
     }
 
-    fn chain_miss(&mut self, now: Instant, g: GroupId, pkt: Vec<u8>) {
+    fn chain_miss(&mut self, now: Instant, g: GroupId, pkt: Vec<u8>, meta: M) {
         let Some(route) = self.core.routes.iter().find(|r| r.group == g).copied() else {
             // Draining without a peer: cannot happen unless the NAT was driven around us.
             self.core.counters.internal_errors += 1;
-            self.core.nat_drop(LossCause::GroupDraining, pkt);
+            self.core.nat_drop(LossCause::GroupDraining, pkt, meta);
             return;
         };
         let mig = self.migs.get_mut(&route.mig);
         if route.buffering {
             match mig {
-                Some(m) => m.src_prepare_buffer(&mut self.core, now, pkt),
-                None => self.core.nat_drop(LossCause::PrepareBufferFull, pkt),
+                Some(m) => m.src_prepare_buffer(&mut self.core, now, pkt, meta),
+                None => self.core.nat_drop(LossCause::PrepareBufferFull, pkt, meta),
             }
             return;
         }
-        let ok = self.core.chain(route.peer, pkt);
+        let ok = self.core.chain(route.peer, pkt, meta);
         if let Some(m) = mig {
             m.src_note_chained(now, ok);
         }
     }
 
-    fn hold(&mut self, now: Instant, id: MappingId, pkt: Vec<u8>) {
+    fn hold(&mut self, now: Instant, id: MappingId, pkt: Vec<u8>, meta: M) {
         let Some(&(mig, batch)) = self.core.frozen.get(&id) else {
             self.core.counters.internal_errors += 1;
-            self.core.nat_drop(LossCause::FreezeBufferFull, pkt);
+            self.core.nat_drop(LossCause::FreezeBufferFull, pkt, meta);
             return;
         };
         match self.migs.get_mut(&mig) {
-            Some(m) => m.src_hold(&mut self.core, now, batch, pkt),
+            Some(m) => m.src_hold(&mut self.core, now, batch, pkt, meta),
             None => {
                 self.core.counters.internal_errors += 1;
-                self.core.nat_drop(LossCause::FreezeBufferFull, pkt);
+                self.core.nat_drop(LossCause::FreezeBufferFull, pkt, meta);
             }
         }
     }
 
     /// Next action for the driver, if any.
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.core.outputs.pop_front()
+    pub fn poll_output(&mut self) -> Option<Output<M>> {
+        self.core.pop_output()
+    }
+
+    /// Visits every data packet the instance keeps between calls, with its tag: packets
+    /// buffered or held by migrations (prepare buffer, frozen mappings' packets, destination
+    /// hold) and outputs not yet polled. For a driver's accounting (the simulator's ledger).
+    pub fn for_each_held(&self, mut visit: impl FnMut(&[u8], &M)) {
+        for o in &self.core.outputs {
+            let (Output::Send { pkt, meta, .. }
+            | Output::Chain { pkt, meta, .. }
+            | Output::Dropped { pkt, meta, .. }) = o;
+            visit(pkt, meta);
+        }
+        for (pkt, meta) in &self.core.reprocess {
+            visit(pkt, meta);
+        }
+        for m in self.migs.values() {
+            match &m.side {
+                Side::Src(s) => s.held().for_each(|h| visit(&h.pkt, &h.meta)),
+                Side::Dst(d) => d.held().for_each(|h| visit(&h.pkt, &h.meta)),
+            }
+        }
     }
 
     // ---------------------------------------------------------------------- transfer path
@@ -866,10 +806,10 @@ impl Instance {
     fn after_call(&mut self, now: Instant) {
         while !self.core.reprocess.is_empty() {
             let batch = std::mem::take(&mut self.core.reprocess);
-            for mut p in batch {
+            for (mut p, meta) in batch {
                 self.core.counters.reprocessed += 1;
                 let v = self.core.nat.process(now, &mut p);
-                self.dispatch(now, p, v);
+                self.dispatch(now, p, meta, v);
             }
         }
         let (mut running, mut holding, mut awaiting) = (0, 0, 0);
@@ -889,6 +829,7 @@ impl Instance {
                 }
             }
         }
+        debug_assert!(holding <= self.migs.len() && awaiting <= running);
         self.running = running;
         self.holding = holding;
         self.awaiting_chain = awaiting;
@@ -897,5 +838,11 @@ impl Instance {
                 self.migs.remove(&id);
             }
         }
+        debug_assert!(self.core.reprocess.is_empty(), "re-processing done");
+        debug_assert!(
+            self.core.outputs.len() - self.core.reports <= self.core.cfg.max_outputs as usize
+                && self.core.reports <= self.core.cfg.max_outputs as usize,
+            "output queue bounds"
+        );
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! An [`Instance`] wraps one [`flowshift_nat::Nat`] and runs the migrations it takes part in,
 //! as source or destination. It reads no clock, socket or random source: the driver (the
-//! simulator, or the Linux node) passes time and input in and takes actions out:
+//! simulator, the Linux node, the two-instance harness) passes time and input in and takes
+//! actions out:
 //!
 //! | in | out |
 //! |---|---|
@@ -13,7 +14,25 @@
 //! | [`Instance::start_migration`], [`Instance::cutover_done`], [`Instance::abort`]: controller commands | [`Instance::report`]: a serializable summary |
 //!
 //! Driver contract: after every `handle_*` call or command, drain `poll_output`,
-//! `poll_transmit` and `poll_event` until they return `None`, then re-read `poll_timeout`.
+//! `poll_transmit` and `poll_event` until they return `None`, then re-read `poll_timeout`;
+//! [`Instance::drain`] does exactly that into a [`Driver`].
+//!
+//! **Per-packet metadata.** `Instance<M>` carries a driver-defined tag `M` (a small `Copy`
+//! type; `()` by default, which costs nothing) beside every data packet, as quinn-proto's
+//! `Transmit` keeps metadata beside the payload: the driver gives it with the packet
+//! (`handle_packet(now, pkt, meta, ingress)`, batches of `(packet, meta)`), and the instance
+//! hands it back unchanged in the [`Output`] the packet ends in, whether translated at once,
+//! held (frozen mapping, prepare buffer, destination hold), re-processed, chained or dropped.
+//! The instance never reads it and never serializes it: a chained packet leaves with its tag
+//! in [`Output::Chain`], and the peer's instance gets whatever tag its driver gives it on
+//! arrival (the simulator moves the same tag along its chain link; the Linux node rebuilds
+//! its offload tag from the chained frame's virtio-net header). Transfer frames carry no tag.
+//! The Linux node keeps each packet's offload data (virtio-net header, original addresses and
+//! checksum seed) in the tag; the simulator keeps its packet identity (ledger id, flow,
+//! sequence, send time) in it. [`Instance::for_each_held`] lists the packets (and tags) an
+//! instance keeps between calls. Build a tagged instance with [`Instance::with_meta`];
+//! [`Instance::new`] is the untagged one.
+//!
 //! Frames are self-delimiting ([`proto::frame_len`]): send each as a datagram, or back to back
 //! on a stream. The channel may lose, duplicate or reorder frames; the protocol recovers (see
 //! [`proto`] and the channel's retransmission settings in [`MigrationConfig`]). Chained packets
@@ -111,6 +130,7 @@
 mod channel;
 pub mod config;
 mod dest;
+mod driver;
 mod instance;
 pub mod proto;
 mod report;
@@ -118,6 +138,7 @@ mod source;
 
 pub use channel::ChannelStats;
 pub use config::{MigrationConfig, Params, RateMode};
+pub use driver::Driver;
 pub use instance::Instance;
 pub use proto::{AbortReason, Algorithm};
 pub use report::{BatchSpan, InstanceCounters, LossCause, MigrationReport, PhaseSpan, RoundReport};
@@ -173,28 +194,41 @@ pub enum Direction {
 
 /// An action for the driver. Drops are counted; with `MigrationConfig::report_drops` the
 /// dropped packet is also handed back ([`Output::Dropped`]) so a driver can account for it.
+///
+/// `meta` is the driver's per-packet tag (see [`Instance`]): the value given with the packet to
+/// [`Instance::handle_packet`] or [`Instance::handle_batch`], handed back unchanged.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Output {
+pub enum Output<M = ()> {
     /// A translated packet (starts at the IPv4 header).
     Send {
         /// The packet.
         pkt: Vec<u8>,
+        /// The driver's tag.
+        meta: M,
         /// Where it goes.
         dir: Direction,
     },
     /// An untranslated packet for a peer instance (daisy chain): deliver it, unchanged, to the
-    /// peer's `handle_packet` with `Ingress::Chain { from: <this instance> }`.
+    /// peer's `handle_packet` with `Ingress::Chain { from: <this instance> }`. The tag is not
+    /// part of the packet: a driver whose chain path crosses a wire carries what it needs of
+    /// it there itself and gives the peer's instance the tag it rebuilds on arrival.
     Chain {
         /// The peer.
         to: InstanceId,
         /// The packet.
         pkt: Vec<u8>,
+        /// The driver's tag.
+        meta: M,
     },
-    /// A packet this instance dropped (only with `MigrationConfig::report_drops`; not bounded
-    /// by `max_outputs`, so drain outputs after every call as the contract says).
+    /// A packet this instance dropped (only with `MigrationConfig::report_drops`). Bounded:
+    /// the output queue takes at most `max_outputs` drop reports beyond its `max_outputs`
+    /// packets to send or chain; a report that finds no room is refused and counted
+    /// (`InstanceCounters::drop_reports_refused`; the drop itself is counted as usual).
     Dropped {
         /// The packet as it was when dropped.
         pkt: Vec<u8>,
+        /// The driver's tag.
+        meta: M,
         /// Why (the NAT counter it was counted under).
         reason: flowshift_nat::DropReason,
     },

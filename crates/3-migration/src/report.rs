@@ -1,8 +1,11 @@
 //! Counters and the per-migration report.
 
 use crate::channel::ChannelStats;
+use crate::instance::Mig;
 use crate::{AbortReason, Algorithm, InstanceId, MigrationId, Role};
+use core::time::Duration;
 use flowshift_nat::DropReason;
+use flowshift_wire::Instant;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -82,6 +85,9 @@ pub struct InstanceCounters {
     /// Outputs refused because the output queue was full (translated packets lost; chained ones
     /// are also counted as `ChainQueueFull`).
     pub outputs_dropped: u64,
+    /// Drop reports (`Output::Dropped`) refused because `max_outputs` of them were waiting
+    /// (the drops themselves are counted under their NAT reason).
+    pub drop_reports_refused: u64,
     /// Events refused because the event queue was full.
     pub events_dropped: u64,
     /// Packets chained to peers.
@@ -229,4 +235,140 @@ pub struct BatchSpan {
     pub bytes: u64,
     /// Packets held while it was frozen.
     pub held_packets: u32,
+}
+
+/// Per-migration figures (see [`MigrationReport`]).
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub mappings_at_start: u32,
+    pub expired_idle: u32,
+    pub transferred: u32,
+    pub records: u64,
+    pub batches: u32,
+    pub batches_refused: u32,
+    pub buffered: u64,
+    pub chained: u64,
+    pub lost: [u64; LossCause::COUNT],
+    pub max_freeze: Duration,
+    pub max_buffer_delay: Duration,
+    pub halted: Duration,
+    pub rounds: Vec<crate::RoundReport>,
+    pub in_doubt: u32,
+    pub blocks_split: u32,
+    /// Freeze-copy: held packets released, their summed and longest wait (the freeze the
+    /// subscriber's packets saw).
+    pub held_released: u64,
+    pub held_delay_sum: Duration,
+    pub max_held_delay: Duration,
+    /// The freeze budget after the last acknowledged batch (record bytes).
+    pub freeze_budget: u64,
+    /// Freeze-copy batches, first `MAX_BATCH_SPANS` of them; the rest are only counted.
+    pub batch_spans: Vec<BatchSpan>,
+    /// Source: time from the cutover to the end-of-chain marker, and packets chained after it.
+    pub chain_end_after: Duration,
+    pub chained_after_marker: u64,
+}
+
+/// Most freeze batches listed in a report.
+pub(crate) const MAX_BATCH_SPANS: usize = 4096;
+
+impl Stats {
+    /// Records an acknowledged freeze batch (`held`: packets held while it was frozen).
+    pub fn note_batch(
+        &mut self,
+        sent: Instant,
+        acked: Instant,
+        mappings: usize,
+        bytes: u64,
+        held: usize,
+    ) {
+        if self.batch_spans.len() < MAX_BATCH_SPANS {
+            let ms = |t: Instant| t.as_nanos() as f64 / 1e6;
+            self.batch_spans.push(BatchSpan {
+                start_ms: ms(sent),
+                end_ms: ms(acked),
+                mappings: mappings as u32,
+                bytes,
+                held_packets: held as u32,
+            });
+        }
+    }
+
+    /// Records the wait of one held packet released to the destination.
+    pub fn note_held(&mut self, waited: Duration) {
+        self.held_released += 1;
+        self.held_delay_sum += waited;
+        self.max_held_delay = self.max_held_delay.max(waited);
+    }
+}
+
+impl<M: Copy> Mig<M> {
+    /// This migration's report.
+    pub(crate) fn report(&self) -> MigrationReport {
+        let ms = |t: Instant| t.as_nanos() as f64 / 1e6;
+        let phases = self
+            .phases
+            .iter()
+            .enumerate()
+            .map(|(i, &(name, start))| PhaseSpan {
+                name,
+                start_ms: ms(start),
+                end_ms: self.phases.get(i + 1).map(|&(_, t)| ms(t)).or(
+                    if self.terminal && i + 1 == self.phases.len() {
+                        Some(ms(start))
+                    } else {
+                        None
+                    },
+                ),
+            })
+            .collect();
+        let d = |d: Duration| d.as_nanos() as f64 / 1e6;
+        MigrationReport {
+            migration: self.id,
+            role: self.role(),
+            peer: self.peer,
+            algorithm: self.algorithm,
+            external: self
+                .gcfg
+                .as_ref()
+                .map_or(std::net::Ipv4Addr::UNSPECIFIED, |g| g.external),
+            phases,
+            completed: self.completed,
+            aborted: self.aborted,
+            split: self.split,
+            forced_forward: self.forced_forward,
+            mappings_at_start: self.st.mappings_at_start,
+            states_expired_idle: self.st.expired_idle,
+            states_transferred: self.st.transferred,
+            records: self.st.records,
+            batches: self.st.batches,
+            batches_refused: self.st.batches_refused,
+            bytes_transferred: self.chan.stats.bytes_sent,
+            bytes_received: self.chan.stats.bytes_received,
+            channel: self.chan.stats,
+            packets_buffered: self.st.buffered,
+            packets_chained: self.st.chained,
+            packets_lost_by_cause: LossCause::ALL
+                .iter()
+                .map(|c| (c.label(), self.st.lost[*c as usize]))
+                .collect(),
+            max_freeze_ms: d(self.st.max_freeze),
+            max_buffer_delay_ms: d(self.st.max_buffer_delay),
+            halted_ms: d(self.st.halted),
+            precopy_rounds: self.st.rounds.clone(),
+            in_doubt_mappings: self.st.in_doubt,
+            blocks_split: self.st.blocks_split,
+            max_held_delay_ms: d(self.st.max_held_delay),
+            mean_held_delay_ms: if self.st.held_released == 0 {
+                0.0
+            } else {
+                d(self.st.held_delay_sum) / self.st.held_released as f64
+            },
+            held_packets_released: self.st.held_released,
+            freeze_budget_bytes: self.st.freeze_budget,
+            freeze_batches: self.st.batch_spans.clone(),
+            chain_end_after_ms: d(self.st.chain_end_after),
+            chained_after_marker: self.st.chained_after_marker,
+        }
+    }
 }

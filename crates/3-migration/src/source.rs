@@ -2,8 +2,9 @@
 
 use crate::channel::Channel;
 use crate::config::{MigrationConfig, Params, RateMode};
-use crate::instance::{Core, GroupMatch, Mig, Route, Side, Stats};
+use crate::instance::{Core, GroupMatch, Held, Mig, Route, Side};
 use crate::proto::{self, Algorithm, MappingKey, Message};
+use crate::report::Stats;
 use crate::report::{LossCause, RoundReport};
 use crate::{AbortOutcome, AbortReason, Error, InstanceId, MigrationEvent, MigrationId, Phase};
 use core::time::Duration;
@@ -11,18 +12,19 @@ use flowshift_nat::{GroupId, GroupMode, MappingId, RemoveCause};
 use flowshift_wire::Instant;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+mod batch;
 mod scan;
 use scan::{Scan, ScanGoal};
 
 /// A batch sent and not yet acknowledged.
-pub(crate) struct Flight {
+pub(crate) struct Flight<M> {
     /// (run key, mapping).
     ids: Vec<(u32, MappingId)>,
     sent_at: Instant,
     /// Record bytes of the batch.
     bytes: u64,
     /// Freeze-copy: packets of these mappings held meanwhile, in arrival order.
-    held: Vec<(Instant, Vec<u8>)>,
+    held: Vec<Held<M>>,
 }
 
 /// Mappings examined per call while scanning a group (freeze order, pre-copy rounds): the scan
@@ -40,14 +42,15 @@ struct Copied {
     round: u32,
 }
 
-#[derive(Default)]
-pub(crate) struct Src {
+pub(crate) struct Src<M> {
     held_at_prepare: Vec<u32>,
     /// Freeze-copy: packets needing a new mapping while waiting for `PrepareAck`.
-    prep_buf: Vec<(Instant, Vec<u8>)>,
+    prep_buf: Vec<Held<M>>,
+    /// Packets and bytes in `prep_buf` and the flights' `held` together (bounded by
+    /// `freeze_buffer_packets` / `freeze_buffer_bytes`).
     buf_pkts: u32,
     buf_bytes: u64,
-    flights: BTreeMap<u32, Flight>,
+    flights: BTreeMap<u32, Flight<M>>,
     next_batch: u32,
     /// Mappings still to send in the current round (or freeze order), with their run key
     /// (port block for freeze-copy, unique otherwise).
@@ -89,15 +92,79 @@ pub(crate) struct Src {
     done_sent: bool,
 }
 
-impl Mig {
-    fn src(&mut self) -> &mut Src {
+impl<M> Default for Src<M> {
+    fn default() -> Self {
+        Src {
+            held_at_prepare: Vec::new(),
+            prep_buf: Vec::new(),
+            buf_pkts: 0,
+            buf_bytes: 0,
+            flights: BTreeMap::new(),
+            next_batch: 0,
+            queue: VecDeque::new(),
+            scan: None,
+            removing: None,
+            idle_started: Instant::ZERO,
+            next_sample: Instant::ZERO,
+            last_count: 0,
+            window: VecDeque::new(),
+            retry_at: None,
+            refusals: 0,
+            acked_any: false,
+            chained: 0,
+            budget: 0,
+            inflight_bytes: 0,
+            copied: HashMap::new(),
+            round: None,
+            rounds_started: 0,
+            round_started: Instant::ZERO,
+            next_round: None,
+            halted_at: None,
+            commit_sent: false,
+            forward: false,
+            drain_until: Instant::ZERO,
+            cutover_at: Instant::ZERO,
+            last_chained_at: Instant::ZERO,
+            chain_end_sent: false,
+            done_sent: false,
+        }
+    }
+}
+
+impl<M> Src<M> {
+    /// Every packet buffered here: the prepare buffer, then each flight's held packets.
+    pub(crate) fn held(&self) -> impl Iterator<Item = &Held<M>> {
+        self.prep_buf
+            .iter()
+            .chain(self.flights.values().flat_map(|f| f.held.iter()))
+    }
+
+    /// The buffer accounting matches the buffers (debug builds; walks the buffers).
+    fn check_buffers(&self) {
+        if cfg!(debug_assertions) {
+            let (n, bytes) = self
+                .held()
+                .fold((0u32, 0u64), |(n, b), h| (n + 1, b + h.pkt.len() as u64));
+            debug_assert_eq!(
+                (n, bytes),
+                (self.buf_pkts, self.buf_bytes),
+                "buffer accounting"
+            );
+            let inflight: u64 = self.flights.values().map(|f| f.bytes).sum();
+            debug_assert_eq!(inflight, self.inflight_bytes, "bytes in flight");
+        }
+    }
+}
+
+impl<M: Copy> Mig<M> {
+    fn src(&mut self) -> &mut Src<M> {
         match &mut self.side {
             Side::Src(s) => s,
             Side::Dst(_) => unreachable!("source method on a destination"),
         }
     }
 
-    fn src_ref(&self) -> &Src {
+    fn src_ref(&self) -> &Src<M> {
         match &self.side {
             Side::Src(s) => s,
             Side::Dst(_) => unreachable!("source method on a destination"),
@@ -106,14 +173,14 @@ impl Mig {
 
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn start_source(
-        core: &mut Core,
+        core: &mut Core<M>,
         now: Instant,
         id: MigrationId,
         group: GroupId,
         to: InstanceId,
         algorithm: Algorithm,
         params: Params,
-    ) -> Result<Mig, Error> {
+    ) -> Result<Mig<M>, Error> {
         let gcfg = core.nat.group_config(group)?.clone();
         let held = core.nat.held_blocks(group)?;
         let stats = core.nat.group_stats(group)?;
@@ -179,7 +246,7 @@ impl Mig {
 
     // ------------------------------------------------------------------ packet-path hooks
 
-    fn buffer_room(&mut self, core: &Core, len: usize) -> bool {
+    fn buffer_room(&mut self, core: &Core<M>, len: usize) -> bool {
         let cfg = &core.cfg;
         let s = self.src();
         if s.buf_pkts >= cfg.freeze_buffer_packets
@@ -194,35 +261,54 @@ impl Mig {
 
     fn buffer_free(&mut self, len: usize) {
         let s = self.src();
+        debug_assert!(
+            s.buf_pkts > 0 && s.buf_bytes >= len as u64,
+            "freeing a packet the buffer accounting does not hold"
+        );
         s.buf_pkts = s.buf_pkts.saturating_sub(1);
         s.buf_bytes = s.buf_bytes.saturating_sub(len as u64);
     }
 
     /// Freeze-copy before `PrepareAck`: a packet that needs a new mapping waits.
-    pub(crate) fn src_prepare_buffer(&mut self, core: &mut Core, now: Instant, pkt: Vec<u8>) {
+    pub(crate) fn src_prepare_buffer(
+        &mut self,
+        core: &mut Core<M>,
+        now: Instant,
+        pkt: Vec<u8>,
+        meta: M,
+    ) {
         if self.terminal || !self.buffer_room(core, pkt.len()) {
-            self.lose(core, LossCause::PrepareBufferFull, pkt);
+            self.lose(core, LossCause::PrepareBufferFull, pkt, meta);
             return;
         }
         self.st.buffered += 1;
-        self.src().prep_buf.push((now, pkt));
+        let s = self.src();
+        debug_assert!(s.flights.is_empty(), "no batch before PrepareAck");
+        s.prep_buf.push(Held { at: now, pkt, meta });
     }
 
     /// A packet of a frozen mapping (in `batch`) waits for the batch's acknowledgement.
-    pub(crate) fn src_hold(&mut self, core: &mut Core, now: Instant, batch: u32, pkt: Vec<u8>) {
+    pub(crate) fn src_hold(
+        &mut self,
+        core: &mut Core<M>,
+        now: Instant,
+        batch: u32,
+        pkt: Vec<u8>,
+        meta: M,
+    ) {
         let known = matches!(&self.side, Side::Src(s) if s.flights.contains_key(&batch));
         if !known {
             core.counters.internal_errors += 1;
-            self.lose(core, LossCause::FreezeBufferFull, pkt);
+            self.lose(core, LossCause::FreezeBufferFull, pkt, meta);
             return;
         }
         if !self.buffer_room(core, pkt.len()) {
-            self.lose(core, LossCause::FreezeBufferFull, pkt);
+            self.lose(core, LossCause::FreezeBufferFull, pkt, meta);
             return;
         }
         self.st.buffered += 1;
         if let Some(f) = self.src().flights.get_mut(&batch) {
-            f.held.push((now, pkt));
+            f.held.push(Held { at: now, pkt, meta });
         }
     }
 
@@ -242,16 +328,16 @@ impl Mig {
     }
 
     /// Chains a buffered packet to the peer, tracking its wait.
-    fn release_to_peer(&mut self, core: &mut Core, now: Instant, since: Instant, pkt: Vec<u8>) {
-        self.buffer_free(pkt.len());
-        self.st.max_buffer_delay = self.st.max_buffer_delay.max(now - since);
-        let ok = core.chain(self.peer, pkt);
+    fn release_to_peer(&mut self, core: &mut Core<M>, now: Instant, h: Held<M>) {
+        self.buffer_free(h.pkt.len());
+        self.st.max_buffer_delay = self.st.max_buffer_delay.max(now - h.at);
+        let ok = core.chain(self.peer, h.pkt, h.meta);
         self.src_note_chained(now, ok);
     }
 
     // ----------------------------------------------------------------------- messages
 
-    pub(crate) fn src_msg(&mut self, core: &mut Core, now: Instant, msg: Message) {
+    pub(crate) fn src_msg(&mut self, core: &mut Core<M>, now: Instant, msg: Message) {
         if self.terminal {
             return;
         }
@@ -266,13 +352,13 @@ impl Mig {
         }
     }
 
-    pub(crate) fn src_after_frame(&mut self, core: &mut Core, now: Instant) {
+    pub(crate) fn src_after_frame(&mut self, core: &mut Core<M>, now: Instant) {
         if !self.terminal && self.src().done_sent && self.chan.unacked() == 0 {
             self.complete(core, now);
         }
     }
 
-    fn src_prepared(&mut self, core: &mut Core, now: Instant) {
+    fn src_prepared(&mut self, core: &mut Core<M>, now: Instant) {
         match self.algorithm {
             Algorithm::FreezeCopy => {
                 let g = self.group;
@@ -280,9 +366,10 @@ impl Mig {
                     r.buffering = false;
                 }
                 let buf = std::mem::take(&mut self.src().prep_buf);
-                for (since, pkt) in buf {
-                    self.release_to_peer(core, now, since, pkt);
+                for h in buf {
+                    self.release_to_peer(core, now, h);
                 }
+                self.src_ref().check_buffers();
                 if self.src().forward || self.params.idle_max.is_zero() {
                     self.src_start_freeze(core, now);
                 } else {
@@ -306,12 +393,23 @@ impl Mig {
         }
     }
 
-    fn src_batch_ack(&mut self, core: &mut Core, now: Instant, a: proto::BatchAck) {
+    fn src_batch_ack(&mut self, core: &mut Core<M>, now: Instant, a: proto::BatchAck) {
         let Some(flight) = self.src().flights.remove(&a.batch) else {
             core.counters.frames_unknown += 1;
             return;
         };
+        let (id, batch) = (self.id, a.batch);
+        debug_assert!(
+            self.algorithm != Algorithm::FreezeCopy
+                || flight
+                    .ids
+                    .iter()
+                    .all(|(_, m)| core.frozen.get(m) == Some(&(id, batch))),
+            "a flight's mappings are frozen for it"
+        );
+        debug_assert!(self.algorithm == Algorithm::FreezeCopy || flight.held.is_empty());
         let s = self.src();
+        debug_assert!(s.inflight_bytes >= flight.bytes, "bytes in flight");
         s.inflight_bytes = s.inflight_bytes.saturating_sub(flight.bytes);
         if self.algorithm != Algorithm::FreezeCopy {
             if !a.ok {
@@ -339,7 +437,7 @@ impl Mig {
                 now,
                 flight.ids.len(),
                 flight.bytes,
-                &flight.held,
+                flight.held.len(),
             );
             let (target, min, max) = (
                 self.params.freeze_target,
@@ -353,9 +451,9 @@ impl Mig {
                 s.budget = next_budget(flight.bytes, freeze, target, min, max);
             }
             self.st.freeze_budget = s.budget;
-            for (since, pkt) in flight.held {
-                self.st.note_held(now - since);
-                self.release_to_peer(core, now, since, pkt);
+            for h in flight.held {
+                self.st.note_held(now - h.at);
+                self.release_to_peer(core, now, h);
             }
         } else {
             self.st.batches_refused += 1;
@@ -365,9 +463,9 @@ impl Mig {
                     core.counters.internal_errors += 1;
                 }
             }
-            for (_, pkt) in flight.held {
-                self.buffer_free(pkt.len());
-                core.reprocess.push(pkt);
+            for h in flight.held {
+                self.buffer_free(h.pkt.len());
+                core.reprocess.push((h.pkt, h.meta));
             }
             let (retry, max) = (
                 self.params.idle_sample_interval,
@@ -382,10 +480,11 @@ impl Mig {
             }
             s.retry_at = Some(now + retry);
         }
+        self.src_ref().check_buffers();
         self.src_pump(core, now);
     }
 
-    fn src_commit_ack(&mut self, core: &mut Core, now: Instant, c: proto::CommitAck) {
+    fn src_commit_ack(&mut self, core: &mut Core<M>, now: Instant, c: proto::CommitAck) {
         if !c.ok {
             self.src_revert(core, now, AbortReason::CommitRefused, true);
             return;
@@ -416,10 +515,11 @@ impl Mig {
 
     /// Removes the next [`REMOVE_SLICE`] copies; after the last, the source is ready for the
     /// cutover.
-    fn src_remove_step(&mut self, core: &mut Core, now: Instant) {
+    fn src_remove_step(&mut self, core: &mut Core<M>, now: Instant) {
         let Some((ids, mut pos)) = self.src().removing.take() else {
             return;
         };
+        debug_assert!(pos < ids.len() || ids.is_empty(), "removal past its end");
         let end = (pos + REMOVE_SLICE).min(ids.len());
         for id in &ids[pos..end] {
             // A mapping that expired here after its last copy is gone already: fine, the
@@ -440,7 +540,7 @@ impl Mig {
         self.src_ready(core, now);
     }
 
-    fn src_ready(&mut self, core: &mut Core, now: Instant) {
+    fn src_ready(&mut self, core: &mut Core<M>, now: Instant) {
         self.set_phase(core, now, Phase::AwaitCutover);
         core.event(MigrationEvent::ReadyForCutover {
             migration: self.id,
@@ -448,7 +548,7 @@ impl Mig {
         });
     }
 
-    pub(crate) fn src_cutover(&mut self, core: &mut Core, now: Instant) {
+    pub(crate) fn src_cutover(&mut self, core: &mut Core<M>, now: Instant) {
         self.set_phase(core, now, Phase::Drain);
         self.chan.send(now, &Message::Cutover, &core.cfg);
         let d = self.params.drain;
@@ -459,14 +559,14 @@ impl Mig {
 
     /// When the end-of-chain marker is due: `chain_quiet` after the cutover and after the last
     /// chained packet, and no later than the end of the drain.
-    fn src_chain_end_due(&self, s: &Src) -> Instant {
+    fn src_chain_end_due(&self, s: &Src<M>) -> Instant {
         let q = self.params.chain_quiet;
         (s.cutover_at.max(s.last_chained_at) + q).min(s.drain_until)
     }
 
     /// Sends the end-of-chain marker: every packet of the group chained so far is counted in
     /// it, so the destination can stop holding once that many chained packets have arrived.
-    fn src_send_chain_end(&mut self, core: &mut Core, now: Instant) {
+    fn src_send_chain_end(&mut self, core: &mut Core<M>, now: Instant) {
         let chained = core.chain_tx.get(&self.peer).copied().unwrap_or(0);
         self.chan.send(
             now,
@@ -477,7 +577,7 @@ impl Mig {
         self.st.chain_end_after = now - self.src_ref().cutover_at;
     }
 
-    fn src_drained(&mut self, core: &mut Core, now: Instant) {
+    fn src_drained(&mut self, core: &mut Core<M>, now: Instant) {
         if !self.src_ref().chain_end_sent {
             self.src_send_chain_end(core, now);
         }
@@ -508,7 +608,7 @@ impl Mig {
 
     // ------------------------------------------------------------------ freeze-and-copy
 
-    fn src_idle_sample(&mut self, core: &mut Core, now: Instant) {
+    fn src_idle_sample(&mut self, core: &mut Core<M>, now: Instant) {
         let remaining = core.nat.group_stats(self.group).map_or(0, |s| s.mappings);
         let p = self.params.clone();
         let start = self.st.mappings_at_start;
@@ -547,187 +647,12 @@ impl Mig {
         }
     }
 
-    fn src_start_freeze(&mut self, core: &mut Core, now: Instant) {
+    fn src_start_freeze(&mut self, core: &mut Core<M>, now: Instant) {
         let g = self.group;
         let remaining = core.nat.group_stats(g).map_or(0, |s| s.mappings);
         self.st.expired_idle = self.st.mappings_at_start.saturating_sub(remaining);
         self.set_phase(core, now, Phase::FreezeCopy);
         self.src_begin_scan(core, now, ScanGoal::FreezeOrder(BTreeMap::new()));
-    }
-
-    /// Exports the next batch from the queue; `None` if the queue holds no live mapping.
-    ///
-    /// The queue holds (run key, mapping): freeze-copy keys by port block, and a batch takes
-    /// whole runs only, so a block's mappings always travel together (a run longer than
-    /// `batch_size` or `batch_max_bytes` travels alone). Reason: once the destination imports a
-    /// mapping of a block, the block belongs to that subscriber there and the destination may
-    /// allocate its free ports; had the source kept other mappings of the block, one external
-    /// port could end up bound to two different mappings. Only a block whose records exceed a
-    /// frame is split (counted in `blocks_split`).
-    fn src_build_batch(
-        &mut self,
-        core: &mut Core,
-        now: Instant,
-        max_bytes: usize,
-    ) -> Option<(u32, Vec<u8>)> {
-        const FRAME_ROOM: usize = proto::MAX_BODY - 4;
-        const REC: usize = flowshift_nat::record::RECORD_LEN;
-        let freeze = self.algorithm == Algorithm::FreezeCopy;
-        let max_n = self.params.batch_size as usize;
-        let id_self = self.id;
-        let s = match &mut self.side {
-            Side::Src(s) => s,
-            Side::Dst(_) => return None,
-        };
-        let batch = s.next_batch;
-        let round = s.round.map_or(0, |r| r.round);
-        let mut records = Vec::new();
-        let mut ids: Vec<(u32, MappingId)> = Vec::new();
-        let mut n_records = 0u32;
-        'runs: while ids.len() < max_n {
-            let Some(&(key, _)) = s.queue.front() else {
-                break;
-            };
-            let run_len = s.queue.iter().take_while(|(k, _)| *k == key).count();
-            let run_bytes: usize = s
-                .queue
-                .iter()
-                .take(run_len)
-                .filter_map(|(_, id)| core.nat.mapping_info(*id).ok())
-                .map(|i| i.sessions as usize * REC)
-                .sum();
-            if !ids.is_empty()
-                && (ids.len() + run_len > max_n
-                    || records.len() + run_bytes > max_bytes.min(FRAME_ROOM))
-            {
-                break;
-            }
-            for _ in 0..run_len {
-                let Some(&(k, id)) = s.queue.front() else {
-                    break 'runs;
-                };
-                let Ok(info) = core.nat.mapping_info(id) else {
-                    s.queue.pop_front(); // died meanwhile
-                    continue;
-                };
-                if records.len() + info.sessions as usize * REC > FRAME_ROOM {
-                    self.st.blocks_split += 1;
-                    break 'runs;
-                }
-                s.queue.pop_front();
-                let Ok(n) = core.nat.export_mapping(id, now, &mut records) else {
-                    continue;
-                };
-                n_records += n;
-                if freeze {
-                    if core.nat.set_frozen(id, true).is_err() {
-                        core.counters.internal_errors += 1;
-                    }
-                    core.frozen.insert(id, (id_self, batch));
-                } else {
-                    let key = MappingKey {
-                        proto: info.proto,
-                        addr: info.internal.ip().octets(),
-                        port: info.internal.port(),
-                    };
-                    s.copied.insert(
-                        id,
-                        Copied {
-                            key,
-                            at: now,
-                            sessions: n,
-                            round,
-                        },
-                    );
-                }
-                ids.push((k, id));
-            }
-        }
-        if ids.is_empty() {
-            return None;
-        }
-        s.next_batch = s.next_batch.wrapping_add(1);
-        if let Some(r) = s.round.as_mut() {
-            r.copied += ids.len() as u32;
-            r.records += n_records;
-        }
-        s.inflight_bytes += records.len() as u64;
-        s.flights.insert(
-            batch,
-            Flight {
-                ids,
-                sent_at: now,
-                bytes: records.len() as u64,
-                held: Vec::new(),
-            },
-        );
-        self.st.batches += 1;
-        self.st.records += n_records as u64;
-        Some((batch, records))
-    }
-
-    /// Sends batches while the window allows; moves the algorithm on when a round (or the
-    /// freeze-and-copy) is complete.
-    ///
-    /// The window: `batches_in_flight` batches of at most `batch_max_bytes`; freeze-copy with a
-    /// `freeze_target` also keeps at most the freeze budget of record bytes in flight (a port
-    /// block larger than the budget still travels, alone).
-    fn src_pump(&mut self, core: &mut Core, now: Instant) {
-        if self.terminal {
-            return;
-        }
-        let budgeted =
-            self.algorithm == Algorithm::FreezeCopy && !self.params.freeze_target.is_zero();
-        let max_unacked = core.cfg.max_unacked as usize;
-        let in_flight = self.params.batches_in_flight as usize;
-        let batch_max = self.params.batch_max_bytes as usize;
-        if self.src_ref().scan.is_some() {
-            return;
-        }
-        loop {
-            let unacked = self.chan.unacked();
-            let s = self.src();
-            if s.retry_at.is_some_and(|t| t > now) {
-                return;
-            }
-            s.retry_at = None;
-            if s.flights.len() >= in_flight || unacked >= max_unacked {
-                return;
-            }
-            let max_bytes = if budgeted {
-                if !s.flights.is_empty() && s.inflight_bytes >= s.budget {
-                    return;
-                }
-                // A batch never goes below one record; a port block larger than the room left
-                // travels alone (see `src_build_batch`).
-                (s.budget.saturating_sub(s.inflight_bytes) as usize).clamp(24, batch_max)
-            } else {
-                batch_max
-            };
-            let Some((batch, records)) = self.src_build_batch(core, now, max_bytes) else {
-                break;
-            };
-            self.chan
-                .send(now, &Message::Batch { batch, records }, &core.cfg);
-        }
-        if !self.src().flights.is_empty() {
-            return;
-        }
-        match self.phase {
-            Phase::FreezeCopy => {
-                let left = core.nat.group_stats(self.group).map_or(0, |s| s.mappings);
-                if left == 0 {
-                    self.src_ready(core, now);
-                } else {
-                    // Mappings not in the order (cannot happen while draining): take them too.
-                    self.src_begin_scan(core, now, ScanGoal::FreezeOrder(BTreeMap::new()));
-                }
-            }
-            Phase::Rounds | Phase::StopCopy if self.src_ref().round.is_some() => {
-                self.src_round_done(core, now);
-            }
-            _ => {}
-        }
     }
 
     // ------------------------------------------------------------------ abort and failure
@@ -742,7 +667,7 @@ impl Mig {
         }
     }
 
-    pub(crate) fn src_abort(&mut self, core: &mut Core, now: Instant) -> AbortOutcome {
+    pub(crate) fn src_abort(&mut self, core: &mut Core<M>, now: Instant) -> AbortOutcome {
         if self.src_revertible() {
             self.src_revert(core, now, AbortReason::Requested, true);
             return AbortOutcome::Reverted;
@@ -762,7 +687,7 @@ impl Mig {
 
     /// Gives the group back to the source: unfreeze, resume, re-process every buffered
     /// packet, and (if `notify`) tell the destination to drop what it received.
-    fn src_revert(&mut self, core: &mut Core, now: Instant, reason: AbortReason, notify: bool) {
+    fn src_revert(&mut self, core: &mut Core<M>, now: Instant, reason: AbortReason, notify: bool) {
         if !self.src_revertible() {
             self.src_give_up(core, now, reason);
             return;
@@ -789,11 +714,18 @@ impl Mig {
                 }
             }
         }
+        let me = self.id;
+        debug_assert!(
+            !core.frozen.values().any(|(m, _)| *m == me),
+            "a reverted migration keeps no frozen mapping"
+        );
         core.set_mode(g, GroupMode::Active);
         core.routes.retain(|r| r.group != g);
-        core.reprocess.extend(prep.into_iter().map(|(_, p)| p));
+        core.reprocess
+            .extend(prep.into_iter().map(|h| (h.pkt, h.meta)));
         for f in flights.into_values() {
-            core.reprocess.extend(f.held.into_iter().map(|(_, p)| p));
+            core.reprocess
+                .extend(f.held.into_iter().map(|h| (h.pkt, h.meta)));
         }
         if let Some(t) = self.src().halted_at {
             self.st.halted = now - t;
@@ -805,7 +737,7 @@ impl Mig {
     }
 
     /// Not revertible and cannot go on: keep what is held here (see the crate docs).
-    fn src_give_up(&mut self, core: &mut Core, now: Instant, reason: AbortReason) {
+    fn src_give_up(&mut self, core: &mut Core<M>, now: Instant, reason: AbortReason) {
         let g = self.group;
         let flights = std::mem::take(&mut self.src().flights);
         let mut in_doubt = 0;
@@ -817,9 +749,8 @@ impl Mig {
                 }
             }
             in_doubt += f.ids.len() as u32;
-            for (_, p) in f.held {
-                core.reprocess.push(p);
-            }
+            core.reprocess
+                .extend(f.held.into_iter().map(|h| (h.pkt, h.meta)));
         }
         let algorithm = self.algorithm;
         let s = self.src();
@@ -848,7 +779,7 @@ impl Mig {
 
     // --------------------------------------------------------------------------- timers
 
-    pub(crate) fn src_timeout(&mut self, core: &mut Core, now: Instant) {
+    pub(crate) fn src_timeout(&mut self, core: &mut Core<M>, now: Instant) {
         self.chan.on_timeout(now, &core.cfg);
         if self.terminal {
             return;
@@ -902,7 +833,7 @@ impl Mig {
         }
     }
 
-    pub(crate) fn src_next_timeout(&self, s: &Src, cfg: &MigrationConfig) -> Instant {
+    pub(crate) fn src_next_timeout(&self, s: &Src<M>, cfg: &MigrationConfig) -> Instant {
         let mut t = self.chan.next_timeout();
         if self.terminal {
             return t;
@@ -930,13 +861,17 @@ impl Mig {
 /// plus the batch's transfer time, a batch of the new size freezes for at most the three
 /// quarters: the round trip does not grow with it.
 fn next_budget(bytes: u64, freeze: Duration, target: Duration, min: u64, max: u64) -> u64 {
+    debug_assert!(
+        min <= max,
+        "freeze budget bounds (validated with the parameters)"
+    );
     let goal = target.as_nanos() as f64 * 0.75;
     let seen = (freeze.as_nanos() as f64).max(1.0);
     let factor = (goal / seen).clamp(0.5, 2.0);
     ((bytes as f64 * factor) as u64).clamp(min, max)
 }
 
-impl Src {
+impl<M> Src<M> {
     /// Round numbers count the scans: 0 for the first.
     fn next_round_number(&mut self) -> u32 {
         let n = self.rounds_started;

@@ -1,15 +1,46 @@
 //! The decoder and the engine never panic on any bytes from the network.
 
-mod common;
-
-use common::*;
 use flowshift_migration::proto::{
     self, AbortReason, Algorithm, BatchAck, Commit, DecodeError, Frame, Kind, Message, Prepare,
 };
-use flowshift_migration::{Instance, InstanceId, MigrationId};
-use flowshift_nat::Nat;
+use flowshift_migration::{Instance, InstanceId, MigrationConfig, MigrationId};
+use flowshift_nat::{GroupConfig, Nat, NatConfig};
 use flowshift_wire::Instant;
 use proptest::prelude::*;
+use std::net::Ipv4Addr;
+
+const A: InstanceId = InstanceId(1);
+const B: InstanceId = InstanceId(2);
+const EXT0: [u8; 4] = [198, 18, 0, 1];
+const EXT2: [u8; 4] = [198, 18, 0, 3];
+
+fn group(ext: [u8; 4], net: [u8; 4], len: u8) -> GroupConfig {
+    GroupConfig {
+        external: Ipv4Addr::from(ext),
+        subscribers: flowshift_nat::prefix(Ipv4Addr::from(net), len).expect("prefix"),
+    }
+}
+
+/// Small port pools (32 blocks of 64 ports) so `check_invariants` stays cheap.
+fn nat_config(groups: Vec<GroupConfig>, seed: u64) -> NatConfig {
+    NatConfig {
+        groups,
+        port_min: 1024,
+        port_max: 1024 + 32 * 64 - 1,
+        block_size: 64,
+        max_blocks_per_subscriber: 4,
+        rng_seed: seed,
+        ..NatConfig::default()
+    }
+}
+
+fn mig_config() -> MigrationConfig {
+    MigrationConfig {
+        max_retries: 14,
+        report_drops: true,
+        ..MigrationConfig::default()
+    }
+}
 
 fn valid_frames() -> Vec<Vec<u8>> {
     let m = MigrationId::new(A, 1);

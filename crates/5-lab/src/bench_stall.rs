@@ -15,7 +15,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use etherparse::PacketBuilder;
 use flowshift_migration::{
-    Algorithm, Ingress, Instance, InstanceId, MigrationConfig, MigrationEvent, Output, Role,
+    AbortReason, Algorithm, Driver, Ingress, Instance, InstanceId, MigrationConfig, MigrationEvent,
+    Output,
 };
 use flowshift_nat::{GroupConfig, Nat, NatConfig};
 use flowshift_wire::Instant;
@@ -74,6 +75,38 @@ struct Report {
     profile: &'static str,
 }
 
+/// What one drain of an instance produced (chained packets, transfer frames, the events the
+/// loop acts on); translated and dropped packets are discarded.
+#[derive(Default)]
+struct Mailbox {
+    chained: Vec<(Vec<u8>, ())>,
+    frames: Vec<Vec<u8>>,
+    ready: bool,
+    completed: bool,
+    aborted: Option<AbortReason>,
+}
+
+impl Driver<()> for Mailbox {
+    fn output(&mut self, o: Output) {
+        if let Output::Chain { pkt, meta, .. } = o {
+            self.chained.push((pkt, meta));
+        }
+    }
+
+    fn transmit(&mut self, _: InstanceId, frame: Vec<u8>) {
+        self.frames.push(frame);
+    }
+
+    fn event(&mut self, e: MigrationEvent) {
+        match e {
+            MigrationEvent::ReadyForCutover { .. } => self.ready = true,
+            MigrationEvent::Completed { .. } => self.completed = true,
+            MigrationEvent::Aborted { reason, .. } => self.aborted = Some(reason),
+            _ => {}
+        }
+    }
+}
+
 /// One instance with its gap bookkeeping.
 struct Side {
     inst: Instance,
@@ -113,7 +146,7 @@ impl Side {
         }
         self.pending = (0.0, "packet", 0.0);
         let t = WallClock::now();
-        let mut batch = vec![pkt.to_vec()];
+        let mut batch = vec![(pkt.to_vec(), ())];
         self.inst.handle_batch(now, &mut batch, Ingress::Switch);
         self.packet_calls.push(t.elapsed().as_secs_f64() * 1e6);
     }
@@ -259,7 +292,7 @@ fn run(states: u32, algorithm: Algorithm) -> Result<Report> {
     let (mut src_done, mut dst_done) = (false, false);
     let mut to_b: Vec<Vec<u8>> = Vec::new();
     let mut to_a: Vec<Vec<u8>> = Vec::new();
-    let mut chained: Vec<Vec<u8>> = Vec::new();
+    let mut chained: Vec<(Vec<u8>, ())> = Vec::new();
     while !(src_done && dst_done) {
         if start.elapsed() > RUN_LIMIT {
             bail!("{algorithm:?}: migration still running after {RUN_LIMIT:?}");
@@ -281,36 +314,22 @@ fn run(states: u32, algorithm: Algorithm) -> Result<Report> {
                 i.handle_batch(now(), &mut batch, Ingress::Chain { from: A })
             });
         }
-        while let Some(o) = a.inst.poll_output() {
-            if let Output::Chain { pkt, .. } = o {
-                chained.push(pkt);
-            }
+        let mut ma = Mailbox::default();
+        a.inst.drain(&mut ma);
+        chained.append(&mut ma.chained);
+        to_b.append(&mut ma.frames);
+        let mut mb = Mailbox::default();
+        b.inst.drain(&mut mb);
+        to_a.append(&mut mb.frames);
+        if let Some(reason) = mb.aborted {
+            bail!("destination aborted: {reason:?}");
         }
-        while b.inst.poll_output().is_some() {}
-        while let Some((_, f)) = a.inst.poll_transmit() {
-            to_b.push(f);
+        if let Some(reason) = ma.aborted {
+            bail!("source aborted: {reason:?}");
         }
-        while let Some((_, f)) = b.inst.poll_transmit() {
-            to_a.push(f);
-        }
-        while let Some(e) = b.inst.poll_event() {
-            match e {
-                MigrationEvent::Completed { .. } => dst_done = true,
-                MigrationEvent::Aborted { reason, .. } => bail!("destination aborted: {reason:?}"),
-                _ => {}
-            }
-        }
-        let mut ready = false;
-        while let Some(e) = a.inst.poll_event() {
-            match e {
-                MigrationEvent::ReadyForCutover { .. } => ready = true,
-                MigrationEvent::Completed {
-                    role: Role::Source, ..
-                } => src_done = true,
-                MigrationEvent::Aborted { reason, .. } => bail!("source aborted: {reason:?}"),
-                _ => {}
-            }
-        }
+        dst_done |= mb.completed;
+        src_done |= ma.completed;
+        let ready = ma.ready;
         if ready {
             a.call("cutover_done", |i| i.cutover_done(now(), id))?;
         }

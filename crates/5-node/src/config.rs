@@ -31,6 +31,7 @@
 //! seed = 1
 //! ```
 
+use crate::frame::Offload;
 use crate::pacing::PollMode;
 use flowshift_migration::{Instance, InstanceId, MigrationConfig, Params};
 use flowshift_nat::{Nat, NatConfig};
@@ -443,8 +444,8 @@ impl NodeConfig {
 
     /// Builds the NAT instance: the NAT with its groups (and its seeds, [`Self::nat_config`]),
     /// the pre-loaded fictive states (imported at time zero; their port-block events stay
-    /// queued in the NAT for the driver's mapping log), wrapped in a migration [`Instance`].
-    pub fn build_instance(&self) -> Result<Instance, ConfigError> {
+    /// queued in the NAT for the driver's mapping log), wrapped in a migration [`Instance`] whose packets carry their offload tag.
+    pub fn build_instance(&self) -> Result<Instance<Offload>, ConfigError> {
         let err = |what: &str, e: &dyn fmt::Display| ConfigError::Invalid(format!("{what}: {e}"));
         let mut nat = Nat::new(self.nat_config()?).map_err(|e| err("[nat]", &e))?;
         if self.preallocate {
@@ -462,7 +463,7 @@ impl NodeConfig {
                     .map_err(|e| err(&format!("[[preload]] {}", p.external), &e))?;
             }
         }
-        Instance::new(InstanceId(self.id), nat, self.migration.clone())
+        Instance::with_meta(InstanceId(self.id), nat, self.migration.clone())
             .map_err(|e| err("[migration]", &e))
     }
 }

@@ -2,10 +2,11 @@
 //! [`Instance`] and follows its driver contract.
 //!
 //! * [`Engine::rx_frame`] classifies a received frame ([`crate::frame::classify`]), copies
-//!   its packet into a recycled buffer with the offload trailer ([`crate::frame::ingest`]) and
-//!   collects consecutive packets of one ingress into a batch of at most `batch`;
-//!   [`Engine::flush_rx`] hands the batch to [`Instance::handle_batch`].
-//! * After every call into the instance the engine drains it: outputs become Ethernet frames
+//!   its packet into a recycled buffer and takes its offload tag ([`crate::frame::ingest`]),
+//!   and collects consecutive packets of one ingress, with their tags, into a batch of at most
+//!   `batch`; [`Engine::flush_rx`] hands the batch to [`Instance::handle_batch`].
+//! * After every call into the instance the engine drains it ([`Instance::drain`] into the
+//!   engine's [`Driver`]): outputs become Ethernet frames
 //!   (translated packets to the inside or outside next hop, chained packets as 0x88B5 frames to
 //!   the peer's MAC) queued for the [`FrameSink`] and sent `batch` at a time; transfer frames go
 //!   to the [`TransferLink`]; migration events are logged and queued for the controller;
@@ -24,7 +25,8 @@
 use crate::config::{MacAddr, NodeConfig};
 use crate::control::{Command, ControlLink, Outgoing};
 use crate::frame::{
-    self, Class, ETH_HLEN, ETHERTYPE_CHAIN, ETHERTYPE_IPV4, FrameSink, Peers, RxFrame, TxFrame,
+    self, Class, ETH_HLEN, ETHERTYPE_CHAIN, ETHERTYPE_IPV4, FrameSink, Offload, Peers, RxFrame,
+    TxFrame,
 };
 use crate::pacing::GapMeter;
 use crate::stats::{ControlCounters, Counter, IoCounters, SnapshotCell, TransferCounters};
@@ -32,7 +34,8 @@ use crate::transfer::TransferLink;
 use flowshift_control::api::{GroupStatus, NodeMigration, NodeRequest, NodeStatus, ReplyBody};
 use flowshift_control::status::{CpuCounters, NodeCounters};
 use flowshift_migration::{
-    AbortOutcome, Direction, Ingress, Instance, InstanceId, MigrationId, Output, Params, Phase,
+    AbortOutcome, Direction, Driver, Ingress, Instance, InstanceId, MigrationEvent, MigrationId,
+    Output, Params, Phase,
 };
 use flowshift_nat::BlockAction;
 use flowshift_wire::Instant;
@@ -45,7 +48,7 @@ use tracing::{info, warn};
 const POOL_MAX: usize = 1024;
 /// Largest buffer kept for reuse (a GSO frame's).
 const POOL_BUF_MAX: usize = 128 << 10;
-/// Capacity of a fresh packet buffer (an MTU-sized packet and its trailer).
+/// Capacity of a fresh packet buffer (an MTU-sized packet).
 const BUF_INITIAL: usize = 2048;
 /// Times a full socket is waited for (1 ms each) before the rest of a batch is dropped.
 const TX_WAITS: u32 = 2;
@@ -64,21 +67,27 @@ pub struct Links {
     pub control_counters: Arc<ControlCounters>,
 }
 
-/// See the module documentation.
-pub struct Engine {
-    inst: Instance,
-    id: u16,
+/// The sending side of the packet thread: addresses, the frames waiting for the socket and
+/// the recycled buffers.
+struct Egress {
     mac: MacAddr,
     inside: MacAddr,
     outside: MacAddr,
     peers: Peers,
     vnet: bool,
     batch: usize,
-    params: Params,
-    pending: Vec<Vec<u8>>,
-    pending_ingress: Ingress,
     tx: Vec<TxFrame>,
     pool: Vec<Vec<u8>>,
+}
+
+/// See the module documentation.
+pub struct Engine {
+    inst: Instance<Offload>,
+    id: u16,
+    eg: Egress,
+    params: Params,
+    pending: Vec<(Vec<u8>, Offload)>,
+    pending_ingress: Ingress,
     io: IoCounters,
     links: Links,
     next_timeout: Instant,
@@ -89,28 +98,30 @@ pub struct Engine {
 
 impl Engine {
     /// An engine for `inst` configured by `cfg`; publishes a first status at time zero.
-    pub fn new(cfg: &NodeConfig, inst: Instance, links: Links) -> Engine {
+    pub fn new(cfg: &NodeConfig, inst: Instance<Offload>, links: Links) -> Engine {
         let batch = cfg.batch.clamp(1, 1024) as usize;
         let mut e = Engine {
             next_timeout: inst.poll_timeout(),
             inst,
             id: cfg.id,
-            mac: cfg.mac,
-            inside: cfg.inside_next_hop,
-            outside: cfg.outside_next_hop,
-            peers: Peers::new(
-                cfg.peers
-                    .iter()
-                    .map(|p| (p.mac, InstanceId(p.id)))
-                    .collect(),
-            ),
-            vnet: cfg.vnet_hdr,
-            batch,
+            eg: Egress {
+                mac: cfg.mac,
+                inside: cfg.inside_next_hop,
+                outside: cfg.outside_next_hop,
+                peers: Peers::new(
+                    cfg.peers
+                        .iter()
+                        .map(|p| (p.mac, InstanceId(p.id)))
+                        .collect(),
+                ),
+                vnet: cfg.vnet_hdr,
+                batch,
+                tx: Vec::with_capacity(batch),
+                pool: Vec::new(),
+            },
             params: cfg.params.clone(),
             pending: Vec::with_capacity(batch),
             pending_ingress: Ingress::Switch,
-            tx: Vec::with_capacity(batch),
-            pool: Vec::new(),
             io: IoCounters::default(),
             links,
             side_budget: cfg.side_budget.clamp(1, 1024) as usize,
@@ -123,7 +134,7 @@ impl Engine {
     }
 
     /// The instance (tests, status).
-    pub fn instance(&self) -> &Instance {
+    pub fn instance(&self) -> &Instance<Offload> {
         &self.inst
     }
 
@@ -198,7 +209,7 @@ impl Engine {
             self.io.rx_vlan += 1;
             return;
         }
-        let ingress = match frame::classify(f.data, &self.peers) {
+        let ingress = match frame::classify(f.data, &self.eg.peers) {
             Class::Switch => Ingress::Switch,
             Class::Chain(from) => {
                 self.io.rx_chained += 1;
@@ -225,17 +236,18 @@ impl Engine {
             self.pending_ingress = ingress;
         }
         let mut buf = self
+            .eg
             .pool
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(BUF_INITIAL));
         match frame::ingest(&f.data[ETH_HLEN..], f.vnet.unwrap_or_default(), &mut buf) {
-            Ok(()) => self.pending.push(buf),
+            Ok(tag) => self.pending.push((buf, tag)),
             Err(_) => {
                 self.io.rx_bad_vnet_hdr += 1;
-                self.recycle(buf);
+                self.eg.recycle(buf);
             }
         }
-        if self.pending.len() >= self.batch {
+        if self.pending.len() >= self.eg.batch {
             self.flush_rx(now, sink);
         }
     }
@@ -331,7 +343,7 @@ impl Engine {
                     .nat()
                     .group_id(external)
                     .ok_or_else(|| format!("node {} has no group {external}", self.id))?;
-                if self.peers.mac_of(InstanceId(to)).is_none() {
+                if self.eg.peers.mac_of(InstanceId(to)).is_none() {
                     return Err(format!(
                         "node {to} is not a configured peer of node {}",
                         self.id
@@ -375,136 +387,18 @@ impl Engine {
     /// Drains the instance (outputs, transfer frames, events, mapping-log events), sends the
     /// queued frames, and re-reads the next timeout.
     pub fn drain<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
-        while let Some(o) = self.inst.poll_output() {
-            match o {
-                Output::Send { mut pkt, dir } => {
-                    let vnet = frame::finish(&mut pkt);
-                    let dst = match dir {
-                        Direction::ToInside => {
-                            self.io.tx_to_inside += 1;
-                            self.inside
-                        }
-                        Direction::ToOutside => {
-                            self.io.tx_to_outside += 1;
-                            self.outside
-                        }
-                    };
-                    let eth = frame::eth_header(dst, self.mac, ETHERTYPE_IPV4);
-                    self.queue_tx(TxFrame::new(self.vnet.then_some(vnet), eth, pkt), sink);
-                }
-                Output::Chain { to, mut pkt } => match self.peers.mac_of(to) {
-                    Some(peer) => {
-                        self.io.tx_chained += 1;
-                        let vnet = frame::finish(&mut pkt);
-                        let eth = frame::eth_header(peer, self.mac, ETHERTYPE_CHAIN);
-                        self.queue_tx(TxFrame::new(self.vnet.then_some(vnet), eth, pkt), sink);
-                    }
-                    None => {
-                        self.io.tx_chain_unknown_peer += 1;
-                        self.recycle(pkt);
-                    }
-                },
-                Output::Dropped { pkt, .. } => {
-                    self.io.dropped_reported += 1;
-                    self.recycle(pkt);
-                }
-            }
-        }
-        self.flush_tx(sink);
-        while let Some((to, bytes)) = self.inst.poll_transmit() {
-            if !self.links.transfer.send(to, bytes) {
-                self.io.transfer_out_refused += 1;
-            }
-        }
-        let mut events = false;
-        while let Some(event) = self.inst.poll_event() {
-            events = true;
-            info!(
-                target: "flowshift::migration",
-                at_ns = now.as_nanos(),
-                event = %serde_json::to_string(&event).unwrap_or_default(),
-                "migration event"
-            );
-            match self.links.control.events.try_send(Outgoing::Event {
-                at_ns: now.as_nanos(),
-                event,
-            }) {
-                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-                Err(TrySendError::Full(_)) => self.io.control_events_dropped += 1,
-            }
-        }
-        while let Some(ev) = self.inst.poll_nat_event() {
-            match ev {
-                flowshift_nat::Event::PortBlock(b) => info!(
-                    target: "flowshift::mapping",
-                    time_ns = b.time.as_nanos(),
-                    action = %match b.action {
-                        BlockAction::Allocated => "allocated",
-                        BlockAction::Released => "released",
-                        BlockAction::MigratedIn => "migrated_in",
-                        BlockAction::MigratedOut => "migrated_out",
-                    },
-                    subscriber = %b.subscriber,
-                    external = %b.external,
-                    first_port = b.first_port,
-                    last_port = b.last_port,
-                    "port block"
-                ),
-            }
-        }
-        if events {
+        let mut d = Drain {
+            now,
+            eg: &mut self.eg,
+            io: &mut self.io,
+            links: &self.links,
+            sink,
+            events: false,
+        };
+        self.next_timeout = self.inst.drain(&mut d);
+        d.eg.flush_tx(d.io, d.sink);
+        if d.events {
             self.note_migrations();
-        }
-        self.next_timeout = self.inst.poll_timeout();
-    }
-
-    fn queue_tx<S: FrameSink>(&mut self, f: TxFrame, sink: &mut S) {
-        self.tx.push(f);
-        if self.tx.len() >= self.batch {
-            self.flush_tx(sink);
-        }
-    }
-
-    /// Sends the queued frames; a socket that stays full drops the rest (counted).
-    fn flush_tx<S: FrameSink>(&mut self, sink: &mut S) {
-        let mut tx = std::mem::take(&mut self.tx);
-        let (mut off, mut waits) = (0, 0);
-        while off < tx.len() {
-            match sink.send(&tx[off..]) {
-                Ok(0) if waits < TX_WAITS => {
-                    waits += 1;
-                    sink.wait_writable(Duration::from_millis(1));
-                }
-                Ok(0) => {
-                    self.io.tx_queue_full += (tx.len() - off) as u64;
-                    break;
-                }
-                Ok(n) => {
-                    for f in &tx[off..off + n] {
-                        self.io.tx_packets += 1;
-                        self.io.tx_bytes += f.wire_len() as u64;
-                    }
-                    off += n;
-                }
-                Err(e) => {
-                    self.io.tx_errors += 1;
-                    if self.io.tx_errors.is_power_of_two() {
-                        warn!(error = %e, len = tx[off].wire_len(), total = self.io.tx_errors, "send refused a frame");
-                    }
-                    off += 1;
-                }
-            }
-        }
-        for f in tx.drain(..) {
-            self.recycle(f.pkt);
-        }
-        self.tx = tx;
-    }
-
-    fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.pool.len() < POOL_MAX && buf.capacity() <= POOL_BUF_MAX {
-            buf.clear();
-            self.pool.push(buf);
         }
     }
 
@@ -568,5 +462,159 @@ impl Engine {
     /// Replaces the shared snapshot (skipped if a reader holds it right now).
     pub fn publish(&mut self, now: Instant) {
         self.links.snapshot.try_publish(self.status(now));
+    }
+}
+
+impl Egress {
+    fn queue_tx<S: FrameSink>(&mut self, f: TxFrame, io: &mut IoCounters, sink: &mut S) {
+        self.tx.push(f);
+        if self.tx.len() >= self.batch {
+            self.flush_tx(io, sink);
+        }
+    }
+
+    /// Sends the queued frames; a socket that stays full drops the rest (counted).
+    fn flush_tx<S: FrameSink>(&mut self, io: &mut IoCounters, sink: &mut S) {
+        let mut tx = std::mem::take(&mut self.tx);
+        let (mut off, mut waits) = (0, 0);
+        while off < tx.len() {
+            match sink.send(&tx[off..]) {
+                Ok(0) if waits < TX_WAITS => {
+                    waits += 1;
+                    sink.wait_writable(Duration::from_millis(1));
+                }
+                Ok(0) => {
+                    io.tx_queue_full += (tx.len() - off) as u64;
+                    break;
+                }
+                Ok(n) => {
+                    for f in &tx[off..off + n] {
+                        io.tx_packets += 1;
+                        io.tx_bytes += f.wire_len() as u64;
+                    }
+                    off += n;
+                }
+                Err(e) => {
+                    io.tx_errors += 1;
+                    if io.tx_errors.is_power_of_two() {
+                        warn!(error = %e, len = tx[off].wire_len(), total = io.tx_errors, "send refused a frame");
+                    }
+                    off += 1;
+                }
+            }
+        }
+        for f in tx.drain(..) {
+            self.recycle(f.pkt);
+        }
+        self.tx = tx;
+    }
+
+    fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.pool.len() < POOL_MAX && buf.capacity() <= POOL_BUF_MAX {
+            buf.clear();
+            self.pool.push(buf);
+        }
+    }
+}
+
+/// The engine as the instance's [`Driver`] for one drain: translated and chained packets
+/// become frames for the socket (the offload tag gives their virtio-net header), transfer
+/// frames go to the transfer threads, events to the log and the controller.
+struct Drain<'a, S> {
+    now: Instant,
+    eg: &'a mut Egress,
+    io: &'a mut IoCounters,
+    links: &'a Links,
+    sink: &'a mut S,
+    /// A migration event was seen (the engine re-reads whether a migration runs).
+    events: bool,
+}
+
+impl<S: FrameSink> Driver<Offload> for Drain<'_, S> {
+    fn output(&mut self, out: Output<Offload>) {
+        let eg = &mut *self.eg;
+        match out {
+            Output::Send { mut pkt, meta, dir } => {
+                let vnet = frame::finish(&mut pkt, meta);
+                let dst = match dir {
+                    Direction::ToInside => {
+                        self.io.tx_to_inside += 1;
+                        eg.inside
+                    }
+                    Direction::ToOutside => {
+                        self.io.tx_to_outside += 1;
+                        eg.outside
+                    }
+                };
+                let eth = frame::eth_header(dst, eg.mac, ETHERTYPE_IPV4);
+                let f = TxFrame::new(eg.vnet.then_some(vnet), eth, pkt);
+                eg.queue_tx(f, self.io, self.sink);
+            }
+            Output::Chain { to, mut pkt, meta } => match eg.peers.mac_of(to) {
+                Some(peer) => {
+                    self.io.tx_chained += 1;
+                    let vnet = frame::finish(&mut pkt, meta);
+                    let eth = frame::eth_header(peer, eg.mac, ETHERTYPE_CHAIN);
+                    let f = TxFrame::new(eg.vnet.then_some(vnet), eth, pkt);
+                    eg.queue_tx(f, self.io, self.sink);
+                }
+                None => {
+                    self.io.tx_chain_unknown_peer += 1;
+                    eg.recycle(pkt);
+                }
+            },
+            Output::Dropped { pkt, .. } => {
+                self.io.dropped_reported += 1;
+                eg.recycle(pkt);
+            }
+        }
+    }
+
+    fn transmit(&mut self, to: InstanceId, frame: Vec<u8>) {
+        // Packets first: what the outputs queued leaves before the transfer frames.
+        if !self.eg.tx.is_empty() {
+            self.eg.flush_tx(self.io, self.sink);
+        }
+        if !self.links.transfer.send(to, frame) {
+            self.io.transfer_out_refused += 1;
+        }
+    }
+
+    fn event(&mut self, event: MigrationEvent) {
+        self.events = true;
+        let now = self.now;
+        info!(
+            target: "flowshift::migration",
+            at_ns = now.as_nanos(),
+            event = %serde_json::to_string(&event).unwrap_or_default(),
+            "migration event"
+        );
+        match self.links.control.events.try_send(Outgoing::Event {
+            at_ns: now.as_nanos(),
+            event,
+        }) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(_)) => self.io.control_events_dropped += 1,
+        }
+    }
+
+    fn nat_event(&mut self, ev: flowshift_nat::Event) {
+        match ev {
+            flowshift_nat::Event::PortBlock(b) => info!(
+                target: "flowshift::mapping",
+                time_ns = b.time.as_nanos(),
+                action = %match b.action {
+                    BlockAction::Allocated => "allocated",
+                    BlockAction::Released => "released",
+                    BlockAction::MigratedIn => "migrated_in",
+                    BlockAction::MigratedOut => "migrated_out",
+                },
+                subscriber = %b.subscriber,
+                external = %b.external,
+                first_port = b.first_port,
+                last_port = b.last_port,
+                "port block"
+            ),
+        }
     }
 }

@@ -1,19 +1,19 @@
 //! Frames between the switch and the node: classification, the virtio-net header, the
-//! packet trailer that carries offload metadata across the NAT, and partial-checksum repair.
+//! per-packet offload tag that carries it across the NAT, and partial-checksum repair.
 //!
 //! **Ingress.** A frame is Ethernet II. Ethertype 0x0800 from anyone is a switch packet
 //! ([`Class::Switch`], the IPv4 packet starts at byte 14); ethertype 0x88B5 from a peer's MAC is
 //! a chained, untranslated packet ([`Class::Chain`]); 0x88B5 from an unknown MAC is refused
 //! ([`Class::UnknownPeer`]), any other ethertype too ([`Class::NotIpv4`]).
 //!
-//! **The trailer.** The migration [`Instance`](flowshift_migration::Instance) takes packets as
-//! `Vec<u8>` starting at the IPv4 header and may hand them back much later (held, chained,
-//! re-processed); the NAT never reads or writes past the IPv4 total length. [`ingest`] copies
-//! exactly `total_length` bytes and appends a [`TRAILER_LEN`]-byte trailer: the frame's
-//! virtio-net header, the original addresses and the original checksum field. [`finish`]
-//! strips it when the packet leaves and returns the header to send it with (GSO type and size
-//! preserved). A packet whose length fields are inconsistent gets no trailer: the NAT drops it
-//! (counted under its own reasons).
+//! **The offload tag.** The migration [`Instance`](flowshift_migration::Instance) takes packets
+//! as `Vec<u8>` starting at the IPv4 header, each with a driver-defined tag it hands back
+//! unchanged with the packet, however much later (held, chained, re-processed, dropped).
+//! [`ingest`] copies exactly `total_length` bytes and returns the packet's [`Offload`] tag:
+//! the frame's virtio-net header, the original addresses and the original checksum field.
+//! [`finish`] takes the tag back when the packet leaves and returns the header to send it with
+//! (GSO type and size preserved). A packet whose length fields are inconsistent is copied whole
+//! with [`Offload::NONE`]: the NAT drops it (counted under its own reasons).
 //!
 //! **Partial checksums.** With `VIRTIO_NET_HDR_F_NEEDS_CSUM` the L4 checksum field holds the
 //! folded pseudo-header sum `P` (not complemented); whoever transmits completes it over the L4
@@ -39,9 +39,34 @@ pub const ETHERTYPE_CHAIN: u16 = 0x88B5;
 pub const VNET_HDR_LEN: usize = 10;
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the L4 checksum is partial (see the module docs).
 pub const VNET_F_NEEDS_CSUM: u8 = 1;
-/// Bytes [`ingest`] appends after the IPv4 packet.
-pub const TRAILER_LEN: usize = VNET_HDR_LEN + 4 + 4 + 2 + 2;
-const TRAILER_MAGIC: [u8; 2] = *b"fs";
+
+/// A packet's offload data, carried beside it through the instance as its tag: what
+/// [`finish`] needs to send the translated packet with the right virtio-net header.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offload {
+    /// The received frame's virtio-net header.
+    pub vnet: VnetHdr,
+    /// The IPv4 source and destination addresses as received (bytes 12..20).
+    pub addrs: [u8; 8],
+    /// With `NEEDS_CSUM`: the L4 checksum field as received (the pseudo-header seed).
+    pub seed: u16,
+}
+
+impl Offload {
+    /// No offload: sent with the default header, checksum untouched.
+    pub const NONE: Offload = Offload {
+        vnet: VnetHdr {
+            flags: 0,
+            gso_type: 0,
+            hdr_len: 0,
+            gso_size: 0,
+            csum_start: 0,
+            csum_offset: 0,
+        },
+        addrs: [0; 8],
+        seed: 0,
+    };
+}
 
 /// `struct virtio_net_hdr` (host byte order, as AF_PACKET exchanges it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -164,10 +189,10 @@ pub enum IngestError {
     BadVnetHdr,
 }
 
-/// Copies the IPv4 packet `ip` (the frame from byte 14) into `buf` for the instance, with the
-/// trailer (see the module docs). `vnet` is the frame's virtio-net header, or the default one
-/// when the socket does not exchange headers.
-pub fn ingest(ip: &[u8], vnet: VnetHdr, buf: &mut Vec<u8>) -> Result<(), IngestError> {
+/// Copies the IPv4 packet `ip` (the frame from byte 14) into `buf` for the instance and
+/// returns its offload tag (see the module docs). `vnet` is the frame's virtio-net header, or
+/// the default one when the socket does not exchange headers.
+pub fn ingest(ip: &[u8], vnet: VnetHdr, buf: &mut Vec<u8>) -> Result<Offload, IngestError> {
     buf.clear();
     let total = match ip {
         [b0, _, t0, t1, ..] if b0 >> 4 == 4 && ip.len() >= 20 => {
@@ -176,10 +201,9 @@ pub fn ingest(ip: &[u8], vnet: VnetHdr, buf: &mut Vec<u8>) -> Result<(), IngestE
         _ => 0,
     };
     if total < 20 || total > ip.len() {
-        // Inconsistent: the NAT drops it and counts why; no trailer, so no bytes of ours can
-        // be taken for the packet's.
+        // Inconsistent: the NAT drops it and counts why.
         buf.extend_from_slice(ip);
-        return Ok(());
+        return Ok(Offload::NONE);
     }
     let mut seed = 0u16;
     if vnet.needs_csum() {
@@ -190,13 +214,10 @@ pub fn ingest(ip: &[u8], vnet: VnetHdr, buf: &mut Vec<u8>) -> Result<(), IngestE
         }
         seed = u16::from_be_bytes([ip[at], ip[at + 1]]);
     }
-    buf.reserve(total + TRAILER_LEN);
     buf.extend_from_slice(&ip[..total]);
-    buf.extend_from_slice(&vnet.to_bytes());
-    buf.extend_from_slice(&ip[12..20]);
-    buf.extend_from_slice(&seed.to_be_bytes());
-    buf.extend_from_slice(&TRAILER_MAGIC);
-    Ok(())
+    let mut addrs = [0u8; 8];
+    addrs.copy_from_slice(&ip[12..20]);
+    Ok(Offload { vnet, addrs, seed })
 }
 
 /// Offset of the checksum field from the start of the IPv4 packet.
@@ -204,28 +225,17 @@ fn csum_field(vnet: VnetHdr) -> Option<usize> {
     (usize::from(vnet.csum_start) + usize::from(vnet.csum_offset)).checked_sub(ETH_HLEN)
 }
 
-/// Strips the trailer from a packet the instance emitted, repairs a partial checksum, and
-/// returns the virtio-net header to send it with (the default one if the packet carries no
-/// trailer). `pkt` is left holding exactly the IPv4 packet.
-pub fn finish(pkt: &mut Vec<u8>) -> VnetHdr {
-    let total = match pkt.as_slice() {
-        [_, _, t0, t1, ..] => usize::from(u16::from_be_bytes([*t0, *t1])),
-        _ => return VnetHdr::default(),
-    };
-    if total < 20 || pkt.len() != total + TRAILER_LEN || pkt[pkt.len() - 2..] != TRAILER_MAGIC {
-        return VnetHdr::default();
-    }
-    let t = total;
-    let vnet_bytes: [u8; VNET_HDR_LEN] = pkt[t..t + VNET_HDR_LEN].try_into().expect("length");
-    let vnet = VnetHdr::from_bytes(&vnet_bytes);
+/// Repairs a partial checksum of a packet the instance emitted, from its offload tag, and
+/// returns the virtio-net header to send it with. `pkt` holds exactly the IPv4 packet.
+pub fn finish(pkt: &mut [u8], tag: Offload) -> VnetHdr {
+    let vnet = tag.vnet;
     if vnet.needs_csum()
         && let Some(at) = csum_field(vnet)
-        && at + 2 <= total
+        && at + 2 <= pkt.len()
+        && pkt.len() >= 20
     {
-        let o = t + VNET_HDR_LEN;
-        let seed = u16::from_be_bytes([pkt[o + 8], pkt[o + 9]]);
         let fixed = if matches!(pkt[9], proto::TCP | proto::UDP) {
-            let old: [u8; 8] = pkt[o..o + 8].try_into().expect("length");
+            let old = tag.addrs;
             let d = Delta::NONE
                 .replace_addr(
                     old[..4].try_into().expect("4"),
@@ -236,13 +246,12 @@ pub fn finish(pkt: &mut Vec<u8>) -> VnetHdr {
                     pkt[16..20].try_into().expect("4"),
                 );
             // The seed is an uncomplemented sum: P + d = ~(~P - d) = !d.apply(!P).
-            !d.apply(!seed)
+            !d.apply(!tag.seed)
         } else {
-            seed
+            tag.seed
         };
         pkt[at..at + 2].copy_from_slice(&fixed.to_be_bytes());
     }
-    pkt.truncate(total);
     VnetHdr {
         flags: vnet.flags & VNET_F_NEEDS_CSUM,
         ..vnet
@@ -385,22 +394,62 @@ mod tests {
     }
 
     #[test]
-    fn trailer_round_trips_and_strips_padding() {
+    fn ingest_strips_padding_and_tags_the_packet() {
         let mut ip = vec![0u8; 40];
         ip[0] = 0x45;
         ip[2..4].copy_from_slice(&28u16.to_be_bytes());
         ip[9] = 17;
+        ip[12..20].copy_from_slice(&[100, 64, 0, 1, 198, 18, 0, 1]);
         let mut buf = Vec::new();
-        ingest(&ip, VnetHdr::default(), &mut buf).unwrap();
-        assert_eq!(buf.len(), 28 + TRAILER_LEN);
-        assert_eq!(finish(&mut buf), VnetHdr::default());
+        let tag = ingest(&ip, VnetHdr::default(), &mut buf).unwrap();
         assert_eq!(buf, ip[..28]);
-        // Inconsistent total length: copied whole, no trailer.
+        assert_eq!(tag.addrs, [100, 64, 0, 1, 198, 18, 0, 1]);
+        assert_eq!(finish(&mut buf, tag), VnetHdr::default());
+        assert_eq!(buf, ip[..28]);
+        // Inconsistent total length: copied whole, no offload.
         ip[2..4].copy_from_slice(&60u16.to_be_bytes());
-        ingest(&ip, VnetHdr::default(), &mut buf).unwrap();
+        let tag = ingest(&ip, VnetHdr::default(), &mut buf).unwrap();
+        assert_eq!(tag, Offload::NONE);
         assert_eq!(buf, ip);
-        assert_eq!(finish(&mut buf), VnetHdr::default());
+        assert_eq!(finish(&mut buf, tag), VnetHdr::default());
         assert_eq!(buf, ip);
+    }
+
+    #[test]
+    fn finish_moves_a_partial_checksum_seed_by_the_address_change() {
+        // A UDP packet with a partial checksum: the field holds the folded pseudo-header sum.
+        let mut ip = vec![0u8; 28];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&28u16.to_be_bytes());
+        ip[9] = 17;
+        ip[12..20].copy_from_slice(&[100, 64, 0, 1, 198, 18, 0, 1]);
+        let seed = |p: &[u8]| {
+            let mut s = 0u32;
+            for w in p[12..20].chunks(2) {
+                s += u32::from(u16::from_be_bytes([w[0], w[1]]));
+            }
+            s += 17 + 8;
+            while s > 0xffff {
+                s = (s & 0xffff) + (s >> 16);
+            }
+            s as u16
+        };
+        let p0 = seed(&ip);
+        ip[26..28].copy_from_slice(&p0.to_be_bytes());
+        let v = VnetHdr {
+            flags: VNET_F_NEEDS_CSUM,
+            csum_start: (ETH_HLEN + 20) as u16,
+            csum_offset: 6,
+            ..VnetHdr::default()
+        };
+        let mut buf = Vec::new();
+        let tag = ingest(&ip, v, &mut buf).unwrap();
+        assert_eq!(tag.seed, p0);
+        // The NAT rewrites the source address (its own checksum update is then repaired).
+        buf[12..16].copy_from_slice(&[203, 0, 113, 1]);
+        assert_eq!(finish(&mut buf, tag), v);
+        let field = u16::from_be_bytes([buf[26], buf[27]]);
+        assert_eq!(field, seed(&buf), "seed of the translated pseudo-header");
     }
 
     #[test]

@@ -272,8 +272,8 @@ pub fn run(cfg: &ClusterConfig, progress: &mut dyn FnMut(f64)) -> Result<Cluster
         cutover_hold_max: Duration::from_millis(200),
         ..MigrationConfig::default()
     };
-    let inst_a = Instance::new(A, nat_a, mcfg.clone()).map_err(cfg_err)?;
-    let inst_b = Instance::new(B, nat_b, mcfg).map_err(cfg_err)?;
+    let inst_a = Instance::with_meta(A, nat_a, mcfg.clone()).map_err(cfg_err)?;
+    let inst_b = Instance::with_meta(B, nat_b, mcfg).map_err(cfg_err)?;
     let ports = |peer| NatPorts {
         switch: 0,
         chain: BTreeMap::from([(peer, 1)]),

@@ -11,7 +11,7 @@ use serde::Serialize;
 /// Deterministic, fast hash map (iteration order never affects results here).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 
-use crate::packet::{DropCause, LinkId, NodeId, Packet, Port};
+use crate::packet::{DropCause, LinkId, NodeId, Packet, PacketId, Port};
 use crate::sim::Net;
 
 /// A network element driven by the simulator.
@@ -39,9 +39,9 @@ pub trait Element: Any {
         None
     }
 
-    /// Visits every packet the element currently holds (buffers, delay lines), for the
-    /// end-of-run ledger check.
-    fn held_packets(&self, visit: &mut dyn FnMut(&Packet)) {
+    /// Visits the id of every packet the element currently holds (buffers, delay lines), for
+    /// the end-of-run ledger check.
+    fn held_packets(&self, visit: &mut dyn FnMut(PacketId)) {
         let _ = visit;
     }
 }

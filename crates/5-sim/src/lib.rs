@@ -69,6 +69,7 @@ pub mod packet;
 pub mod rng;
 pub mod sim;
 pub mod switch;
+pub mod workload;
 
 pub use element::{Element, Emit, RouterStats, StaticRouter};
 pub use flowshift_wire::Instant;
@@ -78,6 +79,8 @@ pub use host::{
 pub use link::{LinkConfig, LinkStats};
 pub use measure::{DelaySummary, InvariantError, LedgerReport, Report};
 pub use nat_element::{NatElement, NatElementStats, NatPorts};
-pub use packet::{DropCause, FiveTuple, FlowId, LinkId, NodeId, Packet, PacketId, Port};
+pub use packet::{
+    DropCause, FiveTuple, FlowId, LinkId, NodeId, Packet, PacketId, PacketMeta, Port,
+};
 pub use sim::{AppId, Arrival, DropInfo, Sim, SimConfig, SimError};
 pub use switch::{RuleSwitch, SwitchStats};

@@ -2,20 +2,21 @@
 //! [`flowshift_nat::Nat`]) as a simulator element.
 //!
 //! Ports: one towards the switch, and per peer instance one daisy-chain port and one
-//! state-transfer port. Transfer frames travel as packets of arbitrary bytes. Data packets keep
-//! their simulator metadata across the instance: the element appends an 8-byte tag after the
-//! IPv4 packet (the NAT never reads or writes bytes past the IPv4 total length), keeps the
-//! packet's shell under that tag, and puts the bytes back into the shell when the instance
-//! emits the packet (translated, chained or dropped). Packets the instance holds (frozen
-//! mappings, cutover hold) are reported to the ledger as held.
+//! state-transfer port. Transfer frames travel as packets of arbitrary bytes. Data packets go
+//! through the instance's batched fast path ([`Instance::handle_batch`], as on the Linux node;
+//! the simulator delivers one packet per event, so a batch holds one packet) and keep their
+//! simulator metadata across it as the instance's per-packet tag: the element hands the
+//! packet's [`PacketMeta`] in with its bytes and rebuilds the packet from the bytes and the tag
+//! the instance hands back (translated, chained or dropped). A chained packet keeps its
+//! metadata on the chain link and the peer's element hands it in again. Packets the instance
+//! holds (frozen mappings, prepare buffer, cutover hold) are reported to the ledger from the
+//! instance's own list ([`Instance::for_each_held`]).
 
 use crate::element::{Element, Emit};
-use crate::packet::{Packet, Port};
-use flowshift_migration::{Ingress, Instance, InstanceId, MigrationEvent, Output};
+use crate::packet::{Packet, PacketId, PacketMeta, Port};
+use flowshift_migration::{Driver, Ingress, Instance, InstanceId, MigrationEvent, Output};
 use flowshift_wire::Instant;
 use std::collections::BTreeMap;
-
-const TAG_LEN: usize = 8;
 
 /// The element's port numbers.
 #[derive(Clone, Debug, Default)]
@@ -37,43 +38,41 @@ pub struct NatElementStats {
     pub frames_in: u64,
     /// Transfer frames the instance could not decode.
     pub frames_bad: u64,
-    /// Outputs without a recognisable tag (would be a bug).
-    pub untagged_outputs: u64,
     /// Outputs for a peer with no port configured (dropped).
     pub unrouted: u64,
 }
 
 /// See the module documentation.
 pub struct NatElement {
-    inst: Instance,
+    inst: Instance<PacketMeta>,
     ports: NatPorts,
-    shells: BTreeMap<u64, Packet>,
-    next_tag: u64,
+    /// The batch handed to the instance (kept for its capacity).
+    batch: Vec<(Vec<u8>, PacketMeta)>,
     events: Vec<(Instant, MigrationEvent)>,
     stats: NatElementStats,
 }
 
 impl NatElement {
-    /// Wraps an instance. The instance must have been built with
+    /// Wraps an instance whose packets carry the simulator's metadata (build it with
+    /// [`Instance::with_meta`]). It must have been built with
     /// `MigrationConfig::report_drops = true`, so that every dropped packet can be accounted.
-    pub fn new(inst: Instance, ports: NatPorts) -> Self {
+    pub fn new(inst: Instance<PacketMeta>, ports: NatPorts) -> Self {
         NatElement {
             inst,
             ports,
-            shells: BTreeMap::new(),
-            next_tag: 1,
+            batch: Vec::with_capacity(1),
             events: Vec::new(),
             stats: NatElementStats::default(),
         }
     }
 
     /// The instance.
-    pub fn instance(&self) -> &Instance {
+    pub fn instance(&self) -> &Instance<PacketMeta> {
         &self.inst
     }
 
     /// The instance, for commands; call [`flush`](Self::flush) afterwards.
-    pub fn instance_mut(&mut self) -> &mut Instance {
+    pub fn instance_mut(&mut self) -> &mut Instance<PacketMeta> {
         &mut self.inst
     }
 
@@ -87,54 +86,69 @@ impl NatElement {
         &self.stats
     }
 
-    fn restore(&mut self, mut bytes: Vec<u8>) -> Option<Packet> {
-        let cut = bytes.len().checked_sub(TAG_LEN)?;
-        let tag = u64::from_le_bytes(bytes[cut..].try_into().ok()?);
-        let mut shell = self.shells.remove(&tag)?;
-        bytes.truncate(cut);
-        *shell.bytes_mut() = bytes;
-        Some(shell)
-    }
-
     /// Moves everything the instance produced into the network.
     pub fn flush(&mut self, out: &mut Emit<'_>) {
-        let now = out.now();
-        while let Some(o) = self.inst.poll_output() {
-            let (bytes, port, dropped) = match o {
-                Output::Send { pkt, .. } => (pkt, Some(self.ports.switch), None),
-                Output::Chain { to, pkt } => (pkt, self.ports.chain.get(&to).copied(), None),
-                Output::Dropped { pkt, reason } => (pkt, None, Some(reason.label())),
-            };
-            let Some(pkt) = self.restore(bytes) else {
-                self.stats.untagged_outputs += 1;
-                continue;
-            };
-            match (port, dropped) {
-                (_, Some(reason)) => out.drop_packet(pkt, reason),
-                (Some(p), None) => out.send(p, pkt),
-                (None, None) => {
-                    self.stats.unrouted += 1;
-                    out.drop_packet(pkt, "nat_element_unrouted");
+        let mut d = ElementDrain {
+            now: out.now(),
+            out,
+            ports: &self.ports,
+            events: &mut self.events,
+            stats: &mut self.stats,
+        };
+        self.inst.drain(&mut d);
+    }
+}
+
+/// The element as the instance's [`flowshift_migration::Driver`] for one drain.
+struct ElementDrain<'a, 'b> {
+    now: Instant,
+    out: &'a mut Emit<'b>,
+    ports: &'a NatPorts,
+    events: &'a mut Vec<(Instant, MigrationEvent)>,
+    stats: &'a mut NatElementStats,
+}
+
+impl Driver<PacketMeta> for ElementDrain<'_, '_> {
+    fn output(&mut self, o: Output<PacketMeta>) {
+        match o {
+            Output::Send { pkt, meta, .. } => {
+                let p = Packet { bytes: pkt, meta };
+                self.out.send(self.ports.switch, p);
+            }
+            Output::Chain { to, pkt, meta } => {
+                let p = Packet { bytes: pkt, meta };
+                match self.ports.chain.get(&to) {
+                    Some(&port) => self.out.send(port, p),
+                    None => {
+                        self.stats.unrouted += 1;
+                        self.out.drop_packet(p, "nat_element_unrouted");
+                    }
                 }
             }
-        }
-        while let Some((to, bytes)) = self.inst.poll_transmit() {
-            match self.ports.transfer.get(&to) {
-                Some(&p) => {
-                    let pkt = out.new_packet(bytes);
-                    out.send(p, pkt);
-                }
-                None => self.stats.unrouted += 1,
+            Output::Dropped { pkt, meta, reason } => {
+                let p = Packet { bytes: pkt, meta };
+                self.out.drop_packet(p, reason.label());
             }
         }
-        while let Some(e) = self.inst.poll_event() {
-            self.events.push((now, e));
+    }
+
+    fn transmit(&mut self, to: InstanceId, frame: Vec<u8>) {
+        match self.ports.transfer.get(&to) {
+            Some(&p) => {
+                let pkt = self.out.new_packet(frame);
+                self.out.send(p, pkt);
+            }
+            None => self.stats.unrouted += 1,
         }
+    }
+
+    fn event(&mut self, e: MigrationEvent) {
+        self.events.push((self.now, e));
     }
 }
 
 impl Element for NatElement {
-    fn on_packet(&mut self, now: Instant, port: Port, mut pkt: Packet, out: &mut Emit<'_>) {
+    fn on_packet(&mut self, now: Instant, port: Port, pkt: Packet, out: &mut Emit<'_>) {
         if let Some((&peer, _)) = self.ports.transfer.iter().find(|&(_, &p)| p == port) {
             self.stats.frames_in += 1;
             let bytes = pkt.bytes().to_vec();
@@ -148,12 +162,9 @@ impl Element for NatElement {
                 None => Ingress::Switch,
             };
             self.stats.packets_in += 1;
-            let tag = self.next_tag;
-            self.next_tag += 1;
-            let mut bytes = std::mem::take(pkt.bytes_mut());
-            bytes.extend_from_slice(&tag.to_le_bytes());
-            self.shells.insert(tag, pkt);
-            self.inst.handle_packet(now, bytes, ingress);
+            let Packet { bytes, meta } = pkt;
+            self.batch.push((bytes, meta));
+            self.inst.handle_batch(now, &mut self.batch, ingress);
         }
         self.flush(out);
     }
@@ -168,9 +179,7 @@ impl Element for NatElement {
         (t != Instant::MAX).then_some(t)
     }
 
-    fn held_packets(&self, visit: &mut dyn FnMut(&Packet)) {
-        for p in self.shells.values() {
-            visit(p);
-        }
+    fn held_packets(&self, visit: &mut dyn FnMut(PacketId)) {
+        self.inst.for_each_held(|_, meta| visit(meta.id));
     }
 }

@@ -924,9 +924,9 @@ impl Sim {
         }
         for slot in &self.nodes {
             if let NodeKind::Element(e) = &slot.kind {
-                e.held_packets(&mut |p| {
+                e.held_packets(&mut |id| {
                     held += 1;
-                    if !live.tick(p.meta.id) {
+                    if !live.tick(id) {
                         bad_ticks += 1;
                     }
                 });

@@ -169,8 +169,8 @@ impl Element for Holder {
     fn on_packet(&mut self, _now: Instant, _port: Port, pkt: Packet, _out: &mut Emit<'_>) {
         self.held.push(pkt);
     }
-    fn held_packets(&self, visit: &mut dyn FnMut(&Packet)) {
-        self.held.iter().for_each(visit);
+    fn held_packets(&self, visit: &mut dyn FnMut(PacketId)) {
+        self.held.iter().for_each(|p| visit(p.id()));
     }
 }
 

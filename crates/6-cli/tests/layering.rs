@@ -1,8 +1,9 @@
 //! The folder prefix of each crate is its layer (`crates/<layer>-<name>`). A crate may depend
 //! only on crates of strictly lower layers: wire -> NAT -> migration -> control -> drivers -> CLI.
 //! One listed exception: the lab (`crates/5-lab`: experiments, benchmarks, testbed) sits on top
-//! of its layer-5 siblings (simulator, controller client, node configuration); no layer-5 crate
-//! may depend on it, and it may depend on no layer-5 crate outside the list.
+//! of its layer-5 siblings (simulator, two-instance harness, controller client, node
+//! configuration); no layer-5 crate may depend on it, and it may depend on no layer-5 crate
+//! outside the list.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,6 +11,7 @@ use std::path::Path;
 /// Same-layer dependencies allowed: (dependent, dependency).
 const SAME_LAYER_ALLOWED: &[(&str, &str)] = &[
     ("flowshift-lab", "flowshift-sim"),
+    ("flowshift-lab", "flowshift-harness"),
     ("flowshift-lab", "flowshift-controller"),
     ("flowshift-lab", "flowshift-node"),
 ];

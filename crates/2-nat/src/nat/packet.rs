@@ -128,6 +128,20 @@ impl Nat {
         packets: &mut [P],
         verdicts: &mut Vec<Verdict>,
     ) {
+        self.process_batch_with(now, packets, |p| p.as_mut(), verdicts);
+    }
+
+    /// [`process_batch`](Self::process_batch) over items that hold a packet beside other data
+    /// (a driver's per-packet metadata): `bytes` returns an item's packet (starting at the
+    /// IPv4 header). Nothing else of an item is read or written.
+    #[inline]
+    pub fn process_batch_with<P>(
+        &mut self,
+        now: Instant,
+        packets: &mut [P],
+        mut bytes: impl FnMut(&mut P) -> &mut [u8],
+        verdicts: &mut Vec<Verdict>,
+    ) {
         const CHUNK: usize = 64;
         verdicts.clear();
         let mut scratch = std::mem::take(&mut self.batch_scratch);
@@ -140,7 +154,7 @@ impl Nat {
             let pf = self.session_index.prefetcher();
             scratch.clear();
             for p in chunk.iter_mut() {
-                scratch.push(match self.fast_meta(p.as_mut()) {
+                scratch.push(match self.fast_meta(bytes(p)) {
                     Some(mut meta) => (
                         {
                             meta.hash = self.session_index.hash(&meta.key);
@@ -175,7 +189,7 @@ impl Nat {
             // Pass 3: translate, in order; anything unusual takes the full path.
             for ((meta, hit), p) in scratch.iter().zip(chunk.iter_mut()) {
                 self.counters.packets_in += 1;
-                let pkt = p.as_mut();
+                let pkt = bytes(p);
                 let v = if hit.slot == NIL {
                     self.translate(now, pkt)
                 } else {

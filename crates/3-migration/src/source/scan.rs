@@ -30,9 +30,9 @@ pub(super) struct Scan {
     pub goal: ScanGoal,
 }
 
-impl Mig {
+impl<M: Copy> Mig<M> {
     /// Starts scanning the group's mappings and runs the first slice.
-    pub(super) fn src_begin_scan(&mut self, core: &mut Core, now: Instant, goal: ScanGoal) {
+    pub(super) fn src_begin_scan(&mut self, core: &mut Core<M>, now: Instant, goal: ScanGoal) {
         let ids = core.nat.group_mappings(self.group).unwrap_or_default();
         self.src().scan = Some(Box::new(Scan { ids, pos: 0, goal }));
         self.src_scan_step(core, now);
@@ -45,12 +45,13 @@ impl Mig {
     /// see `src_build_batch`), the idlest block (oldest most recent packet among its
     /// mappings) first. A mapping that dies during the scan is skipped (its handle no longer
     /// resolves).
-    pub(super) fn src_scan_step(&mut self, core: &mut Core, now: Instant) {
+    pub(super) fn src_scan_step(&mut self, core: &mut Core<M>, now: Instant) {
         let nc = core.nat.config();
         let (port_min, block_size) = (nc.port_min, nc.block_size.max(1) as u32);
         let Some(mut scan) = self.src().scan.take() else {
             return;
         };
+        debug_assert!(scan.pos <= scan.ids.len(), "scan position inside the scan");
         let end = (scan.pos + SCAN_SLICE).min(scan.ids.len());
         let copied = &mut self.src().copied;
         for i in scan.pos..end {
@@ -107,6 +108,10 @@ impl Mig {
                     .into_iter()
                     .flat_map(|(_, b, ids)| ids.into_iter().map(move |id| (b, id)))
                     .collect();
+                debug_assert!(
+                    self.src_ref().queue.len() <= scan.ids.len(),
+                    "the freeze order holds scanned mappings only"
+                );
                 if self.src_ref().queue.is_empty()
                     && core.nat.group_stats(self.group).map_or(0, |s| s.mappings) != 0
                 {
@@ -128,7 +133,7 @@ impl Mig {
 
     // ---------------------------------------------------------- stop-copy and pre-copy
 
-    pub(super) fn src_start_round(&mut self, core: &mut Core, now: Instant, last: bool) {
+    pub(super) fn src_start_round(&mut self, core: &mut Core<M>, now: Instant, last: bool) {
         let g = self.group;
         if last {
             core.set_mode(g, GroupMode::Halted);
@@ -158,7 +163,7 @@ impl Mig {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn src_round_scanned(
         &mut self,
-        core: &mut Core,
+        core: &mut Core<M>,
         now: Instant,
         round: u32,
         last: bool,
@@ -167,6 +172,11 @@ impl Mig {
         dirty: u32,
     ) {
         let s = self.src();
+        debug_assert!(s.round.is_none(), "one round at a time");
+        debug_assert!(
+            queue.len() as u64 == new as u64 + dirty as u64,
+            "queued = new + dirty"
+        );
         let mut dead: Vec<MappingKey> = Vec::new();
         s.copied.retain(|_, c| {
             // Entries not seen by this scan died (new ones are inserted when sent).
@@ -194,7 +204,7 @@ impl Mig {
         self.src_pump(core, now);
     }
 
-    pub(super) fn src_round_done(&mut self, core: &mut Core, now: Instant) {
+    pub(super) fn src_round_done(&mut self, core: &mut Core<M>, now: Instant) {
         let Some(r) = self.src().round.take() else {
             return;
         };

@@ -2,16 +2,6 @@
 
 use super::*;
 
-/// Flow-size distribution of the synthetic workload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SizeDist {
-    /// Pareto with shape `--alpha` and scale `--min-packets`.
-    Pareto,
-    /// Zipf ranks with exponent `--zipf-s`, times `--min-packets`.
-    Zipf,
-}
-
 /// Algorithms the experiment can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -87,8 +77,9 @@ pub struct PrecopyArgs {
     /// Synthetic: flow arrival rate (flows/s, Poisson).
     #[arg(long, default_value_t = 150.0)]
     pub rate: f64,
-    /// Synthetic: flow-size distribution.
-    #[arg(long, value_enum, default_value_t = SizeDist::Pareto)]
+    /// Synthetic: flow-size distribution: `pareto` (shape `--alpha`, scale `--min-packets`)
+    /// or `zipf` (ranks with exponent `--zipf-s`, times `--min-packets`).
+    #[arg(long, default_value_t = SizeDist::Pareto)]
     pub dist: SizeDist,
     /// Synthetic: Pareto shape (> 0; heavy-tailed below 2).
     #[arg(long, default_value_t = 1.2)]
@@ -264,6 +255,23 @@ impl PrecopyArgs {
             WorkloadChoice::Both => vec![WorkloadChoice::Synthetic, WorkloadChoice::Replay],
             w => vec![w],
         })
+    }
+
+    /// The synthetic workload's parameters.
+    pub(super) fn synth(&self) -> SynthConfig {
+        SynthConfig {
+            seed: self.seed,
+            rate: self.rate,
+            dist: self.dist,
+            alpha: self.alpha,
+            zipf_s: self.zipf_s,
+            min_packets: self.min_packets,
+            max_packets: self.max_packets,
+            flow_pps: self.flow_pps,
+            udp_share: self.udp_share,
+            keepalive_s: self.keepalive_s,
+            subscribers: self.subscribers,
+        }
     }
 
     pub(super) fn params(&self, algo: AlgoChoice) -> Params {

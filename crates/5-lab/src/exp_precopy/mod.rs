@@ -3,15 +3,18 @@
 //!
 //! # Set-up
 //!
-//! Two [`flowshift_migration::Instance`]s, A and B, are driven in virtual time by a small
-//! event loop (no network simulator): the "switch" hands every packet of the migrated group
-//! straight to A's `handle_packet` (to B once the controller has redirected it), translated
-//! packets are parsed and counted, packets A chains are delivered to B after the one-way delay,
-//! and transfer frames travel through a FIFO link per direction with a fixed one-way delay plus
-//! a serialization delay per byte (`--bandwidth-mbps`, 0 for none). On `ReadyForCutover` the
-//! controller redirects the switch at once and calls `cutover_done` one barrier delay later.
-//! Time jumps from event to event, so minutes of virtual time cost little. Nothing is ever
-//! sent anywhere: everything happens in-process.
+//! Two [`flowshift_migration::Instance`]s, A and B, run in the two-instance harness
+//! ([`flowshift_harness`], no packet-level network simulator): its switch hands every packet
+//! of the migrated group to the instance the controller's rules name (A, then B once the
+//! real [`Orchestrator`](flowshift_control::orchestrator::Orchestrator) has redirected it),
+//! translated packets are parsed and counted, packets A chains are delivered to B after the
+//! one-way delay, and transfer frames travel through a FIFO link per direction with a fixed
+//! one-way delay plus a serialization delay per byte (`--bandwidth-mbps`, 0 for none). On
+//! `ReadyForCutover` the orchestrator redirects the switch at once; the barrier reply comes one
+//! barrier delay later and the orchestrator then has `cutover_done` called. Time jumps from
+//! event to event, so minutes of virtual time cost little. Nothing is ever sent anywhere:
+//! everything happens in-process. The workloads (synthetic flows, pcap replay) come from
+//! [`flowshift_sim::workload`].
 //!
 //! The group: external address 198.18.0.1, subscribers 100.64.0.1 .. 100.64.3.254
 //! (`--subscribers` of them), servers in 198.19.0.0/16. Port blocks of 64 ports, at most 8 per
@@ -84,79 +87,54 @@
 //!
 //! # Files
 //!
-//! `args.rs` the options; `workload.rs` synthetic packets and flows; `replay.rs` pcap replay
-//! and the sample trace; `sim.rs` the event loop (NAT instances, switch, links); `report.rs`
-//! the report types, table and plots; this file the shared constants and helpers and the
-//! runs (`run_one`, `experiment`, `run`). The submodules share this file's imports and
-//! constants through `use super::*`.
+//! `args.rs` the options; `driver.rs` the run on the harness (the workload's events, what the
+//! experiment observes); `report.rs` the report types, table and plots; this file the shared
+//! constants and helpers and the runs (`run_one`, `experiment`, `run`). The submodules share
+//! this file's imports and constants through `use super::*`.
 
 mod args;
-mod replay;
+mod driver;
 mod report;
-mod sim;
 #[cfg(test)]
 mod tests;
-mod workload;
 
 pub use args::*;
-use replay::*;
+use driver::*;
 use report::*;
-use sim::*;
-use workload::*;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, ValueEnum};
+use flowshift_harness::{A, B, Faults, Harness, HarnessConfig, Observer};
 use flowshift_migration::{
-    Algorithm, Direction, Ingress, Instance, InstanceId, MigrationConfig, MigrationEvent,
-    MigrationId, MigrationReport, Output, Params, Phase, RateMode,
+    Algorithm, Direction, Instance, InstanceId, MigrationConfig, MigrationEvent, MigrationReport,
+    Params, Phase, RateMode,
 };
-use flowshift_nat::{GroupConfig, Nat, NatConfig, Timeouts};
+use flowshift_nat::{DropReason, GroupConfig, Nat, NatConfig, Timeouts};
+use flowshift_sim::workload::replay::{
+    ReplayPlan, ReplayStats, TraceStats, plan_replay, read_pcap, sample_pcap,
+};
+use flowshift_sim::workload::{
+    ACK, FIN, Flow, K_DATA, K_FIN, K_KEEPALIVE, K_REPLAY, K_REPLY, K_SYN, MAX_FLOWS,
+    MAX_SUBSCRIBERS, MAX_ZIPF_RANKS, PSH, SUBSCRIBER_LEN, SUBSCRIBER_NET, SYN, SizeDist, Stage,
+    Synth, SynthConfig, TCP, UDP, build_packet, parse_output,
+};
 use flowshift_wire::Instant;
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::collections::{BTreeMap, BinaryHeap};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-const A: InstanceId = InstanceId(1);
-const B: InstanceId = InstanceId(2);
 /// External address of the migrated group.
 const EXT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// B's own group (unused by traffic; B must serve something).
 const B_EXT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-/// The migrated group's subscriber prefix: 100.64.0.0/22.
-const SUB_NET: [u8; 4] = [100, 64, 0, 0];
-const SUB_LEN: u8 = 22;
-/// Usable subscriber addresses in the /22.
-const MAX_SUBSCRIBERS: u32 = (1 << (32 - SUB_LEN)) - 2;
-/// Servers: 198.19.0.0/16 (inside 198.18.0.0/15, clear of the external addresses).
-const SERVER_NET: u32 = u32::from_be_bytes([198, 19, 0, 0]);
-const MAX_SERVERS: u32 = 65_534;
-const TCP: u8 = 6;
-const UDP: u8 = 17;
-const FIN: u8 = 0x01;
-const SYN: u8 = 0x02;
-const RST: u8 = 0x04;
-const PSH: u8 = 0x08;
-const ACK: u8 = 0x10;
-/// Packet kinds carried in the payload (byte 4) so replies and port learning need no lookup.
-const K_SYN: u8 = 0;
-const K_DATA: u8 = 1;
-const K_FIN: u8 = 2;
-const K_KEEPALIVE: u8 = 3;
-const K_REPLY: u8 = 4;
-const K_REPLAY: u8 = 5;
-/// Bounds on one run: flows created, loop steps.
-const MAX_FLOWS: usize = 4_000_000;
+/// Bound on one run: loop steps.
 const MAX_STEPS: u64 = 400_000_000;
 /// Steps at one instant before the loop is declared stuck.
 const MAX_STEPS_AT_ONE_TIME: u64 = 1_000_000;
-/// Bound on the Zipf table.
-const MAX_ZIPF_RANKS: u32 = 1_000_000;
 /// Persistent connections open within this long from the start.
 const PERSISTENT_OPEN_S: f64 = 10.0;
 /// The sample pcap's fixed seed (the shipped `testdata/precopy-sample.pcap`).
@@ -184,29 +162,25 @@ fn run_one(
     limit: Duration,
     algo: AlgoChoice,
 ) -> Result<(RunOut, u64)> {
-    let mut sim = Sim::new(args, replay)?;
+    let mut sim = new_sim(args, replay)?;
     let t_start = T0 + start;
-    sim.run_until(t_start, |_| false)?;
+    run_until(&mut sim, t_start, |_| false)?;
     let mix = table_mix(&sim);
-    let before = sim.stats.clone();
-    let g = sim
-        .a
-        .nat()
-        .group_id(EXT)
-        .ok_or_else(|| anyhow!("group missing on A"))?;
-    let now = sim.now;
-    sim.log.start = now;
+    let before = sim.obs.stats.clone();
+    sim.obs.log.start = sim.now;
     let id = sim
-        .a
-        .start_migration(now, g, B, algo.algorithm(), args.params(algo))
-        .context("start_migration")?;
-    sim.pump();
-    sim.run_until(t_start + limit, Sim::finished)?;
-    let during = sim.stats.minus(&before);
+        .migrate(EXT, B, algo.algorithm(), args.params(algo))
+        .context("start the migration")?;
+    run_until(&mut sim, t_start + limit, finished)?;
+    let hs = sim.stats();
+    if hs.unsteered + hs.commands_refused + hs.frames_malformed + hs.unrouted + hs.queue_full != 0 {
+        bail!("the harness refused part of the run: {hs:?}");
+    }
+    let during = sim.obs.stats.minus(&before);
     let rep = sim.a.report(id);
-    let start_i = sim.log.start;
-    let rounds: Vec<RoundOut> = sim
-        .log
+    let log = &sim.obs.log;
+    let start_i = log.start;
+    let rounds: Vec<RoundOut> = log
         .rounds
         .iter()
         .map(|(t, r)| RoundOut {
@@ -214,8 +188,7 @@ fn run_one(
             ..*r
         })
         .collect();
-    let phases: Vec<(f64, Phase)> = sim
-        .log
+    let phases: Vec<(f64, Phase)> = log
         .phases
         .iter()
         .filter(|(_, on, _)| *on == A)
@@ -234,12 +207,12 @@ fn run_one(
     let out = RunOut {
         algorithm: algo.name(),
         params: args.params(algo),
-        completed: sim.log.src_done.is_some() && sim.log.dst_done.is_some(),
-        aborted: sim.log.aborted,
+        completed: log.src_done.is_some() && log.dst_done.is_some(),
+        aborted: log.aborted,
         start_s: start.as_secs_f64(),
         table_at_start: mix,
-        duration_ms: sim.log.src_done.map(|t| ms_between(t, start_i)),
-        ready_ms: sim.log.ready.map(|t| ms_between(t, start_i)),
+        duration_ms: log.src_done.map(|t| ms_between(t, start_i)),
+        ready_ms: log.ready.map(|t| ms_between(t, start_i)),
         phases,
         copied_total: match algo {
             AlgoChoice::PreCopy => rounds.iter().map(|r| u64::from(r.copied)).sum(),
@@ -257,17 +230,16 @@ fn run_one(
             .map_or(0, |r| r.packets_lost_by_cause.values().sum()),
         packets_buffered: rep.as_ref().map_or(0, |r| r.packets_buffered),
         bytes_transferred: rep.as_ref().map_or(0, |r| r.bytes_transferred),
-        idle_samples: sim
-            .log
+        idle_samples: log
             .idle
             .iter()
             .map(|(t, rem, exp)| (ms_between(*t, start_i) / 1e3, *rem, *exp))
             .collect(),
         traffic_during_migration: during,
-        traffic_total: sim.stats.clone(),
+        traffic_total: sim.obs.stats.clone(),
         source_report: rep,
     };
-    Ok((out, sim.flows.len() as u64))
+    Ok((out, sim.obs.flows.len() as u64))
 }
 
 /// Runs the whole experiment and returns the report (no files written).

@@ -130,8 +130,8 @@ pub(super) fn table_mix(sim: &Sim) -> TableMix {
         m.mappings = s.mappings;
         m.sessions = s.sessions;
     }
-    let replay = sim.replay.is_some();
-    for f in &sim.flows {
+    let replay = sim.obs.replay.is_some();
+    for f in &sim.obs.flows {
         if f.persistent {
             m.persistent_flows += 1;
             continue;

@@ -122,69 +122,8 @@ fn same_seed_gives_identical_json_and_another_seed_does_not() {
     assert_ne!(j1, j3);
 }
 
-#[test]
-fn zipf_sizes_are_heavy_tailed_and_bounded() {
-    let args = PrecopyArgs {
-        dist: SizeDist::Zipf,
-        zipf_s: 1.5,
-        min_packets: 2,
-        max_packets: 10_000,
-        ..small(1)
-    };
-    let mut s = Synth::new(&args);
-    let sizes: Vec<u32> = (0..20_000).map(|_| s.size()).collect();
-    let small_share = sizes.iter().filter(|&&x| x <= 4).count() as f64 / 20_000.0;
-    assert!(small_share > 0.5, "most flows are short: {small_share}");
-    assert!(sizes.iter().any(|&x| x >= 200), "some are long");
-    assert!(sizes.iter().all(|&x| (2..=10_000).contains(&x)));
-}
-
 fn sample_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/precopy-sample.pcap")
-}
-
-#[test]
-fn pcap_replay_reads_the_flows_it_wrote() {
-    let (bytes, flows) = sample_pcap(SAMPLE_SEED).unwrap();
-    let dir = std::env::temp_dir().join(format!("flowshift-precopy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("t.pcap");
-    std::fs::write(&path, &bytes).unwrap();
-    let (pkts, st) = read_pcap(&path, u64::MAX).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(st.records, st.used, "every packet is TCP/UDP over IPv4");
-    assert!(st.duration_s > 50.0 && st.duration_s < 61.0, "{st:?}");
-    assert!(pkts.windows(2).all(|w| w[0].ts <= w[1].ts));
-    let plan = plan_replay(&pkts, 16);
-    // Same flows, same initiators, in first-appearance order (compare as sets).
-    let mut wrote: Vec<_> = flows.clone();
-    let mut read: Vec<_> = plan.orig.clone();
-    wrote.sort();
-    read.sort();
-    assert_eq!(read, wrote);
-    // Mid-stream TCP flows got a synthesized SYN; UDP and TCP are both there.
-    assert!(plan.stats.synthesized_syn > 0 && plan.stats.udp_flows > 0);
-    // Every mapped address is inside the allowed ranges.
-    let subs = flowshift_nat::prefix(Ipv4Addr::new(100, 64, 0, 0), 10).unwrap();
-    let servers = flowshift_nat::prefix(Ipv4Addr::new(198, 18, 0, 0), 15).unwrap();
-    for f in &plan.flows {
-        assert!(subs.contains(&f.sub), "{}", f.sub);
-        assert!(
-            servers.contains(&f.server) && f.server != EXT,
-            "{}",
-            f.server
-        );
-    }
-    // Deterministic: the same trace maps the same way.
-    let again = plan_replay(&pkts, 16);
-    let key = |p: &ReplayPlan| {
-        p.flows
-            .iter()
-            .map(|f| (f.sub, f.sport, f.server, f.dport))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(key(&plan), key(&again));
-    assert_eq!(plan.events.len(), again.events.len());
 }
 
 #[test]
@@ -221,20 +160,6 @@ fn replay_workload_migrates_with_both_algorithms() {
     let p = run_of(&r, "pre-copy");
     assert!(!p.rounds.is_empty() && p.rounds.last().unwrap().last);
     assert!(p.traffic_total.to_outside > 100 && p.traffic_total.to_inside > 100);
-}
-
-#[test]
-fn garbage_and_truncated_pcaps_are_errors_not_panics() {
-    let dir = std::env::temp_dir().join(format!("flowshift-precopy-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("bad.pcap");
-    std::fs::write(&p, b"definitely not a pcap file").unwrap();
-    assert!(read_pcap(&p, 10).is_err());
-    let (bytes, _) = sample_pcap(SAMPLE_SEED).unwrap();
-    std::fs::write(&p, &bytes[..bytes.len() - 7]).unwrap();
-    assert!(read_pcap(&p, u64::MAX).is_err(), "a cut record is an error");
-    assert!(read_pcap(&dir.join("missing.pcap"), 10).is_err());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

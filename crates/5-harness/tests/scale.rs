@@ -1,5 +1,5 @@
 //! Figures at the poster's scale (about 60,000 states). Ignored by default (slow in debug
-//! builds): `cargo test -p flowshift-migration --release --test scale -- --ignored --nocapture`.
+//! builds): `cargo test -p flowshift-harness --release --test scale -- --ignored --nocapture`.
 //! The transfer link here has a delay (0.5 ms each way) but no bandwidth limit, so durations are
 //! round-trip bound; the simulator adds link rates.
 
@@ -18,19 +18,19 @@ fn run(algorithm: Algorithm) {
         block_size: 512,
         ..flowshift_nat::NatConfig::default()
     };
-    let mut cl = Cluster::with_configs(1, MigrationConfig::default(), |_| {});
-    cl.a = flowshift_migration::Instance::new(
+    let a = flowshift_migration::Instance::new(
         A,
         Nat::new(wide(vec![group(EXT0, [100, 64, 0, 0], 22)])).unwrap(),
         MigrationConfig::default(),
     )
     .unwrap();
-    cl.b = flowshift_migration::Instance::new(
+    let b = flowshift_migration::Instance::new(
         B,
         Nat::new(wide(vec![group(EXT2, [100, 64, 16, 0], 24)])).unwrap(),
         MigrationConfig::default(),
     )
     .unwrap();
+    let mut cl = cluster_of(1, a, b);
     let (subs, per) = (118u32, 508u16);
     for s in 0..subs {
         let host = [100, 64, ((1 + s) >> 8) as u8, (1 + s) as u8];
@@ -54,7 +54,7 @@ fn run(algorithm: Algorithm) {
     };
     let wall = std::time::Instant::now();
     let id = cl.start(algorithm, params);
-    cl.advance_by(Duration::from_secs(60));
+    cl.advance_by(Duration::from_secs(60)).unwrap();
     let wall = wall.elapsed();
     let r = cl.a.report(id).unwrap();
     assert!(r.completed, "{algorithm:?} not completed");
@@ -85,68 +85,4 @@ fn poster_scale_figures() {
     run(Algorithm::FreezeCopy);
     run(Algorithm::StopCopy);
     run(Algorithm::PreCopy);
-}
-
-#[test]
-#[ignore]
-fn wrapper_overhead_figures() {
-    use flowshift_migration::{Ingress, Instance};
-    let cfg = || flowshift_nat::NatConfig {
-        groups: vec![group(EXT0, [100, 64, 0, 0], 22)],
-        block_size: 512,
-        ..flowshift_nat::NatConfig::default()
-    };
-    let mut nat = Nat::new(cfg()).unwrap();
-    let mut inst = Instance::new(A, Nat::new(cfg()).unwrap(), MigrationConfig::default()).unwrap();
-    let now = flowshift_wire::Instant::from_secs(1);
-    let pkts: Vec<Vec<u8>> = (0..10_000u32)
-        .map(|i| {
-            udp(
-                [100, 64, 0, 1 + (i / 500) as u8],
-                20_000 + (i % 500) as u16,
-                SERVER,
-                53,
-                i,
-                0,
-            )
-        })
-        .collect();
-    for p in &pkts {
-        nat.process(now, &mut p.clone());
-        inst.handle_packet(now, p.clone(), Ingress::Switch);
-        while inst.poll_output().is_some() {}
-    }
-    let rounds = 100;
-    let t = std::time::Instant::now();
-    for _ in 0..rounds {
-        for p in &pkts {
-            let mut q = p.clone();
-            std::hint::black_box(nat.process(now, &mut q));
-        }
-    }
-    let bare = t.elapsed().as_nanos() as f64 / (rounds * pkts.len()) as f64;
-    let t = std::time::Instant::now();
-    for _ in 0..rounds {
-        for p in &pkts {
-            inst.handle_packet(now, p.clone(), Ingress::Switch);
-            std::hint::black_box(inst.poll_output());
-        }
-    }
-    let wrapped = t.elapsed().as_nanos() as f64 / (rounds * pkts.len()) as f64;
-    let t = std::time::Instant::now();
-    let mut batch = Vec::with_capacity(64);
-    for _ in 0..rounds {
-        for chunk in pkts.chunks(64) {
-            batch.extend(chunk.iter().cloned());
-            inst.handle_batch(now, &mut batch, Ingress::Switch);
-            while let Some(o) = inst.poll_output() {
-                std::hint::black_box(o);
-            }
-        }
-    }
-    let batched = t.elapsed().as_nanos() as f64 / (rounds * pkts.len()) as f64;
-    println!(
-        "per packet (incl. one Vec clone): Nat::process {bare:.0} ns, \
-         Instance::handle_packet {wrapped:.0} ns, handle_batch(64) {batched:.0} ns"
-    );
 }

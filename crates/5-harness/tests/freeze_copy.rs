@@ -23,8 +23,8 @@ fn traffic(cl: &mut Cluster, flow: u32, seq_out: &mut [u32], seq_in: &mut [u32])
 
 #[test]
 fn freeze_copy_moves_every_mapping_without_loss_and_in_order() {
-    let mut cl = Cluster::new(7);
-    cl.check_every_step = true;
+    let mut cl = cluster(7);
+    cl.obs.check_every_step = true;
     let n = 200u32;
     let extra = 20u32;
     let mut seq_out = vec![0u32; (n + extra) as usize];
@@ -33,9 +33,9 @@ fn freeze_copy_moves_every_mapping_without_loss_and_in_order() {
     for f in 0..n {
         sent += traffic(&mut cl, f, &mut seq_out, &mut seq_in);
     }
-    let before = ext_ports(&cl.delivered);
+    let before = ext_ports(&cl.obs.delivered);
     assert_eq!(before.len(), n as usize);
-    cl.advance_by(Duration::from_millis(10));
+    cl.advance_by(Duration::from_millis(10)).unwrap();
 
     let params = Params {
         batch_size: 16,
@@ -60,29 +60,34 @@ fn freeze_copy_moves_every_mapping_without_loss_and_in_order() {
             sent += traffic(&mut cl, flow, &mut seq_out, &mut seq_in);
         }
         step += 1;
-        cl.advance_by(Duration::from_micros(50));
+        cl.advance_by(Duration::from_micros(50)).unwrap();
     }
-    cl.advance_by(Duration::from_millis(5));
+    cl.advance_by(Duration::from_millis(5)).unwrap();
     assert!(cl.completed(id, A), "source did not complete");
     assert!(cl.completed(id, B), "destination did not complete");
 
     // No loss: everything injected was delivered, and neither NAT dropped anything.
-    assert_eq!(cl.delivered.len() as u32, sent, "packets lost");
+    assert_eq!(cl.obs.delivered.len() as u32, sent, "packets lost");
     assert_eq!(cl.a.nat().counters().total_drops(), 0);
     assert_eq!(cl.b.nat().counters().total_drops(), 0);
     // State moved before the packets that needed it: no flow changed its external port.
-    let after = ext_ports(&cl.delivered);
+    let after = ext_ports(&cl.obs.delivered);
     for (f, p) in &before {
         assert_eq!(after.get(f), Some(p));
     }
-    assert_in_order(&cl.delivered);
+    assert_in_order(&cl.obs.delivered);
     // Inbound packets reached the right subscriber.
-    for s in cl.delivered.iter().filter(|s| s.dir == Direction::ToInside) {
+    for s in cl
+        .obs
+        .delivered
+        .iter()
+        .filter(|s| s.dir == Direction::ToInside)
+    {
         assert_eq!((s.dst, s.dport), sub(s.flow));
     }
     // Both instances served the group, each at its time.
-    assert!(cl.delivered.iter().any(|s| s.by == A));
-    assert!(cl.delivered.iter().any(|s| s.by == B));
+    assert!(cl.obs.delivered.iter().any(|s| s.by == A));
+    assert!(cl.obs.delivered.iter().any(|s| s.by == B));
 
     let (on_a, on_b) = cl.check_exactly_one_owner();
     assert_eq!(on_a, 0);
@@ -137,7 +142,7 @@ fn freeze_copy_moves_every_mapping_without_loss_and_in_order() {
 /// Long flows (refreshed every 20 s) plus short flows born one per second and then silent, so
 /// that when the migration starts short flows are dying at a steady rate (UDP timeout 300 s).
 fn idle_scenario(idle_max: Duration) -> (Cluster, flowshift_migration::MigrationReport, u32) {
-    let mut cl = Cluster::new(11);
+    let mut cl = cluster(11);
     let n_long = 40u32;
     let n_short = 400u32;
     let n_new = 5u32;
@@ -154,7 +159,7 @@ fn idle_scenario(idle_max: Duration) -> (Cluster, flowshift_migration::Migration
             refresh(&mut cl, 0..n_long);
         }
         refresh(&mut cl, n_long + s..n_long + s + 1);
-        cl.advance(t0 + Duration::from_secs(s as u64 + 1));
+        cl.advance(t0 + Duration::from_secs(s as u64 + 1)).unwrap();
     }
     let params = Params {
         batch_size: 16,
@@ -174,9 +179,9 @@ fn idle_scenario(idle_max: Duration) -> (Cluster, flowshift_migration::Migration
             refresh(&mut cl, n_long + n_short..n_long + n_short + n_new);
         }
         s += 1;
-        cl.advance(t0 + Duration::from_secs(s as u64));
+        cl.advance(t0 + Duration::from_secs(s as u64)).unwrap();
     }
-    cl.advance_by(Duration::from_millis(100));
+    cl.advance_by(Duration::from_millis(100)).unwrap();
     assert!(cl.completed(id, A) && cl.completed(id, B), "not completed");
     let r = cl.a.report(id).unwrap();
     (cl, r, n_long)
@@ -204,6 +209,7 @@ fn idle_phase_lets_short_flows_expire_on_the_source() {
     // after a window (10 s) without deaths.
     assert!((305.0..=315.0).contains(&idle_s), "idle lasted {idle_s} s");
     let samples = cl
+        .obs
         .events
         .iter()
         .filter(|(_, e)| matches!(e, MigrationEvent::IdleProgress { .. }))
@@ -212,8 +218,8 @@ fn idle_phase_lets_short_flows_expire_on_the_source() {
     // Nothing lost, no flow changed port, both NATs consistent, B holds long + new flows.
     assert_eq!(cl.a.nat().counters().total_drops(), 0);
     assert_eq!(cl.b.nat().counters().total_drops(), 0);
-    ext_ports(&cl.delivered);
-    assert_in_order(&cl.delivered);
+    ext_ports(&cl.obs.delivered);
+    assert_in_order(&cl.obs.delivered);
     let (on_a, on_b) = cl.check_exactly_one_owner();
     assert_eq!((on_a, on_b), (0, n_long as usize + 5));
 }
@@ -247,10 +253,10 @@ fn idle_max_bounds_the_idle_phase() {
 #[test]
 fn hot_flows_keep_their_order_through_freeze_and_cutover() {
     for seed in 0..4u64 {
-        let mut cl = Cluster::new(100 + seed);
-        cl.check_every_step = true;
-        cl.chain_delay = Duration::from_millis(2);
-        cl.transfer_delay = Duration::from_millis(1);
+        let mut cl = cluster(100 + seed);
+        cl.obs.check_every_step = true;
+        cl.cfg.chain_delay = Duration::from_millis(2);
+        cl.cfg.transfer_delay = Duration::from_millis(1);
         let (hot, cold) = (6u32, 120u32);
         let mut seq_out = vec![0u32; cold as usize];
         let mut seq_in = vec![0u32; cold as usize];
@@ -270,13 +276,13 @@ fn hot_flows_keep_their_order_through_freeze_and_cutover() {
             for f in 0..hot {
                 sent += traffic(&mut cl, f, &mut seq_out, &mut seq_in);
             }
-            cl.advance_by(Duration::from_micros(50));
+            cl.advance_by(Duration::from_micros(50)).unwrap();
         }
-        cl.advance_by(Duration::from_millis(10));
+        cl.advance_by(Duration::from_millis(10)).unwrap();
         assert!(cl.completed(id, A) && cl.completed(id, B));
-        assert_eq!(cl.delivered.len() as u32, sent, "packets lost");
-        assert_in_order(&cl.delivered);
-        ext_ports(&cl.delivered);
+        assert_eq!(cl.obs.delivered.len() as u32, sent, "packets lost");
+        assert_in_order(&cl.obs.delivered);
+        ext_ports(&cl.obs.delivered);
         let (ra, rb) = (cl.a.report(id).unwrap(), cl.b.report(id).unwrap());
         assert!(ra.packets_buffered > 20, "{}", ra.packets_buffered);
         assert!(rb.packets_buffered > 20, "{}", rb.packets_buffered);
@@ -292,8 +298,8 @@ fn a_subscriber_migrating_mid_block_never_gets_a_port_bound_twice() {
     let host = [100, 64, 0, 200];
     let pkt = |port: u16, seq: u32| udp(host, port, SERVER, 53, port as u32, seq);
     for seed in 0..6u64 {
-        let mut cl = Cluster::new(200 + seed);
-        cl.check_every_step = true;
+        let mut cl = cluster(200 + seed);
+        cl.obs.check_every_step = true;
         // 40 mappings on A: block X full-ish (and a few in a second block).
         for p in 0..40u16 {
             cl.inject(pkt(20_000 + p, 0));
@@ -317,11 +323,11 @@ fn a_subscriber_migrating_mid_block_never_gets_a_port_bound_twice() {
                 cl.inject(pkt(next, 0));
                 next += 1;
             }
-            cl.advance_by(Duration::from_micros(100));
+            cl.advance_by(Duration::from_micros(100)).unwrap();
         }
         assert!(cl.completed(id, B), "not completed");
         cl.check_exactly_one_owner();
-        ext_ports(&cl.delivered);
+        ext_ports(&cl.obs.delivered);
         // The scenario did reach B's limit and allocations in received blocks.
         assert!(
             cl.b.nat()
@@ -337,8 +343,8 @@ fn end_of_chain_marker_releases_the_destination_long_before_the_drain_ends() {
     // A 300 ms drain: without the marker the destination would hold the group's switch
     // packets until `Done`, 300 ms after the cutover. With it, they go out once the chain is
     // quiet for `chain_quiet` and the marker's count of chained packets has arrived.
-    let mut cl = Cluster::new(21);
-    cl.check_every_step = true;
+    let mut cl = cluster(21);
+    cl.obs.check_every_step = true;
     let n = 40u32;
     let mut seq_out = vec![0u32; n as usize];
     let mut seq_in = vec![0u32; n as usize];
@@ -358,7 +364,7 @@ fn end_of_chain_marker_releases_the_destination_long_before_the_drain_ends() {
     while !cl.phase_reached(id, A, Phase::Drain) && cl.now < limit {
         let flow = (cl.now.as_nanos() / 100_000) as u32 % n;
         sent += traffic(&mut cl, flow, &mut seq_out, &mut seq_in);
-        cl.advance_by(Duration::from_micros(100));
+        cl.advance_by(Duration::from_micros(100)).unwrap();
     }
     assert!(cl.phase_reached(id, A, Phase::Drain), "no cutover");
     let cutover = cl.now;
@@ -366,36 +372,36 @@ fn end_of_chain_marker_releases_the_destination_long_before_the_drain_ends() {
     // time, the transfer delay and the chain delay (a few ms), not at the drain's end.
     let mut waits = Vec::new();
     for k in 0..20u32 {
-        let before = cl.delivered.len();
+        let before = cl.obs.delivered.len();
         sent += traffic(&mut cl, k % n, &mut seq_out, &mut seq_in);
         let injected = cl.now;
         let deadline = injected + Duration::from_millis(100);
-        while cl.delivered.len() == before && cl.now < deadline {
-            cl.advance_by(Duration::from_micros(50));
+        while cl.obs.delivered.len() == before && cl.now < deadline {
+            cl.advance_by(Duration::from_micros(50)).unwrap();
         }
         assert!(
-            cl.delivered.len() > before,
+            cl.obs.delivered.len() > before,
             "packet {k} still held 100 ms after it arrived"
         );
-        waits.push(cl.delivered[before].at - injected);
+        waits.push(cl.obs.delivered[before].at - injected);
     }
     assert!(
         !cl.completed(id, A),
         "the source must still be draining: the release came from the marker, not from Done"
     );
-    let bound = quiet + cl.transfer_delay + cl.chain_delay + Duration::from_millis(1);
+    let bound = quiet + cl.cfg.transfer_delay + cl.cfg.chain_delay + Duration::from_millis(1);
     let worst = waits.iter().max().copied().unwrap_or_default();
     assert!(
         worst <= bound,
         "held {worst:?} after the cutover at {cutover:?}, bound {bound:?}"
     );
-    cl.advance_by(Duration::from_millis(400));
+    cl.advance_by(Duration::from_millis(400)).unwrap();
     assert!(cl.completed(id, A) && cl.completed(id, B));
     let r = cl.a.report(id).unwrap();
     assert_eq!(r.chained_after_marker, 0);
     assert!(r.chain_end_after_ms < 300.0);
-    assert_eq!(cl.delivered.len() as u32, sent, "packets lost");
-    assert_in_order(&cl.delivered);
+    assert_eq!(cl.obs.delivered.len() as u32, sent, "packets lost");
+    assert_in_order(&cl.obs.delivered);
     assert_eq!(
         cl.a.counters().hold_timeouts + cl.b.counters().hold_timeouts,
         0
@@ -406,7 +412,7 @@ fn end_of_chain_marker_releases_the_destination_long_before_the_drain_ends() {
 fn idle_phase_ends_at_the_first_sample_when_nothing_dies() {
     // Established flows that keep sending never expire: the death rate is zero from the first
     // sample on, so waiting out the window (or `idle_max`) would only delay the migration.
-    let mut cl = Cluster::new(22);
+    let mut cl = cluster(22);
     let n = 10u32;
     let mut seq_out = vec![0u32; n as usize];
     let mut seq_in = vec![0u32; n as usize];
@@ -426,7 +432,7 @@ fn idle_phase_ends_at_the_first_sample_when_nothing_dies() {
         for f in 0..n {
             traffic(&mut cl, f, &mut seq_out, &mut seq_in);
         }
-        cl.advance_by(Duration::from_millis(10));
+        cl.advance_by(Duration::from_millis(10)).unwrap();
     }
     let waited = cl.now - start;
     assert!(
@@ -440,7 +446,7 @@ fn chained_packets_lost_on_the_chain_path_delay_the_release_by_the_idle_bound_on
     // Three chained packets vanish between the instances: the marker counts them, they never
     // arrive, and the destination releases its hold `chain_idle_release` after the chain went
     // quiet instead of waiting `cutover_hold_max` (1 s).
-    let mut cl = Cluster::new(23);
+    let mut cl = cluster(23);
     let n = 20u32;
     let extra = 5u32;
     let mut seq_out = vec![0u32; (n + extra) as usize];
@@ -462,29 +468,29 @@ fn chained_packets_lost_on_the_chain_path_delay_the_release_by_the_idle_bound_on
         traffic(&mut cl, n + step % extra, &mut seq_out, &mut seq_in);
         traffic(&mut cl, step % n, &mut seq_out, &mut seq_in);
         step += 1;
-        cl.advance_by(Duration::from_micros(100));
+        cl.advance_by(Duration::from_micros(100)).unwrap();
     }
     assert!(cl.phase_reached(id, A, Phase::Drain), "no cutover");
     assert_eq!(
         cl.chain_drop, 0,
         "the chain lost fewer packets than planned"
     );
-    let before = cl.delivered.len();
+    let before = cl.obs.delivered.len();
     traffic(&mut cl, 0, &mut seq_out, &mut seq_in);
     let injected = cl.now;
-    while cl.delivered.len() == before && cl.now < injected + Duration::from_millis(500) {
-        cl.advance_by(Duration::from_micros(50));
+    while cl.obs.delivered.len() == before && cl.now < injected + Duration::from_millis(500) {
+        cl.advance_by(Duration::from_micros(50)).unwrap();
     }
-    assert!(cl.delivered.len() > before, "still held");
-    let waited = cl.delivered[before].at - injected;
+    assert!(cl.obs.delivered.len() > before, "still held");
+    let waited = cl.obs.delivered[before].at - injected;
     let cfg = flowshift_migration::MigrationConfig::default();
     let bound = Params::default().chain_quiet
         + cfg.chain_idle_release
-        + cl.transfer_delay
-        + cl.chain_delay
+        + cl.cfg.transfer_delay
+        + cl.cfg.chain_delay
         + Duration::from_millis(1);
     assert!(waited <= bound, "held {waited:?}, bound {bound:?}");
     assert_eq!(cl.b.counters().chain_lost, 3);
     assert_eq!(cl.b.counters().hold_timeouts, 0);
-    assert_in_order(&cl.delivered);
+    assert_in_order(&cl.obs.delivered);
 }

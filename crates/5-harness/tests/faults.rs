@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use core::time::Duration;
+use flowshift_harness::Faults;
 use flowshift_migration::{
     AbortOutcome, AbortReason, Algorithm, LossCause, MigrationEvent, MigrationId, Params, Phase,
 };
@@ -59,7 +60,7 @@ impl Traffic {
         while !done(cl) && cl.now < limit {
             self.send(cl, i % self.n);
             i += 1;
-            cl.advance_by(Duration::from_micros(200));
+            cl.advance_by(Duration::from_micros(200)).unwrap();
         }
     }
 }
@@ -81,9 +82,9 @@ fn params() -> Params {
 }
 
 fn lossy_run(seed: u64, algorithm: Algorithm) {
-    let mut cl = Cluster::new(seed);
-    cl.check_every_step = true;
-    cl.faults = Faults {
+    let mut cl = cluster(seed);
+    cl.obs.check_every_step = true;
+    cl.cfg.faults = Faults {
         loss: 0.15,
         dup: 0.1,
         jitter: Duration::from_millis(3),
@@ -91,10 +92,10 @@ fn lossy_run(seed: u64, algorithm: Algorithm) {
     };
     let n = 60;
     let mut t = Traffic::establish(&mut cl, n);
-    let ports = ext_ports(&cl.delivered);
+    let ports = ext_ports(&cl.obs.delivered);
     let id = cl.start(algorithm, params());
     t.run(&mut cl, Duration::from_secs(60), both_done(id));
-    cl.advance_by(Duration::from_millis(50));
+    cl.advance_by(Duration::from_millis(50)).unwrap();
     assert!(cl.completed(id, A) && cl.completed(id, B), "not completed");
     let r = cl.a.report(id).unwrap();
     let lost: u64 = r.packets_lost_by_cause.values().sum();
@@ -111,16 +112,16 @@ fn lossy_run(seed: u64, algorithm: Algorithm) {
         );
     }
     assert_eq!(
-        cl.delivered.len() as u64 + lost,
+        cl.obs.delivered.len() as u64 + lost,
         t.sent,
         "unaccounted packets"
     );
     assert_eq!(cl.b.nat().counters().total_drops(), 0);
-    let after = ext_ports(&cl.delivered);
+    let after = ext_ports(&cl.obs.delivered);
     for (f, p) in &ports {
         assert_eq!(after.get(f), Some(p), "flow {f} changed port");
     }
-    assert_in_order(&cl.delivered);
+    assert_in_order(&cl.obs.delivered);
     assert_eq!(cl.check_exactly_one_owner(), (0, n as usize));
     assert_eq!(r.states_transferred, n);
     assert_eq!(cl.a.counters().internal_errors, 0);
@@ -150,8 +151,8 @@ proptest! {
 #[test]
 fn faults_actually_exercise_the_protocol() {
     // The same scenario as the property tests, checking the faults were real.
-    let mut cl = Cluster::new(42);
-    cl.faults = Faults {
+    let mut cl = cluster(42);
+    cl.cfg.faults = Faults {
         loss: 0.15,
         dup: 0.1,
         jitter: Duration::from_millis(3),
@@ -186,11 +187,10 @@ fn revert_checks(
     assert!(cl.group_on(B).is_none(), "destination kept the group");
     assert_eq!(cl.check_exactly_one_owner(), (n as usize, 0));
     // Traffic continues on A with the same ports.
-    cl.target = A;
     for i in 0..n {
         cl.inject(out_pkt(flow(i), 1_000_000));
     }
-    let after = ext_ports(&cl.delivered);
+    let after = ext_ports(&cl.obs.delivered);
     for (f, p) in ports {
         assert_eq!(after.get(f), Some(p));
     }
@@ -198,10 +198,10 @@ fn revert_checks(
 
 #[test]
 fn abort_before_commit_reverts_stop_copy() {
-    let mut cl = Cluster::new(21);
+    let mut cl = cluster(21);
     let n = 100;
     let mut t = Traffic::establish(&mut cl, n);
-    let ports = ext_ports(&cl.delivered);
+    let ports = ext_ports(&cl.obs.delivered);
     let id = cl.start(Algorithm::StopCopy, params());
     // Some batches are imported on B (halted group), none committed.
     t.run(&mut cl, Duration::from_secs(1), |cl| {
@@ -216,10 +216,10 @@ fn abort_before_commit_reverts_stop_copy() {
 
 #[test]
 fn abort_during_prepare_reverts_freeze_copy_and_serves_buffered_new_flows() {
-    let mut cl = Cluster::new(22);
+    let mut cl = cluster(22);
     let n = 50;
     Traffic::establish(&mut cl, n);
-    let ports = ext_ports(&cl.delivered);
+    let ports = ext_ports(&cl.obs.delivered);
     let id = cl.start(Algorithm::FreezeCopy, params());
     // A new flow waits for PrepareAck; then the migration is called off.
     cl.inject(out_pkt(flow(n), 0));
@@ -234,22 +234,23 @@ fn abort_during_prepare_reverts_freeze_copy_and_serves_buffered_new_flows() {
         cl.port_of(flow(n)).is_some(),
         "buffered packet not served after the revert"
     );
-    cl.advance_by(Duration::from_millis(100));
+    cl.advance_by(Duration::from_millis(100)).unwrap();
     revert_checks(&mut cl, id, n + 1, &ports);
 }
 
 #[test]
 fn abort_during_rounds_reverts_pre_copy() {
-    let mut cl = Cluster::new(23);
+    let mut cl = cluster(23);
     let n = 80;
     let mut t = Traffic::establish(&mut cl, n);
-    let ports = ext_ports(&cl.delivered);
+    let ports = ext_ports(&cl.obs.delivered);
     let mut p = params();
     p.precopy_min_round_interval = Duration::from_millis(50);
     p.precopy_max_rounds = 10;
     let id = cl.start(Algorithm::PreCopy, p);
     t.run(&mut cl, Duration::from_secs(1), |cl| {
-        cl.events
+        cl.obs
+            .events
             .iter()
             .any(|(_, e)| matches!(e, MigrationEvent::PrecopyRound { round: 1, .. }))
     });
@@ -261,8 +262,8 @@ fn abort_during_rounds_reverts_pre_copy() {
 
 #[test]
 fn abort_after_first_batch_completes_forward() {
-    let mut cl = Cluster::new(24);
-    cl.check_every_step = true;
+    let mut cl = cluster(24);
+    cl.obs.check_every_step = true;
     let n = 100;
     let mut t = Traffic::establish(&mut cl, n);
     let mut p = params();
@@ -289,15 +290,15 @@ fn abort_after_first_batch_completes_forward() {
         "idle not cut short"
     );
     t2.run(&mut cl, Duration::from_secs(5), both_done(id));
-    cl.advance_by(Duration::from_millis(20));
+    cl.advance_by(Duration::from_millis(20)).unwrap();
     let r = cl.a.report(id).unwrap();
     assert!(r.completed && r.forced_forward);
     assert_eq!(cl.check_exactly_one_owner(), (0, n as usize + 1));
     assert_eq!(r.packets_lost_by_cause.values().sum::<u64>(), 0);
 
     // And in freeze-and-copy, after a batch was acknowledged.
-    let mut cl = Cluster::new(25);
-    cl.check_every_step = true;
+    let mut cl = cluster(25);
+    cl.obs.check_every_step = true;
     let mut t = Traffic::establish(&mut cl, n);
     let id = cl.start(Algorithm::FreezeCopy, params());
     t.run(&mut cl, Duration::from_secs(1), |cl| {
@@ -307,22 +308,22 @@ fn abort_after_first_batch_completes_forward() {
     assert_eq!(cl.a.abort(cl.now, id), Ok(AbortOutcome::CompletingForward));
     cl.pump();
     t.run(&mut cl, Duration::from_secs(5), both_done(id));
-    cl.advance_by(Duration::from_millis(20));
+    cl.advance_by(Duration::from_millis(20)).unwrap();
     assert!(cl.a.report(id).unwrap().completed);
     assert_eq!(cl.check_exactly_one_owner(), (0, n as usize));
 }
 
 #[test]
 fn channel_failure_before_commit_reverts_and_destination_forgets() {
-    let mut cl = Cluster::new(31);
+    let mut cl = cluster(31);
     let n = 100;
     let mut t = Traffic::establish(&mut cl, n);
-    let ports = ext_ports(&cl.delivered);
+    let ports = ext_ports(&cl.obs.delivered);
     let id = cl.start(Algorithm::StopCopy, params());
     t.run(&mut cl, Duration::from_secs(1), |cl| {
         cl.b.report(id).is_some_and(|r| r.batches >= 2)
     });
-    cl.faults.cut_at = Some(cl.now);
+    cl.cfg.faults.cut_at = Some(cl.now);
     // Retransmissions exhaust on A (reverts), B times out (drops its uncommitted copies).
     t.run(&mut cl, Duration::from_secs(30), |cl| {
         cl.b.report(id).is_some_and(|r| r.aborted.is_some())
@@ -334,7 +335,7 @@ fn channel_failure_before_commit_reverts_and_destination_forgets() {
     assert_eq!(rb.aborted, Some(AbortReason::PeerTimeout));
     assert!(cl.group_on(B).is_none());
     assert_eq!(cl.check_exactly_one_owner(), (n as usize, 0));
-    let after = ext_ports(&cl.delivered);
+    let after = ext_ports(&cl.obs.delivered);
     for (f, p) in &ports {
         assert_eq!(after.get(f), Some(p));
     }
@@ -342,14 +343,14 @@ fn channel_failure_before_commit_reverts_and_destination_forgets() {
 
 #[test]
 fn channel_failure_mid_freeze_copy_splits_without_losing_mappings() {
-    let mut cl = Cluster::new(32);
+    let mut cl = cluster(32);
     let n = 100;
     let mut t = Traffic::establish(&mut cl, n);
     let id = cl.start(Algorithm::FreezeCopy, params());
     t.run(&mut cl, Duration::from_secs(1), |cl| {
         cl.a.report(id).is_some_and(|r| r.states_transferred >= 30)
     });
-    cl.faults.cut_at = Some(cl.now);
+    cl.cfg.faults.cut_at = Some(cl.now);
     t.run(&mut cl, Duration::from_secs(30), |cl| {
         cl.b.report(id).is_some_and(|r| r.aborted.is_some())
             && cl.a.report(id).is_some_and(|r| r.aborted.is_some())
@@ -359,8 +360,8 @@ fn channel_failure_mid_freeze_copy_splits_without_losing_mappings() {
     assert!(ra.split);
     cl.a.nat().check_invariants().unwrap();
     cl.b.nat().check_invariants().unwrap();
-    let ma = Cluster::mappings(cl.a.nat(), EXT0);
-    let mb = Cluster::mappings(cl.b.nat(), EXT0);
+    let ma = mappings(cl.a.nat(), EXT0);
+    let mb = mappings(cl.b.nat(), EXT0);
     // No mapping lost; only the in-doubt batches can be on both.
     for i in 0..n {
         let (addr, port) = sub(flow(i));

@@ -10,8 +10,8 @@ use flowshift_nat::DropReason;
 
 #[test]
 fn stop_copy_drops_packets_during_the_halt_and_counts_them() {
-    let mut cl = Cluster::new(3);
-    cl.check_every_step = true;
+    let mut cl = cluster(3);
+    cl.obs.check_every_step = true;
     let n = 300u32;
     let mut seq = vec![0u32; n as usize];
     let mut sent = 0u64;
@@ -20,8 +20,8 @@ fn stop_copy_drops_packets_during_the_halt_and_counts_them() {
         seq[f as usize] = 1;
         sent += 1;
     }
-    let before = ext_ports(&cl.delivered);
-    cl.advance_by(Duration::from_millis(10));
+    let before = ext_ports(&cl.obs.delivered);
+    cl.advance_by(Duration::from_millis(10)).unwrap();
     let params = Params {
         batch_size: 32,
         batches_in_flight: 4,
@@ -43,9 +43,9 @@ fn stop_copy_drops_packets_during_the_halt_and_counts_them() {
             sent += 1;
         }
         step += 1;
-        cl.advance_by(Duration::from_micros(50));
+        cl.advance_by(Duration::from_micros(50)).unwrap();
     }
-    cl.advance_by(Duration::from_millis(5));
+    cl.advance_by(Duration::from_millis(5)).unwrap();
     assert!(cl.completed(id, A) && cl.completed(id, B));
     let r = cl.a.report(id).unwrap();
     let halted = r.packets_lost_by_cause[LossCause::GroupHalted.label()];
@@ -57,10 +57,11 @@ fn stop_copy_drops_packets_during_the_halt_and_counts_them() {
     );
     // Every injected packet was either delivered or dropped because of the halt, and each
     // dropped one was handed back with its reason.
-    assert_eq!(cl.delivered.len() as u64 + halted, sent);
-    assert_eq!(cl.dropped.len() as u64, halted);
+    assert_eq!(cl.obs.delivered.len() as u64 + halted, sent);
+    assert_eq!(cl.obs.dropped.len() as u64, halted);
     assert!(
-        cl.dropped
+        cl.obs
+            .dropped
             .iter()
             .all(|&(i, r)| i == A && r == DropReason::GroupHalted)
     );
@@ -80,16 +81,17 @@ fn stop_copy_drops_packets_during_the_halt_and_counts_them() {
             Phase::Done
         ]
     );
-    let after = ext_ports(&cl.delivered);
+    let after = ext_ports(&cl.obs.delivered);
     for (f, p) in &before {
         assert_eq!(after.get(f), Some(p), "flow {f} changed port");
     }
-    assert_in_order(&cl.delivered);
+    assert_in_order(&cl.obs.delivered);
     assert_eq!(cl.check_exactly_one_owner(), (0, n as usize));
 }
 
 fn rounds(cl: &Cluster) -> Vec<RoundReport> {
-    cl.events
+    cl.obs
+        .events
         .iter()
         .filter_map(|(_, e)| match *e {
             MigrationEvent::PrecopyRound {
@@ -116,15 +118,15 @@ fn rounds(cl: &Cluster) -> Vec<RoundReport> {
 
 #[test]
 fn pre_copy_reports_dirty_and_new_mappings_per_round() {
-    let mut cl = Cluster::new(5);
-    cl.check_every_step = true;
+    let mut cl = cluster(5);
+    cl.obs.check_every_step = true;
     let n = 200u32;
     let mut seq = vec![0u32; n as usize + 10];
     for f in 0..n {
         cl.inject(out_pkt(f, 0));
         seq[f as usize] = 1;
     }
-    cl.advance_by(Duration::from_millis(10));
+    cl.advance_by(Duration::from_millis(10)).unwrap();
     let params = Params {
         batch_size: 32,
         batches_in_flight: 4,
@@ -156,7 +158,7 @@ fn pre_copy_reports_dirty_and_new_mappings_per_round() {
         ev.iter()
             .any(|(i, e)| *i == B && matches!(e, MigrationEvent::Completed { .. }))
     });
-    cl.advance_by(Duration::from_millis(5));
+    cl.advance_by(Duration::from_millis(5)).unwrap();
     assert!(cl.completed(id, A) && cl.completed(id, B));
     let rs = rounds(&cl);
     let summary: Vec<(u32, u32, u32, u32, u32, bool)> = rs
@@ -179,12 +181,12 @@ fn pre_copy_reports_dirty_and_new_mappings_per_round() {
     // No traffic during the final halt: nothing lost.
     assert_eq!(cl.a.nat().counters().total_drops(), 0);
     assert_eq!(cl.check_exactly_one_owner(), (0, n as usize + 10));
-    ext_ports(&cl.delivered);
+    ext_ports(&cl.obs.delivered);
 }
 
 #[test]
 fn pre_copy_deletes_mappings_that_died_between_rounds() {
-    let mut cl = Cluster::new(9);
+    let mut cl = cluster(9);
     let (n_long, n_dead) = (30u32, 20u32);
     let mut seq = vec![0u32; (n_long + n_dead) as usize];
     let t0 = cl.now;
@@ -192,7 +194,7 @@ fn pre_copy_deletes_mappings_that_died_between_rounds() {
         cl.inject(out_pkt(f, 0));
         seq[f as usize] = 1;
     }
-    cl.advance(t0 + Duration::from_secs(100));
+    cl.advance(t0 + Duration::from_secs(100)).unwrap();
     let params = Params {
         batch_size: 16,
         precopy_min_round_interval: Duration::from_secs(210),
@@ -212,9 +214,9 @@ fn pre_copy_deletes_mappings_that_died_between_rounds() {
             }
         }
         s += 1;
-        cl.advance(t0 + Duration::from_secs(s));
+        cl.advance(t0 + Duration::from_secs(s)).unwrap();
     }
-    cl.advance_by(Duration::from_millis(10));
+    cl.advance_by(Duration::from_millis(10)).unwrap();
     assert!(cl.completed(id, A) && cl.completed(id, B));
     let summary: Vec<(u32, u32, u32, u32, u32, bool)> = rounds(&cl)
         .iter()

@@ -1,24 +1,42 @@
-//! pcap replay: reading a trace, mapping its flows into the group, and the synthetic sample
-//! trace shipped in `testdata/`.
+//! pcap replay: reading a trace's TCP/UDP packets, mapping its flows onto the subscriber and
+//! server ranges of [`super`], and a synthetic sample trace.
+//!
+//! A flow's initiator is the sender of its first packet (the receiver, if that packet is a
+//! SYN-ACK); initiators are mapped, deterministically in order of appearance, to subscriber
+//! addresses (keeping the port unless two endpoints would collide) and responders to servers.
+//! A TCP flow whose capture starts mid-stream gets a synthesized SYN before its first packet
+//! (counted), since only an outbound SYN creates a TCP mapping.
 
-use super::*;
-
-// ------------------------------------------------------------------------------ replay
+use super::{
+    ACK, FIN, Flow, MAX_FLOWS, MAX_SUBSCRIBERS, PSH, SYN, Stage, TCP, UDP, server_addr,
+    subscriber_addr,
+};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+use std::time::Duration;
 
 /// One packet read from a trace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct TracePacket {
+pub struct TracePacket {
     /// Time since the trace's first packet.
-    pub(super) ts: Duration,
-    pub(super) proto: u8,
-    pub(super) src: SocketAddrV4,
-    pub(super) dst: SocketAddrV4,
-    pub(super) flags: u8,
+    pub ts: Duration,
+    /// IP protocol ([`TCP`] or [`UDP`]).
+    pub proto: u8,
+    /// Source endpoint.
+    pub src: SocketAddrV4,
+    /// Destination endpoint.
+    pub dst: SocketAddrV4,
+    /// TCP flags (0 for UDP).
+    pub flags: u8,
 }
 
 /// Counters of reading a trace.
 #[derive(Clone, Debug, Default, Serialize)]
-pub(crate) struct TraceStats {
+pub struct TraceStats {
     /// Packet records read.
     pub records: u64,
     /// TCP or UDP over IPv4, used.
@@ -33,26 +51,73 @@ pub(crate) struct TraceStats {
     pub duration_s: f64,
 }
 
-/// Reads a pcap file's TCP/UDP packets (5-tuple, flags, relative timestamp), in time order.
-pub(crate) fn read_pcap(path: &Path, max: u64) -> Result<(Vec<TracePacket>, TraceStats)> {
+/// Why a trace could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    /// The file could not be opened.
+    #[error("opening {path}: {source}")]
+    Open {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not a pcap file, or a record that does not parse (e.g. cut short).
+    #[error("{path}: {what}: {source}")]
+    Pcap {
+        /// The file.
+        path: String,
+        /// Where.
+        what: &'static str,
+        /// Why.
+        source: pcap_file::PcapError,
+    },
+    /// A link type other than Ethernet, RAW or IPV4.
+    #[error("{path}: unsupported link type {link} (Ethernet, RAW or IPV4)")]
+    LinkType {
+        /// The file.
+        path: String,
+        /// The link type found.
+        link: String,
+    },
+}
+
+/// Reads a pcap file's TCP/UDP packets (5-tuple, flags, relative timestamp), in time order;
+/// at most `max` records.
+pub fn read_pcap(path: &Path, max: u64) -> Result<(Vec<TracePacket>, TraceStats), TraceError> {
     use pcap_file::DataLink;
-    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut r = pcap_file::pcap::PcapReader::new(std::io::BufReader::new(f))
-        .with_context(|| format!("{}: not a pcap file", path.display()))?;
+    let name = || path.display().to_string();
+    let f = std::fs::File::open(path).map_err(|source| TraceError::Open {
+        path: name(),
+        source,
+    })?;
+    let mut r = pcap_file::pcap::PcapReader::new(std::io::BufReader::new(f)).map_err(|source| {
+        TraceError::Pcap {
+            path: name(),
+            what: "not a pcap file",
+            source,
+        }
+    })?;
     let link = r.header().datalink;
     let ip_only = match link {
         DataLink::ETHERNET => false,
         DataLink::RAW | DataLink::IPV4 => true,
-        other => bail!(
-            "{}: unsupported link type {other:?} (Ethernet, RAW or IPV4)",
-            path.display()
-        ),
+        other => {
+            return Err(TraceError::LinkType {
+                path: name(),
+                link: format!("{other:?}"),
+            });
+        }
     };
     let mut st = TraceStats::default();
     let mut out = Vec::new();
     let mut first: Option<Duration> = None;
     while let Some(p) = r.next_packet() {
-        let p = p.with_context(|| format!("{}: bad packet record", path.display()))?;
+        let p = p.map_err(|source| TraceError::Pcap {
+            path: name(),
+            what: "bad packet record",
+            source,
+        })?;
         if st.records >= max {
             st.truncated = true;
             break;
@@ -104,24 +169,29 @@ pub(crate) fn read_pcap(path: &Path, max: u64) -> Result<(Vec<TracePacket>, Trac
 }
 
 /// A flow's protocol, initiator and responder.
-pub(crate) type FlowTuple = (u8, SocketAddrV4, SocketAddrV4);
+pub type FlowTuple = (u8, SocketAddrV4, SocketAddrV4);
 
 /// A trace turned into flows of the migrated group.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct ReplayPlan {
-    pub(super) flows: Vec<Flow>,
+pub struct ReplayPlan {
+    /// The flows, as the workload's [`Flow`]s.
+    pub flows: Vec<Flow>,
     /// The trace's original (initiator, responder) per flow.
-    pub(super) orig: Vec<FlowTuple>,
+    pub orig: Vec<FlowTuple>,
     /// (time, flow, outbound, TCP flags), in time order.
-    pub(super) events: Vec<(Duration, u32, bool, u8)>,
-    pub(super) stats: ReplayStats,
+    pub events: Vec<(Duration, u32, bool, u8)>,
+    /// What the mapping did.
+    pub stats: ReplayStats,
 }
 
 /// What the mapping of a trace to the group did.
 #[derive(Clone, Debug, Default, Serialize)]
-pub(crate) struct ReplayStats {
+pub struct ReplayStats {
+    /// Flows mapped.
     pub flows: u64,
+    /// Of which TCP.
     pub tcp_flows: u64,
+    /// Of which UDP.
     pub udp_flows: u64,
     /// TCP flows whose capture began mid-stream (a SYN was synthesized).
     pub synthesized_syn: u64,
@@ -135,8 +205,9 @@ pub(crate) struct ReplayStats {
     pub flows_unmapped: u64,
 }
 
-/// Maps a trace's flows onto the group, deterministically (see the module docs).
-pub(crate) fn plan_replay(pkts: &[TracePacket], subscribers: u32) -> ReplayPlan {
+/// Maps a trace's flows onto `subscribers` subscriber addresses and the servers,
+/// deterministically (see the module docs).
+pub fn plan_replay(pkts: &[TracePacket], subscribers: u32) -> ReplayPlan {
     let subscribers = subscribers.clamp(1, MAX_SUBSCRIBERS);
     let mut plan = ReplayPlan::default();
     // Canonical 5-tuple -> (flow, initiator); `None` for a flow that could not be mapped.
@@ -236,12 +307,23 @@ pub(crate) fn plan_replay(pkts: &[TracePacket], subscribers: u32) -> ReplayPlan 
 
 // ---------------------------------------------------------------------- sample trace
 
+/// Why the sample trace could not be written (cannot happen with the built-in flows).
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    /// A packet could not be built.
+    #[error("building a packet: {0}")]
+    Build(etherparse::err::packet::BuildWriteError),
+    /// The pcap writer refused.
+    #[error("writing pcap: {0}")]
+    Pcap(pcap_file::PcapError),
+}
+
 /// A synthetic trace as a pcap file (Ethernet, microsecond timestamps): about 100 flows over
 /// 60 s between "real-world" addresses (clients in 10.1.0.0/16, servers in 198.51.100.0/24;
 /// the replay maps them into the group), TCP with handshake, data and FIN both ways (a tenth
 /// captured mid-stream), UDP request/reply, and a few long-lived TCP connections with
 /// keepalives. Returns the file's bytes and each flow's (protocol, client, server).
-pub(crate) fn sample_pcap(seed: u64) -> Result<(Vec<u8>, Vec<FlowTuple>)> {
+pub fn sample_pcap(seed: u64) -> Result<(Vec<u8>, Vec<FlowTuple>), SampleError> {
     use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut pkts: Vec<(u64, u64, Vec<u8>)> = Vec::new(); // (us, order, frame)
@@ -272,6 +354,7 @@ pub(crate) fn sample_pcap(seed: u64) -> Result<(Vec<u8>, Vec<FlowTuple>)> {
             };
             let n = pkts.len() as u64;
             r.map(|_| pkts.push((at, n, frame)))
+                .map_err(SampleError::Build)
         };
     let n_flows = 100u32;
     for i in 0..n_flows + 5 {
@@ -337,11 +420,70 @@ pub(crate) fn sample_pcap(seed: u64) -> Result<(Vec<u8>, Vec<FlowTuple>)> {
         snaplen: 262_144,
         ..PcapHeader::default()
     };
-    let mut w = PcapWriter::with_header(Vec::new(), header)?;
+    let mut w = PcapWriter::with_header(Vec::new(), header).map_err(SampleError::Pcap)?;
     let base = Duration::from_secs(1_700_000_000);
     for (us, _, frame) in &pkts {
         let p = PcapPacket::new(base + Duration::from_micros(*us), frame.len() as u32, frame);
-        w.write_packet(&p)?;
+        w.write_packet(&p).map_err(SampleError::Pcap)?;
     }
     Ok((w.into_writer(), flows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcap_replay_reads_the_flows_it_wrote() {
+        let (bytes, flows) = sample_pcap(7).unwrap();
+        let dir = std::env::temp_dir().join(format!("flowshift-replay-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.pcap");
+        std::fs::write(&path, &bytes).unwrap();
+        let (pkts, st) = read_pcap(&path, u64::MAX).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(st.records, st.used, "every packet is TCP/UDP over IPv4");
+        assert!(st.duration_s > 50.0 && st.duration_s < 61.0, "{st:?}");
+        assert!(pkts.windows(2).all(|w| w[0].ts <= w[1].ts));
+        let plan = plan_replay(&pkts, 16);
+        // Same flows, same initiators, in first-appearance order (compare as sets).
+        let mut wrote: Vec<_> = flows.clone();
+        let mut read: Vec<_> = plan.orig.clone();
+        wrote.sort();
+        read.sort();
+        assert_eq!(read, wrote);
+        // Mid-stream TCP flows got a synthesized SYN; UDP and TCP are both there.
+        assert!(plan.stats.synthesized_syn > 0 && plan.stats.udp_flows > 0);
+        // Every mapped address is inside the allowed ranges.
+        let subs = flowshift_nat::prefix(Ipv4Addr::new(100, 64, 0, 0), 22).unwrap();
+        let servers = flowshift_nat::prefix(Ipv4Addr::new(198, 19, 0, 0), 16).unwrap();
+        for f in &plan.flows {
+            assert!(subs.contains(&f.sub), "{}", f.sub);
+            assert!(servers.contains(&f.server), "{}", f.server);
+        }
+        // Deterministic: the same trace maps the same way.
+        let again = plan_replay(&pkts, 16);
+        let key = |p: &ReplayPlan| {
+            p.flows
+                .iter()
+                .map(|f| (f.sub, f.sport, f.server, f.dport))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(key(&plan), key(&again));
+        assert_eq!(plan.events.len(), again.events.len());
+    }
+
+    #[test]
+    fn garbage_and_truncated_pcaps_are_errors_not_panics() {
+        let dir = std::env::temp_dir().join(format!("flowshift-replay-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("bad.pcap");
+        std::fs::write(&p, b"definitely not a pcap file").unwrap();
+        assert!(read_pcap(&p, 10).is_err());
+        let (bytes, _) = sample_pcap(7).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 7]).unwrap();
+        assert!(read_pcap(&p, u64::MAX).is_err(), "a cut record is an error");
+        assert!(read_pcap(&dir.join("missing.pcap"), 10).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,0 +1,544 @@
+//! Layer 5 of flowshift: one deterministic driver for two migration [`Instance`]s in virtual
+//! time, for tests and experiments (the migration protocol tests in `tests/`, and
+//! `flowshift experiment precopy`).
+//!
+//! What it models, and nothing more:
+//!
+//! * **The switch** forwards by the controller's rules ([`flowshift_control::rules`]): the
+//!   table the [`Orchestrator`] computes for the two instances' groups. A packet handed to
+//!   [`Harness::inject`] enters from the inside port if its source lies in a group's
+//!   subscriber prefix, else from the outside port. Rule changes take effect at once; their
+//!   barrier is confirmed [`HarnessConfig::barrier_delay`] later.
+//! * **The controller** is the real [`Orchestrator`]: [`Harness::migrate`] asks it to move a
+//!   group, and the harness carries out its commands (start the migration, update the switch,
+//!   confirm the barrier, `cutover_done`) and feeds it every instance event.
+//! * **The state-transfer link**, one per direction: a serialization delay per byte, a fixed
+//!   one-way delay, and seeded faults ([`Faults`]: loss, duplication, reordering jitter, a
+//!   cut). **The chain path**: FIFO with a fixed delay; [`Harness::chain_drop`] loses the next
+//!   chained packets.
+//! * **Time** jumps from one scheduled thing to the next ([`Harness::step`]): chained packets
+//!   first, then transfer frames, barrier replies, and the instances' timers (A before B) at
+//!   equal times. A caller with its own events (a workload) interleaves them with
+//!   [`Harness::next_time`] and [`Harness::step`]; its own events come after the harness's at
+//!   equal times.
+//!
+//! After every call into an instance the harness drains both through
+//! [`Instance::drain`]; what leaves the cluster goes to the caller's [`Observer`]. Nothing is
+//! sent anywhere: everything happens in-process. Same configuration and seed, same run.
+
+#![deny(missing_docs)]
+
+mod links;
+
+use flowshift_control::orchestrator::{Command, ControlError, Orchestrator};
+use flowshift_control::rules::{self, Action, GroupRoute, InstancePort, Rule, Topology};
+use flowshift_migration::{
+    Algorithm, Direction, Driver, Ingress, Instance, InstanceId, MigrationEvent, MigrationId,
+    Output, Params,
+};
+use flowshift_nat::DropReason;
+use flowshift_wire::Instant;
+use flowshift_wire::packet::{field, get_addr};
+use links::Net;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+pub use links::Faults;
+
+/// Instance A (the source in the usual set-up).
+pub const A: InstanceId = InstanceId(1);
+/// Instance B.
+pub const B: InstanceId = InstanceId(2);
+
+/// Switch ports of the modelled switch.
+const INSIDE_PORT: u32 = 1;
+const OUTSIDE_PORT: u32 = 2;
+/// Steps at one instant before [`Harness::advance`] reports a livelock.
+const MAX_STEPS_AT_ONE_INSTANT: u64 = 1_000_000;
+/// Most frames on the transfer links together, and most packets on the chain path.
+pub const MAX_IN_FLIGHT: usize = 1 << 20;
+
+/// The links' and the switch's timing, and the fault injection.
+#[derive(Clone, Debug)]
+pub struct HarnessConfig {
+    /// Seed of the fault injection.
+    pub seed: u64,
+    /// One-way delay of the state-transfer link (default 500 us).
+    pub transfer_delay: Duration,
+    /// Serialization time per byte on the state-transfer link, in ns (default 0: no rate
+    /// limit); 8e3 / Mbit/s.
+    pub transfer_ns_per_byte: f64,
+    /// One-way delay of the chain path (default 100 us).
+    pub chain_delay: Duration,
+    /// From a switch update to its barrier reply (default 2 ms).
+    pub barrier_delay: Duration,
+    /// Faults of the state-transfer link.
+    pub faults: Faults,
+}
+
+impl Default for HarnessConfig {
+    fn default() -> Self {
+        HarnessConfig {
+            seed: 1,
+            transfer_delay: Duration::from_micros(500),
+            transfer_ns_per_byte: 0.0,
+            chain_delay: Duration::from_micros(100),
+            barrier_delay: Duration::from_millis(2),
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// What leaves the cluster, for the caller. Every method has a default that ignores it.
+pub trait Observer {
+    /// A translated packet left instance `by` towards `dir`.
+    fn sent(&mut self, at: Instant, by: InstanceId, dir: Direction, pkt: Vec<u8>) {
+        let _ = (at, by, dir, pkt);
+    }
+    /// Instance `by` dropped a packet (its instances report drops: `report_drops`).
+    fn dropped(&mut self, at: Instant, by: InstanceId, reason: DropReason, pkt: Vec<u8>) {
+        let _ = (at, by, reason, pkt);
+    }
+    /// Instance `from` chained a packet to `to` (before [`Harness::chain_drop`] applies).
+    fn chained(&mut self, at: Instant, from: InstanceId, to: InstanceId, pkt: &[u8]) {
+        let _ = (at, from, to, pkt);
+    }
+    /// Instance `from` sent a transfer frame of `len` bytes to `to` (before faults apply).
+    fn frame(&mut self, at: Instant, from: InstanceId, to: InstanceId, len: usize) {
+        let _ = (at, from, to, len);
+    }
+    /// An instance event (the orchestrator gets it too).
+    fn event(&mut self, at: Instant, on: InstanceId, event: &MigrationEvent) {
+        let _ = (at, on, event);
+    }
+    /// After every [`Harness::step`]: a place for invariant checks.
+    fn stepped(&mut self, now: Instant, a: &Instance, b: &Instance) {
+        let _ = (now, a, b);
+    }
+}
+
+/// An observer that ignores everything.
+impl Observer for () {}
+
+/// Why the harness could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// The orchestrator refused the request.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The source instance refused to start the migration.
+    #[error("start_migration refused: {0}")]
+    Start(#[from] flowshift_migration::Error),
+    /// The source instance has no group with this external address.
+    #[error("instance {0:?} has no group {1}")]
+    NoGroup(InstanceId, Ipv4Addr),
+    /// The instances are not numbered [`A`] and [`B`].
+    #[error("the instances must be {A:?} and {B:?}, not {0:?} and {1:?}")]
+    Ids(InstanceId, InstanceId),
+    /// The orchestrator accepted the request but issued no start (a bug).
+    #[error("the orchestrator did not start the migration of {0}")]
+    NotStarted(Ipv4Addr),
+    /// Time stopped advancing.
+    #[error("no progress of time at {0:?} (livelock)")]
+    Livelock(Instant),
+}
+
+/// The harness's own counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HarnessStats {
+    /// Injected packets no switch rule sent to an instance (dropped).
+    pub unsteered: u64,
+    /// Packets steered to an instance.
+    pub injected: u64,
+    /// Transfer frames an instance refused as malformed.
+    pub frames_malformed: u64,
+    /// Transfer frames lost by fault injection.
+    pub frames_lost: u64,
+    /// Duplicated transfer frames.
+    pub frames_duplicated: u64,
+    /// Chained packets lost by [`Harness::chain_drop`].
+    pub chain_dropped: u64,
+    /// Frames and chained packets refused because their link already held
+    /// [`MAX_IN_FLIGHT`] (dropped).
+    pub queue_full: u64,
+    /// Outputs for an instance outside the pair (dropped).
+    pub unrouted: u64,
+    /// Orchestrator commands an instance refused (`cutover_done`, `start_migration`): a bug.
+    pub commands_refused: u64,
+}
+
+/// See the crate documentation. `O` observes what leaves the cluster.
+pub struct Harness<O> {
+    /// Instance A.
+    pub a: Instance,
+    /// Instance B.
+    pub b: Instance,
+    /// Virtual time.
+    pub now: Instant,
+    /// Timing and faults (may be changed between calls).
+    pub cfg: HarnessConfig,
+    /// The next this many chained packets are lost on the chain path.
+    pub chain_drop: u64,
+    /// The caller's observer.
+    pub obs: O,
+    orch: Orchestrator,
+    topo: Topology,
+    table: Vec<Rule>,
+    /// Parameters of requested migrations, until the orchestrator starts them.
+    params: BTreeMap<Ipv4Addr, Params>,
+    /// The result of the last `StartMigration` command.
+    started: Option<Result<MigrationId, HarnessError>>,
+    /// Barrier replies due: (at, order) -> token.
+    barriers: BTreeMap<(Instant, u64), u64>,
+    net: Net,
+    stats: HarnessStats,
+}
+
+impl<O: Observer> Harness<O> {
+    /// Two instances (ids [`A`] and [`B`]) behind one switch, each owning the groups its NAT
+    /// is configured with; time starts at `now`.
+    pub fn new(
+        a: Instance,
+        b: Instance,
+        now: Instant,
+        cfg: HarnessConfig,
+        obs: O,
+    ) -> Result<Harness<O>, HarnessError> {
+        if (a.id(), b.id()) != (A, B) {
+            return Err(HarnessError::Ids(a.id(), b.id()));
+        }
+        let port = |id: InstanceId| InstancePort {
+            port: 10 + u32::from(id.0),
+            mac: [2, 0, 0, 0, 0, id.0 as u8],
+        };
+        let topo = Topology {
+            inside_port: INSIDE_PORT,
+            outside_port: OUTSIDE_PORT,
+            instances: BTreeMap::from([(A.0, port(A)), (B.0, port(B))]),
+        };
+        let mut groups = Vec::new();
+        for (inst, id) in [(&a, A), (&b, B)] {
+            let nat = inst.nat();
+            for g in nat.group_ids() {
+                if let Ok(c) = nat.group_config(g) {
+                    groups.push(GroupRoute {
+                        external: c.external,
+                        subscribers: c.subscribers,
+                        owner: id.0,
+                    });
+                }
+            }
+        }
+        let orch = Orchestrator::new(topo.clone(), groups)?;
+        Ok(Harness {
+            table: orch.table().to_vec(),
+            net: Net::new(cfg.seed),
+            a,
+            b,
+            now,
+            cfg,
+            chain_drop: 0,
+            obs,
+            orch,
+            topo,
+            params: BTreeMap::new(),
+            started: None,
+            barriers: BTreeMap::new(),
+            stats: HarnessStats::default(),
+        })
+    }
+
+    /// Instance `id` (A unless `id` is B).
+    pub fn inst(&mut self, id: InstanceId) -> &mut Instance {
+        if id == B { &mut self.b } else { &mut self.a }
+    }
+
+    /// The controller.
+    pub fn orchestrator(&self) -> &Orchestrator {
+        &self.orch
+    }
+
+    /// The switch's rules now.
+    pub fn table(&self) -> &[Rule] {
+        &self.table
+    }
+
+    /// The harness's counters.
+    pub fn stats(&self) -> &HarnessStats {
+        &self.stats
+    }
+
+    /// The instance the switch sends `pkt` to (see the crate documentation), if any.
+    pub fn steer(&self, pkt: &[u8]) -> Option<InstanceId> {
+        let src = Ipv4Addr::from(get_addr(pkt, field::IPV4_SRC)?);
+        let dst = Ipv4Addr::from(get_addr(pkt, field::IPV4_DST)?);
+        let inside = self
+            .orch
+            .groups()
+            .iter()
+            .any(|g| g.subscribers.contains(&src));
+        let port = if inside { INSIDE_PORT } else { OUTSIDE_PORT };
+        let out = rules::lookup(&self.table, port, [0; 6], src, dst)?
+            .actions
+            .iter()
+            .rev()
+            .find_map(|a| match a {
+                Action::Output(p) => Some(*p),
+                Action::SetEthDst(_) => None,
+            })?;
+        self.topo
+            .instances
+            .iter()
+            .find(|(_, p)| p.port == out)
+            .map(|(id, _)| InstanceId(*id))
+    }
+
+    /// The switch delivers `pkt` (an IPv4 packet) now; false if no rule sends it to an
+    /// instance (counted in `unsteered`).
+    pub fn inject(&mut self, pkt: Vec<u8>) -> bool {
+        let Some(to) = self.steer(&pkt) else {
+            self.stats.unsteered += 1;
+            return false;
+        };
+        self.stats.injected += 1;
+        let now = self.now;
+        self.inst(to).handle_packet(now, pkt, (), Ingress::Switch);
+        self.pump();
+        true
+    }
+
+    /// Asks the orchestrator to move the group of `external` to instance `to`; the harness
+    /// starts it on the owner with `params` and returns its id.
+    pub fn migrate(
+        &mut self,
+        external: Ipv4Addr,
+        to: InstanceId,
+        algorithm: Algorithm,
+        params: Params,
+    ) -> Result<MigrationId, HarnessError> {
+        self.orch
+            .request_migration(self.now, external, to, algorithm)?;
+        self.params.insert(external, params);
+        self.started = None;
+        self.pump();
+        self.started
+            .take()
+            .unwrap_or(Err(HarnessError::NotStarted(external)))
+    }
+
+    /// When the next scheduled thing happens (`Instant::MAX`: nothing scheduled).
+    pub fn next_time(&self) -> Instant {
+        [
+            self.net.next_chain(),
+            self.net.next_transfer(),
+            self.barriers.keys().next().map(|k| k.0),
+            Some(self.a.poll_timeout()),
+            Some(self.b.poll_timeout()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(Instant::MAX)
+    }
+
+    /// Runs the next scheduled thing (the clock moves to its time if that is later) and
+    /// everything it causes; false if nothing is scheduled.
+    pub fn step(&mut self) -> bool {
+        let next = self.next_time();
+        if next == Instant::MAX {
+            return false;
+        }
+        self.now = self.now.max(next);
+        let now = self.now;
+        if self.net.next_chain() == Some(next) {
+            if let Some((to, from, pkt)) = self.net.pop_chain() {
+                self.inst(to)
+                    .handle_packet(now, pkt, (), Ingress::Chain { from });
+            }
+        } else if self.net.next_transfer() == Some(next) {
+            if let Some((to, from, bytes)) = self.net.pop_transfer()
+                && self.inst(to).handle_transfer(now, from, &bytes).is_err()
+            {
+                self.stats.frames_malformed += 1;
+            }
+        } else if let Some(e) = self.barriers.first_entry().filter(|e| e.key().0 == next) {
+            let token = e.remove();
+            self.orch.handle_barrier(now, token);
+        } else if self.a.poll_timeout() == next {
+            self.a.handle_timeout(now);
+        } else {
+            self.b.handle_timeout(now);
+        }
+        self.pump();
+        self.obs.stepped(self.now, &self.a, &self.b);
+        true
+    }
+
+    /// Runs everything scheduled up to `to` (inclusive), in time order; the clock ends at
+    /// `to`. Fails if a million steps pass at one instant.
+    pub fn advance(&mut self, to: Instant) -> Result<(), HarnessError> {
+        let mut same = 0;
+        loop {
+            if self.next_time() > to {
+                self.now = self.now.max(to);
+                return Ok(());
+            }
+            let before = self.now;
+            self.step();
+            same = if self.now == before { same + 1 } else { 0 };
+            if same > MAX_STEPS_AT_ONE_INSTANT {
+                return Err(HarnessError::Livelock(self.now));
+            }
+        }
+    }
+
+    /// [`advance`](Self::advance) by `d`.
+    pub fn advance_by(&mut self, d: Duration) -> Result<(), HarnessError> {
+        self.advance(self.now + d)
+    }
+
+    /// Advances in steps of `step` until `pred` holds (checked before every step), at most
+    /// until `limit`; whether it held.
+    pub fn run_until(
+        &mut self,
+        limit: Instant,
+        step: Duration,
+        mut pred: impl FnMut(&Self) -> bool,
+    ) -> Result<bool, HarnessError> {
+        while self.now < limit {
+            if pred(self) {
+                return Ok(true);
+            }
+            let to = (self.now + step).min(limit);
+            self.advance(to)?;
+        }
+        Ok(pred(self))
+    }
+
+    /// Drains both instances (the driver contract), hands their events to the observer and
+    /// the orchestrator, and carries out the orchestrator's commands, until nothing moves.
+    pub fn pump(&mut self) {
+        loop {
+            let mut progress = false;
+            for id in [A, B] {
+                let mut sink = Sink {
+                    from: id,
+                    now: self.now,
+                    cfg: &self.cfg,
+                    chain_drop: &mut self.chain_drop,
+                    net: &mut self.net,
+                    obs: &mut self.obs,
+                    stats: &mut self.stats,
+                    progress: false,
+                };
+                let inst = if id == B { &mut self.b } else { &mut self.a };
+                inst.drain(&mut sink);
+                progress |= sink.progress;
+            }
+            for (on, e) in std::mem::take(&mut self.net.events) {
+                progress = true;
+                self.obs.event(self.now, on, &e);
+                self.orch.handle_instance_event(self.now, on, &e);
+            }
+            progress |= self.run_commands();
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    /// Carries out the orchestrator's commands; true if there were any.
+    fn run_commands(&mut self) -> bool {
+        let now = self.now;
+        let mut any = false;
+        while let Some(cmd) = self.orch.poll_command() {
+            any = true;
+            match cmd {
+                Command::StartMigration {
+                    on,
+                    external,
+                    to,
+                    algorithm,
+                } => {
+                    let params = self.params.remove(&external).unwrap_or_default();
+                    let inst = self.inst(on);
+                    let r = match inst.nat().group_id(external) {
+                        Some(g) => inst
+                            .start_migration(now, g, to, algorithm, params)
+                            .map_err(HarnessError::from),
+                        None => Err(HarnessError::NoGroup(on, external)),
+                    };
+                    if r.is_err() {
+                        self.stats.commands_refused += 1;
+                    }
+                    self.orch
+                        .migration_started(now, external, r.as_ref().ok().copied());
+                    self.started = Some(r);
+                }
+                Command::UpdateSwitch { diff, token } => {
+                    rules::apply(&mut self.table, &diff);
+                    let at = now + self.cfg.barrier_delay;
+                    let seq = self.net.next_seq();
+                    self.barriers.insert((at, seq), token);
+                }
+                Command::CutoverDone { on, migration } => {
+                    if self.inst(on).cutover_done(now, migration).is_err() {
+                        self.stats.commands_refused += 1;
+                    }
+                }
+            }
+        }
+        any
+    }
+}
+
+/// Where one instance's drain goes: the links, the observer, the counters.
+struct Sink<'a, O> {
+    from: InstanceId,
+    now: Instant,
+    cfg: &'a HarnessConfig,
+    chain_drop: &'a mut u64,
+    net: &'a mut Net,
+    obs: &'a mut O,
+    stats: &'a mut HarnessStats,
+    progress: bool,
+}
+
+impl<O: Observer> Driver<()> for Sink<'_, O> {
+    fn output(&mut self, out: Output) {
+        self.progress = true;
+        let (now, from) = (self.now, self.from);
+        match out {
+            Output::Send { pkt, dir, .. } => self.obs.sent(now, from, dir, pkt),
+            Output::Dropped { pkt, reason, .. } => self.obs.dropped(now, from, reason, pkt),
+            Output::Chain { to, pkt, .. } => {
+                self.obs.chained(now, from, to, &pkt);
+                if to != A && to != B || to == from {
+                    self.stats.unrouted += 1;
+                } else if *self.chain_drop > 0 {
+                    *self.chain_drop -= 1;
+                    self.stats.chain_dropped += 1;
+                } else if !self.net.chain(now + self.cfg.chain_delay, to, from, pkt) {
+                    self.stats.queue_full += 1;
+                }
+            }
+        }
+    }
+
+    fn transmit(&mut self, to: InstanceId, frame: Vec<u8>) {
+        self.progress = true;
+        self.obs.frame(self.now, self.from, to, frame.len());
+        if to != A && to != B || to == self.from {
+            self.stats.unrouted += 1;
+            return;
+        }
+        self.net
+            .transmit(self.now, self.cfg, self.from, to, frame, self.stats);
+    }
+
+    fn event(&mut self, event: MigrationEvent) {
+        self.progress = true;
+        self.net.events.push((self.from, event));
+    }
+}
