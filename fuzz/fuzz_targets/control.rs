@@ -19,7 +19,6 @@ use flowshift_wire::Instant;
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::net::Ipv4Addr;
 use std::sync::OnceLock;
@@ -33,7 +32,7 @@ fn templates() -> &'static [Vec<u8>] {
             uptime_s: 12.625,
             groups: vec![GroupStatus {
                 external: Ipv4Addr::new(198, 18, 0, 1),
-                mode: "draining".into(),
+                mode: flowshift_nat::GroupMode::Draining,
                 mappings: 10,
                 sessions: 30,
             }],
@@ -42,10 +41,13 @@ fn templates() -> &'static [Vec<u8>] {
                 role: Role::Source,
                 phase: Phase::FreezeCopy,
             }],
-            counters: BTreeMap::from([
-                ("drop_subscriber_session_limit".to_string(), 3),
-                ("rx_packets".to_string(), u64::MAX),
-            ]),
+            counters: {
+                let mut c = flowshift_control::status::NodeCounters::default();
+                c.nat.drops[flowshift_nat::DropReason::SubscriberSessionLimit as usize] = 3;
+                c.io.rx_packets = u64::MAX;
+                c.losses.insert(flowshift_migration::LossCause::GroupHalted, 7);
+                c
+            },
         };
         let events = [
             MigrationEvent::Incoming {
@@ -100,7 +102,7 @@ fn templates() -> &'static [Vec<u8>] {
             }),
             encode_line(&NodeToController::Reply {
                 req: 2,
-                result: Ok(ReplyBody::Status(status)),
+                result: Ok(ReplyBody::Status(Box::new(status))),
             }),
             encode_line(&NodeToController::Reply {
                 req: 3,
