@@ -45,7 +45,8 @@ fn templates() -> &'static [Vec<u8>] {
                 let mut c = flowshift_control::status::NodeCounters::default();
                 c.nat.drops[flowshift_nat::DropReason::SubscriberSessionLimit as usize] = 3;
                 c.io.rx_packets = u64::MAX;
-                c.losses.insert(flowshift_migration::LossCause::GroupHalted, 7);
+                c.losses
+                    .insert(flowshift_migration::LossCause::GroupHalted, 7);
                 c
             },
         };
