@@ -523,6 +523,34 @@ mod tests {
         );
     }
 
+    /// A reserved but empty table (a destination's first batch) gets a working prefetcher:
+    /// the first entry lands where it points, and the table stays empty and unmoved.
+    #[test]
+    fn prefetcher_of_an_empty_reserved_table() {
+        let mut idx = SessionIndex::new(FixedState::with_seed(9));
+        assert_eq!(idx.prefetcher().mask, 0, "no allocation yet");
+        idx.reserve(10_000, 10_000);
+        let buckets = idx.table.num_buckets();
+        let pf = idx.prefetcher();
+        assert_ne!(pf.mask, 0);
+        assert_eq!((idx.len(), idx.table.num_buckets()), (0, buckets));
+        let k = key(77);
+        idx.insert_new(SEntry::new(k, 5, 0, 0, 0, 0, 0));
+        let h = idx.hash(&k);
+        let b = idx.table.find_bucket_index(h, |e| e.key() == k).unwrap();
+        let e = idx.get(&k).unwrap() as *const SEntry as usize;
+        assert_eq!(e, pf.ctrl - (b + 1) * 32);
+        assert_eq!(
+            b,
+            h as usize & pf.mask,
+            "alone in the table: in its first bucket"
+        );
+        let mut m = MappingIndex::new(FixedState::with_seed(9));
+        m.reserve(100, 100);
+        assert_ne!(m.prefetcher().mask, 0);
+        assert_eq!(m.len(), 0);
+    }
+
     #[test]
     fn mapping_index_insert_reserve_remove() {
         let mut m = MappingIndex::new(FixedState::with_seed(1));

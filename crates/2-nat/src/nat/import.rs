@@ -212,9 +212,15 @@ impl Nat {
             let (int_port, ext_port) = (r.int_port.get(), r.ext_port.get());
             let mk = mkey(Dir::Out, r.proto, int_addr, int_port);
             // Records of a mapping usually come together: skip the lookup for a run.
+            // One probe of the scratch map: a key not seen yet is entered right away with the
+            // index its mapping gets below (on a refusal the whole scratch is cleared).
             let known = match prev {
                 Some((k, idx)) if k == mk => Some(idx),
-                _ => sc.by_key.get(&mk).copied(),
+                _ => {
+                    let next = sc.mappings.len() as u32;
+                    let idx = *sc.by_key.entry(mk).or_insert(next);
+                    (idx != next).then_some(idx)
+                }
             };
             let idx = match known {
                 Some(idx) => {
@@ -299,7 +305,7 @@ impl Nat {
                         first: i as u32,
                         slot: NIL,
                     });
-                    sc.by_key.insert(mk, idx);
+                    debug_assert_eq!(sc.by_key.get(&mk), Some(&idx));
                     idx
                 }
             };
@@ -369,7 +375,7 @@ impl Nat {
                     .group_mut(g)
                     .expect("validated")
                     .ports
-                    .claim(m.ext_port, pp, m.int_addr);
+                    .claim_validated(m.ext_port, pp, m.int_addr);
                 if let Some(c) = change {
                     self.log_block(now, g.0, c, true);
                 }
