@@ -152,6 +152,27 @@ impl Prefetcher {
         }
     }
 
+    /// [`of`](Self::of), also for a table that is allocated but empty (a fresh `reserve`):
+    /// `sentinel` is put in for the measurement and taken out again (the allocation and the
+    /// entries are unchanged).
+    fn of_seeded<T>(
+        table: &mut HashTable<T>,
+        sentinel: T,
+        hash: impl Fn(&T) -> u64,
+        eq: impl Fn(&T, &T) -> bool,
+    ) -> Self {
+        if !table.is_empty() || table.capacity() == 0 {
+            return Prefetcher::of(table, hash, eq);
+        }
+        let h = hash(&sentinel);
+        let buckets = table.num_buckets();
+        table.insert_unique(h, sentinel, |_| unreachable!("room for one entry"));
+        let pf = Prefetcher::of(table, &hash, &eq);
+        let removed = table.find_entry(h, |_| true).map(|o| o.remove());
+        debug_assert!(removed.is_ok() && table.is_empty() && table.num_buckets() == buckets);
+        pf
+    }
+
     /// Hints the CPU to fetch the control bytes and the first bucket of `hash`'s probe.
     #[inline(always)]
     pub fn prefetch(&self, hash: u64) {
@@ -225,8 +246,9 @@ impl SessionIndex {
     pub fn prefetcher(&mut self) -> Prefetcher {
         if self.pf_buckets != self.table.num_buckets() || self.pf.mask == 0 {
             let hasher = &self.hasher;
-            self.pf = Prefetcher::of(
-                &self.table,
+            self.pf = Prefetcher::of_seeded(
+                &mut self.table,
+                SEntry::new(SessionKey(0, 0), 0, 0, 0, 0, 0, 0),
                 |e| hasher.hash_one(e.key()),
                 |a, b| a.key() == b.key(),
             );
@@ -259,13 +281,20 @@ impl SessionIndex {
     }
 
     /// Inserts an entry whose key is absent.
-    #[inline]
+    #[cfg(test)]
     pub fn insert_new(&mut self, e: SEntry) {
-        let key = e.key();
-        debug_assert!(self.get(&key).is_none(), "session key indexed twice");
-        let h = self.hash(&key);
+        self.insert_new_hashed(self.hash(&e.key()), e);
+    }
+
+    /// Inserts an entry whose key is absent and hashes to `hash` (computed by the caller,
+    /// who may have prefetched its probe).
+    #[inline(always)]
+    pub fn insert_new_hashed(&mut self, hash: u64, e: SEntry) {
+        debug_assert_eq!(hash, self.hash(&e.key()), "the key's hash");
+        debug_assert!(self.get(&e.key()).is_none(), "session key indexed twice");
         let hasher = &self.hasher;
-        self.table.insert_unique(h, e, |x| hasher.hash_one(x.key()));
+        self.table
+            .insert_unique(hash, e, |x| hasher.hash_one(x.key()));
     }
 
     pub fn remove(&mut self, key: &SessionKey) -> Option<SEntry> {
@@ -322,7 +351,12 @@ impl MappingIndex {
     pub fn prefetcher(&mut self) -> Prefetcher {
         if self.pf_buckets != self.table.num_buckets() || self.pf.mask == 0 {
             let hasher = &self.hasher;
-            self.pf = Prefetcher::of(&self.table, |e| hasher.hash_one(e.0), |a, b| a.0 == b.0);
+            self.pf = Prefetcher::of_seeded(
+                &mut self.table,
+                (0, 0),
+                |e| hasher.hash_one(e.0),
+                |a, b| a.0 == b.0,
+            );
             self.pf_buckets = self.table.num_buckets();
         }
         self.pf
@@ -346,13 +380,19 @@ impl MappingIndex {
     }
 
     /// Inserts a key that is absent (no probe for an existing entry first).
-    #[inline]
+    #[cfg(test)]
     pub fn insert_new(&mut self, key: u64, slot: u32) {
+        self.insert_new_hashed(self.hash(&key), key, slot);
+    }
+
+    /// [`insert_new`](Self::insert_new) with the key's hash `hash` computed by the caller.
+    #[inline(always)]
+    pub fn insert_new_hashed(&mut self, hash: u64, key: u64, slot: u32) {
+        debug_assert_eq!(hash, self.hash(&key), "the key's hash");
         debug_assert!(self.get(&key).is_none(), "mapping key indexed twice");
-        let h = self.hasher.hash_one(key);
         let hasher = &self.hasher;
         self.table
-            .insert_unique(h, (key, slot), |e| hasher.hash_one(e.0));
+            .insert_unique(hash, (key, slot), |e| hasher.hash_one(e.0));
     }
 
     pub fn remove(&mut self, key: &u64) -> Option<u32> {
@@ -481,6 +521,34 @@ mod tests {
             "{}",
             small.capacity()
         );
+    }
+
+    /// A reserved but empty table (a destination's first batch) gets a working prefetcher:
+    /// the first entry lands where it points, and the table stays empty and unmoved.
+    #[test]
+    fn prefetcher_of_an_empty_reserved_table() {
+        let mut idx = SessionIndex::new(FixedState::with_seed(9));
+        assert_eq!(idx.prefetcher().mask, 0, "no allocation yet");
+        idx.reserve(10_000, 10_000);
+        let buckets = idx.table.num_buckets();
+        let pf = idx.prefetcher();
+        assert_ne!(pf.mask, 0);
+        assert_eq!((idx.len(), idx.table.num_buckets()), (0, buckets));
+        let k = key(77);
+        idx.insert_new(SEntry::new(k, 5, 0, 0, 0, 0, 0));
+        let h = idx.hash(&k);
+        let b = idx.table.find_bucket_index(h, |e| e.key() == k).unwrap();
+        let e = idx.get(&k).unwrap() as *const SEntry as usize;
+        assert_eq!(e, pf.ctrl - (b + 1) * 32);
+        assert_eq!(
+            b,
+            h as usize & pf.mask,
+            "alone in the table: in its first bucket"
+        );
+        let mut m = MappingIndex::new(FixedState::with_seed(9));
+        m.reserve(100, 100);
+        assert_ne!(m.prefetcher().mask, 0);
+        assert_eq!(m.len(), 0);
     }
 
     #[test]

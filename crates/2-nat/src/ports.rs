@@ -265,24 +265,46 @@ impl PortBlocks {
         Ok(())
     }
 
-    /// Binds `port` for `subscriber` (after [`check_claim`](Self::check_claim) succeeded).
+    /// Binds `port` for `subscriber` if [`check_claim`](Self::check_claim) allows it.
     /// Returns the ownership change if the block was free or reserved.
+    #[cfg(test)]
     pub fn claim(&mut self, port: u16, proto: PortProto, subscriber: u32) -> Option<BlockChange> {
         self.check_claim(port, proto, subscriber).ok()?;
-        let b = self.block_of(port)?;
-        let bit = (port - self.port_min) as usize % self.block_size as usize;
-        let change = if self.owner[b as usize] == BlockOwner::Subscriber(subscriber) {
+        self.claim_validated(port, proto, subscriber)
+    }
+
+    /// Binds `port` for `subscriber`, whose claim was checked with
+    /// [`check_claim`](Self::check_claim) against the state it has now (an import's install
+    /// pass, after its validation pass covered the claims made in between): not checked again.
+    /// Returns the ownership change if the block was free or reserved.
+    #[inline]
+    pub fn claim_validated(
+        &mut self,
+        port: u16,
+        proto: PortProto,
+        subscriber: u32,
+    ) -> Option<BlockChange> {
+        debug_assert_eq!(self.check_claim(port, proto, subscriber), Ok(()));
+        let off = (port - self.port_min) as usize;
+        let (b, bit) = (
+            off / self.block_size as usize,
+            off % self.block_size as usize,
+        );
+        let change = if self.owner[b] == BlockOwner::Subscriber(subscriber) {
             None
         } else {
-            self.owner[b as usize] = BlockOwner::Subscriber(subscriber);
-            self.subscribers.entry(subscriber).or_default().push(b);
+            self.owner[b] = BlockOwner::Subscriber(subscriber);
+            self.subscribers
+                .entry(subscriber)
+                .or_default()
+                .push(b as u32);
             Some(BlockChange {
-                block: b,
+                block: b as u32,
                 subscriber,
                 allocated: true,
             })
         };
-        self.set_bit(b, proto, bit);
+        self.set_bit(b as u32, proto, bit);
         change
     }
 

@@ -371,3 +371,101 @@ fn index_entries_follow_export_removal_and_import() {
     assert_eq!(dst_nat.counters().fast_path, 4);
     dst_nat.check_invariants().unwrap();
 }
+
+/// A UDP record of subscriber `100.64.1.<sub>`, internal port `int_port`, external port
+/// `ext_port`, remote `198.19.0.<rem>:53`.
+fn udp_record(sub: u8, int_port: u16, ext_port: u16, rem: u8) -> [u8; RECORD_LEN] {
+    let mut r = [0u8; RECORD_LEN];
+    r[0] = UDP;
+    r[3] = record::RECORD_VERSION;
+    r[4..8].copy_from_slice(&[100, 64, 1, sub]);
+    r[8..10].copy_from_slice(&int_port.to_be_bytes());
+    r[10..12].copy_from_slice(&ext_port.to_be_bytes());
+    r[12..16].copy_from_slice(&[198, 19, 0, rem]);
+    r[16..18].copy_from_slice(&53u16.to_be_bytes());
+    r[20..24].copy_from_slice(&1000u32.to_be_bytes());
+    r
+}
+
+/// Imports `recs` as one batch into group 1 of `nat`.
+fn import_records(nat: &mut Nat, recs: &[[u8; RECORD_LEN]]) -> Result<(u32, u32), NatError> {
+    let g = g1(nat);
+    nat.import(g, secs(500), &recs.concat())
+        .map(|s| (s.mappings, s.sessions))
+}
+
+/// The validation's shortcuts keep every refusal: a subscriber holding no block skips the
+/// mapping lookup (it can hold no mapping), one holding blocks is looked up; the one-probe
+/// scratch map still joins the records of a mapping that are not adjacent, and still refuses
+/// a mapping with two external ports and a session twice. A refused batch leaves nothing.
+#[test]
+fn import_validation_shortcuts_keep_every_refusal() {
+    let mut nat = Nat::new(config()).unwrap();
+    nat.reserve(100, 100);
+    // Subscriber 10's mapping has records before and after subscriber 11's.
+    let first = [
+        udp_record(10, 5000, 1024, 1),
+        udp_record(11, 6000, 1536, 1),
+        udp_record(10, 5000, 1024, 2),
+    ];
+    assert_eq!(import_records(&mut nat, &first), Ok((2, 3)));
+    let mut adjacent = Nat::new(config()).unwrap();
+    let order = [first[0], first[2], first[1]];
+    assert_eq!(import_records(&mut adjacent, &order), Ok((2, 3)));
+    assert_eq!(exported(&nat, secs(500)), exported(&adjacent, secs(500)));
+    nat.check_invariants().unwrap();
+    let before = (
+        nat.mapping_count(),
+        nat.session_count(),
+        nat.counters().records_refused,
+    );
+    let held = nat.group_stats(g1(&nat)).unwrap().blocks_held;
+    assert_eq!(held, 2);
+    let refusals: [(&[[u8; RECORD_LEN]], usize, &str); 4] = [
+        // A new mapping of a block holder (looked up, absent), then a present one.
+        (
+            &[udp_record(11, 7000, 1537, 1), udp_record(10, 5000, 1024, 3)],
+            1,
+            "mapping already present",
+        ),
+        // A fresh subscriber (no lookup), then a present mapping.
+        (
+            &[udp_record(12, 1000, 4096, 1), udp_record(10, 5000, 1024, 4)],
+            1,
+            "mapping already present",
+        ),
+        (
+            &[
+                udp_record(13, 1, 2048, 1),
+                udp_record(14, 1, 2560, 1),
+                udp_record(13, 1, 2049, 2),
+            ],
+            2,
+            "one mapping with two external ports",
+        ),
+        (
+            &[
+                udp_record(15, 1, 3072, 1),
+                udp_record(16, 1, 3584, 1),
+                udp_record(15, 1, 3072, 1),
+            ],
+            2,
+            "duplicate session",
+        ),
+    ];
+    for (i, (recs, index, why)) in refusals.into_iter().enumerate() {
+        assert_eq!(
+            import_records(&mut nat, recs),
+            Err(NatError::Import { index, why }),
+            "batch {i}"
+        );
+        assert_eq!(
+            (nat.mapping_count(), nat.session_count()),
+            (before.0, before.1),
+            "batch {i} left nothing"
+        );
+        assert_eq!(nat.group_stats(g1(&nat)).unwrap().blocks_held, held);
+        nat.check_invariants().unwrap();
+    }
+    assert!(nat.counters().records_refused > before.2);
+}

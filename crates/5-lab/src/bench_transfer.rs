@@ -21,7 +21,9 @@
 //! imported the last batch. The split: `export_secs` and `encode_send_secs` (`encode_secs` +
 //! `send_secs`) are the sender's, sending including time blocked on a full socket, i.e. waiting
 //! for the receiver; `decode_import_secs` (`decode_secs` + `import_secs`) the receiver's, time
-//! blocked in `read` excluded.
+//! blocked in `read` excluded. `import_cpu_secs` is the receiver thread's CPU time inside
+//! [`Nat::import`] (`CLOCK_THREAD_CPUTIME_ID`; 0 where unavailable): on a shared machine the
+//! wall-clock figures include time the thread waited for a CPU, this one does not.
 //!
 //! Verified afterwards (the command fails otherwise): the destination holds exactly `states`
 //! mappings and sessions, per group as many as the source, `check_invariants` passes, every
@@ -103,6 +105,8 @@ struct Report {
     decode_import_secs: f64,
     decode_secs: f64,
     import_secs: f64,
+    /// CPU time of the receiver thread inside `Nat::import` (0 if unavailable).
+    import_cpu_secs: f64,
     /// The destination's `Nat::reserve` before the transfer (not in `seconds`).
     reserve_secs: f64,
     /// `bytes` over `seconds + reserve_secs`: the transfer as if the reserve were on its
@@ -154,6 +158,11 @@ pub fn transfer(args: &TransferArgs) -> Result<()> {
         println!(
             "  decode+import    {:>12.6} s  (receiver: decode {:.6} s, import {:.6} s)",
             r.decode_import_secs, r.decode_secs, r.import_secs
+        );
+        println!(
+            "  import on CPU    {:>12.6} s  (receiver thread's CPU time: {:.0} ns per record)",
+            r.import_cpu_secs,
+            r.import_cpu_secs * 1e9 / r.states as f64
         );
         println!(
             "  reserve          {:>12.6} s  (receiver, at prepare time: not in the transfer; \
@@ -414,6 +423,8 @@ struct RecvStats {
     records: u64,
     decode: Duration,
     import: Duration,
+    /// Thread CPU time inside `Nat::import`.
+    import_cpu: Duration,
     /// When the last batch was imported.
     finished: WallClock,
 }
@@ -438,6 +449,7 @@ fn receive<R: Read>(
         records: 0,
         decode: Duration::ZERO,
         import: Duration::ZERO,
+        import_cpu: Duration::ZERO,
         finished: WallClock::now(),
     };
     let mut buf = vec![0u8; 2 * READ_CHUNK];
@@ -471,9 +483,11 @@ fn receive<R: Read>(
             *next_batch = next_batch.wrapping_add(1);
             let n = records.len() / RECORD_LEN;
             if let Some(dst) = dst.as_deref_mut() {
+                let cpu = thread_cpu();
                 let sum = dst
                     .import(*g, NOW, &records)
                     .with_context(|| format!("importing batch {batch}"))?;
+                st.import_cpu += thread_cpu().saturating_sub(cpu);
                 if sum.sessions as usize != n {
                     bail!("batch {batch}: {} of {n} records imported", sum.sessions);
                 }
@@ -515,6 +529,23 @@ fn receive<R: Read>(
             bail!("more than the {max_bytes} bytes expected");
         }
     }
+}
+
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`; zero if unavailable).
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a live timespec that the call writes.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// Requests large send and receive buffers on a socket.
@@ -763,6 +794,7 @@ fn run(args: &TransferArgs) -> Result<Report> {
         decode_import_secs: (recv.decode + recv.import).as_secs_f64(),
         decode_secs: recv.decode.as_secs_f64(),
         import_secs: recv.import.as_secs_f64(),
+        import_cpu_secs: recv.import_cpu.as_secs_f64(),
         reserve_secs: setup.reserve_secs,
         bytes_per_sec_incl_reserve: sent.bytes as f64 / (seconds + setup.reserve_secs),
         no_import_seconds,

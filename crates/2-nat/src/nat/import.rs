@@ -1,5 +1,6 @@
 //! The two passes of an import: validate everything, then install (cannot fail).
 
+use super::table::IndexHashes;
 use super::{GroupId, ImportSummary, NIL, Nat, NatError, mkey, skey};
 use crate::index::{Prefetcher, SessionKey};
 use crate::ports::PortProto;
@@ -11,6 +12,18 @@ use foldhash::fast::FixedState;
 
 /// How many records ahead an import prefetches the table slots it will touch.
 const IMPORT_PREFETCH: usize = 8;
+
+/// Slots of the install pass's ring of precomputed hashes (a power of two above
+/// [`IMPORT_PREFETCH`]).
+const AHEAD_RING: usize = (IMPORT_PREFETCH + 1).next_power_of_two();
+
+/// The index-key hashes of one record: its session's, and its mapping's if the record is the
+/// first of its mapping in the batch (the one that installs it).
+#[derive(Clone, Copy, Debug, Default)]
+struct RecordHashes {
+    session: IndexHashes,
+    mapping: IndexHashes,
+}
 
 /// A mapping of the batch being imported.
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +71,43 @@ impl ImportScratch {
 }
 
 impl Nat {
+    /// The index-key hashes of record `r` of a batch for the group of external address `ext`
+    /// (its mapping's too if `mapping`), with the lines their inserts will write prefetched.
+    #[inline(always)]
+    fn record_hashes(
+        &self,
+        (ext, pf_s, pf_m): (u32, Prefetcher, Prefetcher),
+        r: &StateRecord,
+        mapping: bool,
+    ) -> RecordHashes {
+        let (int_addr, int_port, ext_port) = (
+            u32::from_be_bytes(r.int_addr),
+            r.int_port.get(),
+            r.ext_port.get(),
+        );
+        let (rem, rport) = (u32::from_be_bytes(r.rem_addr), r.rem_port.get());
+        let (si, mi) = (&self.session_index, &self.mapping_index);
+        let session = IndexHashes {
+            out: si.hash(&skey(Dir::Out, r.proto, int_addr, int_port, rem, rport)),
+            inn: si.hash(&skey(Dir::In, r.proto, ext, ext_port, rem, rport)),
+        };
+        pf_s.prefetch_insert(session.out);
+        pf_s.prefetch_insert(session.inn);
+        let mut h = RecordHashes {
+            session,
+            mapping: IndexHashes::default(),
+        };
+        if mapping {
+            h.mapping = IndexHashes {
+                out: mi.hash(&mkey(Dir::Out, r.proto, int_addr, int_port)),
+                inn: mi.hash(&mkey(Dir::In, r.proto, ext, ext_port)),
+            };
+            pf_m.prefetch_insert(h.mapping.out);
+            pf_m.prefetch_insert(h.mapping.inn);
+        }
+        h
+    }
+
     pub(super) fn import_all_or_nothing(
         &mut self,
         g: GroupId,
@@ -162,9 +212,15 @@ impl Nat {
             let (int_port, ext_port) = (r.int_port.get(), r.ext_port.get());
             let mk = mkey(Dir::Out, r.proto, int_addr, int_port);
             // Records of a mapping usually come together: skip the lookup for a run.
+            // One probe of the scratch map: a key not seen yet is entered right away with the
+            // index its mapping gets below (on a refusal the whole scratch is cleared).
             let known = match prev {
                 Some((k, idx)) if k == mk => Some(idx),
-                _ => sc.by_key.get(&mk).copied(),
+                _ => {
+                    let next = sc.mappings.len() as u32;
+                    let idx = *sc.by_key.entry(mk).or_insert(next);
+                    (idx != next).then_some(idx)
+                }
             };
             let idx = match known {
                 Some(idx) => {
@@ -249,7 +305,7 @@ impl Nat {
                         first: i as u32,
                         slot: NIL,
                     });
-                    sc.by_key.insert(mk, idx);
+                    debug_assert_eq!(sc.by_key.get(&mk), Some(&idx));
                     idx
                 }
             };
@@ -266,6 +322,10 @@ impl Nat {
 
     /// The install pass of an import (after [`import_validate`](Self::import_validate)
     /// accepted the batch): cannot fail.
+    ///
+    /// Software-pipelined: the index-key hashes of the record [`IMPORT_PREFETCH`] ahead are
+    /// computed (once: the inserts reuse them) and the lines its inserts will write are
+    /// prefetched, so the memory latencies of consecutive records overlap.
     fn import_install(
         &mut self,
         g: GroupId,
@@ -277,45 +337,51 @@ impl Nat {
         let (mappings_before, sessions_before) = (self.mapping_count, self.session_count);
         // No table grows while installing (a no-op after a large enough `reserve`).
         self.reserve(sc.mappings.len(), recs.len());
-        let (pf_s, pf_m) = (
+        let ext = self.group(g).expect("validated").ext;
+        let table = (
+            ext,
             self.session_index.prefetcher(),
             self.mapping_index.prefetcher(),
         );
-        let ext = self.group(g).expect("validated").ext;
+        // A remote outside the range of this NAT's external addresses is not hairpinned (the
+        // common case, decided without a lookup).
+        let (ext_lo, ext_hi) = self
+            .group_by_ext
+            .keys()
+            .fold((u32::MAX, 0), |(lo, hi), &a| (lo.min(a), hi.max(a)));
+        let n = recs.len();
+        let mut ahead = [RecordHashes::default(); AHEAD_RING];
+        let first_of_mapping = |sc: &ImportScratch, i: usize| {
+            sc.mappings[sc.rec_mapping[i] as usize].first == i as u32
+        };
+        for (j, a) in recs.iter().enumerate().take(IMPORT_PREFETCH) {
+            ahead[j % AHEAD_RING] = self.record_hashes(table, a, first_of_mapping(sc, j));
+        }
         for (i, (r, &idx)) in recs.iter().zip(&sc.rec_mapping).enumerate() {
-            // Where the inserts of a record a few ahead will go (overlapping the latencies).
-            if let Some(a) = recs.get(i + IMPORT_PREFETCH) {
-                let (int_addr, int_port, ext_port) = (
-                    u32::from_be_bytes(a.int_addr),
-                    a.int_port.get(),
-                    a.ext_port.get(),
-                );
-                let (rem, rport) = (u32::from_be_bytes(a.rem_addr), a.rem_port.get());
-                for k in [
-                    skey(Dir::Out, a.proto, int_addr, int_port, rem, rport),
-                    skey(Dir::In, a.proto, ext, ext_port, rem, rport),
-                ] {
-                    pf_s.prefetch_insert(self.session_index.hash(&k));
-                }
-                for k in [
-                    mkey(Dir::Out, a.proto, int_addr, int_port),
-                    mkey(Dir::In, a.proto, ext, ext_port),
-                ] {
-                    pf_m.prefetch_insert(self.mapping_index.hash(&k));
-                }
+            let j = i + IMPORT_PREFETCH;
+            if j < n {
+                let first = first_of_mapping(sc, j);
+                ahead[j % AHEAD_RING] = self.record_hashes(table, &recs[j], first);
             }
+            let h = ahead[i % AHEAD_RING];
             let m = &mut sc.mappings[idx as usize];
             if m.slot == NIL {
+                debug_assert_eq!(
+                    m.first, i as u32,
+                    "a mapping is installed at its first record"
+                );
                 let pp = PortProto::from_ip_proto(m.proto).expect("validated");
                 let change = self
                     .group_mut(g)
                     .expect("validated")
                     .ports
-                    .claim(m.ext_port, pp, m.int_addr);
+                    .claim_validated(m.ext_port, pp, m.int_addr);
                 if let Some(c) = change {
                     self.log_block(now, g.0, c, true);
                 }
-                m.slot = self.install_mapping(g.0, m.proto, m.int_addr, m.int_port, m.ext_port);
+                m.slot = self.install_mapping_hashed(
+                    g.0, m.proto, m.int_addr, m.int_port, m.ext_port, h.mapping,
+                );
             }
             let slot = m.slot;
             debug_assert!(
@@ -323,14 +389,18 @@ impl Nat {
                 "installing under a live mapping"
             );
             let last_seen = now - core::time::Duration::from_millis(r.idle_ms.get() as u64);
-            self.install_session(
+            let rem = u32::from_be_bytes(r.rem_addr);
+            let hairpin = (ext_lo..=ext_hi).contains(&rem) && self.group_by_ext.contains_key(&rem);
+            self.install_session_hashed(
                 now,
                 last_seen,
                 slot,
-                u32::from_be_bytes(r.rem_addr),
+                rem,
                 r.rem_port.get(),
                 TcpState::from_u8(r.tcp_state),
                 r.flags & FLAG_INBOUND_OPENED != 0,
+                hairpin,
+                h.session,
             );
         }
         debug_assert_eq!(

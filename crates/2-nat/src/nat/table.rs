@@ -12,6 +12,13 @@ use flowshift_wire::Instant;
 use flowshift_wire::checksum::Delta;
 use flowshift_wire::packet::proto;
 
+/// The hashes of the two index keys of a mapping or of a session (outbound, inbound).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct IndexHashes {
+    pub out: u64,
+    pub inn: u64,
+}
+
 impl Nat {
     /// The O(1) table invariants, checked (in debug builds) after every install and remove:
     /// each slab slot is live or on its free list, each live entry has two index entries, and
@@ -105,6 +112,32 @@ impl Nat {
         int_port: u16,
         ext_port: u16,
     ) -> u32 {
+        let ext = self.groups[g as usize]
+            .as_ref()
+            .expect("caller checked the group")
+            .ext;
+        let hashes = IndexHashes {
+            out: self
+                .mapping_index
+                .hash(&mkey(Dir::Out, proto, int_addr, int_port)),
+            inn: self
+                .mapping_index
+                .hash(&mkey(Dir::In, proto, ext, ext_port)),
+        };
+        self.install_mapping_hashed(g, proto, int_addr, int_port, ext_port, hashes)
+    }
+
+    /// [`install_mapping`](Self::install_mapping) with the hashes of the mapping's index keys
+    /// computed by the caller.
+    pub(super) fn install_mapping_hashed(
+        &mut self,
+        g: u16,
+        proto: u8,
+        int_addr: u32,
+        int_port: u16,
+        ext_port: u16,
+        hashes: IndexHashes,
+    ) -> u32 {
         let group = self.groups[g as usize]
             .as_mut()
             .expect("caller checked the group");
@@ -141,10 +174,13 @@ impl Nat {
             .expect("caller checked the group");
         group.first_mapping = slot;
         group.mappings += 1;
+        self.mapping_index.insert_new_hashed(
+            hashes.out,
+            mkey(Dir::Out, proto, int_addr, int_port),
+            slot,
+        );
         self.mapping_index
-            .insert_new(mkey(Dir::Out, proto, int_addr, int_port), slot);
-        self.mapping_index
-            .insert_new(mkey(Dir::In, proto, ext, ext_port), slot);
+            .insert_new_hashed(hashes.inn, mkey(Dir::In, proto, ext, ext_port), slot);
         self.mapping_count += 1;
         self.counters.mappings_created += 1;
         self.debug_check_counts();
@@ -183,6 +219,59 @@ impl Nat {
         tcp: Option<TcpState>,
         inbound_opened: bool,
     ) -> u32 {
+        let map = &self.mappings[m as usize];
+        let (proto, int_addr, int_port, ext_port, g) = (
+            map.proto,
+            map.int_addr,
+            map.int_port,
+            map.ext_port,
+            map.group,
+        );
+        let ext = self.groups[g as usize].as_ref().map_or(0, |g| g.ext);
+        let hashes = IndexHashes {
+            out: self.session_index.hash(&skey(
+                Dir::Out,
+                proto,
+                int_addr,
+                int_port,
+                rem_addr,
+                rem_port,
+            )),
+            inn: self
+                .session_index
+                .hash(&skey(Dir::In, proto, ext, ext_port, rem_addr, rem_port)),
+        };
+        let hairpin = self.group_by_ext.contains_key(&rem_addr);
+        self.install_session_hashed(
+            now,
+            last_seen,
+            m,
+            rem_addr,
+            rem_port,
+            tcp,
+            inbound_opened,
+            hairpin,
+            hashes,
+        )
+    }
+
+    /// [`install_session`](Self::install_session) with the hashes of the session's index keys
+    /// and whether its remote is an external address of this NAT (`hairpin`) worked out by
+    /// the caller.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn install_session_hashed(
+        &mut self,
+        now: Instant,
+        last_seen: Instant,
+        m: u32,
+        rem_addr: u32,
+        rem_port: u16,
+        tcp: Option<TcpState>,
+        inbound_opened: bool,
+        hairpin: bool,
+        hashes: IndexHashes,
+    ) -> u32 {
+        debug_assert_eq!(hairpin, self.group_by_ext.contains_key(&rem_addr));
         debug_assert!(
             self.mappings.get(m as usize).is_some_and(|m| m.live),
             "session under a live mapping"
@@ -209,7 +298,7 @@ impl Nat {
             _ => TimeoutClass::Udp,
         } as u8;
         let mut flags = S_LIVE;
-        if self.group_by_ext.contains_key(&rem_addr) {
+        if hairpin {
             flags |= S_HAIRPIN;
         }
         if inbound_opened {
@@ -258,24 +347,30 @@ impl Nat {
             group.sessions += 1;
         }
         let ef = entry_flags(flags);
-        self.session_index.insert_new(SEntry::new(
-            skey(Dir::Out, proto, int_addr, int_port, rem_addr, rem_port),
-            slot,
-            ext,
-            ext_port,
-            ip_delta.to_raw(),
-            l4_delta.to_raw(),
-            ef,
-        ));
-        self.session_index.insert_new(SEntry::new(
-            skey(Dir::In, proto, ext, ext_port, rem_addr, rem_port),
-            slot,
-            int_addr,
-            int_port,
-            ip_delta.inverse().to_raw(),
-            l4_delta.inverse().to_raw(),
-            ef,
-        ));
+        self.session_index.insert_new_hashed(
+            hashes.out,
+            SEntry::new(
+                skey(Dir::Out, proto, int_addr, int_port, rem_addr, rem_port),
+                slot,
+                ext,
+                ext_port,
+                ip_delta.to_raw(),
+                l4_delta.to_raw(),
+                ef,
+            ),
+        );
+        self.session_index.insert_new_hashed(
+            hashes.inn,
+            SEntry::new(
+                skey(Dir::In, proto, ext, ext_port, rem_addr, rem_port),
+                slot,
+                int_addr,
+                int_port,
+                ip_delta.inverse().to_raw(),
+                l4_delta.inverse().to_raw(),
+                ef,
+            ),
+        );
         self.session_count += 1;
         self.subscriber_session_added(int_addr);
         self.counters.sessions_created += 1;
