@@ -33,7 +33,7 @@ pub mod switch;
 
 pub use crate::core::ControllerCounters;
 pub use client::{ApiClient, ClientError};
-pub use config::{ClusterConfig, ConfigError, Endpoint, Mac};
+pub use config::{ClusterConfig, ConfigError, Endpoint, MacAddr};
 pub use flowshift_http::Token;
 pub use switch::{FlowCounter, PortCounter, SwitchCounters, SwitchStatus};
 
