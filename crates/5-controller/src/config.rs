@@ -413,7 +413,7 @@ idle_max = 0
     #[test]
     fn malformed_text_gives_a_parse_error_naming_the_problem() {
         let e = invalid(&GOOD.replace("02:f5:00:00:00:01", "02:f5:00:00:01"));
-        assert!(e.contains("expected a MAC address"), "{e}");
+        assert!(e.contains("expected six hex bytes"), "{e}");
         let e = invalid(&GOOD.replace("node_listen", "nodes_listen"));
         assert!(e.contains("nodes_listen"), "{e}");
         let e = invalid(&GOOD.replace("unix:/run/x/of.sock", "of.sock"));
