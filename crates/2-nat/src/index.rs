@@ -196,6 +196,33 @@ impl Prefetcher {
     }
 }
 
+/// A [`Prefetcher`] kept for one table allocation, recomputed when the table was reallocated
+/// (which always changes its number of buckets).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PrefetcherCache {
+    pf: Prefetcher,
+    buckets: usize,
+}
+
+impl PrefetcherCache {
+    /// The prefetcher of `table`'s current allocation (`sentinel` makes one for an empty
+    /// table: see [`Prefetcher::of_seeded`]).
+    #[inline]
+    fn get<T>(
+        &mut self,
+        table: &mut HashTable<T>,
+        sentinel: impl FnOnce() -> T,
+        hash: impl Fn(&T) -> u64,
+        eq: impl Fn(&T, &T) -> bool,
+    ) -> Prefetcher {
+        if self.buckets != table.num_buckets() || self.pf.mask == 0 {
+            self.pf = Prefetcher::of_seeded(table, sentinel(), hash, eq);
+            self.buckets = table.num_buckets();
+        }
+        self.pf
+    }
+}
+
 /// Like [`prefetch_line`], for a line about to be written (fetched for ownership).
 #[inline(always)]
 pub(crate) fn prefetch_line_w(addr: usize) {
@@ -225,9 +252,8 @@ pub(crate) fn prefetch_line(addr: usize) {
 pub(crate) struct SessionIndex {
     table: HashTable<SEntry>,
     hasher: FixedState,
-    /// The prefetcher for the table's current allocation (`pf_buckets` buckets).
-    pf: Prefetcher,
-    pf_buckets: usize,
+    /// The prefetcher for the table's current allocation.
+    pf: PrefetcherCache,
 }
 
 impl SessionIndex {
@@ -235,8 +261,7 @@ impl SessionIndex {
         SessionIndex {
             table: HashTable::new(),
             hasher,
-            pf: Prefetcher::default(),
-            pf_buckets: 0,
+            pf: PrefetcherCache::default(),
         }
     }
 
@@ -244,17 +269,13 @@ impl SessionIndex {
     /// which always changes its number of buckets).
     #[inline]
     pub fn prefetcher(&mut self) -> Prefetcher {
-        if self.pf_buckets != self.table.num_buckets() || self.pf.mask == 0 {
-            let hasher = &self.hasher;
-            self.pf = Prefetcher::of_seeded(
-                &mut self.table,
-                SEntry::new(SessionKey(0, 0), 0, 0, 0, 0, 0, 0),
-                |e| hasher.hash_one(e.key()),
-                |a, b| a.key() == b.key(),
-            );
-            self.pf_buckets = self.table.num_buckets();
-        }
-        self.pf
+        let hasher = &self.hasher;
+        self.pf.get(
+            &mut self.table,
+            || SEntry::new(SessionKey(0, 0), 0, 0, 0, 0, 0, 0),
+            |e| hasher.hash_one(e.key()),
+            |a, b| a.key() == b.key(),
+        )
     }
 
     /// Finds the entry of `key`, whose hash `hash` the caller computed (and prefetched).
@@ -332,8 +353,7 @@ impl SessionIndex {
 pub(crate) struct MappingIndex {
     table: HashTable<(u64, u32)>,
     hasher: FixedState,
-    pf: Prefetcher,
-    pf_buckets: usize,
+    pf: PrefetcherCache,
 }
 
 impl MappingIndex {
@@ -341,25 +361,20 @@ impl MappingIndex {
         MappingIndex {
             table: HashTable::new(),
             hasher,
-            pf: Prefetcher::default(),
-            pf_buckets: 0,
+            pf: PrefetcherCache::default(),
         }
     }
 
     /// The prefetcher of the current allocation (see [`SessionIndex::prefetcher`]).
     #[inline]
     pub fn prefetcher(&mut self) -> Prefetcher {
-        if self.pf_buckets != self.table.num_buckets() || self.pf.mask == 0 {
-            let hasher = &self.hasher;
-            self.pf = Prefetcher::of_seeded(
-                &mut self.table,
-                (0, 0),
-                |e| hasher.hash_one(e.0),
-                |a, b| a.0 == b.0,
-            );
-            self.pf_buckets = self.table.num_buckets();
-        }
-        self.pf
+        let hasher = &self.hasher;
+        self.pf.get(
+            &mut self.table,
+            || (0, 0),
+            |e| hasher.hash_one(e.0),
+            |a, b| a.0 == b.0,
+        )
     }
 
     #[inline(always)]

@@ -78,14 +78,7 @@ impl Nat {
             .map(|x| x.slot)
             .filter(|_| e.src == u32::from_be_bytes(h.dst))
         else {
-            let draining = self.groups[g as usize]
-                .as_ref()
-                .is_some_and(|g| matches!(g.mode, GroupMode::Draining | GroupMode::Moved));
-            return if draining {
-                Verdict::ToPeer(GroupId(g))
-            } else {
-                Verdict::Drop(DropReason::IcmpErrorNoSession)
-            };
+            return self.icmp_error_without_session(g);
         };
         if let Some(v) = self.hit_blocked(slot) {
             return v;
@@ -188,14 +181,7 @@ impl Nat {
             .map(|x| x.slot)
             .filter(|_| e.dst == src)
         else {
-            let draining = self.groups[g as usize]
-                .as_ref()
-                .is_some_and(|g| matches!(g.mode, GroupMode::Draining | GroupMode::Moved));
-            return if draining {
-                Verdict::ToPeer(GroupId(g))
-            } else {
-                Verdict::Drop(DropReason::IcmpErrorNoSession)
-            };
+            return self.icmp_error_without_session(g);
         };
         if let Some(v) = self.hit_blocked(slot) {
             return v;
@@ -226,6 +212,19 @@ impl Nat {
         self.last_session = slot;
         self.counters.translated_out += 1;
         Verdict::ToOutside
+    }
+
+    /// The verdict for an ICMP error whose embedded packet names no session of group `g`:
+    /// a draining or moved group hands it to the peer (the session may be there), others drop.
+    fn icmp_error_without_session(&self, g: u16) -> Verdict {
+        let draining = self.groups[g as usize]
+            .as_ref()
+            .is_some_and(|g| matches!(g.mode, GroupMode::Draining | GroupMode::Moved));
+        if draining {
+            Verdict::ToPeer(GroupId(g))
+        } else {
+            Verdict::Drop(DropReason::IcmpErrorNoSession)
+        }
     }
 }
 /// Rewrites the outer address of an ICMP error and its header checksum (with TTL decrement).

@@ -1,6 +1,6 @@
 //! The two passes of an import: validate everything, then install (cannot fail).
 
-use super::table::IndexHashes;
+use super::table::{IndexHashes, NewSession};
 use super::{GroupId, ImportSummary, NIL, Nat, NatError, mkey, skey};
 use crate::index::{Prefetcher, SessionKey};
 use crate::ports::PortProto;
@@ -379,8 +379,13 @@ impl Nat {
                 if let Some(c) = change {
                     self.log_block(now, g.0, c, true);
                 }
-                m.slot = self.install_mapping_hashed(
-                    g.0, m.proto, m.int_addr, m.int_port, m.ext_port, h.mapping,
+                m.slot = self.install_mapping(
+                    g.0,
+                    m.proto,
+                    m.int_addr,
+                    m.int_port,
+                    m.ext_port,
+                    Some(h.mapping),
                 );
             }
             let slot = m.slot;
@@ -391,17 +396,14 @@ impl Nat {
             let last_seen = now - core::time::Duration::from_millis(r.idle_ms.get() as u64);
             let rem = u32::from_be_bytes(r.rem_addr);
             let hairpin = (ext_lo..=ext_hi).contains(&rem) && self.group_by_ext.contains_key(&rem);
-            self.install_session_hashed(
-                now,
-                last_seen,
-                slot,
-                rem,
-                r.rem_port.get(),
-                TcpState::from_u8(r.tcp_state),
-                r.flags & FLAG_INBOUND_OPENED != 0,
-                hairpin,
-                h.session,
-            );
+            let new = NewSession {
+                mapping: slot,
+                rem_addr: rem,
+                rem_port: r.rem_port.get(),
+                tcp: TcpState::from_u8(r.tcp_state),
+                inbound_opened: r.flags & FLAG_INBOUND_OPENED != 0,
+            };
+            self.install_session_hashed(now, last_seen, new, hairpin, h.session);
         }
         debug_assert_eq!(
             self.mapping_count - mappings_before,

@@ -59,43 +59,29 @@ impl Rewrite {
         }
         let c = get_u16(pkt, field::IPV4_CHECKSUM).unwrap_or(0);
         set_u16(pkt, field::IPV4_CHECKSUM, ipd.apply(c));
-        set_addr(
-            pkt,
-            if source {
-                field::IPV4_SRC
-            } else {
-                field::IPV4_DST
-            },
-            addr,
-        );
+        let addr_field = if source {
+            field::IPV4_SRC
+        } else {
+            field::IPV4_DST
+        };
+        set_addr(pkt, addr_field, addr);
         if !with_l4 {
             return;
         }
         let l4 = &mut pkt[ihl..];
+        let port_field = if source {
+            field::SRC_PORT
+        } else {
+            field::DST_PORT
+        };
         match proto {
             proto::TCP => {
-                set_u16(
-                    l4,
-                    if source {
-                        field::SRC_PORT
-                    } else {
-                        field::DST_PORT
-                    },
-                    port,
-                );
+                set_u16(l4, port_field, port);
                 let c = get_u16(l4, field::TCP_CHECKSUM).unwrap_or(0);
                 set_u16(l4, field::TCP_CHECKSUM, l4_delta.apply(c));
             }
             proto::UDP => {
-                set_u16(
-                    l4,
-                    if source {
-                        field::SRC_PORT
-                    } else {
-                        field::DST_PORT
-                    },
-                    port,
-                );
+                set_u16(l4, port_field, port);
                 let c = get_u16(l4, field::UDP_CHECKSUM).unwrap_or(0);
                 set_u16(l4, field::UDP_CHECKSUM, l4_delta.apply_udp(c));
             }

@@ -19,6 +19,20 @@ pub(super) struct IndexHashes {
     pub inn: u64,
 }
 
+/// A session to install under an existing mapping.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct NewSession {
+    /// Slot of its (live) mapping.
+    pub mapping: u32,
+    /// Remote address and port (port 0 for ICMP).
+    pub rem_addr: u32,
+    pub rem_port: u16,
+    /// TCP state (`None` for UDP and ICMP).
+    pub tcp: Option<TcpState>,
+    /// Opened by an inbound packet (endpoint-independent filtering let it in).
+    pub inbound_opened: bool,
+}
+
 impl Nat {
     /// The O(1) table invariants, checked (in debug builds) after every install and remove:
     /// each slab slot is live or on its free list, each live entry has two index entries, and
@@ -100,10 +114,11 @@ impl Nat {
         if let Some(c) = change {
             self.log_block(now, g, c, false);
         }
-        Ok(self.install_mapping(g, proto, int_addr, int_port, ext_port))
+        Ok(self.install_mapping(g, proto, int_addr, int_port, ext_port, None))
     }
 
-    /// Inserts a mapping whose port is already bound in the group's blocks.
+    /// Inserts a mapping whose port is already bound in the group's blocks. `hashes`: its
+    /// index keys' hashes if the caller computed them (an import does, a few records ahead).
     pub(super) fn install_mapping(
         &mut self,
         g: u16,
@@ -111,37 +126,17 @@ impl Nat {
         int_addr: u32,
         int_port: u16,
         ext_port: u16,
-    ) -> u32 {
-        let ext = self.groups[g as usize]
-            .as_ref()
-            .expect("caller checked the group")
-            .ext;
-        let hashes = IndexHashes {
-            out: self
-                .mapping_index
-                .hash(&mkey(Dir::Out, proto, int_addr, int_port)),
-            inn: self
-                .mapping_index
-                .hash(&mkey(Dir::In, proto, ext, ext_port)),
-        };
-        self.install_mapping_hashed(g, proto, int_addr, int_port, ext_port, hashes)
-    }
-
-    /// [`install_mapping`](Self::install_mapping) with the hashes of the mapping's index keys
-    /// computed by the caller.
-    pub(super) fn install_mapping_hashed(
-        &mut self,
-        g: u16,
-        proto: u8,
-        int_addr: u32,
-        int_port: u16,
-        ext_port: u16,
-        hashes: IndexHashes,
+        hashes: Option<IndexHashes>,
     ) -> u32 {
         let group = self.groups[g as usize]
             .as_mut()
             .expect("caller checked the group");
         let ext = group.ext;
+        let mi = &self.mapping_index;
+        let hashes = hashes.unwrap_or_else(|| IndexHashes {
+            out: mi.hash(&mkey(Dir::Out, proto, int_addr, int_port)),
+            inn: mi.hash(&mkey(Dir::In, proto, ext, ext_port)),
+        });
         let first = group.first_mapping;
         let m = Mapping {
             int_addr,
@@ -205,20 +200,29 @@ impl Nat {
         if self.mappings[m as usize].sessions >= self.cfg.max_sessions_per_mapping {
             return Err(DropReason::SessionsPerMappingLimit);
         }
-        Ok(self.install_session(now, now, m, rem_addr, rem_port, tcp, inbound_opened))
+        let new = NewSession {
+            mapping: m,
+            rem_addr,
+            rem_port,
+            tcp,
+            inbound_opened,
+        };
+        Ok(self.install_session(now, now, new))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Installs session `new` (no limit checked: callers did), last seen at `last_seen`.
     pub(super) fn install_session(
         &mut self,
         now: Instant,
         last_seen: Instant,
-        m: u32,
-        rem_addr: u32,
-        rem_port: u16,
-        tcp: Option<TcpState>,
-        inbound_opened: bool,
+        new: NewSession,
     ) -> u32 {
+        let NewSession {
+            mapping: m,
+            rem_addr,
+            rem_port,
+            ..
+        } = new;
         let map = &self.mappings[m as usize];
         let (proto, int_addr, int_port, ext_port, g) = (
             map.proto,
@@ -242,35 +246,27 @@ impl Nat {
                 .hash(&skey(Dir::In, proto, ext, ext_port, rem_addr, rem_port)),
         };
         let hairpin = self.group_by_ext.contains_key(&rem_addr);
-        self.install_session_hashed(
-            now,
-            last_seen,
-            m,
-            rem_addr,
-            rem_port,
-            tcp,
-            inbound_opened,
-            hairpin,
-            hashes,
-        )
+        self.install_session_hashed(now, last_seen, new, hairpin, hashes)
     }
 
     /// [`install_session`](Self::install_session) with the hashes of the session's index keys
     /// and whether its remote is an external address of this NAT (`hairpin`) worked out by
     /// the caller.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn install_session_hashed(
         &mut self,
         now: Instant,
         last_seen: Instant,
-        m: u32,
-        rem_addr: u32,
-        rem_port: u16,
-        tcp: Option<TcpState>,
-        inbound_opened: bool,
+        new: NewSession,
         hairpin: bool,
         hashes: IndexHashes,
     ) -> u32 {
+        let NewSession {
+            mapping: m,
+            rem_addr,
+            rem_port,
+            tcp,
+            inbound_opened,
+        } = new;
         debug_assert_eq!(hairpin, self.group_by_ext.contains_key(&rem_addr));
         debug_assert!(
             self.mappings.get(m as usize).is_some_and(|m| m.live),
