@@ -6,6 +6,7 @@
 //! api_listen = "unix:/run/x/api.sock"       # or "127.0.0.1:6780"
 //! api_token_file = "/etc/flowshift/api.token" # bearer token of the operator API (created
 //!                                            # with mode 0600 if missing; required for TCP)
+//! state_file = "/var/lib/flowshift/controller-state.json" # ownership across restarts
 //! [switch]
 //! inside_port = 1                            # OpenFlow port towards subscribers
 //! outside_port = 2                           # OpenFlow port towards servers
@@ -92,6 +93,11 @@ pub struct ClusterConfig {
     /// Default migration parameters; `None`: each node's own defaults.
     #[serde(default)]
     pub params: Option<Params>,
+    /// Where the controller keeps group ownership and redirected migrations across restarts
+    /// (`store.rs`; relative to the configuration file's directory when loaded from a file).
+    /// Without it a restarted controller starts from the groups' configured owners.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
 }
 
 /// Why a configuration was refused.
@@ -120,7 +126,14 @@ impl ClusterConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text)
+        let mut cfg = Self::from_toml(&text)?;
+        if let Some(f) = cfg.state_file.as_mut()
+            && f.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            *f = dir.join(&*f);
+        }
+        Ok(cfg)
     }
 
     /// Parses and validates TOML text.

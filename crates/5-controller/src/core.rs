@@ -10,12 +10,13 @@
 //! controller's monotonic clock in ns since start.
 
 use crate::config::ClusterConfig;
+use crate::store::{PersistedMigration, PersistedStage, PersistedState, STATE_VERSION, Store};
 use crate::switch::{Switch, SwitchStatus};
 use flowshift_control::api::{
     ClusterStatus, ControllerToNode, GroupOwner, MigrateRequest, MigrateResponse, NodeEntry,
     NodeRequest, NodeStatus, NodeToController, ReplyBody, encode_line,
 };
-use flowshift_control::orchestrator::{Command, ControlError, Orchestrator};
+use flowshift_control::orchestrator::{Command, ControlError, Orchestrator, Stage};
 use flowshift_http::{HttpCounters, ServerCounters};
 use flowshift_migration::{InstanceId, MigrationEvent, MigrationId, Params};
 use flowshift_wire::Instant;
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Inputs the inbox holds at most; senders wait (and count the wait) when it is full.
 pub(crate) const INBOX_CAPACITY: usize = 1024;
@@ -47,6 +48,12 @@ const MAX_CUTOVER_ATTEMPTS: u32 = 5;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ControllerCounters {
+    /// Times the state file was replaced.
+    pub state_saves: u64,
+    /// Failed replacements of the state file (the redirect waits; retried every tick).
+    pub state_save_failures: u64,
+    /// Redirected migrations taken over from the state file at start (cutover re-sent).
+    pub migrations_resumed: u64,
     /// Times a socket task found the inbox full and had to wait.
     pub inbox_full_waits: u64,
     /// Node hellos accepted.
@@ -242,18 +249,71 @@ pub(crate) struct Core {
     start_params: BTreeMap<Ipv4Addr, Option<Params>>,
     counters: ControllerCounters,
     shared: Arc<Shared>,
+    /// The state file, if configured.
+    store: Option<Store>,
+    /// Redirected migrations taken over from the state file whose source has not
+    /// acknowledged its cutover yet (kept in the file until then).
+    resumed: Vec<PersistedMigration>,
+    /// Switch updates held back until the state file holds the ownership they install.
+    held_updates: Vec<(flowshift_control::rules::RuleDiff, u64)>,
 }
 
 impl Core {
     /// A controller for `cfg` (validated), with no connections yet.
+    /// `store`: the state file and what it held at start (`None`: first start).
     pub(crate) fn new(
         cfg: ClusterConfig,
         of_config: flowshift_openflow::Config,
         shared: Arc<Shared>,
+        store: Option<(Store, Option<PersistedState>)>,
     ) -> Result<Core, ControlError> {
-        let orch = Orchestrator::new(cfg.topology(), cfg.group_routes())?;
-        let nodes = cfg.nodes.iter().map(|n| (n.id, Node::default())).collect();
-        Ok(Core {
+        let (store, restored) = match store {
+            Some((s, r)) => (Some(s), r),
+            None => (None, None),
+        };
+        let mut routes = cfg.group_routes();
+        let mut nodes: BTreeMap<u16, Node> =
+            cfg.nodes.iter().map(|n| (n.id, Node::default())).collect();
+        let mut resumed = Vec::new();
+        if let Some(state) = restored {
+            for r in &mut routes {
+                match state.owners.get(&r.external) {
+                    Some(&owner) if nodes.contains_key(&owner) => {
+                        if owner != r.owner {
+                            info!(group = %r.external, owner, configured = r.owner,
+                                "ownership from the state file");
+                        }
+                        r.owner = owner;
+                    }
+                    Some(&owner) => warn!(group = %r.external, owner,
+                        "the state file names an unconfigured owner; using the configured one"),
+                    None => {
+                        info!(group = %r.external, "group not in the state file: configured owner")
+                    }
+                }
+            }
+            for m in state.migrations {
+                let routed_to_dest = routes
+                    .iter()
+                    .any(|r| r.external == m.external && r.owner == m.to);
+                match nodes.get_mut(&m.from) {
+                    Some(n) if routed_to_dest => {
+                        info!(migration = m.migration, group = %m.external, from = m.from,
+                            to = m.to, "resuming a redirected migration: cutover re-sent");
+                        n.cutovers.push((m.migration, 1));
+                        resumed.push(m);
+                    }
+                    _ => warn!(migration = m.migration, group = %m.external,
+                        "dropping a persisted migration that no longer matches the configuration"),
+                }
+            }
+        }
+        let orch = Orchestrator::new(cfg.topology(), routes)?;
+        let counters = ControllerCounters {
+            migrations_resumed: resumed.len() as u64,
+            ..ControllerCounters::default()
+        };
+        let core = Core {
             cfg,
             t0: std::time::Instant::now(),
             orch,
@@ -263,9 +323,75 @@ impl Core {
             next_req: 1,
             next_status_poll: Instant::ZERO,
             start_params: BTreeMap::new(),
-            counters: ControllerCounters::default(),
+            counters,
             shared,
-        })
+            store,
+            resumed,
+            held_updates: Vec::new(),
+        };
+        Ok(core)
+    }
+
+    /// Writes the state file now (a no-op without one); the controller does this once at
+    /// start, so an unwritable file stops it before anything depends on it.
+    pub(crate) fn save_state(&mut self) -> Result<(), crate::store::StoreError> {
+        let state = self.durable_state();
+        if let Some(store) = self.store.as_mut()
+            && store.save(&state)?
+        {
+            self.counters.state_saves += 1;
+        }
+        Ok(())
+    }
+
+    /// What the state file must hold now: every group's owner, and the migrations whose
+    /// redirect was decided but whose source may not have had its cutover.
+    fn durable_state(&self) -> PersistedState {
+        let mut migrations = self.resumed.clone();
+        for m in self.orch.migrations() {
+            if let (Stage::Redirecting | Stage::Draining, Some(id)) = (m.stage, m.migration) {
+                migrations.push(PersistedMigration {
+                    migration: id,
+                    external: m.external,
+                    from: m.from,
+                    to: m.to,
+                    stage: PersistedStage::Redirecting,
+                });
+            }
+        }
+        PersistedState {
+            version: STATE_VERSION,
+            owners: self
+                .orch
+                .groups()
+                .iter()
+                .map(|g| (g.external, g.owner))
+                .collect(),
+            migrations,
+        }
+    }
+
+    /// Brings the state file up to date (a no-op when unchanged or not configured), then
+    /// releases the switch updates that waited for it. Returns whether the file is current.
+    fn persist(&mut self) -> bool {
+        match self.save_state() {
+            Ok(()) => true,
+            Err(e) => {
+                self.counters.state_save_failures += 1;
+                error!("cannot save the controller state: {e}; switch updates wait");
+                false
+            }
+        }
+    }
+
+    /// Sends the held switch updates once the state file holds what they install.
+    fn release_updates(&mut self) {
+        if self.held_updates.is_empty() || !self.persist() {
+            return;
+        }
+        for (diff, token) in std::mem::take(&mut self.held_updates) {
+            self.switch.update(&diff, token);
+        }
     }
 
     /// Runs until `shutdown` completes, then drops every connection.
@@ -288,6 +414,8 @@ impl Core {
                 _ = tick.tick() => self.tick(),
             }
             self.drive();
+            self.release_updates();
+            self.persist();
         }
         info!("controller stopping");
     }
@@ -420,7 +548,9 @@ impl Core {
                         delete = diff.delete.len(),
                         "redirecting: switch update"
                     );
-                    self.switch.update(&diff, token);
+                    // Write-ahead: the switch never points where the state file does not.
+                    self.held_updates.push((diff, token));
+                    self.release_updates();
                 }
                 Command::CutoverDone { on, migration } => {
                     info!(
@@ -691,7 +821,8 @@ impl Core {
                         // The receiver may have given up; nothing to do then.
                         let _ = reply.send(Reply::error(502, &format!("node {}: {e}", p.node)));
                     }
-                    Purpose::Cutover { .. } | Purpose::Abort { .. } => {}
+                    Purpose::Cutover { migration, .. } => self.cutover_settled(migration),
+                    Purpose::Abort { .. } => {}
                 }
                 return;
             }
@@ -713,6 +844,7 @@ impl Core {
             }
             (Purpose::Cutover { migration, .. }, _) => {
                 debug!(node = p.node, migration, "cutover acknowledged");
+                self.cutover_settled(migration);
             }
             (Purpose::Abort { migration }, body) => {
                 info!(node = p.node, migration, ?body, "stray migration aborted");
@@ -723,6 +855,11 @@ impl Core {
                 self.request_failed(now, Pending { purpose, ..p }, "unexpected reply kind");
             }
         }
+    }
+
+    /// The source answered (or will never answer) a cutover: a resumed migration is over.
+    fn cutover_settled(&mut self, migration: u64) {
+        self.resumed.retain(|m| m.migration != migration);
     }
 
     fn request_failed(&mut self, now: Instant, p: Pending, why: &str) {
@@ -747,6 +884,7 @@ impl Core {
                         node = p.node,
                         migration, why, "cutover not acknowledged; giving up"
                     );
+                    self.cutover_settled(migration);
                 }
             }
             Purpose::Status => {

@@ -29,6 +29,7 @@ mod core;
 pub mod flows;
 pub mod http;
 mod net;
+pub mod store;
 pub mod switch;
 
 pub use crate::core::ControllerCounters;
@@ -43,7 +44,7 @@ use flowshift_http::{Listener, UnixMode};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 /// A controller with its three listeners bound, ready to [`run`](Controller::run).
 pub struct Controller {
@@ -107,12 +108,29 @@ impl Controller {
     /// files are removed; the switch keeps its flows (fail-secure mode forwards by them).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let shared = Arc::new(Shared::default());
-        let core = Core::new(
+        let store = match &self.cfg.state_file {
+            Some(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                let mut store = store::Store::new(path.clone());
+                let restored = store.load()?;
+                Some((store, restored))
+            }
+            None => {
+                warn!("no state_file: a restarted controller starts from the configured owners");
+                None
+            }
+        };
+        let mut core = Core::new(
             self.cfg,
             flowshift_openflow::Config::default(),
             shared.clone(),
+            store,
         )
         .context("computing the switch table")?;
+        core.save_state()?;
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
         let inbox = Inbox::new(tx, shared);
         info!(

@@ -257,6 +257,11 @@ impl Layout {
             dir.join("api.sock").display()
         );
         let _ = writeln!(s, "api_token_file = \"{}\"", api_token_file(dir).display());
+        let _ = writeln!(
+            s,
+            "state_file = \"{}\"",
+            dir.join("controller-state.json").display()
+        );
         let _ = writeln!(s, "\n[switch]");
         let _ = writeln!(s, "inside_port = {INSIDE_PORT}");
         let _ = writeln!(s, "outside_port = {OUTSIDE_PORT}");
