@@ -18,7 +18,8 @@ use flowshift_control::api::{
 };
 use flowshift_control::orchestrator::{Command, ControlError, Orchestrator, Stage};
 use flowshift_http::{HttpCounters, ServerCounters};
-use flowshift_migration::{InstanceId, MigrationEvent, MigrationId, Params};
+use flowshift_migration::{InstanceId, MigrationEvent, MigrationId, Params, Phase, Role};
+use flowshift_nat::GroupMode;
 use flowshift_wire::Instant;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -54,6 +55,9 @@ pub struct ControllerCounters {
     pub state_save_failures: u64,
     /// Redirected migrations taken over from the state file at start (cutover re-sent).
     pub migrations_resumed: u64,
+    /// Migrations found waiting for a cutover the controller did not know of (after a
+    /// restart before the redirect was persisted) and finished forward.
+    pub migrations_adopted: u64,
     /// Times a socket task found the inbox full and had to wait.
     pub inbox_full_waits: u64,
     /// Node hellos accepted.
@@ -254,6 +258,8 @@ pub(crate) struct Core {
     /// Redirected migrations taken over from the state file whose source has not
     /// acknowledged its cutover yet (kept in the file until then).
     resumed: Vec<PersistedMigration>,
+    /// Stray migrations whose abort request is outstanding (not sent twice).
+    aborting: std::collections::BTreeSet<u64>,
     /// Switch updates held back until the state file holds the ownership they install.
     held_updates: Vec<(flowshift_control::rules::RuleDiff, u64)>,
 }
@@ -327,6 +333,7 @@ impl Core {
             shared,
             store,
             resumed,
+            aborting: Default::default(),
             held_updates: Vec::new(),
         };
         Ok(core)
@@ -679,7 +686,14 @@ impl Core {
                 if let MigrationEvent::ReadyForCutover { migration, .. } = event
                     && !self.knows(migration)
                 {
-                    self.abort_stray(now, id, migration.0, "ready for cutover");
+                    // The source handed its state over and cannot go back: the next status
+                    // (asked for now) lets `reconcile` adopt and finish the migration.
+                    info!(
+                        node = id,
+                        migration = migration.0,
+                        "ready for cutover of an untracked migration; reconciling"
+                    );
+                    self.next_status_poll = now;
                 }
                 self.orch.handle_instance_event(now, InstanceId(id), &event);
             }
@@ -693,10 +707,86 @@ impl Core {
             .any(|m| m.migration == Some(migration.0))
     }
 
+    /// Reconciles a node's migrations with the controller's (after a controller restart, or
+    /// an event lost with a connection). A source waiting in AwaitCutover for a migration the
+    /// controller neither tracks nor resumes has handed its group's state to the destination
+    /// and cannot go back: the controller adopts the migration and finishes it forward
+    /// (redirect, barrier, cutover), once the destination's status names the same migration
+    /// and the source's status names the group it is moving. Earlier phases are left alone:
+    /// they end in a `ReadyForCutover` that [`abort_stray`](Self::abort_stray) answers.
+    fn reconcile(&mut self, now: Instant, id: u16, status: &NodeStatus) {
+        for m in &status.migrations {
+            let orphan = m.role == Role::Source
+                && m.phase == Phase::AwaitCutover
+                && !self.knows(MigrationId(m.migration))
+                && !self.resumed.iter().any(|r| r.migration == m.migration);
+            if !orphan {
+                continue;
+            }
+            let to = self.nodes.iter().find_map(|(&n, node)| {
+                let st = node.status.as_ref()?;
+                st.migrations
+                    .iter()
+                    .any(|d| d.migration == m.migration && d.role == Role::Destination)
+                    .then_some(n)
+            });
+            let moving: Vec<Ipv4Addr> = status
+                .groups
+                .iter()
+                .filter(|g| matches!(g.mode, GroupMode::Draining | GroupMode::Moved))
+                .filter(|g| self.orch.owner_of(g.external) == Some(InstanceId(id)))
+                .map(|g| g.external)
+                .collect();
+            let (Some(to), [external]) = (to, moving.as_slice()) else {
+                debug!(
+                    node = id,
+                    migration = m.migration,
+                    ?to,
+                    ?moving,
+                    "orphaned migration: destination or group not known yet"
+                );
+                continue;
+            };
+            self.adopt(now, id, to, *external, m.migration);
+        }
+    }
+
+    /// Takes over migration `migration` of group `external` from `from` to `to`, which is
+    /// ready for its cutover, and finishes it (see [`reconcile`](Self::reconcile)).
+    fn adopt(&mut self, now: Instant, from: u16, to: u16, external: Ipv4Addr, migration: u64) {
+        // Commands already queued go first, so the one popped below is this request's.
+        self.drive();
+        if let Err(e) = self.orch.request_migration(
+            now,
+            external,
+            InstanceId(to),
+            flowshift_migration::Algorithm::FreezeCopy,
+        ) {
+            warn!(%external, migration, "cannot adopt an orphaned migration: {e}");
+            return;
+        }
+        // The source runs it already: its `StartMigration` is not sent.
+        match self.orch.poll_command() {
+            Some(Command::StartMigration { .. }) => {}
+            other => warn!(?other, "unexpected command while adopting a migration"),
+        }
+        self.orch
+            .migration_started(now, external, Some(MigrationId(migration)));
+        let ready = MigrationEvent::ReadyForCutover {
+            migration: MigrationId(migration),
+            group: 0,
+        };
+        self.orch
+            .handle_instance_event(now, InstanceId(from), &ready);
+        self.counters.migrations_adopted += 1;
+        warn!(%external, migration, from, to,
+            "adopted a migration waiting for its cutover (controller restart): finishing it forward");
+    }
+
     /// A migration runs on node `id` that the controller does not track (its start reply came
     /// after the controller gave up on it): abort it so the node does not wait forever.
     fn abort_stray(&mut self, now: Instant, id: u16, migration: u64, why: &str) {
-        if self.knows(MigrationId(migration)) {
+        if self.knows(MigrationId(migration)) || !self.aborting.insert(migration) {
             return;
         }
         warn!(
@@ -822,7 +912,9 @@ impl Core {
                         let _ = reply.send(Reply::error(502, &format!("node {}: {e}", p.node)));
                     }
                     Purpose::Cutover { migration, .. } => self.cutover_settled(migration),
-                    Purpose::Abort { .. } => {}
+                    Purpose::Abort { migration } => {
+                        self.aborting.remove(&migration);
+                    }
                 }
                 return;
             }
@@ -834,6 +926,7 @@ impl Core {
                     .migration_started(now, external, Some(MigrationId(migration)));
             }
             (Purpose::Status, ReplyBody::Status(s)) => {
+                self.reconcile(now, p.node, &s);
                 if let Some(n) = self.nodes.get_mut(&p.node) {
                     n.status = Some(*s);
                     n.status_pending = false;
@@ -847,6 +940,7 @@ impl Core {
                 self.cutover_settled(migration);
             }
             (Purpose::Abort { migration }, body) => {
+                self.aborting.remove(&migration);
                 info!(node = p.node, migration, ?body, "stray migration aborted");
             }
             (purpose, body) => {
@@ -896,6 +990,7 @@ impl Core {
                 let _ = reply.send(Reply::error(503, &format!("node {}: {why}", p.node)));
             }
             Purpose::Abort { migration } => {
+                self.aborting.remove(&migration);
                 warn!(
                     node = p.node,
                     migration, why, "abort of a stray migration failed"

@@ -66,6 +66,10 @@ pub struct StatusArgs {
     /// Print the raw `ClusterStatus` JSON.
     #[arg(long)]
     json: bool,
+    /// Print the controller's own counters (`GET /counters`: connections, requests, state
+    /// file saves, resumed and adopted migrations) instead, as JSON.
+    #[arg(long)]
+    counters: bool,
 }
 
 /// Where the operator API is and how to authenticate.
@@ -250,6 +254,10 @@ pub fn migrate(args: &MigrateArgs) -> Result<()> {
 /// Prints the running controller's view of the cluster.
 pub fn status(args: &StatusArgs) -> Result<()> {
     let client = api_client(&args.api)?;
+    if args.counters {
+        println!("{}", serde_json::to_string_pretty(&client.counters()?)?);
+        return Ok(());
+    }
     let s = client.status()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);

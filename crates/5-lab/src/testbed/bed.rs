@@ -120,11 +120,7 @@ impl Testbed {
 
     /// Writes `state.json` (atomically: write, then rename).
     pub fn save(&self) -> Result<()> {
-        let path = self.state.dir.join("state.json");
-        let tmp = self.state.dir.join("state.json.tmp");
-        fs::write(&tmp, serde_json::to_string_pretty(&self.state)? + "\n")
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+        self.state.save()
     }
 
     /// Creates namespace `name` (recorded before it exists, so a crash cannot lose it) with
@@ -510,6 +506,9 @@ impl Testbed {
             netns: ns.to_owned(),
             log,
             marker: "flowshift".into(),
+            command: std::iter::once(program.display().to_string())
+                .chain(args.iter().cloned())
+                .collect(),
         });
         self.children.push(child);
         self.save()

@@ -6,6 +6,8 @@
 //!   subscriber side with an independent STUN client ([`check`]).
 //! * `flowshift experiment fig1c --testbed` ([`fig1c`]): the poster's experiment on real
 //!   packets ([`exp`]).
+//! * `flowshift testbed kill PROCESS [--restart]` ([`faults`]): a crash of the controller or
+//!   a node, and its restart.
 //! * `flowshift bench testbed` ([`bench`]): iperf3 through a node and through Linux nftables
 //!   NAT on the same switch ([`benchmark`]).
 //!
@@ -19,6 +21,7 @@ mod benchmark;
 pub mod check;
 pub(crate) mod exp;
 mod exp_measure;
+pub mod faults;
 pub mod iperf;
 pub mod layout;
 pub mod probe;
@@ -39,6 +42,8 @@ pub enum TestbedCommand {
     /// Behaviour check from the subscriber side with an independent STUN client (RFC 3489
     /// classification): mapping and filtering.
     Check(CheckArgs),
+    /// Kill one of the run's processes with SIGKILL (a crash), optionally starting it again.
+    Kill(faults::KillArgs),
 }
 
 pub use crate::options::{LinkRate, Offload};
@@ -137,6 +142,7 @@ pub fn run(cmd: &TestbedCommand) -> Result<()> {
         TestbedCommand::Up(a) => up(a),
         TestbedCommand::Down(a) => down(a),
         TestbedCommand::Check(a) => check::run(a),
+        TestbedCommand::Kill(a) => faults::kill(a),
     }
 }
 

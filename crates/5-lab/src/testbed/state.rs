@@ -68,6 +68,9 @@ pub struct ProcessRecord {
     pub log: PathBuf,
     /// A word its command line contains (guards against recycled pids).
     pub marker: String,
+    /// Program and arguments it was started with (`testbed kill --restart` starts it again).
+    #[serde(default)]
+    pub command: Vec<String>,
 }
 
 /// The switch.
@@ -193,6 +196,15 @@ pub struct State {
 }
 
 impl State {
+    /// Writes `state.json` (atomically: write, then rename).
+    pub fn save(&self) -> Result<()> {
+        let path = self.dir.join("state.json");
+        let tmp = self.dir.join("state.json.tmp");
+        fs::write(&tmp, serde_json::to_string_pretty(self)? + "\n")
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    }
+
     /// Reads `state.json` of run `run`.
     pub fn load(run: &str) -> Result<State> {
         let path = run_dir(run).join("state.json");

@@ -184,6 +184,16 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
+/// Sends SIGKILL to `pid` and waits up to 2 s for it to be gone; whether it is.
+pub fn kill_now(pid: u32) -> bool {
+    signal(pid, libc::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while alive(pid) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    !alive(pid)
+}
+
 /// Sends SIGTERM to every pid, waits up to `grace` for all to exit, then SIGKILLs the rest
 /// and waits up to 2 s more. Returns the pids still alive after that.
 pub fn terminate(pids: &[u32], grace: Duration) -> Vec<u32> {
