@@ -72,7 +72,7 @@ fn the_controller_programs_open_vswitch_and_redirects_a_migration() {
     let (o, seen) = (ovs.clone(), at_cutover.clone());
     let on_cutover = move || *seen.lock().unwrap() = Some(o.dump_flows().unwrap());
     let _n1 = FakeNode::spawn(
-        &c.nodes,
+        &c,
         1,
         MAC1,
         NodeOptions {
@@ -81,7 +81,7 @@ fn the_controller_programs_open_vswitch_and_redirects_a_migration() {
         },
         log.clone(),
     );
-    let _n2 = FakeNode::spawn(&c.nodes, 2, MAC2, NodeOptions::default(), log.clone());
+    let _n2 = FakeNode::spawn(&c, 2, MAC2, NodeOptions::default(), log.clone());
     let status = wait_until("table installed and nodes up", WAIT, || {
         let s = c.api.status().ok()?;
         (s.switch_rules == 8 && s.nodes.values().all(|n| n.connected)).then_some(s)

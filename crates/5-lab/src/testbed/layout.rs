@@ -257,9 +257,15 @@ impl Layout {
             dir.join("api.sock").display()
         );
         let _ = writeln!(s, "api_token_file = \"{}\"", api_token_file(dir).display());
+        let _ = writeln!(
+            s,
+            "tls = {{ ca = \"{PKI_DIR}/ca.pem\", cert = \"{PKI_DIR}/controller.pem\", key = \"{PKI_DIR}/controller.key\" }}"
+        );
         let _ = writeln!(s, "\n[switch]");
         let _ = writeln!(s, "inside_port = {INSIDE_PORT}");
         let _ = writeln!(s, "outside_port = {OUTSIDE_PORT}");
+        // The bridge's datapath id is set by `up` (other-config:datapath-id): pin it.
+        let _ = writeln!(s, "datapath_id = \"{:#018x}\"", self.datapath_id());
         for k in 1..=self.nodes {
             let _ = writeln!(s, "\n[[nodes]]");
             let _ = writeln!(s, "id = {k}");
@@ -538,6 +544,11 @@ mod tests {
         assert_eq!(
             cfg.api_token_file.as_deref(),
             Some(Path::new("/run/flowshift/testbed-beef/api.token"))
+        );
+        assert_eq!(cfg.tls.cert, Path::new("pki/controller.pem"));
+        assert_eq!(
+            cfg.switch.datapath_id,
+            Some(flowshift_controller::DatapathId(l.datapath_id()))
         );
     }
 }
