@@ -8,9 +8,12 @@
 //! * [`time`]: [`Instant`], a point in time in nanoseconds that callers pass in. Nothing in this
 //!   workspace's core layers reads a clock: the simulator passes virtual time, the Linux node
 //!   passes a monotonic clock reading.
+//! * [`MacAddr`]: an Ethernet address with its configuration text form.
 
 pub mod checksum;
+mod mac;
 pub mod packet;
 pub mod time;
 
+pub use mac::MacAddr;
 pub use time::Instant;

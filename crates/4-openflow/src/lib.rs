@@ -11,9 +11,9 @@
 //! * [`Connection`]: a sans-IO state machine for one switch connection: version negotiation,
 //!   features handshake, echo replies and keepalive, xid assignment, multipart reassembly,
 //!   bounded queues with counters. Time comes in as [`flowshift_wire::Instant`].
-//! * [`ovs`]: a process harness that starts a private Open vSwitch (userspace datapath, in its
-//!   own network namespace) for live tests and the testbed. It is the only part of this crate
-//!   that performs I/O.
+//!
+//! The crate performs no I/O; the Open vSwitch process harness used by live tests and the
+//! testbed is the `flowshift-ovs` crate.
 
 #![deny(missing_docs)]
 
@@ -24,7 +24,6 @@ mod error;
 mod framer;
 mod message;
 mod multipart;
-pub mod ovs;
 mod oxm;
 
 pub use action::{Action, CONTROLLER_MAX_LEN_NO_BUFFER, Instruction, port};

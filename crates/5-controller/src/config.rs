@@ -39,51 +39,7 @@ use std::str::FromStr;
 
 pub use flowshift_http::Endpoint;
 
-/// An Ethernet address, written `02:f5:00:00:00:01` in configurations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Mac(pub [u8; 6]);
-
-impl FromStr for Mac {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?}: expected a MAC address like 02:f5:00:00:00:01");
-        let mut mac = [0u8; 6];
-        let mut parts = s.split(':');
-        for b in &mut mac {
-            let p = parts.next().ok_or_else(bad)?;
-            if p.len() != 2 {
-                return Err(bad());
-            }
-            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-        }
-        if parts.next().is_some() {
-            return Err(bad());
-        }
-        Ok(Mac(mac))
-    }
-}
-
-impl TryFrom<String> for Mac {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Mac> for String {
-    fn from(m: Mac) -> String {
-        m.to_string()
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
+pub use flowshift_wire::MacAddr;
 
 /// An OpenFlow datapath id, written as an integer or a hex string (`"0x00000000000000fa"`,
 /// `"fa"`; the form `ovs-vsctl get bridge br0 datapath_id` prints) in configurations.
@@ -163,7 +119,7 @@ pub struct NodeConfig {
     /// OpenFlow port of the node's interface.
     pub port: u32,
     /// The node's MAC on that port; the node's `Hello` must carry it.
-    pub mac: Mac,
+    pub mac: MacAddr,
 }
 
 /// A group (external address + subscriber prefix) and its initial owner.
@@ -451,7 +407,7 @@ idle_max = 0
             c.api_token_file.as_deref(),
             Some(std::path::Path::new("/etc/flowshift/api.token"))
         );
-        assert_eq!(c.nodes[1].mac, Mac([2, 0xf5, 0, 0, 0, 2]));
+        assert_eq!(c.nodes[1].mac, MacAddr([2, 0xf5, 0, 0, 0, 2]));
         assert_eq!(c.nodes[1].mac.to_string(), "02:f5:00:00:00:02");
         let p = c.params.as_ref().unwrap();
         assert_eq!(p.batch_size, 128);
@@ -593,7 +549,7 @@ idle_max = 0
     #[test]
     fn malformed_text_gives_a_parse_error_naming_the_problem() {
         let e = invalid(&GOOD.replace("02:f5:00:00:00:01", "02:f5:00:00:01"));
-        assert!(e.contains("expected a MAC address"), "{e}");
+        assert!(e.contains("expected six hex bytes"), "{e}");
         let e = invalid(&GOOD.replace("node_listen", "nodes_listen"));
         assert!(e.contains("nodes_listen"), "{e}");
         let e = invalid(&GOOD.replace("unix:/run/x/of.sock", "of.sock"));

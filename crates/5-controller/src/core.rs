@@ -488,7 +488,7 @@ impl Core {
             None => Some(format!("node id {id} is not in the cluster configuration")),
             Some(n) if n.mac.0 != mac => Some(format!(
                 "node {id} says its MAC is {}, the configuration says {}",
-                crate::config::Mac(mac),
+                crate::config::MacAddr(mac),
                 n.mac
             )),
             Some(_) => None,

@@ -69,7 +69,7 @@ pub fn describe(rule: &Rule) -> String {
         let _ = write!(s, " in_port={p}");
     }
     if let Some(mac) = m.eth_dst {
-        let _ = write!(s, " eth_dst={}", crate::config::Mac(mac));
+        let _ = write!(s, " eth_dst={}", crate::config::MacAddr(mac));
     }
     if let Some(n) = m.ipv4_src {
         let _ = write!(s, " ipv4_src={n}");
@@ -81,7 +81,7 @@ pub fn describe(rule: &Rule) -> String {
     for a in &rule.actions {
         match a {
             rules::Action::SetEthDst(mac) => {
-                let _ = write!(s, " eth_dst:{}", crate::config::Mac(*mac));
+                let _ = write!(s, " eth_dst:{}", crate::config::MacAddr(*mac));
             }
             rules::Action::Output(p) => {
                 let _ = write!(s, " output:{p}");
@@ -99,7 +99,7 @@ pub fn describe_match(m: &Match) -> String {
         parts.push(format!("in_port={p}"));
     }
     if let Some(e) = &m.eth_dst {
-        parts.push(format!("eth_dst={}", crate::config::Mac(e.value)));
+        parts.push(format!("eth_dst={}", crate::config::MacAddr(e.value)));
     }
     if let Some(t) = m.eth_type {
         parts.push(format!("eth_type=0x{t:04x}"));

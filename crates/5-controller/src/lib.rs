@@ -38,7 +38,7 @@ pub mod switch;
 
 pub use crate::core::ControllerCounters;
 pub use client::{ApiClient, ClientError};
-pub use config::{ClusterConfig, ConfigError, DatapathId, Endpoint, Mac};
+pub use config::{ClusterConfig, ConfigError, DatapathId, Endpoint, MacAddr};
 pub use flowshift_http::Token;
 pub use switch::{FlowCounter, PortCounter, SwitchCounters, SwitchStatus};
 

@@ -1,5 +1,5 @@
 //! Live: the controller programs a private Open vSwitch (userspace datapath, started by
-//! `flowshift_openflow::ovs::Ovs`) over a unix socket, and a migration between fake nodes
+//! `flowshift_ovs::Ovs`) over a unix socket, and a migration between fake nodes
 //! moves the steering rules before the source hears `CutoverDone`. A switch reconnection
 //! gets the whole table again.
 //!
@@ -13,7 +13,7 @@ use common::*;
 use flowshift_control::api::MigrateRequest;
 use flowshift_control::orchestrator::Stage;
 use flowshift_migration::Algorithm;
-use flowshift_openflow::ovs::{Ovs, OvsError, OvsOptions};
+use flowshift_ovs::{Ovs, OvsError, OvsOptions};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -36,62 +36,13 @@ use crate::pacing::PollMode;
 use flowshift_migration::{Instance, InstanceId, MigrationConfig, Params};
 use flowshift_nat::{Nat, NatConfig};
 use flowshift_wire::Instant;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-/// An Ethernet MAC address, written `02:f5:00:00:00:01` in configurations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// True for group (multicast or broadcast) addresses, which no node may use.
-    pub fn is_multicast(self) -> bool {
-        self.0[0] & 1 == 1
-    }
-}
-
-impl FromStr for MacAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = s.split(':').collect();
-        if parts.len() != 6 {
-            return Err(format!(
-                "MAC address {s:?}: expected six hex bytes like 02:f5:00:00:00:01"
-            ));
-        }
-        let mut mac = [0u8; 6];
-        for (b, p) in mac.iter_mut().zip(&parts) {
-            if p.len() != 2 {
-                return Err(format!("MAC address {s:?}: {p:?} is not two hex digits"));
-            }
-            *b = u8::from_str_radix(p, 16)
-                .map_err(|_| format!("MAC address {s:?}: {p:?} is not two hex digits"))?;
-        }
-        Ok(MacAddr(mac))
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
-
-impl<'de> Deserialize<'de> for MacAddr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+pub use flowshift_wire::MacAddr;
 
 /// Another node of the cluster.
 #[derive(Clone, Debug, PartialEq, Deserialize)]

@@ -446,3 +446,46 @@ pub fn run(nat: &mut Nat, now: Instant, p: &[u8]) -> (Verdict, Vec<u8>) {
     let v = nat.process(now, &mut buf);
     (v, buf)
 }
+
+// ---- helpers of the RFC vector tests (rfc.rs, rfc_cgn.rs)
+
+/// Processes `p`, expects a drop for `reason`, and checks that exactly that counter moved.
+#[track_caller]
+pub fn expect_drop(nat: &mut Nat, now: Instant, p: &[u8], reason: flowshift_nat::DropReason) {
+    let before = nat.counters().drops_of(reason);
+    let total = nat.counters().total_drops();
+    expect(nat, now, p, Verdict::Drop(reason));
+    assert_eq!(
+        nat.counters().drops_of(reason),
+        before + 1,
+        "counter of {reason:?}"
+    );
+    assert_eq!(
+        nat.counters().total_drops(),
+        total + 1,
+        "exactly one drop counted"
+    );
+}
+
+/// Sends `p` outbound and returns the translated packet.
+#[track_caller]
+pub fn out(nat: &mut Nat, now: Instant, p: &[u8]) -> Vec<u8> {
+    expect(nat, now, p, Verdict::ToOutside)
+}
+
+/// Sends `p` inbound and returns the translated packet.
+#[track_caller]
+pub fn inb(nat: &mut Nat, now: Instant, p: &[u8]) -> Vec<u8> {
+    expect(nat, now, p, Verdict::ToInside)
+}
+
+pub fn t0() -> Instant {
+    // Not aligned to the timer granularity, and not zero.
+    millis(1_000_500)
+}
+
+pub fn events(nat: &mut Nat) -> Vec<flowshift_nat::PortBlockEvent> {
+    std::iter::from_fn(|| nat.poll_event())
+        .map(|flowshift_nat::Event::PortBlock(e)| e)
+        .collect()
+}

@@ -21,7 +21,7 @@ use super::{BenchArgs, Offload};
 use anyhow::{Context, Result, bail};
 use flowshift_migration::LossCause;
 use flowshift_nat::DropReason;
-use flowshift_openflow::ovs::Netns;
+use flowshift_ovs::Netns;
 use serde::Serialize;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};

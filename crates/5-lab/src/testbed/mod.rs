@@ -18,10 +18,13 @@ pub mod bed;
 mod benchmark;
 pub mod check;
 pub(crate) mod exp;
+mod exp_measure;
 pub mod iperf;
 pub mod layout;
 pub mod probe;
+mod state;
 pub mod sys;
+mod teardown;
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand, ValueEnum};

@@ -3,7 +3,7 @@
 //! discovery. Everything here runs `ip`, `sh`, `kill`-free libc calls and reads `/proc`.
 
 use anyhow::{Context, Result, anyhow, bail};
-use flowshift_openflow::ovs::{self, describe, find_program};
+use flowshift_ovs::{self as ovs, describe, find_program};
 use std::fs;
 use std::io::Read;
 use std::os::unix::process::CommandExt;

@@ -1,4 +1,4 @@
-//! Live test against a private Open vSwitch (userspace datapath) started by [`ovs::Ovs`].
+//! Live test against a private Open vSwitch (userspace datapath) started by [`flowshift_ovs::Ovs`].
 //!
 //! Prints `SKIP: <reason>` and passes when not root or Open vSwitch is not installed
 //! (`scripts/install-testbed-deps.sh` installs it). Everything it creates (namespaces, daemons,
@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
-use flowshift_openflow::ovs::{Netns, Ovs, OvsError, OvsOptions};
 use flowshift_openflow::*;
+use flowshift_ovs::{Netns, Ovs, OvsError, OvsOptions};
 use flowshift_wire::Instant;
 
 const DPID: u64 = 0x0000_0000_00fa_0001;

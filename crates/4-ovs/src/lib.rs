@@ -1,7 +1,7 @@
 //! Process harness: a private Open vSwitch for live tests and the testbed.
 //!
-//! This module performs I/O (it runs `ip`, `ovsdb-tool`, `ovsdb-server`, `ovs-vswitchd`,
-//! `ovs-vsctl`, `ovs-ofctl` and `ovs-appctl`); the rest of the crate is sans-IO. It needs root
+//! This crate performs I/O (it runs `ip`, `ovsdb-tool`, `ovsdb-server`, `ovs-vswitchd`,
+//! `ovs-vsctl`, `ovs-ofctl` and `ovs-appctl`). It needs root
 //! and the Open vSwitch binaries (`scripts/install-testbed-deps.sh` installs them).
 //!
 //! [`Ovs::start`] creates:
@@ -33,6 +33,8 @@
 //! [`Ovs::controller_socket_path`] suggests a path inside the private directory. Bind the
 //! listener before calling [`Ovs::set_controller`], or the switch backs off before retrying.
 //! Setting the controller flushes all flows.
+
+#![deny(missing_docs)]
 
 use std::fmt::Write as _;
 use std::fs;
