@@ -195,6 +195,13 @@ pub struct Running {
 }
 
 pub fn start_controller(cfg: ClusterConfig) -> Running {
+    start_controller_in(cfg, None)
+}
+
+/// [`start_controller`] with the controller's sockets bound inside the network namespace
+/// `netns` (its thread enters it first): TCP endpoints are then that namespace's, unix ones
+/// stay reachable from here.
+pub fn start_controller_in(cfg: ClusterConfig, netns: Option<String>) -> Running {
     // Log lines go to the test's captured output (shown when a test fails).
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
@@ -204,6 +211,13 @@ pub fn start_controller(cfg: ClusterConfig) -> Running {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let token_file = cfg.api_token_file.clone();
     let thread = std::thread::spawn(move || {
+        if let Some(ns) = netns {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("namespace exists");
+            // SAFETY: setns on an open namespace file descriptor; affects this thread only.
+            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
