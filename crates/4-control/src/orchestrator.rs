@@ -147,6 +147,9 @@ pub struct Orchestrator {
     by_token: BTreeMap<u64, usize>,
     next_token: u64,
     commands: VecDeque<Command>,
+    /// `Completed`/`Aborted` events ignored because they came from an instance other than
+    /// the migration's source.
+    events_not_from_source: u64,
 }
 
 impl Orchestrator {
@@ -162,6 +165,7 @@ impl Orchestrator {
             by_token: BTreeMap::new(),
             next_token: 1,
             commands: VecDeque::new(),
+            events_not_from_source: 0,
         })
     }
 
@@ -186,6 +190,12 @@ impl Orchestrator {
     /// Every migration requested so far.
     pub fn migrations(&self) -> &[MigrationStatus] {
         &self.migrations
+    }
+
+    /// `Completed` and `Aborted` events ignored so far because the instance that sent them
+    /// is not the migration's source (a destination, or a node naming another's migration).
+    pub fn events_not_from_source(&self) -> u64 {
+        self.events_not_from_source
     }
 
     /// Next command for the driver.
@@ -296,10 +306,16 @@ impl Orchestrator {
                 migration,
                 role: Role::Source,
             } => {
-                if let Some(&i) = self.by_id.get(migration) {
-                    self.migrations[i].stage = Stage::Done;
-                    self.migrations[i].finished_at = Some(now);
+                let Some(&i) = self.by_id.get(migration) else {
+                    return;
+                };
+                // Only the source ends its migration (the event's role is its own word).
+                if self.migrations[i].from != from.0 {
+                    self.events_not_from_source += 1;
+                    return;
                 }
+                self.migrations[i].stage = Stage::Done;
+                self.migrations[i].finished_at = Some(now);
             }
             MigrationEvent::Aborted {
                 migration,
@@ -311,6 +327,10 @@ impl Orchestrator {
                     return;
                 };
                 let m = &mut self.migrations[i];
+                if m.from != from.0 {
+                    self.events_not_from_source += 1;
+                    return;
+                }
                 if matches!(m.stage, Stage::Done | Stage::Aborted) {
                     return;
                 }
@@ -448,6 +468,48 @@ mod tests {
                 .is_ok(),
             "can move it back"
         );
+    }
+
+    #[test]
+    fn only_the_source_completes_or_aborts_its_migration() {
+        let mut o = orch();
+        let ext: Ipv4Addr = [203, 0, 113, 1].into();
+        let t = Instant::from_secs(1);
+        o.request_migration(t, ext, InstanceId(1), Algorithm::FreezeCopy)
+            .unwrap();
+        let _ = o.poll_command();
+        let id = MigrationId::new(InstanceId(0), 1);
+        o.migration_started(t, ext, Some(id));
+        let completed = MigrationEvent::Completed {
+            migration: id,
+            role: Role::Source,
+        };
+        let aborted = MigrationEvent::Aborted {
+            migration: id,
+            role: Role::Source,
+            split: false,
+            reason: flowshift_migration::proto::AbortReason::Requested,
+        };
+        // The destination (1) and a stranger (7) claim to be the source: ignored, counted.
+        for from in [1, 7] {
+            o.handle_instance_event(t, InstanceId(from), &completed);
+            o.handle_instance_event(t, InstanceId(from), &aborted);
+        }
+        assert_eq!(o.events_not_from_source(), 4);
+        assert_eq!(o.migrations()[0].stage, Stage::Running);
+        assert_eq!(o.migrations()[0].finished_at, None);
+        // An unknown migration id is not counted (nothing to attribute).
+        let other = MigrationEvent::Completed {
+            migration: MigrationId::new(InstanceId(0), 99),
+            role: Role::Source,
+        };
+        o.handle_instance_event(t, InstanceId(1), &other);
+        assert_eq!(o.events_not_from_source(), 4);
+        // The source itself is heard.
+        o.handle_instance_event(t, InstanceId(0), &aborted);
+        assert_eq!(o.migrations()[0].stage, Stage::Aborted);
+        assert_eq!(o.owner_of(ext), Some(InstanceId(0)));
+        assert_eq!(o.events_not_from_source(), 4);
     }
 
     #[test]

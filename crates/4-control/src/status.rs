@@ -287,8 +287,11 @@ counter_struct! {
     pub struct ControlCounters {
         /// Connections to the controller made.
         pub connects,
-        /// Connection attempts that failed.
+        /// Connection attempts that failed (TCP).
         pub connect_failures,
+        /// TLS handshakes with the controller that failed (its certificate is not the
+        /// controller's or not from the cluster CA, it refused ours, or it was too slow).
+        pub tls_failures,
         /// Requests received.
         pub requests,
         /// Lines that did not decode, or were too long.

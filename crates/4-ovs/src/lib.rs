@@ -793,9 +793,23 @@ impl Ovs {
         self.userspace_tso
     }
 
-    /// Points the bridge at a controller (`unix:<path>` or `tcp:<ip>:<port>`, the latter as
-    /// seen from inside the namespace), out of band, retrying at least every second. This
-    /// flushes all flows.
+    /// The switch's TLS credentials for `ssl:` controllers (`ovs-vsctl set-ssl`): its private
+    /// key, its certificate and the CA certificate the controller's must chain to (Open vSwitch
+    /// does not check the controller's name). Absolute paths: the daemons read them.
+    pub fn set_ssl(&self, key: &Path, cert: &Path, ca: &Path) -> Result<(), OvsError> {
+        let (key, cert, ca) = (key.display(), cert.display(), ca.display());
+        self.vsctl(&[
+            "set-ssl",
+            &key.to_string(),
+            &cert.to_string(),
+            &ca.to_string(),
+        ])
+        .map(|_| ())
+    }
+
+    /// Points the bridge at a controller (`unix:<path>`, `tcp:<ip>:<port>` or, after
+    /// [`Ovs::set_ssl`], `ssl:<ip>:<port>`; addresses as seen from inside the namespace), out
+    /// of band, retrying at least every second. This flushes all flows.
     pub fn set_controller(&self, target: &str) -> Result<(), OvsError> {
         let br = self.bridge.as_str();
         self.vsctl(&[

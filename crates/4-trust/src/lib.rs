@@ -27,6 +27,9 @@ use std::sync::Arc;
 pub const DOMAIN: &str = "flowshift.internal";
 /// The controller's certificate name.
 pub const CONTROLLER_NAME: &str = "controller.flowshift.internal";
+/// The OpenFlow switch's certificate name (for an `ssl:` controller connection; Open vSwitch
+/// presents it, the controller checks it).
+pub const SWITCH_NAME: &str = "switch.flowshift.internal";
 
 /// The certificate name of node `id`.
 pub fn node_name(id: u16) -> String {

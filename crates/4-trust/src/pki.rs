@@ -1,14 +1,14 @@
 //! A small PKI for one cluster (`flowshift pki init` / `pki issue`): an ECDSA P-256 CA and
 //! leaf certificates whose DNS names are the parties' identities ([`crate::node_name`],
-//! [`crate::CONTROLLER_NAME`]).
+//! [`crate::CONTROLLER_NAME`], [`crate::SWITCH_NAME`]).
 //!
 //! Files in the PKI folder ([`Layout`]): `ca.pem` (give to every party), `ca.key` (keep
 //! offline; needed only to issue), and `<name>.pem` / `<name>.key` per party, e.g.
-//! `node-3.pem`, `controller.key`. Keys are written with mode 0600. Rotation: issue a new
+//! `node-3.pem`, `controller.key`, `switch.pem`. Keys are written with mode 0600. Rotation: issue a new
 //! certificate for a party (`pki issue --force`) and restart it; a new CA means re-issuing
 //! every party.
 
-use crate::{CONTROLLER_NAME, TrustError, node_name};
+use crate::{CONTROLLER_NAME, SWITCH_NAME, TrustError, node_name};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -32,6 +32,8 @@ pub enum Party {
     Node(u16),
     /// The controller.
     Controller,
+    /// The OpenFlow switch (Open vSwitch's `ssl:` connection to the controller).
+    Switch,
 }
 
 impl Party {
@@ -40,6 +42,7 @@ impl Party {
         match self {
             Party::Node(id) => format!("node-{id}"),
             Party::Controller => "controller".into(),
+            Party::Switch => "switch".into(),
         }
     }
 
@@ -48,6 +51,7 @@ impl Party {
         match self {
             Party::Node(id) => node_name(id),
             Party::Controller => CONTROLLER_NAME.into(),
+            Party::Switch => SWITCH_NAME.into(),
         }
     }
 }

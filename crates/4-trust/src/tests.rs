@@ -92,6 +92,20 @@ fn nodes_authenticate_each_other_and_names_bind_ids() {
 }
 
 #[test]
+fn the_switch_has_its_own_name_and_files() {
+    let dir = TempDir::new();
+    pki::init(&dir.0, &[Party::Controller, Party::Switch], false).expect("pki init");
+    let l = Layout { dir: dir.0.clone() };
+    assert!(l.files(Party::Switch).cert.ends_with("switch.pem"));
+    let (ctl, sw) = (creds(&l, Party::Controller), creds(&l, Party::Switch));
+    assert!(sw.is(SWITCH_NAME) && !sw.is(CONTROLLER_NAME) && !sw.is(&node_name(1)));
+    // The switch connects to the controller's listener (client certificate required).
+    let seen = handshake(&ctl, &sw, CONTROLLER_NAME).expect("handshake");
+    assert!(peer_is(&seen, SWITCH_NAME));
+    assert_eq!(peer_node(&seen, [1, 2]), None);
+}
+
+#[test]
 fn a_server_with_the_wrong_name_is_refused() {
     let (_d, l) = cluster(&[1, 2]);
     let (n1, n2) = (creds(&l, Party::Node(1)), creds(&l, Party::Node(2)));

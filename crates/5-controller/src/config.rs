@@ -7,9 +7,15 @@
 //! api_token_file = "/etc/flowshift/api.token" # bearer token of the operator API (created
 //!                                            # with mode 0600 if missing; required for TCP)
 //! state_file = "/var/lib/flowshift/controller-state.json" # ownership across restarts
+//! # The controller's credentials (paths relative to this file): nodes connect over mutual
+//! # TLS and must present certificates naming their ids.
+//! tls = { ca = "pki/ca.pem", cert = "pki/controller.pem", key = "pki/controller.key" }
+//! openflow_tls = false                       # true: the switch must connect with TLS and a
+//!                                            # certificate naming switch.flowshift.internal
 //! [switch]
 //! inside_port = 1                            # OpenFlow port towards subscribers
 //! outside_port = 2                           # OpenFlow port towards servers
+//! datapath_id = "0x00000000000000fa"         # optional: refuse any other switch (pinning)
 //! [[nodes]]
 //! id = 1
 //! port = 3                                   # OpenFlow port of the node's interface
@@ -27,14 +33,70 @@ use flowshift_openflow::port;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 pub use flowshift_http::Endpoint;
 
 pub use flowshift_wire::MacAddr;
 
-/// The switch's wiring: the two non-node ports.
+/// An OpenFlow datapath id, written as an integer or a hex string (`"0x00000000000000fa"`,
+/// `"fa"`; the form `ovs-vsctl get bridge br0 datapath_id` prints) in configurations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "DatapathIdRepr", into = "String")]
+pub struct DatapathId(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DatapathIdRepr {
+    Int(u64),
+    Text(String),
+}
+
+impl TryFrom<DatapathIdRepr> for DatapathId {
+    type Error = String;
+    fn try_from(r: DatapathIdRepr) -> Result<Self, String> {
+        match r {
+            DatapathIdRepr::Int(v) => Ok(DatapathId(v)),
+            DatapathIdRepr::Text(s) => s.parse(),
+        }
+    }
+}
+
+impl FromStr for DatapathId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let digits = s
+            .strip_prefix("0x")
+            .or_else(|| s.strip_prefix("0X"))
+            .unwrap_or(s);
+        if digits.is_empty() || digits.len() > 16 {
+            return Err(format!(
+                "{s:?}: expected a datapath id of 1 to 16 hex digits"
+            ));
+        }
+        u64::from_str_radix(digits, 16)
+            .map(DatapathId)
+            .map_err(|_| format!("{s:?}: expected a datapath id of 1 to 16 hex digits"))
+    }
+}
+
+impl From<DatapathId> for String {
+    fn from(d: DatapathId) -> String {
+        d.to_string()
+    }
+}
+
+impl fmt::Display for DatapathId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#018x}", self.0)
+    }
+}
+
+/// The switch's wiring: the two non-node ports, and optionally the one datapath the
+/// controller accepts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchConfig {
@@ -42,6 +104,11 @@ pub struct SwitchConfig {
     pub inside_port: u32,
     /// OpenFlow port towards the servers (the Internet).
     pub outside_port: u32,
+    /// Pinning: a switch whose FEATURES_REPLY names another datapath id is refused (counted
+    /// in `refused_datapath_id`) and never replaces the current switch. `None`: any OpenFlow
+    /// client reaching `openflow_listen` may take the switch role (a warning at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath_id: Option<DatapathId>,
 }
 
 /// One NAT node as the switch and the controller know it.
@@ -83,6 +150,15 @@ pub struct ClusterConfig {
     /// it a unix `api_listen` admits whoever may open its socket (owner only).
     #[serde(default)]
     pub api_token_file: Option<PathBuf>,
+    /// The controller's credentials: its certificate (naming
+    /// `flowshift_trust::CONTROLLER_NAME`), key and the cluster CA. Nodes connect to
+    /// `node_listen` over mutual TLS; with `openflow_tls` the switch too. Relative paths are
+    /// taken from the configuration file's folder ([`ClusterConfig::load`]).
+    pub tls: flowshift_trust::TlsFiles,
+    /// Require TLS on `openflow_listen`, with a client certificate from the cluster CA naming
+    /// `flowshift_trust::SWITCH_NAME` (Open vSwitch: `set-ssl` and an `ssl:` controller).
+    #[serde(default)]
+    pub openflow_tls: bool,
     /// Switch wiring.
     pub switch: SwitchConfig,
     /// The nodes (at least one).
@@ -120,13 +196,14 @@ pub enum ConfigError {
 }
 
 impl ClusterConfig {
-    /// Reads, parses and validates a file.
+    /// Reads, parses and validates a file; relative `tls` paths are taken from its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_owned(),
             source,
         })?;
         let mut cfg = Self::from_toml(&text)?;
+        cfg.tls = cfg.tls.resolved(path.parent().unwrap_or(Path::new(".")));
         if let Some(f) = cfg.state_file.as_mut()
             && f.is_relative()
             && let Some(dir) = path.parent()
@@ -303,9 +380,11 @@ openflow_listen = "unix:/run/x/of.sock"
 node_listen = "198.19.0.1:6700"
 api_listen = "tcp:127.0.0.1:6780"
 api_token_file = "/etc/flowshift/api.token"
+tls = { ca = "pki/ca.pem", cert = "pki/controller.pem", key = "pki/controller.key" }
 [switch]
 inside_port = 1
 outside_port = 2
+datapath_id = "0x00000000000000fa"
 [[nodes]]
 id = 1
 port = 3
@@ -348,9 +427,65 @@ idle_max = 0
         let t = c.topology();
         assert_eq!(t.instances[&2].port, 4);
         assert_eq!(c.group_routes()[1].owner, 2);
+        assert_eq!(c.tls.cert, PathBuf::from("pki/controller.pem"));
+        assert!(!c.openflow_tls);
+        assert_eq!(c.switch.datapath_id, Some(DatapathId(0xfa)));
         // Without [params] the nodes' defaults apply.
         let no_params = GOOD.split("[params]").next().unwrap();
         assert_eq!(ClusterConfig::from_toml(no_params).unwrap().params, None);
+    }
+
+    #[test]
+    fn datapath_ids_parse_as_hex_or_integers_and_pinning_is_optional() {
+        for (text, dpid) in [
+            ("\"0x00000000000000fa\"", 0xfa),
+            ("\"fa\"", 0xfa),
+            ("\"FFFFFFFFFFFFFFFF\"", u64::MAX),
+            ("250", 0xfa),
+        ] {
+            let c = ClusterConfig::from_toml(&GOOD.replace("\"0x00000000000000fa\"", text))
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(c.switch.datapath_id, Some(DatapathId(dpid)), "{text}");
+        }
+        for bad in ["\"0x\"", "\"xyz\"", "\"0x1234567890abcdef0\"", "-1"] {
+            let e = invalid(&GOOD.replace("\"0x00000000000000fa\"", bad));
+            assert!(
+                e.contains("datapath") || e.contains("untagged"),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(DatapathId(0xfa).to_string(), "0x00000000000000fa");
+        let unpinned = GOOD.replace("datapath_id = \"0x00000000000000fa\"\n", "");
+        assert_eq!(
+            ClusterConfig::from_toml(&unpinned)
+                .unwrap()
+                .switch
+                .datapath_id,
+            None
+        );
+    }
+
+    #[test]
+    fn tls_paths_are_taken_from_the_files_folder() {
+        let dir = std::env::temp_dir().join(format!("fsctl-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cluster.toml");
+        std::fs::write(
+            &path,
+            GOOD.replace("\"pki/ca.pem\"", "\"/etc/flowshift/ca.pem\""),
+        )
+        .unwrap();
+        let c = ClusterConfig::load(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(c.tls.ca, PathBuf::from("/etc/flowshift/ca.pem"));
+        assert_eq!(c.tls.cert, dir.join("pki/controller.pem"));
+        assert_eq!(c.tls.key, dir.join("pki/controller.key"));
+        // Credentials are required.
+        let e = invalid(&GOOD.replace(
+            "tls = { ca = \"pki/ca.pem\", cert = \"pki/controller.pem\", key = \"pki/controller.key\" }\n",
+            "",
+        ));
+        assert!(e.contains("tls"), "{e}");
     }
 
     #[test]

@@ -64,6 +64,17 @@ pub struct ControllerCounters {
     pub nodes_accepted: u64,
     /// Node hellos refused (unknown id, MAC mismatch).
     pub nodes_refused: u64,
+    /// Node connections refused because the TLS handshake failed or took too long (no client
+    /// certificate, one from another CA, a client that does not speak TLS or stalls).
+    pub nodes_refused_tls: u64,
+    /// Node hellos refused because the (valid) certificate does not name the hello's id: an
+    /// impostor, e.g. node 2's key claiming to be node 1. It never reaches the node table.
+    pub nodes_refused_auth: u64,
+    /// Node connections refused because too many were open at once.
+    pub nodes_refused_busy: u64,
+    /// Live node connections closed because an authenticated connection for the same node
+    /// arrived (the newest wins: only the holder of the node's key can make one).
+    pub node_connections_replaced: u64,
     /// Node control connections lost or closed.
     pub node_disconnects: u64,
     /// Lines from nodes that were too long or not valid JSON messages (connection closed).
@@ -72,6 +83,9 @@ pub struct ControllerCounters {
     pub node_queue_full: u64,
     /// Migration events received from nodes.
     pub node_events: u64,
+    /// `Completed`/`Aborted` events ignored because the node that sent them is not the
+    /// migration's source.
+    pub node_events_not_from_source: u64,
     /// Requests sent to nodes.
     pub requests_sent: u64,
     /// Requests a node answered with an error.
@@ -88,6 +102,11 @@ pub struct ControllerCounters {
     pub api_requests: u64,
     /// API requests refused because the inbox was full (HTTP 503).
     pub api_refused_busy: u64,
+    /// Switch connections refused (`openflow_tls`): TLS handshake failed or took too long,
+    /// or the certificate does not name `switch.flowshift.internal`.
+    pub switch_refused_tls: u64,
+    /// Switch connections refused because too many TLS handshakes were in progress.
+    pub switch_refused_busy: u64,
     /// The operator API's HTTP server: connections accepted, evicted and refused, head
     /// timeouts, bad requests, 401s.
     pub http: HttpCounters,
@@ -98,6 +117,11 @@ pub struct ControllerCounters {
 pub(crate) struct Shared {
     pub(crate) inbox_full_waits: AtomicU64,
     pub(crate) node_lines_malformed: AtomicU64,
+    pub(crate) nodes_refused_tls: AtomicU64,
+    pub(crate) nodes_refused_auth: AtomicU64,
+    pub(crate) nodes_refused_busy: AtomicU64,
+    pub(crate) switch_refused_tls: AtomicU64,
+    pub(crate) switch_refused_busy: AtomicU64,
     pub(crate) api_refused_busy: AtomicU64,
     pub(crate) http: Arc<ServerCounters>,
 }
@@ -319,11 +343,12 @@ impl Core {
             migrations_resumed: resumed.len() as u64,
             ..ControllerCounters::default()
         };
+        let pin = cfg.switch.datapath_id.map(|d| d.0);
         let core = Core {
             cfg,
             t0: std::time::Instant::now(),
             orch,
-            switch: Switch::new(of_config),
+            switch: Switch::new(of_config, pin),
             nodes,
             requests: BTreeMap::new(),
             next_req: 1,
@@ -610,11 +635,15 @@ impl Core {
             warn!(%peer, "refusing node connection: {why}");
             return; // dropping `tx` closes the connection
         }
+        // The hello's id is the one its certificate names (checked before it gets here), so
+        // a second connection for a live node comes from the holder of that node's key: a
+        // restarted node whose old connection is not yet known to be dead. The newest wins.
         if self.nodes.get(&id).is_some_and(|n| n.link.is_some()) {
             warn!(
                 node = id,
                 "node reconnected; dropping its previous connection"
             );
+            self.counters.node_connections_replaced += 1;
             self.node_down(now, id, "replaced by a new connection");
         }
         let owned: Vec<Ipv4Addr> = self
@@ -1125,7 +1154,13 @@ impl Core {
             node_lines_malformed: self.counters.node_lines_malformed
                 + load(&s.node_lines_malformed),
             api_refused_busy: load(&s.api_refused_busy),
+            nodes_refused_tls: load(&s.nodes_refused_tls),
+            nodes_refused_auth: load(&s.nodes_refused_auth),
+            nodes_refused_busy: load(&s.nodes_refused_busy),
+            switch_refused_tls: load(&s.switch_refused_tls),
+            switch_refused_busy: load(&s.switch_refused_busy),
             http: s.http.snapshot(),
+            node_events_not_from_source: self.orch.events_not_from_source(),
             ..self.counters.clone()
         }
     }

@@ -9,9 +9,14 @@
 //!   (delete all, add all, barrier) and applies table diffs as flow-mods plus a barrier. A
 //!   redirect is confirmed to the orchestrator only by a barrier reply with no error for its
 //!   flow-mods ([`flows`] maps rules to flow-mods).
-//! * **Nodes**: listen on `node_listen`; a node opens with a `Hello` that must match the
+//! * **Nodes**: listen on `node_listen` for mutual TLS (`tls`: the controller's credentials;
+//!   a client certificate from the cluster CA is required, handshake within 5 s); a node
+//!   opens with a `Hello` whose id its certificate must name and that must match the
 //!   configuration (id and MAC), then gets requests and pushes migration events
 //!   (`flowshift_control::api`, JSON lines). Status is polled every 500 ms.
+//! * **Switch identity**: `openflow_tls` requires TLS with a certificate naming
+//!   `switch.flowshift.internal`; `[switch] datapath_id` pins the datapath (another one is
+//!   refused and never displaces the current switch).
 //! * **Operator API** ([`http`]): HTTP/1.1 JSON on `api_listen` (TCP or unix socket; a unix
 //!   socket is made owner-only), axum on [`flowshift_http::serve`] (bounded connections per
 //!   client and overall, head and body timeouts), a bearer token from `api_token_file`
@@ -34,7 +39,7 @@ pub mod switch;
 
 pub use crate::core::ControllerCounters;
 pub use client::{ApiClient, ClientError};
-pub use config::{ClusterConfig, ConfigError, Endpoint, MacAddr};
+pub use config::{ClusterConfig, ConfigError, DatapathId, Endpoint, MacAddr};
 pub use flowshift_http::Token;
 pub use switch::{FlowCounter, PortCounter, SwitchCounters, SwitchStatus};
 
@@ -44,11 +49,13 @@ use flowshift_http::{Listener, UnixMode};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 /// A controller with its three listeners bound, ready to [`run`](Controller::run).
 pub struct Controller {
     cfg: ClusterConfig,
+    tls: TlsAcceptor,
     openflow: Listener,
     nodes: Listener,
     api: Listener,
@@ -56,11 +63,21 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Validates `cfg`, reads the API token (creating its file, mode 0600, if it does not
-    /// exist) and binds the listeners (inside a tokio runtime). TCP port 0 binds an
-    /// ephemeral port; the `*_endpoint` methods tell which.
+    /// Validates `cfg`, loads its TLS credentials (the certificate must name
+    /// [`flowshift_trust::CONTROLLER_NAME`]), reads the API token (creating its file, mode
+    /// 0600, if it does not exist) and binds the listeners (inside a tokio runtime). TCP port
+    /// 0 binds an ephemeral port; the `*_endpoint` methods tell which.
     pub async fn bind(cfg: ClusterConfig) -> Result<Controller> {
         cfg.validate()?;
+        let creds = flowshift_trust::Credentials::load(&cfg.tls).context("loading tls")?;
+        if !creds.is(flowshift_trust::CONTROLLER_NAME) {
+            anyhow::bail!(
+                "tls cert {} is not the controller's (it must name {})",
+                cfg.tls.cert.display(),
+                flowshift_trust::CONTROLLER_NAME
+            );
+        }
+        let tls = TlsAcceptor::from(creds.server_config().context("tls")?);
         let token = match &cfg.api_token_file {
             None => None,
             Some(path) => {
@@ -82,6 +99,7 @@ impl Controller {
             .context("api_listen")?;
         Ok(Controller {
             cfg,
+            tls,
             openflow,
             nodes,
             api,
@@ -107,6 +125,15 @@ impl Controller {
     /// Runs until `shutdown` completes. Then every connection is closed and unix socket
     /// files are removed; the switch keeps its flows (fail-secure mode forwards by them).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        match self.cfg.switch.datapath_id {
+            Some(dpid) => info!(datapath_id = %dpid, "switch pinned to one datapath"),
+            None => warn!(
+                "[switch] datapath_id is not set: any OpenFlow client that reaches \
+                 openflow_listen can take the switch role (pin it, and/or set openflow_tls)"
+            ),
+        }
+        let switch_tls = self.cfg.openflow_tls.then(|| self.tls.clone());
+        let openflow_tls = self.cfg.openflow_tls;
         let shared = Arc::new(Shared::default());
         let store = match &self.cfg.state_file {
             Some(path) => {
@@ -135,13 +162,14 @@ impl Controller {
         let inbox = Inbox::new(tx, shared);
         info!(
             openflow = %self.openflow.local(),
+            openflow_tls,
             nodes = %self.nodes.local(),
             api = %self.api.local(),
             "controller listening"
         );
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(accept::switches(self.openflow, inbox.clone()));
-        tasks.spawn(accept::nodes(self.nodes, inbox.clone()));
+        tasks.spawn(accept::switches(self.openflow, switch_tls, inbox.clone()));
+        tasks.spawn(accept::nodes(self.nodes, self.tls, inbox.clone()));
         tasks.spawn(http::serve(self.api, inbox, self.token));
         core.run(rx, shutdown).await;
         // Dropping the accept loops drops the listeners (and removes unix socket files).

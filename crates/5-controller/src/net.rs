@@ -24,7 +24,13 @@ pub(crate) fn spawn_writer(
     tokio::spawn(async move {
         let mut failure = None;
         while let Some(buf) = rx.recv().await {
-            match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&buf)).await {
+            // Flush too: over TLS, record bytes the socket did not take at once would
+            // otherwise wait in the session buffer for the next write.
+            let write = async {
+                wr.write_all(&buf).await?;
+                wr.flush().await
+            };
+            match tokio::time::timeout(WRITE_TIMEOUT, write).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     failure = Some(format!("write failed: {e}"));

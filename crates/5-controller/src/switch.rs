@@ -10,6 +10,13 @@
 //! unconfirmed and the failure is reported in [`SwitchStatus`]. On (re)connection the table
 //! is installed from scratch (delete all, add all, barrier) and that batch confirms every
 //! token whose update was never confirmed on an earlier connection.
+//!
+//! **Who is the switch.** A new connection is a *candidate* until its OpenFlow handshake
+//! completes (at most [`MAX_CANDIDATES`] at once; more are refused and counted). Then, if the
+//! configuration pins a datapath id and the FEATURES_REPLY names another, the candidate is
+//! refused (`refused_datapath_id`) and closed; otherwise it replaces the current switch (the
+//! newest wins, as a switch reconnects after losing a connection). A connection that never
+//! completes a handshake, or names the wrong datapath, never disturbs the current switch.
 
 use crate::flows;
 use flowshift_control::rules::{Rule, RuleDiff};
@@ -32,6 +39,8 @@ pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
 const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 /// OpenFlow errors kept for the status.
 const RECENT_ERRORS: usize = 16;
+/// Switch connections still in their OpenFlow handshake at once; more are refused.
+pub const MAX_CANDIDATES: usize = 4;
 
 /// Counters of the switch side; all monotonic over the controller's lifetime.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +94,11 @@ pub struct SwitchCounters {
     pub echo_requests_sent: u64,
     /// Events the connection dropped because its queue was full.
     pub events_dropped: u64,
+    /// Connections refused because their FEATURES_REPLY named a datapath id other than the
+    /// pinned one (`[switch] datapath_id`); they never replaced the current switch.
+    pub refused_datapath_id: u64,
+    /// Connections refused because [`MAX_CANDIDATES`] were already in their handshake.
+    pub refused_busy: u64,
 }
 
 /// Per-entry counters from the last flow-statistics reply.
@@ -186,7 +200,11 @@ struct Link {
 /// they may need to (re)install it, and return the barrier tokens that became confirmed.
 pub(crate) struct Switch {
     config: Config,
+    /// The pinned datapath id, if any.
+    pin: Option<u64>,
     link: Option<Link>,
+    /// Connections in their OpenFlow handshake (not yet the switch).
+    candidates: Vec<Link>,
     batches: VecDeque<Batch>,
     waiting: Vec<u64>,
     installed: bool,
@@ -200,11 +218,13 @@ pub(crate) struct Switch {
 }
 
 impl Switch {
-    /// No switch yet; connections use `config`.
-    pub(crate) fn new(config: Config) -> Self {
+    /// No switch yet; connections use `config`; `pin`: the only datapath id accepted.
+    pub(crate) fn new(config: Config, pin: Option<u64>) -> Self {
         Switch {
             config,
+            pin,
             link: None,
+            candidates: Vec::new(),
             batches: VecDeque::new(),
             waiting: Vec::new(),
             installed: false,
@@ -218,8 +238,9 @@ impl Switch {
         }
     }
 
-    /// A switch connected (connection `id`, writer queue `tx`). A previous connection is
-    /// closed: the newest wins, as a switch reconnects after losing a connection.
+    /// A switch connected (connection `id`, writer queue `tx`): a candidate until its
+    /// handshake completes (see the module documentation). Refused (counted; dropping `tx`
+    /// closes it) when [`MAX_CANDIDATES`] are pending.
     pub(crate) fn accept(
         &mut self,
         now: Instant,
@@ -227,19 +248,74 @@ impl Switch {
         tx: mpsc::Sender<Vec<u8>>,
         peer: String,
     ) {
-        if let Some(old) = &self.link {
-            warn!(old = %old.peer, new = %peer, "a new switch connection replaces the current one");
-            self.drop_link("replaced by a new connection");
-        }
-        info!(%peer, "switch connected; OpenFlow handshake");
         self.counters.accepted += 1;
-        self.link = Some(Link {
+        if self.candidates.len() >= MAX_CANDIDATES {
+            self.counters.refused_busy += 1;
+            warn!(%peer, "too many switch connections in their handshake; refusing one");
+            return;
+        }
+        info!(%peer, "switch connection; OpenFlow handshake");
+        let mut l = Link {
             id,
             conn: Connection::new(self.config.clone(), now),
             tx,
             peer,
-        });
-        self.flush();
+        };
+        // A candidate's writer queue is fresh and its first bytes (a HELLO) small.
+        drain_into_writer(&mut l, &mut self.counters);
+        self.candidates.push(l);
+    }
+
+    /// Runs candidate `i`'s events: promotes it on a handshake with an accepted datapath id,
+    /// drops it on a refused one or a close. Returns the tokens confirmed by a promotion's
+    /// events (none, normally).
+    fn candidate_events(&mut self, now: Instant, i: usize, table: &[Rule]) -> Vec<u64> {
+        while let Some(ev) = self.candidates[i].conn.poll_event() {
+            match ev {
+                Event::Connected {
+                    datapath_id,
+                    features,
+                } => {
+                    let mut l = self.candidates.swap_remove(i);
+                    if let Some(pin) = self.pin
+                        && pin != datapath_id
+                    {
+                        self.counters.refused_datapath_id += 1;
+                        add_connection_stats(&mut self.counters, l.conn.stats());
+                        let msg = format!(
+                            "switch connection from {} refused: datapath id {datapath_id:#018x}, \
+                             pinned {pin:#018x}",
+                            l.peer
+                        );
+                        error!("{msg}");
+                        self.note_error(msg);
+                        l.conn.close();
+                        drain_into_writer(&mut l, &mut self.counters);
+                        return Vec::new(); // dropping `l.tx` closes the connection
+                    }
+                    if let Some(old) = &self.link {
+                        warn!(old = %old.peer, new = %l.peer, "a new switch connection replaces the current one");
+                        self.drop_link("replaced by a new connection");
+                    }
+                    self.link = Some(l);
+                    self.handshake_done(now, datapath_id, features.n_tables, table);
+                    return self.process_events(now, table);
+                }
+                Event::Closed(reason) => {
+                    let l = self.candidates.swap_remove(i);
+                    add_connection_stats(&mut self.counters, l.conn.stats());
+                    warn!(peer = %l.peer, why = %close_reason(&reason), "switch connection closed in its handshake");
+                    return Vec::new();
+                }
+                other => debug!(?other, "switch event before the handshake completed"),
+            }
+        }
+        let l = &mut self.candidates[i];
+        if !drain_into_writer(l, &mut self.counters) {
+            let l = self.candidates.swap_remove(i);
+            add_connection_stats(&mut self.counters, l.conn.stats());
+        }
+        Vec::new()
     }
 
     /// Bytes from connection `id`.
@@ -252,7 +328,15 @@ impl Switch {
     ) -> Vec<u64> {
         match &mut self.link {
             Some(l) if l.id == id => l.conn.handle_input(now, bytes),
-            _ => return Vec::new(),
+            _ => {
+                let Some(i) = self.candidates.iter().position(|c| c.id == id) else {
+                    return Vec::new();
+                };
+                self.candidates[i].conn.handle_input(now, bytes);
+                let confirmed = self.candidate_events(now, i, table);
+                self.flush();
+                return confirmed;
+            }
         }
         let confirmed = self.process_events(now, table);
         self.flush();
@@ -261,6 +345,12 @@ impl Switch {
 
     /// Connection `id` ended (read error, end of stream, write failure).
     pub(crate) fn closed(&mut self, id: u64, why: &str) {
+        if let Some(i) = self.candidates.iter().position(|c| c.id == id) {
+            let l = self.candidates.swap_remove(i);
+            add_connection_stats(&mut self.counters, l.conn.stats());
+            debug!(why, peer = %l.peer, "switch connection closed in its handshake");
+            return;
+        }
         if self.link.as_ref().is_some_and(|l| l.id == id) {
             warn!(why, "switch connection lost");
             self.drop_link(why);
@@ -269,11 +359,17 @@ impl Switch {
 
     /// Timers: OpenFlow handshake timeout and echo keepalive, statistics polling.
     pub(crate) fn tick(&mut self, now: Instant, table: &[Rule]) -> Vec<u64> {
+        let mut confirmed = Vec::new();
+        // Handshake timeouts of candidates (each may close or, unlikely, complete).
+        for i in (0..self.candidates.len()).rev() {
+            self.candidates[i].conn.handle_timeout(now);
+            confirmed.extend(self.candidate_events(now, i, table));
+        }
         let Some(l) = &mut self.link else {
-            return Vec::new();
+            return confirmed;
         };
         l.conn.handle_timeout(now);
-        let confirmed = self.process_events(now, table);
+        confirmed.extend(self.process_events(now, table));
         self.poll_stats(now);
         self.flush();
         confirmed
@@ -353,7 +449,7 @@ impl Switch {
     /// Counters including those of the current connection.
     fn counters_now(&self) -> SwitchCounters {
         let mut c = self.counters.clone();
-        if let Some(l) = &self.link {
+        for l in self.link.iter().chain(&self.candidates) {
             add_connection_stats(&mut c, l.conn.stats());
         }
         c
@@ -480,15 +576,8 @@ impl Switch {
                     datapath_id,
                     features,
                 } => {
-                    info!(
-                        datapath_id = format_args!("{datapath_id:#018x}"),
-                        tables = features.n_tables,
-                        "switch handshake complete"
-                    );
-                    self.counters.connects += 1;
-                    self.next_stats = now + STATS_INTERVAL;
-                    let tokens = std::mem::take(&mut self.waiting);
-                    self.install(table, tokens, true, 1);
+                    // Links are promoted from candidates once connected: not expected here.
+                    self.handshake_done(now, datapath_id, features.n_tables, table);
                 }
                 Event::BarrierReply { xid } => {
                     let Some(i) = self.batches.iter().position(|b| b.barrier == xid) else {
@@ -602,6 +691,19 @@ impl Switch {
             }
         }
         confirmed
+    }
+
+    /// The current link's handshake completed: install the whole table.
+    fn handshake_done(&mut self, now: Instant, datapath_id: u64, n_tables: u8, table: &[Rule]) {
+        info!(
+            datapath_id = format_args!("{datapath_id:#018x}"),
+            tables = n_tables,
+            "switch handshake complete"
+        );
+        self.counters.connects += 1;
+        self.next_stats = now + STATS_INTERVAL;
+        let tokens = std::mem::take(&mut self.waiting);
+        self.install(table, tokens, true, 1);
     }
 
     /// A batch's barrier reply arrived: its tokens if it went through, else a resync.

@@ -9,7 +9,9 @@ use flowshift_control::api::MigrateRequest;
 use flowshift_control::orchestrator::Stage;
 use flowshift_controller::ClientError;
 use flowshift_migration::Algorithm;
+use flowshift_trust::pki::Party;
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -61,8 +63,8 @@ fn a_migration_installs_redirects_and_cuts_over_only_after_the_barrier() {
         },
         log.clone(),
     );
-    let _n1 = FakeNode::spawn(&c.nodes, 1, MAC1, NodeOptions::default(), log.clone());
-    let _n2 = FakeNode::spawn(&c.nodes, 2, MAC2, NodeOptions::default(), log.clone());
+    let _n1 = FakeNode::spawn(&c, 1, MAC1, NodeOptions::default(), log.clone());
+    let _n2 = FakeNode::spawn(&c, 2, MAC2, NodeOptions::default(), log.clone());
     wait_ready(&c);
     assert_eq!(switch.table.lock().unwrap().len(), 8);
     assert_eq!(switch.steering_outputs(), vec![(3, MAC1), (3, MAC1)]);
@@ -156,8 +158,8 @@ fn a_flow_mod_error_is_not_taken_as_confirmation() {
         },
         log.clone(),
     );
-    let _n1 = FakeNode::spawn(&c.nodes, 1, MAC1, NodeOptions::default(), log.clone());
-    let _n2 = FakeNode::spawn(&c.nodes, 2, MAC2, NodeOptions::default(), log.clone());
+    let _n1 = FakeNode::spawn(&c, 1, MAC1, NodeOptions::default(), log.clone());
+    let _n2 = FakeNode::spawn(&c, 2, MAC2, NodeOptions::default(), log.clone());
     wait_ready(&c);
     c.api.migrate(&migrate(2)).unwrap();
     wait_stage(&c, 0, Stage::Done);
@@ -201,8 +203,8 @@ fn a_switch_that_reconnects_gets_the_whole_table_and_confirms_the_redirect() {
         },
         log.clone(),
     );
-    let _n1 = FakeNode::spawn(&c.nodes, 1, MAC1, NodeOptions::default(), log.clone());
-    let _n2 = FakeNode::spawn(&c.nodes, 2, MAC2, NodeOptions::default(), log.clone());
+    let _n1 = FakeNode::spawn(&c, 1, MAC1, NodeOptions::default(), log.clone());
+    let _n2 = FakeNode::spawn(&c, 2, MAC2, NodeOptions::default(), log.clone());
     wait_ready(&c);
     c.api.migrate(&migrate(2)).unwrap();
     wait_stage(&c, 0, Stage::Redirecting);
@@ -231,8 +233,8 @@ fn nodes_are_checked_and_misbehaving_ones_disconnected() {
     let _switch = FakeSwitch::connect(&c.openflow, SwitchOptions::default(), log.clone());
 
     // Unknown id and wrong MAC: refused (the controller closes the connection).
-    let _stranger = FakeNode::spawn(&c.nodes, 9, MAC1, NodeOptions::default(), log.clone());
-    let _impostor = FakeNode::spawn(&c.nodes, 2, MAC1, NodeOptions::default(), log.clone());
+    let _stranger = FakeNode::spawn(&c, 9, MAC1, NodeOptions::default(), log.clone());
+    let _impostor = FakeNode::spawn(&c, 2, MAC1, NodeOptions::default(), log.clone());
     wait_until("refusals", WAIT, || {
         let e = log.entries();
         (e.contains(&"node 9 closed by controller".to_owned())
@@ -242,7 +244,7 @@ fn nodes_are_checked_and_misbehaving_ones_disconnected() {
     assert_eq!(c.api.counters().unwrap().nodes_refused, 2);
 
     // A migration to a node that is not connected is refused up front.
-    let n1 = FakeNode::spawn(&c.nodes, 1, MAC1, NodeOptions::default(), log.clone());
+    let n1 = FakeNode::spawn(&c, 1, MAC1, NodeOptions::default(), log.clone());
     wait_until("node 1 up", WAIT, || {
         c.api.status().ok()?.nodes[&1].connected.then_some(())
     });
@@ -254,7 +256,7 @@ fn nodes_are_checked_and_misbehaving_ones_disconnected() {
     );
 
     // A malformed line closes that connection only.
-    let mut raw = connect(&c.nodes);
+    let mut raw = connect_tls(&c.nodes, Party::Node(2));
     raw.write_all(br#"{"type":"hello","id":2,"mac":[2,245,0,0,0,2],"groups":[]}"#)
         .unwrap();
     raw.write_all(b"\n").unwrap();
@@ -269,8 +271,8 @@ fn nodes_are_checked_and_misbehaving_ones_disconnected() {
     let closed = wait_until("connection closed", WAIT, || {
         match raw.read_to_end(&mut rest) {
             Ok(_) => Some(true),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Some(true),
-            Err(_) => None,
+            Err(e) if would_block(&e) => None,
+            Err(_) => Some(true), // reset, or a TLS stream cut without close_notify
         }
     });
     assert!(closed);
@@ -284,7 +286,7 @@ fn nodes_are_checked_and_misbehaving_ones_disconnected() {
     // A node that refuses to start: the migration is abandoned, the group stays.
     drop(n1);
     let _n1 = FakeNode::spawn(
-        &c.nodes,
+        &c,
         1,
         MAC1,
         NodeOptions {
@@ -293,7 +295,7 @@ fn nodes_are_checked_and_misbehaving_ones_disconnected() {
         },
         log.clone(),
     );
-    let _n2 = FakeNode::spawn(&c.nodes, 2, MAC2, NodeOptions::default(), log.clone());
+    let _n2 = FakeNode::spawn(&c, 2, MAC2, NodeOptions::default(), log.clone());
     wait_ready(&c);
     c.api.migrate(&migrate(2)).unwrap();
     wait_stage(&c, 0, Stage::Aborted);
@@ -305,4 +307,228 @@ fn nodes_are_checked_and_misbehaving_ones_disconnected() {
         "never started: no report"
     );
     assert_eq!(c.api.counters().unwrap().requests_failed, 1);
+}
+
+/// Waits for `what` in the log.
+fn wait_log(log: &Log, what: &str) {
+    wait_until(what, WAIT, || log.find(what, 0).map(|_| ()));
+}
+
+#[test]
+fn a_node_is_the_id_its_certificate_names_and_impostors_never_displace_it() {
+    let c = start_controller(config("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"));
+    let log = Log::default();
+    let _switch = FakeSwitch::connect(&c.openflow, SwitchOptions::default(), log.clone());
+    let _n1 = FakeNode::spawn(&c, 1, MAC1, NodeOptions::default(), log.clone());
+    wait_until("node 1 up", WAIT, || {
+        c.api.status().ok()?.nodes[&1].connected.then_some(())
+    });
+
+    // Node 2's valid certificate claiming id 1 (with node 1's MAC): refused before the core
+    // sees it, counted, closed; node 1 keeps its connection.
+    let _impostor = FakeNode::spawn(
+        &c,
+        1,
+        MAC1,
+        NodeOptions {
+            cert_of: Some(2),
+            ..NodeOptions::default()
+        },
+        log.clone(),
+    );
+    wait_log(&log, "node 1 closed by controller");
+    // Node 9's certificate is valid and names node 9, but node 9 is not in cluster.toml.
+    let _stranger = FakeNode::spawn(&c, 9, MAC2, NodeOptions::default(), log.clone());
+    wait_log(&log, "node 9 closed by controller");
+    let counters = c.api.counters().unwrap();
+    assert_eq!(counters.nodes_refused_auth, 1, "{counters:?}");
+    assert_eq!(counters.nodes_refused, 1, "{counters:?}");
+    assert_eq!(counters.nodes_accepted, 1, "{counters:?}");
+    assert_eq!(
+        (
+            counters.node_disconnects,
+            counters.node_connections_replaced
+        ),
+        (0, 0),
+        "the live node was not displaced: {counters:?}"
+    );
+    assert!(c.api.status().unwrap().nodes[&1].connected);
+
+    // No client certificate; a client that does not speak TLS; another CA's certificate.
+    let roots = {
+        let mut r = rustls::RootCertStore::empty();
+        let pem = std::fs::read(pki().files(Party::Controller).ca).unwrap();
+        use rustls::pki_types::pem::PemObject;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            r.add(cert.unwrap()).unwrap();
+        }
+        r
+    };
+    #[allow(deprecated)]
+    let no_cert = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let flowshift_controller::Endpoint::Tcp(addr) = &c.nodes else {
+        unreachable!()
+    };
+    let tcp = std::net::TcpStream::connect(addr.as_str()).unwrap();
+    // TLS 1.3: the client finishes first; the server's refusal shows on the first read.
+    let refused = flowshift_trust::split::connect(
+        tcp,
+        Arc::new(no_cert),
+        flowshift_trust::server_name(flowshift_trust::CONTROLLER_NAME).unwrap(),
+        WAIT,
+    )
+    .and_then(|(conn, tcp)| {
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        s.write_all(b"{\"type\":\"hello\",\"id\":1,\"mac\":[2,245,0,0,0,1],\"groups\":[]}\n")?;
+        s.flush()?;
+        let mut b = [0u8; 64];
+        s.sock.set_read_timeout(Some(WAIT))?;
+        match s.read(&mut b)? {
+            0 => Err(std::io::Error::other("closed")),
+            _ => Ok(()),
+        }
+    });
+    assert!(
+        refused.is_err(),
+        "a connection without a client certificate"
+    );
+    let mut plain = connect(&c.nodes);
+    plain
+        .write_all(b"{\"type\":\"hello\",\"id\":1,\"mac\":[2,245,0,0,0,1],\"groups\":[]}\n")
+        .unwrap();
+    let other_ca = flowshift_trust::pki::ScratchPki::new(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &[Party::Node(1)],
+    )
+    .unwrap();
+    let foreign = flowshift_trust::Credentials::load(&other_ca.files(Party::Node(1))).unwrap();
+    assert!(
+        try_connect_tls(&c.nodes, &foreign).is_err(),
+        "another CA's node 1 (the controller's certificate is unknown to it, too)"
+    );
+    let counters = wait_until("TLS refusals counted", WAIT, || {
+        let k = c.api.counters().ok()?;
+        (k.nodes_refused_tls >= 3).then_some(k)
+    });
+    assert_eq!(counters.nodes_refused_tls, 3, "{counters:?}");
+    assert_eq!(counters.node_disconnects, 0, "{counters:?}");
+    let s = c.api.status().unwrap();
+    assert!(s.nodes[&1].connected && !s.nodes[&2].connected);
+
+    // A second authenticated connection for node 1 (only its key can make one, e.g. a
+    // restarted node) replaces the first.
+    let _n1_again = FakeNode::spawn(&c, 1, MAC1, NodeOptions::default(), log.clone());
+    let counters = wait_until("node 1 replaced", WAIT, || {
+        let k = c.api.counters().ok()?;
+        (k.node_connections_replaced == 1).then_some(k)
+    });
+    assert_eq!(
+        (counters.nodes_accepted, counters.node_disconnects),
+        (2, 1),
+        "{counters:?}"
+    );
+    wait_until("node 1 up again", WAIT, || {
+        c.api.status().ok()?.nodes[&1].connected.then_some(())
+    });
+}
+
+#[test]
+fn a_pinned_controller_refuses_a_rogue_switch_and_keeps_the_legitimate_one() {
+    let dpid = format!("datapath_id = \"{DPID:#x}\"");
+    let c = start_controller(config_with(
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        "",
+        &dpid,
+    ));
+    let log = Log::default();
+    let switch = FakeSwitch::connect(&c.openflow, SwitchOptions::default(), log.clone());
+    let _n1 = FakeNode::spawn(&c, 1, MAC1, NodeOptions::default(), log.clone());
+    let _n2 = FakeNode::spawn(&c, 2, MAC2, NodeOptions::default(), log.clone());
+    wait_ready(&c);
+    let before = c.api.switch().unwrap();
+    assert!(before.connected && before.synced);
+
+    // A rogue OpenFlow client on loopback: the real codec, another datapath id.
+    let rogue = FakeSwitch::connect(
+        &c.openflow,
+        SwitchOptions {
+            datapath_id: Some(0xbad),
+            ..SwitchOptions::default()
+        },
+        log.clone(),
+    );
+    wait_log(&log, "switch 0xbad closed by controller");
+    let sw = c.api.switch().unwrap();
+    assert_eq!(sw.counters.refused_datapath_id, 1, "{sw:?}");
+    assert_eq!((sw.counters.connects, sw.counters.disconnects), (1, 0));
+    assert!(sw.connected && sw.synced, "{sw:?}");
+    assert_eq!(sw.peer, before.peer, "the legitimate switch keeps its role");
+    assert_eq!(sw.datapath_id, Some(DPID));
+    assert!(
+        rogue.table.lock().unwrap().is_empty(),
+        "the rogue switch got no flow"
+    );
+    assert!(
+        sw.recent_errors
+            .iter()
+            .any(|e| e.contains("0x0000000000000bad"))
+    );
+
+    // The legitimate switch still carries a migration.
+    c.api.migrate(&migrate(2)).unwrap();
+    wait_stage(&c, 0, Stage::Done);
+    assert_eq!(switch.steering_outputs(), vec![(4, MAC2), (4, MAC2)]);
+    assert!(log.find("switch 0xfa0002 closed", 0).is_none());
+}
+
+#[test]
+fn with_openflow_tls_only_the_switch_certificate_may_connect() {
+    let c = start_controller(config_with(
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        "openflow_tls = true",
+        "",
+    ));
+    let log = Log::default();
+    // Plain OpenFlow and a node's certificate are refused.
+    let plain = FakeSwitch::connect(&c.openflow, SwitchOptions::default(), log.clone());
+    let node_cert = FakeSwitch::connect(
+        &c.openflow,
+        SwitchOptions {
+            datapath_id: Some(0xbad),
+            tls: Some(Party::Node(1)),
+            ..SwitchOptions::default()
+        },
+        log.clone(),
+    );
+    wait_log(&log, "switch 0xfa0002 closed by controller");
+    wait_log(&log, "switch 0xbad closed by controller");
+    drop((plain, node_cert));
+    let counters = c.api.counters().unwrap();
+    assert_eq!(counters.switch_refused_tls, 2, "{counters:?}");
+    assert!(!c.api.switch().unwrap().connected);
+    let switch = FakeSwitch::connect(
+        &c.openflow,
+        SwitchOptions {
+            tls: Some(Party::Switch),
+            ..SwitchOptions::default()
+        },
+        log.clone(),
+    );
+    let _n1 = FakeNode::spawn(&c, 1, MAC1, NodeOptions::default(), log.clone());
+    let _n2 = FakeNode::spawn(&c, 2, MAC2, NodeOptions::default(), log.clone());
+    wait_ready(&c);
+    c.api.migrate(&migrate(2)).unwrap();
+    wait_stage(&c, 0, Stage::Done);
+    assert_eq!(switch.steering_outputs(), vec![(4, MAC2), (4, MAC2)]);
+    assert_eq!(c.api.counters().unwrap().switch_refused_tls, 2);
 }

@@ -1,7 +1,8 @@
 //! Live: the controller programs a private Open vSwitch (userspace datapath, started by
 //! `flowshift_ovs::Ovs`) over a unix socket, and a migration between fake nodes
 //! moves the steering rules before the source hears `CutoverDone`. A switch reconnection
-//! gets the whole table again.
+//! gets the whole table again. Open vSwitch also connects over mutual TLS (`set-ssl`, an
+//! `ssl:` controller, `openflow_tls`) to a pinned controller.
 //!
 //! Prints `SKIP: <reason>` and passes when not root or Open vSwitch is not installed
 //! (`scripts/install-testbed-deps.sh` installs it). The Open vSwitch instance, its namespace
@@ -72,7 +73,7 @@ fn the_controller_programs_open_vswitch_and_redirects_a_migration() {
     let (o, seen) = (ovs.clone(), at_cutover.clone());
     let on_cutover = move || *seen.lock().unwrap() = Some(o.dump_flows().unwrap());
     let _n1 = FakeNode::spawn(
-        &c.nodes,
+        &c,
         1,
         MAC1,
         NodeOptions {
@@ -81,7 +82,7 @@ fn the_controller_programs_open_vswitch_and_redirects_a_migration() {
         },
         log.clone(),
     );
-    let _n2 = FakeNode::spawn(&c.nodes, 2, MAC2, NodeOptions::default(), log.clone());
+    let _n2 = FakeNode::spawn(&c, 2, MAC2, NodeOptions::default(), log.clone());
     let status = wait_until("table installed and nodes up", WAIT, || {
         let s = c.api.status().ok()?;
         (s.switch_rules == 8 && s.nodes.values().all(|n| n.connected)).then_some(s)
@@ -187,4 +188,57 @@ fn the_controller_programs_open_vswitch_and_redirects_a_migration() {
     let sw = c.api.switch().unwrap();
     assert_eq!(sw.counters.errors, 0, "{:?}", sw.recent_errors);
     println!("live test took {:?} after OVS start", started.elapsed());
+}
+
+#[test]
+fn open_vswitch_connects_over_mutual_tls_to_a_pinned_controller() {
+    use flowshift_trust::pki::Party;
+    let options = OvsOptions {
+        datapath_id: Some(DPID),
+        name_prefix: "fsct".into(),
+        ..OvsOptions::default()
+    };
+    let ovs = match Ovs::start_with(&options) {
+        Ok(o) => o,
+        Err(OvsError::Unavailable(reason)) => {
+            println!("SKIP: {reason}");
+            return;
+        }
+        Err(e) => panic!("starting Open vSwitch: {e}"),
+    };
+    // The controller listens on the switch namespace's loopback (its thread enters the
+    // namespace); the API stays on a unix socket reachable from here.
+    let api_sock = format!("unix:{}", ovs.dir().join("api.sock").display());
+    let pin = format!("datapath_id = \"{DPID:#x}\"");
+    let c = start_controller_in(
+        config_with(
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            &api_sock,
+            "openflow_tls = true",
+            &pin,
+        ),
+        Some(ovs.netns().name().to_owned()),
+    );
+    let f = pki().files(Party::Switch);
+    ovs.set_ssl(&f.key, &f.cert, &f.ca).unwrap();
+    let flowshift_controller::Endpoint::Tcp(of) = &c.openflow else {
+        unreachable!()
+    };
+    ovs.set_controller(&format!("ssl:{of}")).unwrap();
+    let sw = wait_until("the switch connected over TLS and synced", WAIT, || {
+        let sw = c.api.switch().ok()?;
+        (sw.connected && sw.synced).then_some(sw)
+    });
+    assert_eq!(sw.datapath_id, Some(DPID));
+    assert_eq!(sw.counters.refused_datapath_id, 0);
+    let counters = c.api.counters().unwrap();
+    assert_eq!(counters.switch_refused_tls, 0, "{counters:?}");
+    let dump = ovs.dump_flows().unwrap();
+    assert_eq!(flows(&dump).len(), 8, "{dump}");
+    // The controller's listener speaks TLS 1.3 only: Open vSwitch negotiated it.
+    let log = ovs.vswitchd_log_tail(200);
+    for line in log.lines().filter(|l| l.contains("<->ssl:")) {
+        println!("{line}");
+    }
 }

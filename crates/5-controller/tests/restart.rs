@@ -45,8 +45,8 @@ fn ownership_survives_a_controller_restart() {
     {
         let c = start_controller(with_state(&dir));
         let _switch = FakeSwitch::connect(&c.openflow, SwitchOptions::default(), log.clone());
-        let _n1 = FakeNode::spawn(&c.nodes, 1, MAC1, NodeOptions::default(), log.clone());
-        let _n2 = FakeNode::spawn(&c.nodes, 2, MAC2, NodeOptions::default(), log.clone());
+        let _n1 = FakeNode::spawn(&c, 1, MAC1, NodeOptions::default(), log.clone());
+        let _n2 = FakeNode::spawn(&c, 2, MAC2, NodeOptions::default(), log.clone());
         wait_ready(&c);
         assert_eq!(
             read_state(&dir).owners[&GROUP],
@@ -72,8 +72,8 @@ fn ownership_survives_a_controller_restart() {
     // The same configuration (whose owner is node 1) after a restart.
     let c = start_controller(with_state(&dir));
     let switch = FakeSwitch::connect(&c.openflow, SwitchOptions::default(), log.clone());
-    let _n1 = FakeNode::spawn(&c.nodes, 1, MAC1, NodeOptions::default(), log.clone());
-    let _n2 = FakeNode::spawn(&c.nodes, 2, MAC2, NodeOptions::default(), log.clone());
+    let _n1 = FakeNode::spawn(&c, 1, MAC1, NodeOptions::default(), log.clone());
+    let _n2 = FakeNode::spawn(&c, 2, MAC2, NodeOptions::default(), log.clone());
     wait_ready(&c);
     assert_eq!(c.api.status().unwrap().groups[0].owner, 2);
     assert_eq!(
@@ -104,8 +104,8 @@ fn a_redirected_migration_is_finished_after_a_restart() {
     let log = Log::default();
     let c = start_controller(with_state(&dir));
     let switch = FakeSwitch::connect(&c.openflow, SwitchOptions::default(), log.clone());
-    let _n1 = FakeNode::spawn(&c.nodes, 1, MAC1, NodeOptions::default(), log.clone());
-    let _n2 = FakeNode::spawn(&c.nodes, 2, MAC2, NodeOptions::default(), log.clone());
+    let _n1 = FakeNode::spawn(&c, 1, MAC1, NodeOptions::default(), log.clone());
+    let _n2 = FakeNode::spawn(&c, 2, MAC2, NodeOptions::default(), log.clone());
     wait_ready(&c);
     assert_eq!(switch.steering_outputs(), vec![(4, MAC2), (4, MAC2)]);
     wait_until("the source hears its cutover again", WAIT, || {

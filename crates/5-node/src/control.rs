@@ -1,6 +1,11 @@
-//! The control connection to the controller (`flowshift_control::api`, JSON lines over TCP).
+//! The control connection to the controller (`flowshift_control::api`, JSON lines over
+//! mutual TLS).
 //!
-//! The client connects to the controller's node listener, sends
+//! The client connects to the controller's node listener over TLS ([`flowshift_trust`]: the
+//! controller's certificate must chain to the cluster CA and name
+//! [`flowshift_trust::CONTROLLER_NAME`]; the node presents its own, which the controller
+//! checks against the hello's id; the handshake must finish within [`HANDSHAKE_TIMEOUT`];
+//! failures count as `control_tls_failures`), sends
 //! [`NodeToController::Hello`] (id, MAC, the external addresses of the groups in the latest
 //! published status), then serves [`ControllerToNode::Request`]s in order and pushes migration
 //! events as they happen. When the connection drops it reconnects every
@@ -21,8 +26,9 @@ use flowshift_control::api::{
     encode_line,
 };
 use flowshift_migration::MigrationEvent;
+use flowshift_trust::split::{self, TlsReader, TlsWriter};
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, mpsc};
@@ -36,6 +42,8 @@ pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the writer looks at the stop flag and the reader's health.
 const TICK: Duration = Duration::from_millis(100);
+/// The TLS handshake with the controller must finish within this time.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A controller request for the packet thread, with where to put the answer.
 pub struct Command {
@@ -128,10 +136,12 @@ pub struct Identity {
     pub mac: MacAddr,
 }
 
-/// Starts the client thread; it ends once `stop` is set.
+/// Starts the client thread; it ends once `stop` is set. `tls` is the node's client
+/// configuration (`flowshift_trust::Credentials::client_config`).
 pub fn start(
     controller: SocketAddr,
     me: Identity,
+    tls: Arc<rustls::ClientConfig>,
     snapshot: Arc<SnapshotCell>,
     ends: ControlEnds,
     counters: Arc<ControlCounters>,
@@ -139,8 +149,38 @@ pub fn start(
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("fs-control".into())
-        .spawn(move || client(controller, me, &snapshot, ends, counters, &stop))
+        .spawn(move || client(controller, me, &tls, &snapshot, ends, counters, &stop))
 }
+
+/// Opens a TLS connection to the controller: the halves for the writer and reader threads.
+fn connect(
+    addr: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+) -> std::io::Result<(TlsReader, TlsWriter)> {
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    let _ = tcp.set_nodelay(true);
+    let name = flowshift_trust::server_name(flowshift_trust::CONTROLLER_NAME)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let (conn, tcp) = split::connect(tcp, tls.clone(), name, HANDSHAKE_TIMEOUT)
+        .map_err(|e| std::io::Error::new(e.kind(), Tls(e)))?;
+    // The handshake left its deadline on the socket: reads block until data or a close,
+    // writes give up after REPLY_TIMEOUT.
+    tcp.set_read_timeout(None)?;
+    tcp.set_write_timeout(Some(REPLY_TIMEOUT))?;
+    split::split(conn, tcp)
+}
+
+/// A TLS handshake failure (told apart from TCP connect failures for the counters).
+#[derive(Debug)]
+struct Tls(std::io::Error);
+
+impl std::fmt::Display for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TLS handshake: {}", self.0)
+    }
+}
+
+impl std::error::Error for Tls {}
 
 /// Sleeps `d`, waking early if `stop` is set.
 fn sleep_unless(stop: &AtomicBool, d: Duration) {
@@ -157,6 +197,7 @@ fn sleep_unless(stop: &AtomicBool, d: Duration) {
 fn client(
     addr: SocketAddr,
     me: Identity,
+    tls: &Arc<rustls::ClientConfig>,
     snapshot: &SnapshotCell,
     ends: ControlEnds,
     c: Arc<ControlCounters>,
@@ -165,10 +206,15 @@ fn client(
     let mut conn = 0u64;
     let mut failing = false;
     while !stop.load(Ordering::Relaxed) {
-        let stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        let (reader, writer) = match connect(addr, tls) {
             Ok(s) => s,
             Err(e) => {
-                c.connect_failures.inc();
+                let is_tls = e.get_ref().is_some_and(|inner| inner.is::<Tls>());
+                if is_tls {
+                    c.tls_failures.inc();
+                } else {
+                    c.connect_failures.inc();
+                }
                 if !failing {
                     warn!(%addr, error = %e, "controller unreachable; retrying every second");
                 }
@@ -180,10 +226,8 @@ fn client(
         failing = false;
         conn += 1;
         c.connects.inc();
-        info!(%addr, "controller connected");
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_write_timeout(Some(REPLY_TIMEOUT));
-        if let Err(e) = serve(&stream, conn, me, snapshot, &ends, &c, stop) {
+        info!(%addr, "controller connected (TLS)");
+        if let Err(e) = serve(reader, writer, conn, me, snapshot, &ends, &c, stop) {
             warn!(%addr, error = %e, "controller connection lost");
         }
         sleep_unless(stop, RECONNECT_INTERVAL);
@@ -191,8 +235,10 @@ fn client(
 }
 
 /// One connection: hello, then write events and replies until it fails or `stop`.
+#[allow(clippy::too_many_arguments)]
 fn serve(
-    stream: &TcpStream,
+    reader: TlsReader,
+    mut w: TlsWriter,
     conn: u64,
     me: Identity,
     snapshot: &SnapshotCell,
@@ -205,12 +251,11 @@ fn serve(
         mac: me.mac.0,
         groups: snapshot.get().groups.iter().map(|g| g.external).collect(),
     };
-    let mut w = stream;
     w.write_all(&encode_line(&hello))?;
     let alive = Arc::new(AtomicBool::new(true));
     let reader = {
         let (s, commands, out, waker, c, alive) = (
-            stream.try_clone()?,
+            reader,
             ends.commands.clone(),
             ends.out_tx.clone(),
             ends.waker.clone(),
@@ -255,7 +300,7 @@ fn serve(
             break Err(e);
         }
     };
-    let _ = stream.shutdown(Shutdown::Both);
+    w.close(); // wakes the reader blocked on the socket
     let _ = reader.join();
     result
 }
@@ -269,7 +314,7 @@ struct PacketThread<'a> {
 }
 
 fn requests(
-    mut s: TcpStream,
+    mut s: TlsReader,
     conn: u64,
     packet_thread: PacketThread<'_>,
     out: &SyncSender<Outgoing>,

@@ -130,6 +130,7 @@ impl Node {
                 id: cfg.id,
                 mac: cfg.mac,
             },
+            creds.client_config().context("[tls]")?,
             snapshot.clone(),
             cends,
             control_counters,

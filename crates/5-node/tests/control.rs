@@ -1,5 +1,6 @@
-//! The control client against a fake controller on loopback TCP: hello, requests executed by
-//! a real engine, pushed events, reconnection.
+//! The control client against a fake controller on loopback (mutual TLS): hello, requests
+//! executed by a real engine, pushed events, reconnection, a listener that is not the
+//! controller refused.
 
 mod common;
 
@@ -10,26 +11,24 @@ use flowshift_control::api::{
 use flowshift_migration::{Algorithm, MigrationEvent, Phase, Role};
 use flowshift_node::MacAddr;
 use flowshift_node::control::{self, Identity};
+use flowshift_trust::pki::Party;
+use flowshift_trust::split::{TlsReader, TlsWriter};
 use flowshift_wire::Instant;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 struct Ctl {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
+    w: TlsWriter,
+    r: BufReader<TlsReader>,
 }
 
 impl Ctl {
     fn accept(l: &TcpListener) -> Ctl {
-        let (s, _) = l.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Ctl {
-            w: s.try_clone().unwrap(),
-            r: BufReader::new(s),
-        }
+        let (r, w) = accept_control(l, Party::Controller).expect("TLS handshake");
+        Ctl { w, r }
     }
     fn recv(&mut self) -> NodeToController {
         let mut line = String::new();
@@ -68,6 +67,7 @@ fn requests_replies_events_and_reconnection() {
             id: 1,
             mac: MacAddr(NODE1),
         },
+        client_tls(1),
         ends.snapshot.clone(),
         ends.control,
         ends.control_counters.clone(),
@@ -170,15 +170,24 @@ fn requests_replies_events_and_reconnection() {
     );
     assert_eq!(ends.control_counters.bad_lines.get(), 1);
 
-    // The controller goes away; the node reconnects and says hello again.
+    // The controller goes away; an impostor (node 2's certificate, not the controller's)
+    // takes its address: the node refuses it and counts the failure; then the real one
+    // comes back, and the node says hello again.
     drop(ctl);
+    assert!(
+        accept_control(&listener, Party::Node(2)).is_err(),
+        "the node must refuse a listener whose certificate does not name the controller"
+    );
     let t = std::time::Instant::now();
     let mut ctl = Ctl::accept(&listener);
     assert!(t.elapsed() < Duration::from_secs(5));
     assert!(matches!(ctl.recv(), NodeToController::Hello { id: 1, .. }));
     ctl.request(8, NodeRequest::Status);
     match ctl.reply(8, &mut events) {
-        Ok(ReplyBody::Status(s)) => assert_eq!(s.counters.control.connects, 2),
+        Ok(ReplyBody::Status(s)) => {
+            assert_eq!(s.counters.control.connects, 2);
+            assert_eq!(s.counters.control.tls_failures, 1);
+        }
         other => panic!("{other:?}"),
     }
 

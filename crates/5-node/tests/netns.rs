@@ -439,10 +439,8 @@ fn command_round_trips(l: &TcpListener, n: u64, spacing: Duration) -> Vec<Durati
         ControllerToNode, NodeRequest, NodeToController, decode_line, encode_line,
     };
     use std::io::BufRead;
-    let (s, _) = l.accept().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let mut r = std::io::BufReader::new(s);
+    let (mut r, mut w) =
+        accept_control(l, flowshift_trust::pki::Party::Controller).expect("TLS handshake");
     let mut recv = || {
         let mut line = String::new();
         assert!(

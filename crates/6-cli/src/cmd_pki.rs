@@ -17,7 +17,8 @@ pub enum PkiCommand {
 /// Arguments of `pki init`.
 #[derive(Args)]
 pub struct InitArgs {
-    /// Folder to write `ca.pem`, `ca.key`, `controller.{pem,key}`, `node-<id>.{pem,key}`.
+    /// Folder to write `ca.pem`, `ca.key`, `controller.{pem,key}`, `node-<id>.{pem,key}`
+    /// (and `switch.{pem,key}` with `--switch`).
     #[arg(long, default_value = "pki")]
     pub dir: PathBuf,
     /// Take the node ids from this cluster configuration.
@@ -26,6 +27,10 @@ pub struct InitArgs {
     /// Node ids, comma-separated (instead of --cluster).
     #[arg(long, value_delimiter = ',')]
     pub nodes: Vec<u16>,
+    /// Issue a certificate for the OpenFlow switch too (`switch.{pem,key}`, for an `ssl:`
+    /// controller connection).
+    #[arg(long)]
+    pub switch: bool,
     /// Overwrite existing files (a new CA: every party must get its new files).
     #[arg(long)]
     pub force: bool,
@@ -43,6 +48,9 @@ pub struct IssueArgs {
     /// Issue the controller's certificate too.
     #[arg(long)]
     pub controller: bool,
+    /// Issue the OpenFlow switch's certificate too.
+    #[arg(long)]
+    pub switch: bool,
     /// Replace existing certificates (rotation; restart the party afterwards).
     #[arg(long)]
     pub force: bool,
@@ -66,6 +74,9 @@ pub fn run(cmd: &PkiCommand) -> Result<()> {
             }
             let mut parties: Vec<Party> = ids.into_iter().map(Party::Node).collect();
             parties.push(Party::Controller);
+            if a.switch {
+                parties.push(Party::Switch);
+            }
             pki::init(&a.dir, &parties, a.force)?
         }
         PkiCommand::Issue(a) => {
@@ -73,8 +84,11 @@ pub fn run(cmd: &PkiCommand) -> Result<()> {
             if a.controller {
                 parties.push(Party::Controller);
             }
+            if a.switch {
+                parties.push(Party::Switch);
+            }
             if parties.is_empty() {
-                bail!("nothing to issue: pass --nodes and/or --controller");
+                bail!("nothing to issue: pass --nodes, --controller and/or --switch");
             }
             pki::issue(&a.dir, &parties, a.force)?
         }

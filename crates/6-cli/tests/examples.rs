@@ -15,6 +15,10 @@ fn example(name: &str) -> std::path::PathBuf {
 fn the_cluster_example_is_consistent_with_its_node_examples() {
     let cluster = ClusterConfig::load(&example("cluster.toml")).expect("cluster.toml is valid");
     assert_eq!(cluster.nodes.len(), 2);
+    // Secure by example: TLS everywhere, the switch pinned.
+    assert!(cluster.openflow_tls);
+    assert!(cluster.switch.datapath_id.is_some());
+    assert_eq!(cluster.tls.cert, example("pki/controller.pem"));
     for n in &cluster.nodes {
         let path = example(&format!("node{}.toml", n.id));
         let text = std::fs::read_to_string(&path).expect("node example exists");

@@ -9,6 +9,9 @@
 //! * the server link is shaped (`testbed up`'s default `--link-rate 1gbit`);
 //! * the controller names node 2 as the group's owner and both nodes count no migration loss
 //!   (`counters.losses`) and no NAT drop caused by the move;
+//! * the switch reached the controller over mutual TLS (`testbed up --switch-tls`: an `ssl:`
+//!   controller with the run's switch certificate, `openflow_tls` on the controller; the
+//!   datapath id pinned), and the nodes over mutual TLS on 6700;
 //! * `flowshift testbed down` leaves no namespace, process or state directory of the run.
 //!
 //! Skips with a message when not root.
@@ -138,7 +141,15 @@ fn freeze_copy_under_iperf3_load_breaks_no_connection_and_leaves_nothing_behind(
         );
         return;
     }
-    let up = flowshift(&["testbed", "up", "--nodes", "2", "--preload", "2000"]);
+    let up = flowshift(&[
+        "testbed",
+        "up",
+        "--nodes",
+        "2",
+        "--preload",
+        "2000",
+        "--switch-tls",
+    ]);
     let out = String::from_utf8_lossy(&up.stdout).into_owned();
     let id = out
         .lines()
@@ -162,6 +173,20 @@ fn freeze_copy_under_iperf3_load_breaks_no_connection_and_leaves_nothing_behind(
             .and_then(|g| g["owner"].as_u64())
     };
     assert_eq!(owner(&before), Some(1), "group 198.18.0.1 starts on node 1");
+    // The switch is connected, and with this configuration only TLS with the switch's
+    // certificate and the pinned datapath id could connect it.
+    let cluster = std::fs::read_to_string(format!("{dir}/cluster.toml")).unwrap();
+    assert!(
+        cluster.contains("openflow_tls = true") && cluster.contains("datapath_id = "),
+        "{cluster}"
+    );
+    assert!(before["switch_datapath_id"].as_u64().is_some(), "{before}");
+    assert!(
+        before["nodes"]
+            .as_object()
+            .is_some_and(|n| n.values().all(|n| n["connected"] == true)),
+        "nodes connected over TLS: {before}"
+    );
 
     // Real TCP through node 1.
     let server_out = Path::new(&dir).join("ci-iperf-server.json");

@@ -15,12 +15,14 @@ use flowshift_openflow::{
     Instruction, Message, MultipartReply, MultipartReplyBody, MultipartRequestBody, PortStats,
     SetField, decode, encode, error_type,
 };
+use flowshift_trust::pki::{Party, ScratchPki};
+use flowshift_trust::{CONTROLLER_NAME, Credentials, server_name, split};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,28 @@ pub const GROUP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const MAC1: [u8; 6] = [2, 0xf5, 0, 0, 0, 1];
 pub const MAC2: [u8; 6] = [2, 0xf5, 0, 0, 0, 2];
 pub const DPID: u64 = 0x00fa_0002;
+
+/// Credentials for nodes 1, 2 and 9, the controller and the switch, shared by this test
+/// binary's tests (in cargo's per-crate temp folder under target/).
+pub fn pki() -> &'static ScratchPki {
+    static PKI: OnceLock<ScratchPki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let parties = [
+            Party::Node(1),
+            Party::Node(2),
+            Party::Node(9),
+            Party::Controller,
+            Party::Switch,
+        ];
+        ScratchPki::new(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")), &parties)
+            .expect("test PKI")
+    })
+}
+
+/// A party's loaded credentials from [`pki`].
+pub fn creds(p: Party) -> Credentials {
+    Credentials::load(&pki().files(p)).expect("test credentials")
+}
 
 /// A fresh path for an API token file (the controller creates it; [`Running`] removes it).
 pub fn token_path() -> PathBuf {
@@ -43,16 +67,31 @@ pub fn token_path() -> PathBuf {
 /// one group 198.18.0.1 / 100.64.0.0/16 owned by node 1; the API needs a token from a fresh
 /// file.
 pub fn config(openflow: &str, nodes: &str, api: &str) -> ClusterConfig {
+    config_with(openflow, nodes, api, "", "")
+}
+
+/// [`config`] with `top` appended to the top-level keys and `switch` to `[switch]`.
+pub fn config_with(
+    openflow: &str,
+    nodes: &str,
+    api: &str,
+    top: &str,
+    switch: &str,
+) -> ClusterConfig {
     let token = token_path();
+    let tls = pki().toml(Party::Controller);
     ClusterConfig::from_toml(&format!(
         r#"
 openflow_listen = "{openflow}"
 node_listen = "{nodes}"
 api_listen = "{api}"
 api_token_file = "{}"
+tls = {tls}
+{top}
 [switch]
 inside_port = 1
 outside_port = 2
+{switch}
 [[nodes]]
 id = 1
 port = 3
@@ -156,6 +195,13 @@ pub struct Running {
 }
 
 pub fn start_controller(cfg: ClusterConfig) -> Running {
+    start_controller_in(cfg, None)
+}
+
+/// [`start_controller`] with the controller's sockets bound inside the network namespace
+/// `netns` (its thread enters it first): TCP endpoints are then that namespace's, unix ones
+/// stay reachable from here.
+pub fn start_controller_in(cfg: ClusterConfig, netns: Option<String>) -> Running {
     // Log lines go to the test's captured output (shown when a test fails).
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
@@ -165,6 +211,13 @@ pub fn start_controller(cfg: ClusterConfig) -> Running {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let token_file = cfg.api_token_file.clone();
     let thread = std::thread::spawn(move || {
+        if let Some(ns) = netns {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("namespace exists");
+            // SAFETY: setns on an open namespace file descriptor; affects this thread only.
+            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -234,7 +287,30 @@ pub fn connect(ep: &Endpoint) -> Box<dyn Stream> {
     }
 }
 
-fn would_block(e: &std::io::Error) -> bool {
+/// A mutual-TLS connection to the controller's endpoint `ep` (TCP) with party `p`'s
+/// credentials, checking the controller's name; 20 ms read timeouts like [`connect`].
+pub fn connect_tls(ep: &Endpoint, p: Party) -> Box<dyn Stream> {
+    try_connect_tls(ep, &creds(p)).expect("TLS handshake with the controller")
+}
+
+/// [`connect_tls`] with given credentials; the handshake's error if it fails.
+pub fn try_connect_tls(ep: &Endpoint, creds: &Credentials) -> std::io::Result<Box<dyn Stream>> {
+    let Endpoint::Tcp(hp) = ep else {
+        panic!("TLS test connections go over TCP")
+    };
+    let tcp = TcpStream::connect(hp.as_str())?;
+    let (conn, tcp) = split::connect(
+        tcp,
+        creds.client_config().unwrap(),
+        server_name(CONTROLLER_NAME).unwrap(),
+        Duration::from_secs(5),
+    )?;
+    tcp.set_read_timeout(Some(Duration::from_millis(20)))?;
+    tcp.set_write_timeout(Some(Duration::from_secs(5)))?;
+    Ok(Box::new(rustls::StreamOwned::new(conn, tcp)))
+}
+
+pub fn would_block(e: &std::io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
 
@@ -250,6 +326,10 @@ pub struct SwitchOptions {
     pub fail_modifies: u32,
     /// Hang up on the first MODIFY_STRICT without applying it.
     pub hang_up_on_modify: bool,
+    /// The datapath id to claim (default [`DPID`]).
+    pub datapath_id: Option<u64>,
+    /// Connect over TLS with this party's credentials (the controller's `openflow_tls`).
+    pub tls: Option<Party>,
 }
 
 /// A fake OpenFlow 1.3 switch: handshake, echo, flow-mods applied to a table, barriers,
@@ -262,7 +342,10 @@ pub struct FakeSwitch {
 
 impl FakeSwitch {
     pub fn connect(ep: &Endpoint, opts: SwitchOptions, log: Log) -> FakeSwitch {
-        let stream = connect(ep);
+        let stream = match opts.tls {
+            Some(p) => connect_tls(ep, p),
+            None => connect(ep),
+        };
         let table = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (t, s) = (table.clone(), stop.clone());
@@ -322,10 +405,15 @@ fn run_switch(
     let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) {
         let n = match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
+            Ok(n) if n > 0 => n,
             Err(e) if would_block(&e) => continue,
-            Err(_) => break,
+            _ => {
+                log.push(format!(
+                    "switch {:#x} closed by controller",
+                    opts.datapath_id.unwrap_or(DPID)
+                ));
+                break;
+            }
         };
         let mut input = &buf[..n];
         while let Some(frame) = framer.next_frame(&mut input) {
@@ -335,7 +423,7 @@ fn run_switch(
                 Message::FeaturesRequest => send(
                     &mut s,
                     &Message::FeaturesReply(FeaturesReply {
-                        datapath_id: DPID,
+                        datapath_id: opts.datapath_id.unwrap_or(DPID),
                         n_buffers: 0,
                         n_tables: 1,
                         auxiliary_id: 0,
@@ -442,6 +530,8 @@ pub struct NodeOptions {
     pub fail_start: bool,
     /// Called when `CutoverDone` arrives, before it is answered.
     pub on_cutover: Option<Box<dyn Fn() + Send>>,
+    /// Connect with this node's certificate instead of its own (an impostor).
+    pub cert_of: Option<u16>,
 }
 
 /// A fake node: says hello, answers Status / StartMigration / CutoverDone / Report / Abort
@@ -452,8 +542,10 @@ pub struct FakeNode {
 }
 
 impl FakeNode {
-    pub fn spawn(ep: &Endpoint, id: u16, mac: [u8; 6], opts: NodeOptions, log: Log) -> FakeNode {
-        let stream = connect(ep);
+    /// Connects to the controller `c` over mutual TLS with node `id`'s certificate (or
+    /// `opts.cert_of`'s) and serves it on a thread.
+    pub fn spawn(c: &Running, id: u16, mac: [u8; 6], opts: NodeOptions, log: Log) -> FakeNode {
+        let stream = connect_tls(&c.nodes, Party::Node(opts.cert_of.unwrap_or(id)));
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::spawn(move || run_node(stream, id, mac, opts, log, s));
@@ -508,7 +600,10 @@ fn run_node(
             }
             Ok(n) => lines.push(&buf[..n]),
             Err(e) if would_block(&e) => continue,
-            Err(_) => return,
+            Err(_) => {
+                log.push(format!("node {id} closed by controller"));
+                return;
+            }
         }
         while let Some(line) = lines.next_line().unwrap() {
             let ControllerToNode::Request { req, body } = decode_line(&line).unwrap();

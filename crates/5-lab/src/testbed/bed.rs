@@ -164,7 +164,7 @@ impl Testbed {
             bridge: l.bridge(),
             datapath_id: l.datapath_id(),
             userspace_tso: opts.tso,
-            controller: format!("unix:{}", layout::openflow_socket(&dir).display()),
+            controller: layout::switch_target(&dir, opts.switch_tls),
             inside_port: layout::INSIDE_PORT,
             outside_port: layout::OUTSIDE_PORT,
         });
@@ -337,6 +337,28 @@ impl Testbed {
             )?;
             sys::ip_in(&node_ns, &["link", "set", "m0", "up"])?;
         }
+        if opts.switch_tls {
+            // The switch reaches the controller's TCP OpenFlow listener over this bridge.
+            let ovs_ns = l.ns_ovs();
+            sys::ip_in(
+                &mgmt,
+                &[
+                    "link", "add", "msw", "type", "veth", "peer", "name", "m0", "netns", &ovs_ns,
+                ],
+            )?;
+            sys::ip_in(&mgmt, &["link", "set", "msw", "master", "br0", "up"])?;
+            sys::ip_in(
+                &ovs_ns,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/24", layout::SWITCH_MGMT_IP),
+                    "dev",
+                    "m0",
+                ],
+            )?;
+            sys::ip_in(&ovs_ns, &["link", "set", "m0", "up"])?;
+        }
 
         self.progress("configurations");
         // A fresh CA and certificates for this run's nodes and controller (mutual TLS).
@@ -344,6 +366,7 @@ impl Testbed {
             .map(flowshift_trust::pki::Party::Node)
             .collect();
         parties.push(flowshift_trust::pki::Party::Controller);
+        parties.push(flowshift_trust::pki::Party::Switch);
         flowshift_trust::pki::init(&dir.join(layout::PKI_DIR), &parties, true)
             .context("creating the run's PKI")?;
         let copts = ConfigOptions {
@@ -372,7 +395,7 @@ impl Testbed {
             });
         }
         let cluster = dir.join("cluster.toml");
-        fs::write(&cluster, l.cluster_config(&dir))
+        fs::write(&cluster, l.cluster_config(&dir, opts.switch_tls))
             .with_context(|| format!("writing {}", cluster.display()))?;
         // Before the controller starts, so every client finds it.
         Token::create(&layout::api_token_file(&dir))?;
@@ -409,7 +432,16 @@ impl Testbed {
             sys::sleep(Duration::from_millis(50))?;
         }
         let ovs = self.ovs.as_ref().ok_or_else(|| anyhow!("switch gone"))?;
-        ovs.set_controller(&format!("unix:{}", layout::openflow_socket(&dir).display()))?;
+        if opts.switch_tls {
+            // The switch's own certificate from the run's CA; it checks the controller's
+            // chains to that CA, the controller checks the switch's name.
+            let pki = flowshift_trust::pki::Layout {
+                dir: dir.join(layout::PKI_DIR),
+            };
+            let f = pki.files(flowshift_trust::pki::Party::Switch);
+            ovs.set_ssl(&f.key, &f.cert, &f.ca)?;
+        }
+        ovs.set_controller(&layout::switch_target(&dir, opts.switch_tls))?;
 
         self.progress("nodes");
         for k in 1..=l.nodes {

@@ -104,6 +104,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         tso: a.offload == Offload::Tso,
         filtering: "endpoint-independent".into(),
         link_rate_bps: a.link_rate.0,
+        switch_tls: false,
         verbose: !a.json,
     })?;
     let result = measure(&mut tb, a);

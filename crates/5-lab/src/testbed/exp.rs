@@ -218,6 +218,7 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
         tso: args.offload == super::Offload::Tso,
         filtering: "endpoint-independent".into(),
         link_rate_bps: args.link_rate.0,
+        switch_tls: false,
         verbose: false,
     })?;
     if args.transfer_loss > 0.0 {

@@ -49,6 +49,11 @@ pub const SERVERS: [Ipv4Addr; 2] = [
 pub const CONTROLLER_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 /// The controller's node listener port.
 pub const NODE_LISTEN_PORT: u16 = 6700;
+/// The controller's OpenFlow port on the management bridge (`--switch-tls`; otherwise the
+/// switch connects through a unix socket).
+pub const OPENFLOW_PORT: u16 = 6653;
+/// The switch's address on the management bridge (`--switch-tls`: its `ssl:` connection).
+pub const SWITCH_MGMT_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
 /// The nodes' state-transfer port.
 pub const TRANSFER_PORT: u16 = 6800;
 /// The nodes' Prometheus port.
@@ -241,15 +246,24 @@ impl Layout {
     }
 
     /// The cluster configuration (TOML, `flowshift_controller::ClusterConfig`); the
-    /// controller's sockets live in `dir`.
-    pub fn cluster_config(&self, dir: &Path) -> String {
+    /// controller's sockets live in `dir`. `switch_tls`: the switch connects over TLS to
+    /// [`CONTROLLER_IP`]:[`OPENFLOW_PORT`] (see [`switch_target`]).
+    pub fn cluster_config(&self, dir: &Path, switch_tls: bool) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# flowshift testbed run {}: controller", self.run);
-        let _ = writeln!(
-            s,
-            "openflow_listen = \"unix:{}\"",
-            openflow_socket(dir).display()
-        );
+        if switch_tls {
+            let _ = writeln!(
+                s,
+                "openflow_listen = \"tcp:{CONTROLLER_IP}:{OPENFLOW_PORT}\""
+            );
+            let _ = writeln!(s, "openflow_tls = true");
+        } else {
+            let _ = writeln!(
+                s,
+                "openflow_listen = \"unix:{}\"",
+                openflow_socket(dir).display()
+            );
+        }
         let _ = writeln!(s, "node_listen = \"{CONTROLLER_IP}:{NODE_LISTEN_PORT}\"");
         let _ = writeln!(
             s,
@@ -259,12 +273,18 @@ impl Layout {
         let _ = writeln!(s, "api_token_file = \"{}\"", api_token_file(dir).display());
         let _ = writeln!(
             s,
+            "tls = {{ ca = \"{PKI_DIR}/ca.pem\", cert = \"{PKI_DIR}/controller.pem\", key = \"{PKI_DIR}/controller.key\" }}"
+        );
+        let _ = writeln!(
+            s,
             "state_file = \"{}\"",
             dir.join("controller-state.json").display()
         );
         let _ = writeln!(s, "\n[switch]");
         let _ = writeln!(s, "inside_port = {INSIDE_PORT}");
         let _ = writeln!(s, "outside_port = {OUTSIDE_PORT}");
+        // The bridge's datapath id is set by `up` (other-config:datapath-id): pin it.
+        let _ = writeln!(s, "datapath_id = \"{:#018x}\"", self.datapath_id());
         for k in 1..=self.nodes {
             let _ = writeln!(s, "\n[[nodes]]");
             let _ = writeln!(s, "id = {k}");
@@ -297,6 +317,16 @@ pub fn api_token_file(dir: &Path) -> std::path::PathBuf {
 /// The controller's OpenFlow socket.
 pub fn openflow_socket(dir: &Path) -> std::path::PathBuf {
     ovs_dir(dir).join("of.sock")
+}
+
+/// The switch's controller target: the unix socket, or with `switch_tls` an `ssl:`
+/// connection to the controller across the management bridge.
+pub fn switch_target(dir: &Path, switch_tls: bool) -> String {
+    if switch_tls {
+        format!("ssl:{CONTROLLER_IP}:{OPENFLOW_PORT}")
+    } else {
+        format!("unix:{}", openflow_socket(dir).display())
+    }
 }
 
 /// The controlled bottleneck: the server link (switch port `fsR-out` <-> `srv0`) shaped in both
@@ -533,7 +563,7 @@ mod tests {
     #[test]
     fn the_cluster_config_parses_and_validates() {
         let l = Layout::new("beef", 2);
-        let text = l.cluster_config(Path::new("/run/flowshift/testbed-beef"));
+        let text = l.cluster_config(Path::new("/run/flowshift/testbed-beef"), false);
         let cfg = flowshift_controller::ClusterConfig::from_toml(&text)
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(cfg.nodes.len(), 2);
@@ -544,5 +574,18 @@ mod tests {
             cfg.api_token_file.as_deref(),
             Some(Path::new("/run/flowshift/testbed-beef/api.token"))
         );
+        assert_eq!(cfg.tls.cert, Path::new("pki/controller.pem"));
+        assert_eq!(
+            cfg.switch.datapath_id,
+            Some(flowshift_controller::DatapathId(l.datapath_id()))
+        );
+        assert!(!cfg.openflow_tls);
+        let dir = Path::new("/run/flowshift/testbed-beef");
+        let tls =
+            flowshift_controller::ClusterConfig::from_toml(&l.cluster_config(dir, true)).unwrap();
+        assert!(tls.openflow_tls);
+        assert_eq!(tls.openflow_listen.to_string(), "198.19.0.1:6653");
+        assert_eq!(switch_target(dir, true), "ssl:198.19.0.1:6653");
+        assert!(switch_target(dir, false).starts_with("unix:/run/flowshift/testbed-beef/"));
     }
 }

@@ -93,6 +93,11 @@ pub struct UpArgs {
     /// Stay in the foreground and remove the testbed on Ctrl-C / SIGTERM.
     #[arg(long)]
     pub foreground: bool,
+    /// The switch connects to the controller over mutual TLS (`ovs-vsctl set-ssl`, an
+    /// `ssl:` controller across the management bridge, `openflow_tls` on the controller)
+    /// instead of a unix socket.
+    #[arg(long)]
+    pub switch_tls: bool,
 }
 
 /// Arguments of `testbed down`.
@@ -166,6 +171,7 @@ fn up(a: &UpArgs) -> Result<()> {
         tso: a.offload == Offload::Tso,
         filtering: a.filtering.as_config().into(),
         link_rate_bps: a.link_rate.0,
+        switch_tls: a.switch_tls,
         verbose: true,
     })?;
     print_summary(&tb.state);

@@ -51,6 +51,9 @@ pub struct UpOptions {
     /// Rate of the shaped server link, bits per second ([`layout::Shaping`]); `None`: not
     /// shaped (the switch's packet rate is then the bottleneck).
     pub link_rate_bps: Option<u64>,
+    /// The switch connects to the controller over mutual TLS (`ssl:` across the management
+    /// bridge, a certificate from the run's CA) instead of a unix socket.
+    pub switch_tls: bool,
     /// Print progress on stderr.
     pub verbose: bool,
 }

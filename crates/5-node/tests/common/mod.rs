@@ -37,6 +37,37 @@ pub fn pki() -> &'static ScratchPki {
     })
 }
 
+/// Accepts one control connection on `l` as a fake controller would: mutual TLS with
+/// `party`'s credentials (the controller's, or an impostor's); a line reader (10 s read
+/// timeout) and a writer. The handshake's error if it fails.
+pub fn accept_control(
+    l: &std::net::TcpListener,
+    party: Party,
+) -> std::io::Result<(
+    std::io::BufReader<flowshift_trust::split::TlsReader>,
+    flowshift_trust::split::TlsWriter,
+)> {
+    let creds = flowshift_trust::Credentials::load(&pki().files(party)).unwrap();
+    let (tcp, _) = l.accept()?;
+    let (conn, tcp) = flowshift_trust::split::accept(
+        tcp,
+        creds.server_config().unwrap(),
+        std::time::Duration::from_secs(5),
+    )?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    tcp.set_write_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let (r, w) = flowshift_trust::split::split(conn, tcp)?;
+    Ok((std::io::BufReader::new(r), w))
+}
+
+/// Node `id`'s TLS client configuration.
+pub fn client_tls(id: u16) -> Arc<rustls::ClientConfig> {
+    flowshift_trust::Credentials::load(&pki().files(Party::Node(id)))
+        .unwrap()
+        .client_config()
+        .unwrap()
+}
+
 /// A node configuration: node `id` of two (1 and 2), serving 198.18.0.1 <- 100.64.0.0/16 if
 /// `serves`; `extra` is appended to the top-level keys.
 pub fn config(
