@@ -138,6 +138,8 @@ impl<M: Copy> Instance<M> {
         let Some(g) = self.core.nat.group_id(external) else {
             return 0;
         };
+        let n = self.core.nat.group_stats(g).map_or(0, |s| s.mappings);
+        self.core.counters.mappings_released += n as u64;
         for m in self.migs.values_mut() {
             if m.terminal || m.group != g || m.gcfg.as_ref().is_none_or(|c| c.external != external)
             {
@@ -149,15 +151,19 @@ impl<M: Copy> Instance<M> {
             }
         }
         self.core.routes.retain(|r| r.group != g);
+        self.core.counters.groups_released += 1;
+        // An incoming migration's revert may have removed the group already.
+        if self.core.nat.group_id(external) != Some(g) {
+            self.after_call(now);
+            return n;
+        }
         // What the migrations gave back is processed while the group is halted: dropped and
         // counted (`GroupHalted`), like every later packet of the group here.
         if self.core.nat.set_group_mode(g, GroupMode::Halted).is_err() {
             self.core.counters.internal_errors += 1;
         }
         self.after_call(now);
-        let ids = self.core.nat.group_mappings(g).unwrap_or_default();
-        let n = ids.len() as u32;
-        for id in ids {
+        for id in self.core.nat.group_mappings(g).unwrap_or_default() {
             self.core.frozen.remove(&id);
             if self
                 .core
@@ -171,8 +177,6 @@ impl<M: Copy> Instance<M> {
         if self.core.nat.remove_group(g).is_err() {
             self.core.counters.internal_errors += 1;
         }
-        self.core.counters.groups_released += 1;
-        self.core.counters.mappings_released += n as u64;
         self.after_call(now);
         n
     }
