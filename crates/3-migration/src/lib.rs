@@ -124,6 +124,23 @@
 //! reverted those) and keeps the rest. The one case no protocol can settle (two generals) is a
 //! batch or commit whose acknowledgement was lost just before the failure: if the destination is
 //! in fact alive, those mappings exist on both; the report counts them as `in_doubt_mappings`.
+//!
+//! # Timeouts, restarts and a dead owner
+//!
+//! * **Prepare** unanswered for `prepare_timeout` (lost, or a confused peer): the source
+//!   reverts (the group is `Active` again), sends `Abort` and reports `Aborted`
+//!   (`PrepareTimeout`).
+//! * **AwaitCutover** without `cutover_done` for `cutover_timeout`: the source holds nothing
+//!   of the group and the destination holds all of it, so there is nothing to revert; the
+//!   source keeps chaining every packet of the group to the destination (no loss, one extra
+//!   hop) and reports [`MigrationEvent::AwaitingCutover`] every `cutover_timeout`, with what a
+//!   restarted controller needs to finish the redirect.
+//! * **Destination** with a silent source (`peer_timeout`) or a restarted one (a new epoch, see
+//!   [`recovery`]): it ends the migration, keeps only what may be the sole copy (freeze-copy
+//!   mappings, a commit), releases the hold, and returns reserved blocks once no process of the
+//!   source can hold them.
+//! * **Owner dead**: the controller calls [`Instance::adopt_group`] on the new owner and
+//!   [`Instance::release_group`] on a live party that must let go (`Rehomed`).
 
 #![deny(missing_docs)]
 

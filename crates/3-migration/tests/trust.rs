@@ -299,3 +299,28 @@ fn the_destination_drops_an_aborted_migration_only_if_it_holds_nothing() {
     let g = a.nat().group_id(EXT).unwrap();
     assert_eq!(a.nat().group_mode(g).unwrap(), GroupMode::Active);
 }
+
+#[test]
+fn a_replayed_prepare_of_a_forgotten_migration_is_stale() {
+    let mut a = source(8);
+    let cfg = MigrationConfig {
+        max_finished: 0,
+        ..cfg(0xbeef)
+    };
+    let mut b = Instance::new(B, nat(vec![]), cfg).unwrap();
+    let mut now = Instant::from_secs(1);
+    let id = start(&mut a, now);
+    pump(&mut a, &mut b, &mut now, 100, true);
+    a.cutover_done(now, id).unwrap();
+    let (ea, _) = pump(&mut a, &mut b, &mut now, 200, true);
+    assert!(completed(&ea, id));
+    assert!(b.migrations().is_empty(), "forgotten at once");
+    let stale = b.counters().frames_stale;
+    b.handle_transfer(now, A, &prepare_frame(id)).unwrap();
+    assert_eq!(b.counters().frames_stale, stale + 1);
+    assert!(b.migrations().is_empty(), "not accepted again");
+    assert!(
+        b.poll_transmit().is_none(),
+        "a replayed Prepare is not acknowledged"
+    );
+}

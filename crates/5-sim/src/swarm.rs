@@ -6,8 +6,9 @@
 //! orchestrator's commands and interventions, notices a crash `DETECT` after it happens, and
 //! resolves what the orchestrator leaves to an operator: a dead owner's group is rehomed
 //! (`rehome`, to the survivor at once or back to the restarted owner, as the plan says), and a
-//! group a failed freeze-copy left split is given back to its owner (`rehome` to the owner:
-//! the destination's part is released and counted as lost).
+//! group a failed migration left split (an `Aborted` event with `split`, from either side) is
+//! given back to its owner (`rehome` to the owner: the other instance's part is released and
+//! counted as lost).
 //!
 //! Invariants ([`SwarmRun::violations`]): every packet accounted for (the ledger); both NATs'
 //! tables consistent; no external port bound on both instances to different endpoints and no
@@ -29,7 +30,7 @@ use crate::switch::RuleSwitch;
 use flowshift_control::orchestrator::{Command, Intervention, Orchestrator, StageTimeouts};
 use flowshift_control::rules::{GroupRoute, InstancePort, Topology};
 use flowshift_migration::{
-    Algorithm, Instance, InstanceId, MigrationConfig, MigrationEvent, Params, Role,
+    Algorithm, Instance, InstanceId, MigrationConfig, MigrationEvent, Params,
 };
 use flowshift_nat::{GroupConfig, GroupMode, Nat, NatConfig};
 use flowshift_wire::Instant;
@@ -339,12 +340,9 @@ impl World {
                 .map_err(err)?;
             for (at, e) in evs {
                 self.orch.handle_instance_event(at, x, &e);
-                if let MigrationEvent::Aborted {
-                    role: Role::Source,
-                    split: true,
-                    ..
-                } = e
-                {
+                // Either side may be the one that reports the split (a source that could not
+                // revert, a committed destination whose source fell silent).
+                if let MigrationEvent::Aborted { split: true, .. } = e {
                     // The operator resolves a split: the owner keeps the group.
                     let owner = self.orch.owner_of(EXTERNAL).unwrap_or(A);
                     self.rehome(owner, None)?;

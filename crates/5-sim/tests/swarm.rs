@@ -26,3 +26,15 @@ fn seed_286_releasing_a_reverted_incoming_group_is_clean() {
     let r = swarm::run(286).expect("set-up");
     assert!(r.violations.is_empty(), "{:?}", r.violations);
 }
+
+/// Seeds the 10,000-seed swarm found: a transfer reset splitting freeze-copy (4041) or
+/// pre-copy after its commit (1558), and a controller restart that forgot the migration
+/// before a source crash (2974, 4008, 6020). Rehoming left the other instance's part in
+/// place, so a non-owner kept mappings (and, after the restart, bound ports twice).
+#[test]
+fn seeds_where_rehoming_left_a_non_owner_holding_the_group() {
+    for seed in [1558, 2974, 4008, 4041, 6020, 7142, 9885] {
+        let r = swarm::run(seed).expect("set-up");
+        assert!(r.violations.is_empty(), "seed {seed}: {:?}", r.violations);
+    }
+}

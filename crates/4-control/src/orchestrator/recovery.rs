@@ -275,8 +275,9 @@ impl Orchestrator {
 
     /// Gives the group `external` to instance `to` because its owner died: ownership and the
     /// switch rules move at once (no transfer), `to` adopts the group ([`Intervention::Adopt`]),
-    /// another live party of a migration in progress drops it ([`Intervention::Release`]), the
-    /// migration is marked aborted. `sessions_lost` is what the dead owner's last status
+    /// every other instance but the dead owner drops what it holds of it
+    /// ([`Intervention::Release`]; counted as lost there), a migration in progress is marked
+    /// aborted. Rehoming to the current owner resolves a group left split. `sessions_lost` is what the dead owner's last status
     /// reported (`None`: unknown). Returns the record (also kept in [`rehomes`](Self::rehomes)).
     pub fn rehome(
         &mut self,
@@ -296,16 +297,19 @@ impl Orchestrator {
         let dead = self.groups[gi].owner;
         let subscribers = self.groups[gi].subscribers;
         if let Some(i) = self.active(external) {
-            let (a, b) = (self.migrations[i].from, self.migrations[i].to);
-            for p in [a, b] {
-                if p != to.0 && p != dead {
-                    self.interventions.push_back(Intervention::Release {
-                        on: InstanceId(p),
-                        external,
-                    });
-                }
-            }
             self.finish(now, i, Stage::Aborted);
+        }
+        // Every other live instance lets go of whatever it holds of the group: a party of a
+        // migration in progress or one that ended split, or one this controller never knew
+        // about (it restarted). Releasing a group an instance does not have is a no-op.
+        let others: Vec<u16> = self.topo.instances.keys().copied().collect();
+        for p in others {
+            if p != to.0 && p != dead {
+                self.interventions.push_back(Intervention::Release {
+                    on: InstanceId(p),
+                    external,
+                });
+            }
         }
         let mut groups = self.groups.clone();
         groups[gi].owner = to.0;
@@ -579,6 +583,16 @@ mod tests {
         );
         assert_eq!(o.rehomes().len(), 1);
         assert!(o.rehome(t, EXT, InstanceId(9), None).is_err());
+        // Rehoming to the owner resolves a split: every other instance lets go.
+        o.rehome(t, EXT, B, None).unwrap();
+        while o.poll_command().is_some() {}
+        assert_eq!(
+            o.poll_intervention(),
+            Some(Intervention::Release {
+                on: A,
+                external: EXT
+            })
+        );
     }
 
     #[test]
