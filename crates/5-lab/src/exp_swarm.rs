@@ -86,3 +86,25 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_few_seeds_write_a_report_without_violations() {
+        let out = std::env::temp_dir().join(format!("flowshift-swarm-{}", std::process::id()));
+        run(&SwarmArgs {
+            seeds: 3,
+            start: 4041,
+            out: out.clone(),
+        })
+        .expect("no violation");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("swarm.json")).unwrap())
+                .unwrap();
+        assert_eq!(v["seeds"], 3);
+        assert_eq!(v["violations"].as_array().map(Vec::len), Some(0));
+        let _ = std::fs::remove_dir_all(out);
+    }
+}
