@@ -66,6 +66,23 @@ pub struct MigrationConfig {
     pub max_finished: u32,
     /// Hand dropped packets back as `Output::Dropped` (default false: they are only counted).
     pub report_drops: bool,
+    /// This process's migration-id epoch. The driver draws it at random when it creates the
+    /// instance (the simulator from its seed, the node from the OS; see
+    /// [`with_epoch`](Self::with_epoch)), so ids are unguessable and a restarted process never
+    /// reuses its predecessor's ids. Not read from configuration files (default 0: tests).
+    #[serde(skip)]
+    pub epoch: u32,
+    /// Source: a destination that has not answered `Prepare` (`PrepareAck` or a refusal) this
+    /// long after it was sent is given up: the source reverts, the group is `Active` again and
+    /// an `Aborted` event (`PrepareTimeout`) is reported (default 5 s).
+    #[serde(with = "millis")]
+    pub prepare_timeout: Duration,
+    /// Source in `AwaitCutover`: with no `cutover_done` for this long, it keeps serving the
+    /// group through the daisy chain (nothing is lost: the destination holds the state) and
+    /// reports [`crate::MigrationEvent::AwaitingCutover`] again, every `cutover_timeout`, so a
+    /// restarted controller learns of it (default 5 s; counted in `cutover_overdue`).
+    #[serde(with = "millis")]
+    pub cutover_timeout: Duration,
 }
 
 impl Default for MigrationConfig {
@@ -90,11 +107,20 @@ impl Default for MigrationConfig {
             max_migrations: 16,
             max_finished: 64,
             report_drops: false,
+            epoch: 0,
+            prepare_timeout: Duration::from_secs(5),
+            cutover_timeout: Duration::from_secs(5),
         }
     }
 }
 
 impl MigrationConfig {
+    /// The same configuration with this process's random migration-id epoch.
+    pub fn with_epoch(mut self, epoch: u32) -> Self {
+        self.epoch = epoch;
+        self
+    }
+
     /// Checks bounds are non-zero and consistent.
     pub fn validate(&self) -> Result<(), &'static str> {
         if self.rto_initial.is_zero() || self.rto_max < self.rto_initial {
@@ -105,6 +131,9 @@ impl MigrationConfig {
         }
         if self.keepalive.is_zero() || self.peer_timeout <= self.keepalive {
             return Err("need 0 < keepalive < peer_timeout");
+        }
+        if self.prepare_timeout.is_zero() || self.cutover_timeout.is_zero() {
+            return Err("prepare_timeout and cutover_timeout must be non-zero");
         }
         if self.max_migrations == 0 || self.max_events == 0 || self.max_outputs == 0 {
             return Err("max_migrations, max_events and max_outputs must be non-zero");

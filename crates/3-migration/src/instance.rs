@@ -5,6 +5,7 @@ use crate::channel::Channel;
 use crate::config::{MigrationConfig, Params};
 use crate::dest::Dst;
 use crate::proto::{self, Algorithm, Kind, Message};
+use crate::recovery::Replay;
 use crate::report::{InstanceCounters, LossCause, MigrationReport, Stats};
 use crate::source::Src;
 use crate::{
@@ -332,11 +333,14 @@ impl<M: Copy> Mig<M> {
 /// One NAT instance and the migrations it takes part in. See the crate documentation for the
 /// driver contract, the per-packet tag `M` and the algorithms.
 pub struct Instance<M = ()> {
-    core: Core<M>,
-    migs: BTreeMap<MigrationId, Mig<M>>,
+    pub(crate) core: Core<M>,
+    pub(crate) migs: BTreeMap<MigrationId, Mig<M>>,
     finished: VecDeque<MigrationId>,
-    next_counter: u64,
-    highest_seen: HashMap<InstanceId, u64>,
+    /// This process's id epoch and the next counter in it (see [`MigrationId`]).
+    epoch: u32,
+    next_counter: u16,
+    /// Replay protection for incoming migrations.
+    replay: Replay,
     /// Migrations not yet finished.
     running: usize,
     /// Destination migrations holding switch packets.
@@ -358,6 +362,7 @@ impl<M: Copy> Instance<M> {
     /// is invalid, or if the NAT's per-mapping session bound lets one mapping exceed a frame.
     pub fn with_meta(id: InstanceId, nat: Nat, cfg: MigrationConfig) -> Result<Instance<M>, Error> {
         cfg.validate().map_err(Error::Config)?;
+        let cfg_epoch = cfg.epoch;
         if nat.config().max_sessions_per_mapping as usize * RECORD_LEN + 4 > proto::MAX_BODY {
             return Err(Error::Config(
                 "max_sessions_per_mapping too large: one mapping would not fit in a frame",
@@ -382,8 +387,9 @@ impl<M: Copy> Instance<M> {
             },
             migs: BTreeMap::new(),
             finished: VecDeque::new(),
+            epoch: cfg_epoch,
             next_counter: 1,
-            highest_seen: HashMap::new(),
+            replay: Replay::default(),
             running: 0,
             holding: 0,
             awaiting_chain: 0,
@@ -641,6 +647,9 @@ impl<M: Copy> Instance<M> {
         };
         let id = frame.migration;
         if let Some(m) = self.migs.get_mut(&id) {
+            if m.terminal && frame.msg != Message::Ack {
+                self.core.counters.frames_finished += 1;
+            }
             if m.peer == from {
                 m.on_frame(&mut self.core, now, frame, bytes.len());
             } else {
@@ -649,14 +658,16 @@ impl<M: Copy> Instance<M> {
             self.after_call(now);
             return Ok(());
         }
-        // A migration we do not know: new (Prepare), stale, or premature.
+        // A migration we do not know: new (Prepare), stale or replayed, or premature.
         if id.source() != from || from == self.core.id {
             self.core.counters.frames_unknown += 1;
             return Ok(());
         }
-        let seen = self.highest_seen.get(&from).copied().unwrap_or(0);
-        if id.counter() <= seen {
-            if frame.msg != Message::Ack {
+        if self.replay.is_stale(id) {
+            self.core.counters.frames_stale += 1;
+            // A late retransmission of a forgotten migration is acknowledged so it ends; a
+            // replayed `Prepare` is not (it must not look delivered to anyone).
+            if frame.msg != Message::Ack && !matches!(frame.msg, Message::Prepare(_)) {
                 if self.core.loose.len() < MAX_LOOSE_ACKS {
                     let f = proto::write_frame(Kind::Ack, id, 0, frame.seq, &[]);
                     self.core.loose.push_back((from, f));
@@ -679,7 +690,10 @@ impl<M: Copy> Instance<M> {
             self.core.counters.frames_unknown += 1;
             return Ok(());
         }
-        self.highest_seen.insert(from, id.counter());
+        if self.replay.accept(id) {
+            self.core.counters.replay_forgotten += 1;
+        }
+        self.source_restarted(now, from, id.epoch());
         let mut m = Mig {
             id,
             peer: from,
@@ -756,9 +770,13 @@ impl<M: Copy> Instance<M> {
         if self.running >= self.core.cfg.max_migrations as usize {
             return Err(Error::TooMany);
         }
-        let id = MigrationId::new(self.core.id, self.next_counter);
+        let id = MigrationId::with_epoch(self.core.id, self.epoch, self.next_counter);
         let m = Mig::start_source(&mut self.core, now, id, group, to, algorithm, params)?;
-        self.next_counter += 1;
+        self.next_counter = self.next_counter.wrapping_add(1);
+        if self.next_counter == 0 {
+            self.epoch = MigrationId::next_epoch(self.epoch);
+            self.next_counter = 1;
+        }
         self.migs.insert(id, m);
         self.after_call(now);
         Ok(id)
@@ -779,17 +797,22 @@ impl<M: Copy> Instance<M> {
         Ok(())
     }
 
-    /// Abandons a migration this instance is the source of: reverts if nothing has moved,
-    /// otherwise completes forward (see the crate documentation).
+    /// Abandons a running migration. On its source: reverts if nothing has moved, otherwise
+    /// completes forward (see the crate documentation). On its destination: drops it (and
+    /// tells the source) only while this instance holds no mapping of the group and no
+    /// commit; otherwise leaves the decision to the source and returns `CompletingForward`.
     pub fn abort(&mut self, now: Instant, migration: MigrationId) -> Result<AbortOutcome, Error> {
         let m = self
             .migs
             .get_mut(&migration)
             .ok_or(Error::UnknownMigration(migration))?;
-        if m.role() != Role::Source || m.terminal {
+        if m.terminal {
             return Err(Error::WrongPhase(m.phase));
         }
-        let outcome = m.src_abort(&mut self.core, now);
+        let outcome = match m.role() {
+            Role::Source => m.src_abort(&mut self.core, now),
+            Role::Destination => m.dst_abort(&mut self.core, now),
+        };
         self.after_call(now);
         Ok(outcome)
     }
@@ -803,7 +826,7 @@ impl<M: Copy> Instance<M> {
 
     /// End of every control-path call: re-run buffered packets, refresh the cached counts,
     /// forget the oldest finished migrations.
-    fn after_call(&mut self, now: Instant) {
+    pub(crate) fn after_call(&mut self, now: Instant) {
         while !self.core.reprocess.is_empty() {
             let batch = std::mem::take(&mut self.core.reprocess);
             for (mut p, meta) in batch {

@@ -124,6 +124,23 @@
 //! reverted those) and keeps the rest. The one case no protocol can settle (two generals) is a
 //! batch or commit whose acknowledgement was lost just before the failure: if the destination is
 //! in fact alive, those mappings exist on both; the report counts them as `in_doubt_mappings`.
+//!
+//! # Timeouts, restarts and a dead owner
+//!
+//! * **Prepare** unanswered for `prepare_timeout` (lost, or a confused peer): the source
+//!   reverts (the group is `Active` again), sends `Abort` and reports `Aborted`
+//!   (`PrepareTimeout`).
+//! * **AwaitCutover** without `cutover_done` for `cutover_timeout`: the source holds nothing
+//!   of the group and the destination holds all of it, so there is nothing to revert; the
+//!   source keeps chaining every packet of the group to the destination (no loss, one extra
+//!   hop) and reports [`MigrationEvent::AwaitingCutover`] every `cutover_timeout`, with what a
+//!   restarted controller needs to finish the redirect.
+//! * **Destination** with a silent source (`peer_timeout`) or a restarted one (a new epoch, see
+//!   [`recovery`]): it ends the migration, keeps only what may be the sole copy (freeze-copy
+//!   mappings, a commit), releases the hold, and returns reserved blocks once no process of the
+//!   source can hold them.
+//! * **Owner dead**: the controller calls [`Instance::adopt_group`] on the new owner and
+//!   [`Instance::release_group`] on a live party that must let go (`Rehomed`).
 
 #![deny(missing_docs)]
 
@@ -133,6 +150,7 @@ mod dest;
 mod driver;
 mod instance;
 pub mod proto;
+pub mod recovery;
 mod report;
 mod source;
 
@@ -151,23 +169,40 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct InstanceId(pub u16);
 
-/// Identifies a migration cluster-wide: the source instance in the top 16 bits, a counter of
-/// that instance below.
+/// Identifies a migration cluster-wide: the source instance in the top 16 bits, then the source
+/// process's random 32-bit epoch ([`MigrationConfig::epoch`]), then a 16-bit counter of that
+/// process (when it wraps the process moves to [`MigrationId::next_epoch`]). Ids are thus
+/// unguessable without the epoch and never reused by a restarted process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MigrationId(pub u64);
 
 impl MigrationId {
-    /// Composes an id.
+    /// Composes an id from the source and its low 48 bits (`epoch << 16 | counter`; a
+    /// counter below 65536 alone is epoch 0).
     pub const fn new(source: InstanceId, counter: u64) -> Self {
         MigrationId((source.0 as u64) << 48 | (counter & ((1 << 48) - 1)))
+    }
+    /// Composes an id from the source, its epoch and its counter.
+    pub const fn with_epoch(source: InstanceId, epoch: u32, counter: u16) -> Self {
+        MigrationId((source.0 as u64) << 48 | (epoch as u64) << 16 | counter as u64)
     }
     /// The source instance.
     pub const fn source(self) -> InstanceId {
         InstanceId((self.0 >> 48) as u16)
     }
-    /// The source's counter.
-    pub const fn counter(self) -> u64 {
-        self.0 & ((1 << 48) - 1)
+    /// The source process's epoch.
+    pub const fn epoch(self) -> u32 {
+        (self.0 >> 16) as u32
+    }
+    /// The source's counter within its epoch.
+    pub const fn counter(self) -> u16 {
+        self.0 as u16
+    }
+    /// The epoch a process moves to when its counter wraps (a fixed bijective mix, so a peer
+    /// can tell it from a restart: [`Instance`] treats it as the same process).
+    pub const fn next_epoch(epoch: u32) -> u32 {
+        let x = epoch.wrapping_mul(0x9E37_79B1).wrapping_add(0x7F4A_7C15);
+        x ^ (x >> 15)
     }
 }
 
@@ -328,6 +363,20 @@ pub enum MigrationEvent {
         reason: AbortReason,
         /// True if the group is left split between the two instances (see crate docs).
         split: bool,
+    },
+    /// Source: still in `AwaitCutover` `cutover_timeout` after `ReadyForCutover` (and every
+    /// `cutover_timeout` after that): it keeps chaining the group's packets to the
+    /// destination, which holds all its state, until `cutover_done`. Carries what a controller
+    /// that lost its memory (restart) needs to redirect the switch.
+    AwaitingCutover {
+        /// Migration.
+        migration: MigrationId,
+        /// The group's external address.
+        external: std::net::Ipv4Addr,
+        /// The destination.
+        to: InstanceId,
+        /// The algorithm.
+        algorithm: Algorithm,
     },
     /// Pre-copy: a round was acknowledged.
     PrecopyRound {

@@ -124,6 +124,14 @@ pub enum AbortReason {
     CommitRefused,
     /// A message arrived that the protocol does not allow in this state.
     Protocol,
+    /// Source: the destination did not answer `Prepare` within `prepare_timeout`.
+    PrepareTimeout,
+    /// Destination: the source came back with a new epoch (it restarted), so the migration's
+    /// source process is gone.
+    SourceRestarted,
+    /// The controller gave the group to an instance (its owner died): `adopt_group` or
+    /// `release_group` ended the migration here.
+    Rehomed,
 }
 
 /// A mapping's identity, as `Delete` names it: protocol, subscriber address and port.

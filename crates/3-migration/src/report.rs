@@ -104,6 +104,32 @@ pub struct InstanceCounters {
     /// Inconsistencies that should not happen (a `Hold` for a mapping no migration froze, a
     /// mapping that could not be removed, ...); non-zero means a bug.
     pub internal_errors: u64,
+    /// Frames refused as stale or replayed: for a migration accepted earlier and forgotten
+    /// since (dropped; frames other than `Prepare` are also acknowledged, see `stale_acks`).
+    pub frames_stale: u64,
+    /// Frames carrying a message for a migration that has already finished here (acknowledged
+    /// by the channel, otherwise ignored).
+    pub frames_finished: u64,
+    /// Accepted migration ids forgotten to keep the replay table within its bound.
+    pub replay_forgotten: u64,
+    /// Destination: incoming migrations ended because their source came back with a new epoch.
+    pub sources_restarted: u64,
+    /// Destination: incoming migrations ended because the source fell silent (`peer_timeout`)
+    /// or the channel failed.
+    pub peer_failures: u64,
+    /// Source: migrations reverted because the destination never answered `Prepare`.
+    pub prepare_timeouts: u64,
+    /// Source: `AwaitingCutover` reports (no `cutover_done` within `cutover_timeout`).
+    pub cutover_overdue: u64,
+    /// Reserved port blocks returned to the pool when an incoming migration ended without
+    /// `Done` and nothing of the source can hold them any more.
+    pub reservations_released: u64,
+    /// Groups taken over by `adopt_group`.
+    pub groups_adopted: u64,
+    /// Groups removed by `release_group`, and the mappings dropped with them.
+    pub groups_released: u64,
+    /// Mappings dropped by `release_group`.
+    pub mappings_released: u64,
 }
 
 /// One phase of a migration: name, start and end in milliseconds of driver time.

@@ -90,6 +90,10 @@ pub(crate) struct Src<M> {
     last_chained_at: Instant,
     chain_end_sent: bool,
     done_sent: bool,
+    /// When `Prepare` was sent (the `prepare_timeout` runs from it).
+    prepared_at: Instant,
+    /// In `AwaitCutover`: when the next `AwaitingCutover` report is due.
+    overdue_at: Instant,
 }
 
 impl<M> Default for Src<M> {
@@ -127,6 +131,8 @@ impl<M> Default for Src<M> {
             last_chained_at: Instant::ZERO,
             chain_end_sent: false,
             done_sent: false,
+            prepared_at: Instant::ZERO,
+            overdue_at: Instant::MAX,
         }
     }
 }
@@ -212,6 +218,7 @@ impl<M: Copy> Mig<M> {
             records_hint: stats.sessions,
         };
         let src = Src {
+            prepared_at: now,
             held_at_prepare: held.iter().map(|b| b.block).collect(),
             budget: params.freeze_budget_min as u64,
             ..Src::default()
@@ -541,6 +548,8 @@ impl<M: Copy> Mig<M> {
     }
 
     fn src_ready(&mut self, core: &mut Core<M>, now: Instant) {
+        let t = core.cfg.cutover_timeout;
+        self.src().overdue_at = now + t;
         self.set_phase(core, now, Phase::AwaitCutover);
         core.event(MigrationEvent::ReadyForCutover {
             migration: self.id,
@@ -736,8 +745,23 @@ impl<M: Copy> Mig<M> {
         self.abort_final(core, now, reason, false);
     }
 
+    /// The controller made this instance the group's owner again (the destination died):
+    /// keeps what is held here, serves the group (`Active`), chains nothing more.
+    pub(crate) fn src_adopt(&mut self, core: &mut Core<M>, now: Instant) {
+        let g = self.group;
+        if !self.terminal {
+            if self.src_revertible() {
+                self.src_revert(core, now, AbortReason::Rehomed, false);
+            } else {
+                self.src_give_up(core, now, AbortReason::Rehomed);
+            }
+        }
+        core.set_mode(g, GroupMode::Active);
+        core.routes.retain(|r| r.group != g);
+    }
+
     /// Not revertible and cannot go on: keep what is held here (see the crate docs).
-    fn src_give_up(&mut self, core: &mut Core<M>, now: Instant, reason: AbortReason) {
+    pub(crate) fn src_give_up(&mut self, core: &mut Core<M>, now: Instant, reason: AbortReason) {
         let g = self.group;
         let flights = std::mem::take(&mut self.src().flights);
         let mut in_doubt = 0;
@@ -811,6 +835,25 @@ impl<M: Copy> Mig<M> {
             return;
         }
         match self.phase {
+            Phase::Prepare if now >= self.src_ref().prepared_at + core.cfg.prepare_timeout => {
+                // No answer to Prepare (lost, or refused as stale by a confused peer): give
+                // the group back; the Abort tells a slow destination to drop what it added.
+                core.counters.prepare_timeouts += 1;
+                self.src_revert(core, now, AbortReason::PrepareTimeout, true);
+            }
+            Phase::AwaitCutover if now >= self.src_ref().overdue_at => {
+                core.counters.cutover_overdue += 1;
+                let t = core.cfg.cutover_timeout;
+                self.src().overdue_at = now + t;
+                if let Some(g) = &self.gcfg {
+                    core.event(MigrationEvent::AwaitingCutover {
+                        migration: self.id,
+                        external: g.external,
+                        to: self.peer,
+                        algorithm: self.algorithm,
+                    });
+                }
+            }
             Phase::Idle if now >= self.src_ref().next_sample => self.src_idle_sample(core, now),
             Phase::FreezeCopy if self.src_ref().retry_at.is_some_and(|t| t <= now) => {
                 self.src_pump(core, now)
@@ -844,6 +887,8 @@ impl<M: Copy> Mig<M> {
         let own = match self.phase {
             // A scan or a removal goes on at the next call.
             _ if s.scan.is_some() || s.removing.is_some() => Some(Instant::ZERO),
+            Phase::Prepare => Some(s.prepared_at + cfg.prepare_timeout),
+            Phase::AwaitCutover => Some(s.overdue_at),
             Phase::Idle => Some(s.next_sample),
             Phase::FreezeCopy => s.retry_at,
             Phase::Rounds | Phase::StopCopy => s.next_round.map(|(at, _)| at),

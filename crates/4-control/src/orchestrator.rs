@@ -10,6 +10,12 @@
 //!    source, which drains stragglers to B and finishes with B.
 //! 4. On `Completed` from the source the migration is done; on `Aborted` without a split the
 //!    group stays (or goes back) with the source.
+//!
+//! Recovery (see `orchestrator/recovery.rs`): [`Orchestrator::abort`], per-stage timeouts
+//! ([`Orchestrator::handle_timeout`]), [`Orchestrator::rehome`] for a group whose owner died,
+//! and the adoption of a migration a restarted controller did not know
+//! (`MigrationEvent::AwaitingCutover`). Their instance commands come from
+//! [`Orchestrator::poll_intervention`].
 
 use crate::rules::{self, GroupRoute, Rule, RuleDiff, Topology};
 use flowshift_migration::{Algorithm, InstanceId, MigrationEvent, MigrationId, Role};
@@ -17,6 +23,9 @@ use flowshift_wire::Instant;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
+
+mod recovery;
+pub use recovery::{AbortStage, Intervention, Rehome, StageTimeouts};
 
 /// What the driver must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +124,15 @@ pub struct MigrationStatus {
     pub redirect_confirmed_at: Option<Instant>,
     /// Finished at.
     pub finished_at: Option<Instant>,
+    /// When the current stage began (the per-stage timeouts run from it).
+    #[serde(default)]
+    pub stage_since: Instant,
+    /// An abort was requested (by the operator or a stage timeout) and sent to the instances.
+    #[serde(default)]
+    pub abort_requested: bool,
+    /// Switch updates re-sent because their barrier did not come within the timeout.
+    #[serde(default)]
+    pub redirect_retries: u32,
 }
 
 /// Why a request is refused.
@@ -150,6 +168,10 @@ pub struct Orchestrator {
     /// `Completed`/`Aborted` events ignored because they came from an instance other than
     /// the migration's source.
     events_not_from_source: u64,
+    /// Recovery commands (abort, rehome); see [`Intervention`].
+    interventions: VecDeque<Intervention>,
+    timeouts: StageTimeouts,
+    rehomes: Vec<Rehome>,
 }
 
 impl Orchestrator {
@@ -166,6 +188,9 @@ impl Orchestrator {
             next_token: 1,
             commands: VecDeque::new(),
             events_not_from_source: 0,
+            interventions: VecDeque::new(),
+            timeouts: StageTimeouts::default(),
+            rehomes: Vec::new(),
         })
     }
 
@@ -240,6 +265,9 @@ impl Orchestrator {
             redirect_sent_at: None,
             redirect_confirmed_at: None,
             finished_at: None,
+            stage_since: now,
+            abort_requested: false,
+            redirect_retries: 0,
         });
         self.commands.push_back(Command::StartMigration {
             on: InstanceId(g.owner),
@@ -253,22 +281,32 @@ impl Orchestrator {
     /// The driver started the requested migration of `external` and got `id` back (or failed:
     /// `None`, which abandons the request).
     pub fn migration_started(&mut self, now: Instant, external: Ipv4Addr, id: Option<MigrationId>) {
-        let Some(i) = self
-            .migrations
-            .iter()
-            .rposition(|m| m.external == external && m.stage == Stage::Requested)
-        else {
+        // The oldest request still waiting for its id (the driver runs starts in order),
+        // including one aborted meanwhile: its id is aborted on the instances at once.
+        let Some(i) = self.migrations.iter().position(|m| {
+            m.external == external
+                && m.migration.is_none()
+                && (m.stage == Stage::Requested || (m.stage == Stage::Aborted && m.abort_requested))
+        }) else {
             return;
         };
+        let m = &mut self.migrations[i];
         match id {
             Some(id) => {
-                self.migrations[i].stage = Stage::Running;
-                self.migrations[i].migration = Some(id.0);
+                m.migration = Some(id.0);
                 self.by_id.insert(id, i);
+                if m.stage == Stage::Requested {
+                    m.stage = Stage::Running;
+                    m.stage_since = now;
+                } else {
+                    let (from, to) = (m.from, m.to);
+                    self.push_aborts(id, from, to);
+                }
             }
             None => {
-                self.migrations[i].stage = Stage::Aborted;
-                self.migrations[i].finished_at = Some(now);
+                m.abort_requested = false;
+                m.stage = Stage::Aborted;
+                m.finished_at = Some(now);
             }
         }
     }
@@ -283,25 +321,14 @@ impl Orchestrator {
                 if self.migrations[i].stage != Stage::Running || self.migrations[i].from != from.0 {
                     return;
                 }
-                let (external, to) = (self.migrations[i].external, self.migrations[i].to);
-                let mut groups = self.groups.clone();
-                if let Some(g) = groups.iter_mut().find(|g| g.external == external) {
-                    g.owner = to;
-                }
-                let Ok(new_table) = rules::table(&self.topo, &groups) else {
-                    return;
-                };
-                let diff = rules::diff(&self.table, &new_table);
-                self.groups = groups;
-                self.table = new_table;
-                let token = self.next_token;
-                self.next_token += 1;
-                self.by_token.insert(token, i);
-                self.migrations[i].stage = Stage::Redirecting;
-                self.migrations[i].redirect_sent_at = Some(now);
-                self.commands
-                    .push_back(Command::UpdateSwitch { diff, token });
+                self.redirect(now, i);
             }
+            MigrationEvent::AwaitingCutover {
+                migration,
+                external,
+                to,
+                algorithm,
+            } => self.awaiting_cutover(now, from, *migration, *external, *to, *algorithm),
             MigrationEvent::Completed {
                 migration,
                 role: Role::Source,
@@ -335,6 +362,7 @@ impl Orchestrator {
                     return;
                 }
                 m.stage = Stage::Aborted;
+                m.stage_since = now;
                 m.finished_at = Some(now);
                 // Before the redirect the source still owns the group; after it, the
                 // destination does (the source aborts forward). A split group stays where the
@@ -355,6 +383,7 @@ impl Orchestrator {
             return;
         }
         m.stage = Stage::Draining;
+        m.stage_since = now;
         m.redirect_confirmed_at = Some(now);
         if let Some(id) = m.migration {
             self.commands.push_back(Command::CutoverDone {
@@ -366,11 +395,11 @@ impl Orchestrator {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::rules::{Action, InstancePort};
 
-    fn orch() -> Orchestrator {
+    pub(super) fn orch() -> Orchestrator {
         let topo = Topology {
             inside_port: 1,
             outside_port: 2,

@@ -30,7 +30,9 @@
 
 mod links;
 
-use flowshift_control::orchestrator::{Command, ControlError, Orchestrator};
+use flowshift_control::orchestrator::{
+    AbortStage, Command, ControlError, Intervention, Orchestrator, Rehome,
+};
 use flowshift_control::rules::{self, Action, GroupRoute, InstancePort, Rule, Topology};
 use flowshift_migration::{
     Algorithm, Direction, Driver, Ingress, Instance, InstanceId, MigrationEvent, MigrationId,
@@ -166,6 +168,10 @@ pub struct HarnessStats {
     pub unrouted: u64,
     /// Orchestrator commands an instance refused (`cutover_done`, `start_migration`): a bug.
     pub commands_refused: u64,
+    /// Transfer frames and chained packets lost because a process restarted.
+    pub lost_in_restart: u64,
+    /// Mappings dropped by `release_group` interventions.
+    pub mappings_released: u64,
 }
 
 /// See the crate documentation. `O` observes what leaves the cluster.
@@ -327,6 +333,42 @@ impl<O: Observer> Harness<O> {
             .unwrap_or(Err(HarnessError::NotStarted(external)))
     }
 
+    /// The process of instance `inst.id()` restarts as `inst` (a fresh instance, with a new
+    /// epoch): what the old one held is gone, and so is everything in flight to or from it.
+    pub fn restart(&mut self, inst: Instance) -> Result<(), HarnessError> {
+        let id = inst.id();
+        if id != A && id != B {
+            return Err(HarnessError::Ids(id, id));
+        }
+        let (t, c) = self.net.forget(id);
+        self.stats.lost_in_restart += t + c;
+        self.net.events.retain(|(on, _)| *on != id);
+        *self.inst(id) = inst;
+        self.pump();
+        Ok(())
+    }
+
+    /// The controller gives the group of `external` to `to` because its owner died (see
+    /// [`Orchestrator::rehome`]); the harness carries out the switch update and the
+    /// interventions.
+    pub fn rehome(
+        &mut self,
+        external: Ipv4Addr,
+        to: InstanceId,
+        sessions_lost: Option<u64>,
+    ) -> Result<Rehome, HarnessError> {
+        let r = self.orch.rehome(self.now, external, to, sessions_lost)?;
+        self.pump();
+        Ok(r)
+    }
+
+    /// The controller aborts the migration of `external` (see [`Orchestrator::abort`]).
+    pub fn abort(&mut self, external: Ipv4Addr) -> Option<AbortStage> {
+        let r = self.orch.abort(self.now, external);
+        self.pump();
+        r
+    }
+
     /// When the next scheduled thing happens (`Instant::MAX`: nothing scheduled).
     pub fn next_time(&self) -> Instant {
         [
@@ -486,6 +528,32 @@ impl<O: Observer> Harness<O> {
                     if self.inst(on).cutover_done(now, migration).is_err() {
                         self.stats.commands_refused += 1;
                     }
+                }
+            }
+        }
+        while let Some(iv) = self.orch.poll_intervention() {
+            any = true;
+            match iv {
+                // An instance that already finished it refuses; that is an answer, not a bug.
+                Intervention::Abort { on, migration } => {
+                    let _ = self.inst(on).abort(now, migration);
+                }
+                Intervention::Adopt {
+                    on,
+                    external,
+                    subscribers,
+                } => {
+                    let cfg = flowshift_nat::GroupConfig {
+                        external,
+                        subscribers,
+                    };
+                    if self.inst(on).adopt_group(now, cfg).is_err() {
+                        self.stats.commands_refused += 1;
+                    }
+                }
+                Intervention::Release { on, external } => {
+                    let n = self.inst(on).release_group(now, external);
+                    self.stats.mappings_released += n as u64;
                 }
             }
         }

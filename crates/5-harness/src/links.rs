@@ -66,6 +66,18 @@ impl Net {
         self.transfer.keys().next().map(|k| k.0)
     }
 
+    /// The process `id` died: what travels to or from it is lost (its connections broke).
+    /// Returns the transfer frames and chained packets dropped.
+    pub fn forget(&mut self, id: InstanceId) -> (u64, u64) {
+        let (t, c) = (self.transfer.len(), self.chain.len());
+        self.transfer.retain(|_, x| x.0 != id && x.1 != id);
+        self.chain.retain(|_, x| x.0 != id && x.1 != id);
+        (
+            (t - self.transfer.len()) as u64,
+            (c - self.chain.len()) as u64,
+        )
+    }
+
     pub fn pop_chain(&mut self) -> Option<InFlight> {
         self.chain.pop_first().map(|(_, x)| x)
     }

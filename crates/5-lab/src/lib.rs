@@ -10,6 +10,7 @@ pub mod bench;
 pub mod bench_stall;
 pub mod bench_transfer;
 pub mod exp_precopy;
+pub mod exp_swarm;
 pub mod experiment;
 pub mod options;
 pub mod plot;

@@ -414,7 +414,12 @@ impl NodeConfig {
                     .map_err(|e| err(&format!("[[preload]] {}", p.external), &e))?;
             }
         }
-        Instance::with_meta(InstanceId(self.id), nat, self.migration.clone())
-            .map_err(|e| err("[migration]", &e))
+        let epoch = getrandom::u32().map_err(|e| err("[migration] epoch", &e))?;
+        Instance::with_meta(
+            InstanceId(self.id),
+            nat,
+            self.migration.clone().with_epoch(epoch),
+        )
+        .map_err(|e| err("[migration]", &e))
     }
 }

@@ -61,6 +61,7 @@
 pub mod cluster;
 pub mod element;
 pub mod event;
+pub mod faults;
 pub mod host;
 pub mod link;
 pub mod measure;
@@ -68,6 +69,7 @@ pub mod nat_element;
 pub mod packet;
 pub mod rng;
 pub mod sim;
+pub mod swarm;
 pub mod switch;
 pub mod workload;
 

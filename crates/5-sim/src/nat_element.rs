@@ -86,6 +86,25 @@ impl NatElement {
         &self.stats
     }
 
+    /// The process restarts: every packet the old instance held is dropped (`nat_restart`),
+    /// its events and counters are gone, and `inst` (a fresh instance, typically with a new
+    /// epoch) takes its place.
+    pub fn restart(&mut self, inst: Instance<PacketMeta>, out: &mut Emit<'_>) {
+        let mut held = Vec::new();
+        self.inst.for_each_held(|bytes, meta| {
+            held.push(Packet {
+                bytes: bytes.to_vec(),
+                meta: *meta,
+            })
+        });
+        for p in held {
+            out.drop_packet(p, "nat_restart");
+        }
+        self.inst = inst;
+        self.events.clear();
+        self.flush(out);
+    }
+
     /// Moves everything the instance produced into the network.
     pub fn flush(&mut self, out: &mut Emit<'_>) {
         let mut d = ElementDrain {

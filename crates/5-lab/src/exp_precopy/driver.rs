@@ -183,7 +183,7 @@ impl Observer for World {
                 }
             }
             MigrationEvent::Aborted { .. } => self.log.aborted = true,
-            MigrationEvent::Incoming { .. } => {}
+            MigrationEvent::Incoming { .. } | MigrationEvent::AwaitingCutover { .. } => {}
         }
     }
 }
