@@ -8,7 +8,7 @@ mod cmd_pki;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use flowshift_lab::{
-    bench, bench_stall, bench_transfer, exp_precopy, experiment, options, testbed,
+    bench, bench_stall, bench_transfer, exp_elastic, exp_precopy, experiment, options, testbed,
 };
 
 #[global_allocator]
@@ -62,6 +62,9 @@ enum ExperimentCommand {
     /// The poster's open question: pre-copy versus idle + freeze-and-copy on realistic flow
     /// mixes (Poisson arrivals, Pareto/Zipf sizes) or flows replayed from a pcap file.
     Precopy(Box<exp_precopy::PrecopyArgs>),
+    /// Elastic CGNAT: a load surge over 32 groups; the autoscale policy starts nodes, moves
+    /// groups and stops nodes (freeze-copy vs stop-copy vs no scaling).
+    Elastic(exp_elastic::ElasticArgs),
 }
 
 #[derive(Subcommand)]
@@ -93,6 +96,7 @@ fn main() -> Result<()> {
         Command::Experiment(ExperimentCommand::Fig1c(args)) => experiment::fig1c(&args),
         Command::Experiment(ExperimentCommand::Scaling(args)) => experiment::scaling(&args),
         Command::Experiment(ExperimentCommand::Precopy(args)) => exp_precopy::run(&args),
+        Command::Experiment(ExperimentCommand::Elastic(args)) => exp_elastic::run(&args),
         Command::Bench(BenchCommand::Testbed(args)) => testbed::bench(&args),
         Command::Node(args) => cmd_node::run(&args),
         Command::Controller(args) => cmd_controller::controller(&args),
