@@ -9,6 +9,7 @@
 //! or reconnection, a few times). Node events go to `handle_instance_event`. Time is the
 //! controller's monotonic clock in ns since start.
 
+use crate::autoscale::{AutoscaleDriverCounters, Elastic};
 use crate::config::ClusterConfig;
 use crate::switch::{Switch, SwitchStatus};
 use flowshift_control::api::{
@@ -80,6 +81,8 @@ pub struct ControllerCounters {
     /// The operator API's HTTP server: connections accepted, evicted and refused, head
     /// timeouts, bad requests, 401s.
     pub http: HttpCounters,
+    /// The elastic policy's driver (load reports, refused migrations, commands).
+    pub autoscale: AutoscaleDriverCounters,
 }
 
 /// Counters bumped outside the core task.
@@ -242,6 +245,9 @@ pub(crate) struct Core {
     start_params: BTreeMap<Ipv4Addr, Option<Params>>,
     counters: ControllerCounters,
     shared: Arc<Shared>,
+    /// The elastic policy and its next run.
+    elastic: Elastic,
+    next_autoscale: Instant,
 }
 
 impl Core {
@@ -250,8 +256,9 @@ impl Core {
         cfg: ClusterConfig,
         of_config: flowshift_openflow::Config,
         shared: Arc<Shared>,
-    ) -> Result<Core, ControlError> {
+    ) -> anyhow::Result<Core> {
         let orch = Orchestrator::new(cfg.topology(), cfg.group_routes())?;
+        let elastic = Elastic::new(&cfg).map_err(anyhow::Error::msg)?;
         let nodes = cfg.nodes.iter().map(|n| (n.id, Node::default())).collect();
         Ok(Core {
             cfg,
@@ -265,6 +272,8 @@ impl Core {
             start_params: BTreeMap::new(),
             counters: ControllerCounters::default(),
             shared,
+            elastic,
+            next_autoscale: Instant::ZERO,
         })
     }
 
@@ -381,6 +390,17 @@ impl Core {
                     n.status_pending = true;
                 }
             }
+        }
+        if now >= self.next_autoscale {
+            self.next_autoscale = now + STATUS_INTERVAL;
+            let nodes = &self.nodes;
+            let connected = |id: u16| nodes.get(&id).is_some_and(|n| n.link.is_some());
+            let params = self.cfg.params.clone();
+            let start_params = &mut self.start_params;
+            self.elastic
+                .tick(now, &mut self.orch, &connected, &mut |group| {
+                    start_params.insert(group, params.clone());
+                });
         }
     }
 
@@ -703,6 +723,7 @@ impl Core {
                     .migration_started(now, external, Some(MigrationId(migration)));
             }
             (Purpose::Status, ReplyBody::Status(s)) => {
+                self.elastic.node_status(p.node, &s, &self.orch);
                 if let Some(n) = self.nodes.get_mut(&p.node) {
                     n.status = Some(*s);
                     n.status_pending = false;
@@ -877,6 +898,7 @@ impl Core {
                 })
                 .collect(),
             migrations: self.orch.migrations().to_vec(),
+            autoscale: Some(self.elastic.status()),
         }
     }
 
@@ -893,6 +915,7 @@ impl Core {
                 + load(&s.node_lines_malformed),
             api_refused_busy: load(&s.api_refused_busy),
             http: s.http.snapshot(),
+            autoscale: self.elastic.counters(),
             ..self.counters.clone()
         }
     }
