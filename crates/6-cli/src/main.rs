@@ -8,7 +8,8 @@ mod cmd_pki;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use flowshift_lab::{
-    bench, bench_stall, bench_transfer, exp_elastic, exp_precopy, experiment, options, testbed,
+    bench, bench_stall, bench_transfer, exp_elastic, exp_precopy, exp_wan, experiment, options,
+    testbed,
 };
 
 #[global_allocator]
@@ -65,6 +66,9 @@ enum ExperimentCommand {
     /// Elastic CGNAT: a load surge over 32 groups; the autoscale policy starts nodes, moves
     /// groups and stops nodes (freeze-copy vs stop-copy vs no scaling).
     Elastic(exp_elastic::ElasticArgs),
+    /// The destination at a distance: each algorithm's freeze, loss and duration versus the
+    /// round-trip time of the transfer and chain path (default 100 Mbit/s).
+    Wan(exp_wan::WanArgs),
 }
 
 #[derive(Subcommand)]
@@ -97,6 +101,7 @@ fn main() -> Result<()> {
         Command::Experiment(ExperimentCommand::Scaling(args)) => experiment::scaling(&args),
         Command::Experiment(ExperimentCommand::Precopy(args)) => exp_precopy::run(&args),
         Command::Experiment(ExperimentCommand::Elastic(args)) => exp_elastic::run(&args),
+        Command::Experiment(ExperimentCommand::Wan(args)) => exp_wan::run(&args),
         Command::Bench(BenchCommand::Testbed(args)) => testbed::bench(&args),
         Command::Node(args) => cmd_node::run(&args),
         Command::Controller(args) => cmd_controller::controller(&args),
