@@ -285,6 +285,41 @@ impl NatConfig {
     }
 }
 
+/// Splits an external `pool` into `count` groups: group `i` is the pool's `i`-th address
+/// paired with the `i`-th of `count` equal slices of `subscribers` (e.g. a /26 pool and
+/// 100.64.0.0/16 in 32 groups: 203.0.113.0 with 100.64.0.0/21, 203.0.113.1 with
+/// 100.64.8.0/21, ...). `count` must be a power of two, at most the pool's size and at most
+/// the number of `subscribers`' addresses.
+pub fn group_layout(
+    pool: Ipv4Net,
+    subscribers: Ipv4Net,
+    count: u32,
+) -> Result<Vec<GroupConfig>, ConfigError> {
+    if count == 0 || !count.is_power_of_two() {
+        return Err(ConfigError::Bound("group count must be a power of two"));
+    }
+    let bits = count.trailing_zeros() as u8;
+    let pool_size = 1u64 << (32 - pool.prefix_len());
+    if u64::from(count) > pool_size {
+        return Err(ConfigError::Bound("more groups than pool addresses"));
+    }
+    let len = subscribers.prefix_len() + bits;
+    if len > 32 {
+        return Err(ConfigError::Bound("more groups than subscriber addresses"));
+    }
+    let slices = subscribers
+        .subnets(len)
+        .map_err(|_| ConfigError::Bound("more groups than subscriber addresses"))?;
+    let base = u32::from(pool.network());
+    Ok(slices
+        .zip(0..count)
+        .map(|(s, i)| GroupConfig {
+            external: Ipv4Addr::from(base + i),
+            subscribers: s,
+        })
+        .collect())
+}
+
 mod secs {
     use core::time::Duration;
     use serde::{Deserialize, Deserializer, Serializer};
@@ -304,5 +339,45 @@ mod millis {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_26_pool_splits_into_64_valid_groups() {
+        let pool: Ipv4Net = "203.0.113.0/26".parse().unwrap();
+        let subs: Ipv4Net = "100.64.0.0/16".parse().unwrap();
+        let g = group_layout(pool, subs, 64).unwrap();
+        assert_eq!(g.len(), 64);
+        assert_eq!(g[0].external, Ipv4Addr::new(203, 0, 113, 0));
+        assert_eq!(
+            g[0].subscribers,
+            "100.64.0.0/22".parse::<Ipv4Net>().unwrap()
+        );
+        assert_eq!(g[63].external, Ipv4Addr::new(203, 0, 113, 63));
+        assert_eq!(
+            g[63].subscribers,
+            "100.64.252.0/22".parse::<Ipv4Net>().unwrap()
+        );
+        NatConfig::with_groups(g).validate().unwrap();
+        let g = group_layout(pool, subs, 32).unwrap();
+        assert_eq!(
+            g[1].subscribers,
+            "100.64.8.0/21".parse::<Ipv4Net>().unwrap()
+        );
+        NatConfig::with_groups(g).validate().unwrap();
+    }
+
+    #[test]
+    fn group_layout_refuses_impossible_splits() {
+        let pool: Ipv4Net = "203.0.113.0/26".parse().unwrap();
+        let subs: Ipv4Net = "100.64.0.0/16".parse().unwrap();
+        assert!(group_layout(pool, subs, 0).is_err());
+        assert!(group_layout(pool, subs, 48).is_err());
+        assert!(group_layout(pool, subs, 128).is_err());
+        assert!(group_layout(pool, "100.64.0.0/30".parse().unwrap(), 8).is_err());
     }
 }

@@ -50,7 +50,9 @@ pub mod record;
 pub mod tcp;
 mod wheel;
 
-pub use config::{ConfigError, Filtering, GroupConfig, IpOptionsPolicy, NatConfig, Timeouts};
+pub use config::{
+    ConfigError, Filtering, GroupConfig, IpOptionsPolicy, NatConfig, Timeouts, group_layout,
+};
 pub use counters::{Counters, DropReason};
 pub use nat::*;
 pub use ports::BlockOwner;

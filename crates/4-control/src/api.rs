@@ -158,6 +158,10 @@ pub struct ClusterStatus {
     pub nodes: BTreeMap<u16, NodeEntry>,
     /// Every migration requested since the controller started.
     pub migrations: Vec<MigrationStatus>,
+    /// The elastic policy: node states, counters, last decisions (absent from older
+    /// controllers).
+    #[serde(default)]
+    pub autoscale: Option<crate::autoscale::AutoscaleStatus>,
 }
 
 /// A group's owner as the controller sees it.

@@ -18,7 +18,8 @@
 //!    closest to `target` to the least loaded node it fits on (rebalance); if it fits nowhere,
 //!    bring a standby node into service first (scale out);
 //! 3. *scale in*: every active node below `low` for `sustain`, more than `min_nodes` active,
-//!    and the cluster's load fits on one node fewer at `target`: drain the least loaded node.
+//!    and the cluster's load fits on one node fewer at `target`: drain the node with the
+//!    fewest groups (fewest migrations), the least loaded among those.
 //!
 //! **No flapping.** One action at a time; a cool-down after each; at most
 //! `max_migrations_per_minute`; a group moved is not moved again for `group_rest`; the gap
@@ -67,6 +68,11 @@ pub struct AutoscaleConfig {
     pub action_timeout_ms: u64,
     /// Algorithm of the policy's migrations.
     pub algorithm: Algorithm,
+    /// For the daemon (the policy ignores it): program and arguments run when a node is
+    /// brought into service, `{node}` replaced by its id (appended if absent); empty: none.
+    pub start_command: Vec<String>,
+    /// Likewise when a node is taken out of service.
+    pub stop_command: Vec<String>,
 }
 
 impl Default for AutoscaleConfig {
@@ -85,6 +91,8 @@ impl Default for AutoscaleConfig {
             min_nodes: 1,
             action_timeout_ms: 30_000,
             algorithm: Algorithm::FreezeCopy,
+            start_command: Vec::new(),
+            stop_command: Vec::new(),
         }
     }
 }

@@ -24,8 +24,17 @@
 //! external = "198.18.0.1"
 //! subscribers = "100.64.0.0/16"
 //! owner = 1
+//! [[pools]]                                  # many groups at once (flowshift_nat::group_layout)
+//! external = "203.0.113.0/26"                # group i: the pool's i-th address ...
+//! subscribers = "100.80.0.0/16"              # ... with the i-th of `groups` equal slices
+//! groups = 32                                # a power of two (default: the pool's size)
+//! owners = [1]                               # dealt round-robin
 //! [params]                                   # default migration Params (optional)
+//! [autoscale]                                # the elastic policy (optional, off by default)
 //! ```
+//!
+//! A node with `standby = true` starts out of service: no group may be owned by it at start,
+//! and the autoscale policy brings it into service when it needs room.
 
 use flowshift_control::rules::{GroupRoute, InstancePort, Topology};
 use flowshift_migration::Params;
@@ -121,6 +130,24 @@ pub struct NodeConfig {
     pub port: u32,
     /// The node's MAC on that port; the node's `Hello` must carry it.
     pub mac: MacAddr,
+    /// Out of service at start (the autoscale policy may bring it in).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
+}
+
+/// Many groups at once: an external pool split by [`flowshift_nat::group_layout`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// External addresses (group `i` gets the `i`-th).
+    pub external: Ipv4Net,
+    /// Subscribers, split in `groups` equal prefixes.
+    pub subscribers: Ipv4Net,
+    /// How many groups (a power of two; default: the pool's size).
+    #[serde(default)]
+    pub groups: Option<u32>,
+    /// Initial owners, dealt round-robin over the groups.
+    pub owners: Vec<u16>,
 }
 
 /// A group (external address + subscriber prefix) and its initial owner.
@@ -163,9 +190,15 @@ pub struct ClusterConfig {
     pub switch: SwitchConfig,
     /// The nodes (at least one).
     pub nodes: Vec<NodeConfig>,
-    /// The groups.
+    /// The groups (after loading, also those of `pools`).
     #[serde(default)]
     pub groups: Vec<GroupConfig>,
+    /// Pools expanded into `groups` by [`ClusterConfig::from_toml`] (empty afterwards).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolConfig>,
+    /// The elastic policy.
+    #[serde(default)]
+    pub autoscale: flowshift_control::autoscale::AutoscaleConfig,
     /// Default migration parameters; `None`: each node's own defaults.
     #[serde(default)]
     pub params: Option<Params>,
@@ -215,8 +248,9 @@ impl ClusterConfig {
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let cfg: ClusterConfig =
+        let mut cfg: ClusterConfig =
             toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.expand_pools()?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -282,6 +316,12 @@ impl ClusterConfig {
                     g.external, g.owner
                 ));
             }
+            if self.node(g.owner).is_some_and(|n| n.standby) {
+                problems.push(format!(
+                    "group {}: owner {} is a standby node",
+                    g.external, g.owner
+                ));
+            }
             if g.subscribers.trunc() != g.subscribers {
                 problems.push(format!(
                     "group {}: subscribers {} has host bits set (did you mean {}?)",
@@ -313,9 +353,43 @@ impl ClusterConfig {
                 }
             }
         }
+        if let Err(e) = self.autoscale.validate() {
+            problems.push(e);
+        }
         if matches!(self.api_listen, Endpoint::Tcp(_)) && self.api_token_file.is_none() {
             problems
                 .push("api_listen is TCP: set api_token_file (the API's bearer token)".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Moves every `[[pools]]` entry into `groups`.
+    pub fn expand_pools(&mut self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        for p in std::mem::take(&mut self.pools) {
+            let count = p.groups.unwrap_or(
+                1u32.checked_shl(32 - u32::from(p.external.prefix_len()))
+                    .unwrap_or(0),
+            );
+            if p.owners.is_empty() {
+                problems.push(format!("pool {}: no owners", p.external));
+                continue;
+            }
+            match flowshift_nat::group_layout(p.external, p.subscribers, count) {
+                Ok(gs) => {
+                    self.groups
+                        .extend(gs.into_iter().enumerate().map(|(i, g)| GroupConfig {
+                            external: g.external,
+                            subscribers: g.subscribers,
+                            owner: p.owners[i % p.owners.len()],
+                        }))
+                }
+                Err(e) => problems.push(format!("pool {}: {e}", p.external)),
+            }
         }
         if problems.is_empty() {
             Ok(())
@@ -486,6 +560,40 @@ idle_max = 0
             "",
         ));
         assert!(e.contains("tls"), "{e}");
+    }
+
+    #[test]
+    fn pools_expand_into_groups_and_standby_nodes_own_none() {
+        let text = GOOD.replace(
+            "[params]",
+            "[[pools]]\nexternal = \"203.0.113.0/26\"\nsubscribers = \"100.80.0.0/16\"\n\
+             groups = 32\nowners = [1, 2]\n[autoscale]\nenabled = true\nhigh = 0.9\n[params]",
+        );
+        let c = ClusterConfig::from_toml(&text).unwrap();
+        assert_eq!(c.groups.len(), 34);
+        assert!(c.pools.is_empty());
+        let g = &c.groups[2 + 5];
+        assert_eq!(g.external, Ipv4Addr::new(203, 0, 113, 5));
+        assert_eq!(g.subscribers, "100.80.40.0/21".parse::<Ipv4Net>().unwrap());
+        assert_eq!(g.owner, 2);
+        assert!(c.autoscale.enabled);
+        assert_eq!(c.autoscale.high, 0.9);
+        assert_eq!(c.group_routes().len(), 34);
+        // The expanded form reads back the same.
+        let again: ClusterConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+        let e = invalid(&text.replace("groups = 32", "groups = 48"));
+        assert!(e.contains("power of two"), "{e}");
+        let e = invalid(&text.replace("id = 2\n", "id = 2\nstandby = true\n"));
+        assert!(e.contains("owner 2 is a standby node"), "{e}");
+        let e = invalid(&text.replace("high = 0.9", "high = 0.2"));
+        assert!(e.contains("autoscale"), "{e}");
+        let standby = text
+            .replace("owners = [1, 2]", "owners = [1]")
+            .replace("owner = 2", "owner = 1")
+            .replace("id = 2\n", "id = 2\nstandby = true\n");
+        let c = ClusterConfig::from_toml(&standby).unwrap();
+        assert!(c.node(2).unwrap().standby && !c.node(1).unwrap().standby);
     }
 
     #[test]

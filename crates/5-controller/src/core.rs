@@ -9,6 +9,7 @@
 //! or reconnection, a few times). Node events go to `handle_instance_event`. Time is the
 //! controller's monotonic clock in ns since start.
 
+use crate::autoscale::{AutoscaleDriverCounters, Elastic};
 use crate::config::ClusterConfig;
 use crate::store::{PersistedMigration, PersistedStage, PersistedState, STATE_VERSION, Store};
 use crate::switch::{Switch, SwitchStatus};
@@ -110,6 +111,8 @@ pub struct ControllerCounters {
     /// The operator API's HTTP server: connections accepted, evicted and refused, head
     /// timeouts, bad requests, 401s.
     pub http: HttpCounters,
+    /// The elastic policy's driver (load reports, refused migrations, commands).
+    pub autoscale: AutoscaleDriverCounters,
 }
 
 /// Counters bumped outside the core task.
@@ -286,6 +289,9 @@ pub(crate) struct Core {
     aborting: std::collections::BTreeSet<u64>,
     /// Switch updates held back until the state file holds the ownership they install.
     held_updates: Vec<(flowshift_control::rules::RuleDiff, u64)>,
+    /// The elastic policy and its next run.
+    elastic: Elastic,
+    next_autoscale: Instant,
 }
 
 impl Core {
@@ -296,7 +302,7 @@ impl Core {
         of_config: flowshift_openflow::Config,
         shared: Arc<Shared>,
         store: Option<(Store, Option<PersistedState>)>,
-    ) -> Result<Core, ControlError> {
+    ) -> anyhow::Result<Core> {
         let (store, restored) = match store {
             Some((s, r)) => (Some(s), r),
             None => (None, None),
@@ -344,6 +350,7 @@ impl Core {
             ..ControllerCounters::default()
         };
         let pin = cfg.switch.datapath_id.map(|d| d.0);
+        let elastic = Elastic::new(&cfg).map_err(anyhow::Error::msg)?;
         let core = Core {
             cfg,
             t0: std::time::Instant::now(),
@@ -360,6 +367,8 @@ impl Core {
             resumed,
             aborting: Default::default(),
             held_updates: Vec::new(),
+            elastic,
+            next_autoscale: Instant::ZERO,
         };
         Ok(core)
     }
@@ -541,6 +550,17 @@ impl Core {
                     n.status_pending = true;
                 }
             }
+        }
+        if now >= self.next_autoscale {
+            self.next_autoscale = now + STATUS_INTERVAL;
+            let nodes = &self.nodes;
+            let connected = |id: u16| nodes.get(&id).is_some_and(|n| n.link.is_some());
+            let params = self.cfg.params.clone();
+            let start_params = &mut self.start_params;
+            self.elastic
+                .tick(now, &mut self.orch, &connected, &mut |group| {
+                    start_params.insert(group, params.clone());
+                });
         }
     }
 
@@ -956,6 +976,7 @@ impl Core {
             }
             (Purpose::Status, ReplyBody::Status(s)) => {
                 self.reconcile(now, p.node, &s);
+                self.elastic.node_status(p.node, &s, &self.orch);
                 if let Some(n) = self.nodes.get_mut(&p.node) {
                     n.status = Some(*s);
                     n.status_pending = false;
@@ -1139,6 +1160,7 @@ impl Core {
                 })
                 .collect(),
             migrations: self.orch.migrations().to_vec(),
+            autoscale: Some(self.elastic.status()),
         }
     }
 
@@ -1161,6 +1183,7 @@ impl Core {
             switch_refused_busy: load(&s.switch_refused_busy),
             http: s.http.snapshot(),
             node_events_not_from_source: self.orch.events_not_from_source(),
+            autoscale: self.elastic.counters(),
             ..self.counters.clone()
         }
     }

@@ -22,12 +22,17 @@
 //!   client and overall, head and body timeouts), a bearer token from `api_token_file`
 //!   (created with mode 0600 on first start); [`client::ApiClient`] is its client.
 //!
+//! * **Elastic policy** ([`autoscale`]): node loads from their status feed
+//!   [`Autoscaler`](flowshift_control::autoscale::Autoscaler); its decisions become
+//!   migrations and node starts and stops (`[autoscale]` in `cluster.toml`).
+//!
 //! One task owns all state (`core`); socket tasks only frame bytes. Every queue is bounded
 //! and counted ([`ControllerCounters`], [`SwitchCounters`]).
 
 #![deny(missing_docs)]
 
 mod accept;
+pub mod autoscale;
 pub mod client;
 pub mod config;
 mod core;

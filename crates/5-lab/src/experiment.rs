@@ -59,7 +59,7 @@ fn progress_bar(len: u64, what: &str) -> ProgressBar {
 }
 
 /// Runs the configurations, two at a time (one per core), keeping their order.
-fn run_all(configs: Vec<ClusterConfig>, label: &str) -> Result<Vec<ClusterRun>> {
+pub(crate) fn run_all(configs: Vec<ClusterConfig>, label: &str) -> Result<Vec<ClusterRun>> {
     let total: u64 = configs.iter().map(|c| c.duration.as_millis() as u64).sum();
     let pb = progress_bar(total, label);
     let done = Mutex::new(0u64);
@@ -112,7 +112,7 @@ fn run_all(configs: Vec<ClusterConfig>, label: &str) -> Result<Vec<ClusterRun>> 
 }
 
 /// The report object of one run (the fields `fig1c.json` promises, and more).
-fn run_json(r: &ClusterRun) -> Value {
+pub(crate) fn run_json(r: &ClusterRun) -> Value {
     let src = r.source.as_ref();
     let dst = r.destination.as_ref();
     let mut lost_by_cause: BTreeMap<&str, u64> = BTreeMap::new();

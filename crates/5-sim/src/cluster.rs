@@ -72,6 +72,9 @@ pub struct ClusterConfig {
     pub transfer_loss: f64,
     /// Fraction of transfer frames delayed by an extra millisecond (reordering).
     pub transfer_reorder: f64,
+    /// The daisy chain crosses the transfer link's path (its rate and delay: a destination
+    /// at a distance) instead of a local 10 Gbit/s link.
+    pub chain_over_transfer_path: bool,
     /// The state-transfer link breaks (both directions) at this time (fault injection).
     pub transfer_down_at: Option<Duration>,
     /// Instance A (the source) crashes at this time: all its links go down for good.
@@ -118,6 +121,7 @@ impl ClusterConfig {
             transfer_delay: Duration::from_micros(100),
             transfer_loss: 0.0,
             transfer_reorder: 0.0,
+            chain_over_transfer_path: false,
             transfer_down_at: None,
             source_crash_at: None,
             switch_update_delay: Duration::from_millis(1),
@@ -357,9 +361,12 @@ pub fn run(cfg: &ClusterConfig, progress: &mut dyn FnMut(f64)) -> Result<Cluster
         .map_err(cfg_err)?;
     sim.connect((sw, SW_NAT_B), (nb, 0), fast.clone())
         .map_err(cfg_err)?;
-    let chain = sim
-        .connect((na, 1), (nb, 1), fast.clone())
-        .map_err(cfg_err)?;
+    let chain_link = if cfg.chain_over_transfer_path {
+        LinkConfig::new(cfg.transfer_bps, cfg.transfer_delay, 8 << 20)
+    } else {
+        fast.clone()
+    };
+    let chain = sim.connect((na, 1), (nb, 1), chain_link).map_err(cfg_err)?;
     let transfer = LinkConfig::new(cfg.transfer_bps, cfg.transfer_delay, 64 << 20)
         .with_loss(cfg.transfer_loss)
         .with_reorder(cfg.transfer_reorder, Duration::from_millis(1));

@@ -59,6 +59,7 @@
 #![deny(missing_docs)]
 
 pub mod cluster;
+pub mod elastic;
 pub mod element;
 pub mod event;
 pub mod faults;
@@ -80,7 +81,7 @@ pub use host::{
 };
 pub use link::{LinkConfig, LinkStats};
 pub use measure::{DelaySummary, InvariantError, LedgerReport, Report};
-pub use nat_element::{NatElement, NatElementStats, NatPorts};
+pub use nat_element::{Capacity, NatElement, NatElementStats, NatPorts};
 pub use packet::{
     DropCause, FiveTuple, FlowId, LinkId, NodeId, Packet, PacketId, PacketMeta, Port,
 };

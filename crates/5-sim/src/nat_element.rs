@@ -11,12 +11,22 @@
 //! metadata on the chain link and the peer's element hands it in again. Packets the instance
 //! holds (frozen mappings, prepare buffer, cutover hold) are reported to the ledger from the
 //! instance's own list ([`Instance::for_each_held`]).
+//!
+//! **Capacity** (optional, [`NatElement::with_capacity`]): a node sized for so many packets
+//! per second. Data packets (from the switch or a peer's chain; transfer frames are not
+//! counted) pass a token bucket in virtual time; one that finds it empty is dropped as
+//! `node_overload` and counted in [`NatElementStats::overload_drops`], as a node short of CPU
+//! drops at its receive ring. **Per-group counters** (optional,
+//! [`NatElement::count_groups`]): data packets offered (before the capacity check) per group,
+//! classified by external destination address, else by subscriber source prefix.
 
 use crate::element::{Element, Emit};
 use crate::packet::{Packet, PacketId, PacketMeta, Port};
 use flowshift_migration::{Driver, Ingress, Instance, InstanceId, MigrationEvent, Output};
+use flowshift_nat::GroupConfig;
 use flowshift_wire::Instant;
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 /// The element's port numbers.
 #[derive(Clone, Debug, Default)]
@@ -40,6 +50,65 @@ pub struct NatElementStats {
     pub frames_bad: u64,
     /// Outputs for a peer with no port configured (dropped).
     pub unrouted: u64,
+    /// Data packets dropped for lack of capacity (`node_overload`).
+    pub overload_drops: u64,
+}
+
+/// A node's packet budget (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Capacity {
+    /// Packets per second the node processes.
+    pub pps: f64,
+    /// Packets it absorbs above that rate (the bucket's depth, >= 1).
+    pub burst: f64,
+}
+
+/// The token bucket of a [`Capacity`].
+#[derive(Clone, Debug)]
+struct Bucket {
+    cap: Capacity,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn admit(&mut self, now: Instant) -> bool {
+        let dt = now.saturating_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * self.cap.pps).min(self.cap.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Per-group offered-packet counters.
+#[derive(Clone, Debug, Default)]
+struct GroupCounts {
+    groups: Vec<GroupConfig>,
+    by_external: BTreeMap<Ipv4Addr, usize>,
+    packets: Vec<u64>,
+}
+
+impl GroupCounts {
+    fn count(&mut self, bytes: &[u8]) {
+        let Some(h) = bytes.get(12..20) else {
+            return;
+        };
+        let src = Ipv4Addr::new(h[0], h[1], h[2], h[3]);
+        let dst = Ipv4Addr::new(h[4], h[5], h[6], h[7]);
+        let i = self.by_external.get(&dst).copied().or_else(|| {
+            self.groups
+                .iter()
+                .position(|g| g.subscribers.contains(&src))
+        });
+        if let Some(i) = i {
+            self.packets[i] += 1;
+        }
+    }
 }
 
 /// See the module documentation.
@@ -50,6 +119,8 @@ pub struct NatElement {
     batch: Vec<(Vec<u8>, PacketMeta)>,
     events: Vec<(Instant, MigrationEvent)>,
     stats: NatElementStats,
+    bucket: Option<Bucket>,
+    groups: Option<GroupCounts>,
 }
 
 impl NatElement {
@@ -63,7 +134,49 @@ impl NatElement {
             batch: Vec::with_capacity(1),
             events: Vec::new(),
             stats: NatElementStats::default(),
+            bucket: None,
+            groups: None,
         }
+    }
+
+    /// Limits the node to `cap` (see the module documentation); the bucket starts full.
+    pub fn with_capacity(mut self, cap: Capacity) -> Self {
+        let cap = Capacity {
+            pps: cap.pps.max(0.0),
+            burst: cap.burst.max(1.0),
+        };
+        self.bucket = Some(Bucket {
+            cap,
+            tokens: cap.burst,
+            at: Instant::ZERO,
+        });
+        self
+    }
+
+    /// Counts data packets offered per group of `groups` ([`group_packets`](Self::group_packets)).
+    pub fn count_groups(mut self, groups: Vec<GroupConfig>) -> Self {
+        let by_external = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.external, i))
+            .collect();
+        let packets = vec![0; groups.len()];
+        self.groups = Some(GroupCounts {
+            groups,
+            by_external,
+            packets,
+        });
+        self
+    }
+
+    /// Data packets offered so far per group (external address), if counted.
+    pub fn group_packets(&self) -> impl Iterator<Item = (Ipv4Addr, u64)> + '_ {
+        self.groups.iter().flat_map(|c| {
+            c.groups
+                .iter()
+                .map(|g| g.external)
+                .zip(c.packets.iter().copied())
+        })
     }
 
     /// The instance.
@@ -181,6 +294,16 @@ impl Element for NatElement {
                 None => Ingress::Switch,
             };
             self.stats.packets_in += 1;
+            if let Some(c) = &mut self.groups {
+                c.count(pkt.bytes());
+            }
+            if let Some(b) = &mut self.bucket
+                && !b.admit(now)
+            {
+                self.stats.overload_drops += 1;
+                out.drop_packet(pkt, "node_overload");
+                return;
+            }
             let Packet { bytes, meta } = pkt;
             self.batch.push((bytes, meta));
             self.inst.handle_batch(now, &mut self.batch, ingress);

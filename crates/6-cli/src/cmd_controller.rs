@@ -427,6 +427,48 @@ fn print_summary(index: usize, m: &MigrationStatus, report: Option<&Value>) {
     );
 }
 
+/// The elastic policy: node states and loads, what is in flight, the last decisions.
+fn print_autoscale(a: &flowshift_control::autoscale::AutoscaleStatus) {
+    let c = &a.counters;
+    println!();
+    println!(
+        "autoscale {}: {} migrations ({} failed), {} scale-outs, {} scale-ins, {} unrelieved, {} rate-limited",
+        if a.enabled { "on" } else { "off" },
+        c.migrations,
+        c.migrations_failed,
+        c.scale_outs,
+        c.scale_ins,
+        c.overload_unrelieved,
+        c.rate_limited
+    );
+    let nodes: Vec<String> = a
+        .nodes
+        .iter()
+        .map(|(id, st, load)| format!("{id}:{}@{:.2}", json_name(serde_json::to_value(st)), load))
+        .collect();
+    println!("  nodes (state@load): {}", nodes.join(" "));
+    if let Some(f) = &a.in_flight {
+        println!("  in flight: {}", json_name(serde_json::to_value(f)));
+    }
+    for d in a.recent.iter().rev().take(5) {
+        println!(
+            "  {:>10.1} s {:<9} {}",
+            d.at_ns as f64 / 1e9,
+            json_name(serde_json::to_value(d.reason)),
+            json_name(serde_json::to_value(&d.action))
+        );
+    }
+}
+
+/// A value's JSON form, unquoted (enum names, tagged actions).
+fn json_name(v: serde_json::Result<serde_json::Value>) -> String {
+    match v {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(v) => v.to_string(),
+        Err(e) => format!("({e})"),
+    }
+}
+
 fn print_status(s: &ClusterStatus) {
     let switch = match s.switch_datapath_id {
         Some(dp) => format!(
@@ -475,6 +517,9 @@ fn print_status(s: &ClusterStatus) {
             }
             None => println!("{id:<5} {connected:<9} (no status yet)"),
         }
+    }
+    if let Some(a) = &s.autoscale {
+        print_autoscale(a);
     }
     if s.migrations.is_empty() {
         println!();

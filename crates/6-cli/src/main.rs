@@ -8,7 +8,8 @@ mod cmd_pki;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use flowshift_lab::{
-    bench, bench_stall, bench_transfer, exp_precopy, exp_swarm, experiment, options, testbed,
+    bench, bench_stall, bench_transfer, exp_elastic, exp_precopy, exp_swarm, exp_wan, experiment,
+    options, testbed,
 };
 
 #[global_allocator]
@@ -66,6 +67,12 @@ enum ExperimentCommand {
     /// reordering, process crashes and restarts, a controller restart, switch delay), checked
     /// by invariants from outside; prints violations with their seeds, exits non-zero on any.
     Swarm(exp_swarm::SwarmArgs),
+    /// Elastic CGNAT: a load surge over 32 groups; the autoscale policy starts nodes, moves
+    /// groups and stops nodes (freeze-copy vs stop-copy vs no scaling).
+    Elastic(exp_elastic::ElasticArgs),
+    /// The destination at a distance: each algorithm's freeze, loss and duration versus the
+    /// round-trip time of the transfer and chain path (default 100 Mbit/s).
+    Wan(exp_wan::WanArgs),
 }
 
 #[derive(Subcommand)]
@@ -98,6 +105,8 @@ fn main() -> Result<()> {
         Command::Experiment(ExperimentCommand::Scaling(args)) => experiment::scaling(&args),
         Command::Experiment(ExperimentCommand::Precopy(args)) => exp_precopy::run(&args),
         Command::Experiment(ExperimentCommand::Swarm(args)) => exp_swarm::run(&args),
+        Command::Experiment(ExperimentCommand::Elastic(args)) => exp_elastic::run(&args),
+        Command::Experiment(ExperimentCommand::Wan(args)) => exp_wan::run(&args),
         Command::Bench(BenchCommand::Testbed(args)) => testbed::bench(&args),
         Command::Node(args) => cmd_node::run(&args),
         Command::Controller(args) => cmd_controller::controller(&args),

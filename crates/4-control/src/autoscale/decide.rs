@@ -215,13 +215,21 @@ impl Autoscaler {
     }
 
     /// Rule 3: every active node under `low` for `sustain` and the load fits on one node
-    /// fewer: the least loaded node starts draining. True if one did.
+    /// fewer: the node with the fewest groups (each is a migration), the least loaded of
+    /// those, starts draining. True if one did.
     fn start_scale_in(&mut self, now: Instant) -> bool {
-        let active: Vec<(u16, f64, bool)> = self
+        let active: Vec<(u16, f64, bool, usize)> = self
             .nodes
             .iter()
             .filter(|(_, t)| t.state == NodeState::Active)
-            .map(|(&n, t)| (n, t.load, self.sustained(t.under_since, now)))
+            .map(|(&n, t)| {
+                (
+                    n,
+                    t.load,
+                    self.sustained(t.under_since, now),
+                    t.groups.len(),
+                )
+            })
             .collect();
         if active.len() <= self.cfg.min_nodes as usize || !active.iter().all(|a| a.2) {
             return false;
@@ -230,10 +238,11 @@ impl Autoscaler {
         if total > self.cfg.target * (active.len() - 1) as f64 {
             return false;
         }
-        let Some(&(victim, _, _)) = active
-            .iter()
-            .min_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
-        else {
+        let Some(&(victim, ..)) = active.iter().min_by(|a, b| {
+            (a.3.cmp(&b.3))
+                .then(a.1.total_cmp(&b.1))
+                .then(b.0.cmp(&a.0))
+        }) else {
             return false;
         };
         self.nodes.get_mut(&victim).expect("active").state = NodeState::Draining;

@@ -367,3 +367,76 @@ fn disabled_policy_does_nothing_and_bad_configs_are_refused() {
     }
     assert!(Autoscaler::new(cfg(), &[1], &[1]).is_err());
 }
+
+#[test]
+fn actions_are_spaced_by_the_cool_down() {
+    let c = AutoscaleConfig {
+        cooldown_ms: 2_000,
+        max_migrations_per_minute: 60,
+        ..cfg()
+    };
+    let mut a = Autoscaler::new(c.clone(), &[1, 2], &[]).unwrap();
+    let groups: Vec<(u8, u16, f64)> = (1..=10).map(|g| (g, 1, 0.1)).collect();
+    let mut w = World::new(&groups, &[1, 2]);
+    w.run(&mut a, T0, 60);
+    let starts: Vec<Instant> = w
+        .log
+        .iter()
+        .filter(|(_, a)| matches!(a, Action::Migrate { .. }))
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(starts.len() >= 2, "{:?}", w.log);
+    // Each migration takes mig_ms; the next starts no sooner than the cool-down after it.
+    for p in starts.windows(2) {
+        let gap = p[1].saturating_since(p[0]);
+        assert!(
+            gap >= Duration::from_millis(w.mig_ms + c.cooldown_ms),
+            "{gap:?} between migrations"
+        );
+    }
+    assert!(w.node_load(1) <= c.high + 1e-9);
+}
+
+#[test]
+fn load_between_low_and_high_moves_nothing() {
+    // Hysteresis: nodes wandering anywhere between `low` and `high` (and one node dipping
+    // below `low` while another stays above it) trigger neither rebalancing nor scale-in.
+    let c = cfg();
+    let mut a = Autoscaler::new(c.clone(), &[1, 2], &[3]).unwrap();
+    let mut w = World::new(
+        &[(1, 1, 0.2), (2, 1, 0.2), (3, 2, 0.2), (4, 2, 0.2)],
+        &[1, 2],
+    );
+    let mut t = T0;
+    for i in 0..600u32 {
+        t = t + Duration::from_millis(100);
+        // Node 1 swings 0.32..0.78, node 2 between 0.1 and 0.7, out of phase.
+        let phase = f64::from(i % 100) / 100.0 * std::f64::consts::TAU;
+        for g in [1, 2] {
+            w.groups.get_mut(&ip(g)).unwrap().1 = 0.275 + 0.115 * phase.sin();
+        }
+        for g in [3, 4] {
+            w.groups.get_mut(&ip(g)).unwrap().1 = 0.2 - 0.15 * phase.sin();
+        }
+        w.step(&mut a, t);
+    }
+    assert!(w.log.is_empty(), "{:?}", w.log);
+    assert_eq!(a.status().counters, AutoscaleCounters::default());
+}
+
+#[test]
+fn scale_in_drains_the_node_with_fewest_groups() {
+    let mut a = Autoscaler::new(cfg(), &[1, 2], &[]).unwrap();
+    // Node 1: six small groups (0.12); node 2: one group (0.2), more loaded but cheaper to
+    // empty.
+    let mut groups: Vec<(u8, u16, f64)> = (1..=6).map(|g| (g, 1, 0.02)).collect();
+    groups.push((7, 2, 0.2));
+    let mut w = World::new(&groups, &[1, 2]);
+    w.run(&mut a, T0, 30);
+    assert_eq!(w.migrations(), 1, "{:?}", w.log);
+    assert!(matches!(
+        w.log.last().unwrap().1,
+        Action::StopNode { node: 2 }
+    ));
+    assert_eq!(w.running.iter().copied().collect::<Vec<_>>(), vec![1]);
+}

@@ -21,7 +21,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -532,6 +532,11 @@ pub struct NodeOptions {
     pub on_cutover: Option<Box<dyn Fn() + Send>>,
     /// Connect with this node's certificate instead of its own (an impostor).
     pub cert_of: Option<u16>,
+    /// Packets per second its status reports (`rx_packets` grows at this rate); default: a
+    /// constant `rx_packets` of 100.
+    pub pps: Option<Arc<AtomicU64>>,
+    /// Groups its status reports (7 sessions each); default: [`GROUP`].
+    pub groups: Vec<Ipv4Addr>,
 }
 
 /// A fake node: says hello, answers Status / StartMigration / CutoverDone / Report / Abort
@@ -592,6 +597,13 @@ fn run_node(
     let mut lines = LineBuffer::default();
     let mut buf = vec![0u8; 65536];
     let mut started = 0;
+    let mut rx = 100.0;
+    let mut rx_at = t0;
+    let reported = if opts.groups.is_empty() {
+        vec![GROUP]
+    } else {
+        opts.groups.clone()
+    };
     while !stop.load(Ordering::Relaxed) {
         match s.read(&mut buf) {
             Ok(0) => {
@@ -609,26 +621,38 @@ fn run_node(
             let ControllerToNode::Request { req, body } = decode_line(&line).unwrap();
             let reply = |result| NodeToController::Reply { req, result };
             match body {
-                NodeRequest::Status => send(
-                    &mut s,
-                    &reply(Ok(ReplyBody::Status(Box::new(NodeStatus {
-                        id,
-                        uptime_s: t0.elapsed().as_secs_f64(),
-                        groups: vec![GroupStatus {
-                            external: GROUP,
+                NodeRequest::Status => {
+                    let now = Instant::now();
+                    if let Some(pps) = &opts.pps {
+                        let dt = now.duration_since(rx_at).as_secs_f64();
+                        rx += pps.load(Ordering::Relaxed) as f64 * dt;
+                    }
+                    rx_at = now;
+                    let groups = reported
+                        .iter()
+                        .map(|&external| GroupStatus {
+                            external,
                             mode: flowshift_nat::GroupMode::Active,
                             mappings: 5,
                             sessions: 7,
-                        }],
-                        migrations: vec![],
-                        counters: {
-                            let mut c = NodeCounters::default();
-                            c.io.rx_packets = 100;
-                            c.nat.drop(flowshift_nat::DropReason::NoMapping);
-                            c
-                        },
-                    })))),
-                ),
+                        })
+                        .collect();
+                    send(
+                        &mut s,
+                        &reply(Ok(ReplyBody::Status(Box::new(NodeStatus {
+                            id,
+                            uptime_s: now.duration_since(t0).as_secs_f64(),
+                            groups,
+                            migrations: vec![],
+                            counters: {
+                                let mut c = NodeCounters::default();
+                                c.io.rx_packets = rx as u64;
+                                c.nat.drop(flowshift_nat::DropReason::NoMapping);
+                                c
+                            },
+                        })))),
+                    )
+                }
                 NodeRequest::StartMigration { .. } if opts.fail_start => {
                     log.push(format!("node {id} refuses start"));
                     send(&mut s, &reply(Err("refused by the test".into())));

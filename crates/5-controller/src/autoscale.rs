@@ -1,0 +1,292 @@
+//! The elastic policy in the daemon: feeds node loads from the nodes' periodic status into
+//! [`Autoscaler`], turns its `Migrate` into orchestrator migrations and its
+//! `StartNode`/`StopNode` into node life-cycle (in or out of service, and the configured
+//! `start_command`/`stop_command`).
+//!
+//! **Load** of a node, from two consecutive status replies: packets/s from
+//! `counters.io.rx_packets` (frames taken from its ring, chained ones included) over the
+//! node's own uptime; busy from its packet thread's CPU time over the same span; sessions
+//! from its groups. A node reports no per-group packet counts, so a group's packets/s is the
+//! node's shared out by the group's share of the node's sessions (evenly when it has none).
+//! Only groups the orchestrator routes to the node count as the node's.
+//! **Life cycle.** Standby nodes (`standby = true`) are out of service at start. On
+//! `StartNode` the start command runs (if any) and the node is in service once it is
+//! connected; on `StopNode` it leaves service and the stop command runs. Commands run
+//! detached, at most [`MAX_CHILDREN`] at once (more are refused and counted); their exit is
+//! collected on later ticks.
+
+use crate::config::ClusterConfig;
+use flowshift_control::api::NodeStatus;
+use flowshift_control::autoscale::{Action, AutoscaleStatus, Autoscaler, GroupLoad, NodeLoad};
+use flowshift_control::orchestrator::{Orchestrator, Stage};
+use flowshift_migration::InstanceId;
+use flowshift_wire::Instant;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::process::{Child, Command};
+use tracing::{info, warn};
+
+/// Commands running at once, at most.
+pub const MAX_CHILDREN: usize = 16;
+
+/// Counters of the daemon's side of the policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AutoscaleDriverCounters {
+    /// Load reports handed to the policy.
+    pub load_reports: u64,
+    /// Policy migrations the orchestrator refused (reported failed to the policy).
+    pub migrations_refused: u64,
+    /// Start/stop commands started.
+    pub commands_run: u64,
+    /// Commands that could not start, exited non-zero, or were refused (too many running).
+    pub commands_failed: u64,
+}
+
+/// A node's counters at its last status.
+#[derive(Clone, Copy)]
+struct Last {
+    uptime_s: f64,
+    rx: u64,
+    cpu_us: u64,
+}
+
+/// See the module documentation.
+pub(crate) struct Elastic {
+    policy: Autoscaler,
+    start_command: Vec<String>,
+    stop_command: Vec<String>,
+    in_service: BTreeMap<u16, bool>,
+    starting: Vec<u16>,
+    last: BTreeMap<u16, Last>,
+    loads: BTreeMap<u16, NodeLoad>,
+    /// The policy's migration in the orchestrator's list: (index, group).
+    pending: Option<(usize, Ipv4Addr)>,
+    children: Vec<(String, Child)>,
+    counters: AutoscaleDriverCounters,
+}
+
+impl Elastic {
+    /// The policy for `cfg` (validated): standby nodes out of service, the others in.
+    pub(crate) fn new(cfg: &ClusterConfig) -> Result<Elastic, String> {
+        let active: Vec<u16> = cfg
+            .nodes
+            .iter()
+            .filter(|n| !n.standby)
+            .map(|n| n.id)
+            .collect();
+        let standby: Vec<u16> = cfg
+            .nodes
+            .iter()
+            .filter(|n| n.standby)
+            .map(|n| n.id)
+            .collect();
+        Ok(Elastic {
+            policy: Autoscaler::new(cfg.autoscale.clone(), &active, &standby)?,
+            start_command: cfg.autoscale.start_command.clone(),
+            stop_command: cfg.autoscale.stop_command.clone(),
+            in_service: cfg.nodes.iter().map(|n| (n.id, !n.standby)).collect(),
+            starting: Vec::new(),
+            last: BTreeMap::new(),
+            loads: BTreeMap::new(),
+            pending: None,
+            children: Vec::new(),
+            counters: AutoscaleDriverCounters::default(),
+        })
+    }
+
+    /// Whether node `id` is in service (unknown nodes are not).
+    pub(crate) fn in_service(&self, id: u16) -> bool {
+        self.in_service.get(&id).copied().unwrap_or(false)
+    }
+
+    /// A node's status reply: computes its load from the change since its last one.
+    pub(crate) fn node_status(&mut self, id: u16, s: &NodeStatus, orch: &Orchestrator) {
+        let now = Last {
+            uptime_s: s.uptime_s,
+            rx: s.counters.io.rx_packets,
+            cpu_us: s.counters.cpu.packet_thread_us,
+        };
+        let Some(prev) = self.last.insert(id, now) else {
+            return;
+        };
+        let dt = now.uptime_s - prev.uptime_s;
+        if dt.is_nan() || dt <= 0.0 || now.rx < prev.rx {
+            return; // restarted node or no time passed: wait for the next pair
+        }
+        let pps = (now.rx - prev.rx) as f64 / dt;
+        let busy = now.cpu_us.saturating_sub(prev.cpu_us) as f64 / 1e6 / dt;
+        let owned: Vec<(Ipv4Addr, u64)> = s
+            .groups
+            .iter()
+            .filter(|g| orch.owner_of(g.external) == Some(InstanceId(id)))
+            .map(|g| (g.external, u64::from(g.sessions)))
+            .collect();
+        let sessions: u64 = owned.iter().map(|g| g.1).sum();
+        let n = owned.len().max(1) as f64;
+        let groups = owned
+            .iter()
+            .map(|&(external, gs)| GroupLoad {
+                external,
+                pps: if sessions > 0 {
+                    pps * gs as f64 / sessions as f64
+                } else {
+                    pps / n
+                },
+                sessions: gs,
+            })
+            .collect();
+        self.loads.insert(
+            id,
+            NodeLoad {
+                node: id,
+                pps,
+                sessions,
+                busy: busy.clamp(0.0, 1.0),
+                groups,
+            },
+        );
+    }
+
+    /// Runs the policy once (call at the status interval): feeds the loads gathered since the
+    /// last call, settles the migration and node starts it waits for, and carries out its
+    /// actions. `connected` tells whether a node's control link is up; `start` is called for
+    /// each migration requested (the daemon records its parameters).
+    pub(crate) fn tick(
+        &mut self,
+        now: Instant,
+        orch: &mut Orchestrator,
+        connected: &dyn Fn(u16) -> bool,
+        start: &mut dyn FnMut(Ipv4Addr),
+    ) {
+        self.reap();
+        if let Some((i, external)) = self.pending {
+            match orch.migrations().get(i).map(|m| m.stage) {
+                Some(Stage::Done) => {
+                    self.pending = None;
+                    self.policy.handle_migration_done(now, external, true);
+                }
+                Some(Stage::Aborted) | None => {
+                    self.pending = None;
+                    self.policy.handle_migration_done(now, external, false);
+                }
+                Some(_) => {}
+            }
+        }
+        for id in std::mem::take(&mut self.starting) {
+            if connected(id) {
+                info!(node = id, "autoscale: node in service");
+                self.in_service.insert(id, true);
+                self.policy.handle_node_ready(now, id);
+            } else {
+                self.starting.push(id);
+            }
+        }
+        let loads: Vec<NodeLoad> = std::mem::take(&mut self.loads)
+            .into_values()
+            .filter(|l| self.in_service(l.node))
+            .collect();
+        if loads.is_empty() {
+            self.policy.handle_timeout(now);
+        } else {
+            self.counters.load_reports += 1;
+            self.policy.handle_load(now, &loads);
+        }
+        while let Some(a) = self.policy.poll_action() {
+            info!(?a, "autoscale decision");
+            match a {
+                Action::StartNode { node } => {
+                    self.run(&self.start_command.clone(), node);
+                    self.starting.push(node);
+                }
+                Action::StopNode { node } => {
+                    self.in_service.insert(node, false);
+                    self.last.remove(&node);
+                    self.run(&self.stop_command.clone(), node);
+                }
+                Action::Migrate {
+                    external,
+                    from,
+                    to,
+                    algorithm,
+                } => {
+                    let ok = connected(from)
+                        && connected(to)
+                        && orch
+                            .request_migration(now, external, InstanceId(to), algorithm)
+                            .is_ok();
+                    if ok {
+                        start(external);
+                        self.pending = Some((orch.migrations().len() - 1, external));
+                    } else {
+                        warn!(%external, from, to, "autoscale: migration refused");
+                        self.counters.migrations_refused += 1;
+                        self.policy.handle_migration_done(now, external, false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts `argv` for `node` (`{node}` replaced, else the id appended), detached.
+    fn run(&mut self, argv: &[String], node: u16) {
+        let Some((prog, args)) = argv.split_first() else {
+            return;
+        };
+        let id = node.to_string();
+        let mut args: Vec<String> = args.iter().map(|a| a.replace("{node}", &id)).collect();
+        if !argv.iter().any(|a| a.contains("{node}")) {
+            args.push(id);
+        }
+        let what = format!("{prog} {}", args.join(" "));
+        if self.children.len() >= MAX_CHILDREN {
+            self.counters.commands_failed += 1;
+            warn!(command = %what, "autoscale: too many commands running; refused");
+            return;
+        }
+        match Command::new(prog).args(&args).spawn() {
+            Ok(c) => {
+                info!(command = %what, "autoscale: command started");
+                self.counters.commands_run += 1;
+                self.children.push((what, c));
+            }
+            Err(e) => {
+                self.counters.commands_failed += 1;
+                warn!(command = %what, "autoscale: command failed to start: {e}");
+            }
+        }
+    }
+
+    /// Collects finished commands.
+    fn reap(&mut self) {
+        let mut i = 0;
+        while i < self.children.len() {
+            match self.children[i].1.try_wait() {
+                Ok(None) => i += 1,
+                Ok(Some(st)) => {
+                    let (what, _) = self.children.swap_remove(i);
+                    if !st.success() {
+                        self.counters.commands_failed += 1;
+                        warn!(command = %what, %st, "autoscale: command failed");
+                    }
+                }
+                Err(e) => {
+                    let (what, _) = self.children.swap_remove(i);
+                    self.counters.commands_failed += 1;
+                    warn!(command = %what, "autoscale: waiting for command: {e}");
+                }
+            }
+        }
+    }
+
+    /// The policy's state for `GET /status`.
+    pub(crate) fn status(&self) -> AutoscaleStatus {
+        self.policy.status()
+    }
+
+    /// The driver's counters.
+    pub(crate) fn counters(&self) -> AutoscaleDriverCounters {
+        self.counters.clone()
+    }
+}

@@ -1,0 +1,361 @@
+//! `flowshift experiment elastic`: reactive scaling on the simulator
+//! ([`flowshift_sim::elastic`]): a surge (or a compressed day) of subscriber connections over
+//! 32 groups, nodes brought into service and taken out by the real policy and orchestrator.
+//! Compares, on the same workload (same seed): scaling with freeze-and-copy, scaling with
+//! stop-and-copy, and no scaling. Writes `elastic.json`, plots (nodes in service, per-node
+//! load with the migrations marked, goodput and losses) and prints a table.
+
+use crate::plot::{self, Figure, Series, Span};
+use crate::report::{round, write_json};
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use flowshift_sim::elastic::traffic::Profile;
+use flowshift_sim::elastic::{self, ElasticConfig, ElasticRun, Scaling};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The load's shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Shape {
+    /// Ramp up to `--factor` x, hold, ramp down (the default scenario).
+    Step,
+    /// One compressed day: a smooth rise to `--factor` x at half the run and back.
+    Diurnal,
+}
+
+/// How the cluster reacts, as chosen on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScalingChoice {
+    /// Policy + idle/freeze-and-copy.
+    FreezeCopy,
+    /// Policy + stop-and-copy.
+    StopCopy,
+    /// Policy + pre-copy.
+    PreCopy,
+    /// No policy.
+    None,
+}
+
+impl ScalingChoice {
+    fn scaling(self) -> Scaling {
+        match self {
+            ScalingChoice::FreezeCopy => Scaling::FreezeCopy,
+            ScalingChoice::StopCopy => Scaling::StopCopy,
+            ScalingChoice::PreCopy => Scaling::PreCopy,
+            ScalingChoice::None => Scaling::None,
+        }
+    }
+}
+
+/// Arguments of `experiment elastic`.
+#[derive(Args, Debug)]
+pub struct ElasticArgs {
+    /// Seed (the same workload for every variant).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Variants to run.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "freeze-copy,stop-copy,none"
+    )]
+    scaling: Vec<ScalingChoice>,
+    /// Load shape.
+    #[arg(long, value_enum, default_value = "step")]
+    shape: Shape,
+    /// Peak factor of the connection arrival rate.
+    #[arg(long, default_value_t = 5.0)]
+    factor: f64,
+    /// Nodes in all (one in service at start).
+    #[arg(long, default_value_t = 4)]
+    nodes: u16,
+    /// Groups (a power of two, at most 64: a /26 pool).
+    #[arg(long, default_value_t = 32)]
+    groups: u32,
+    /// Packets per second one node processes.
+    #[arg(long, default_value_t = 10_000.0)]
+    capacity_pps: f64,
+    /// Seconds from `StartNode` to the node in service.
+    #[arg(long, default_value_t = 2.0)]
+    start_delay_s: f64,
+    /// Length of the run (s).
+    #[arg(long, default_value_t = 150.0)]
+    duration_s: f64,
+    /// Output directory.
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+}
+
+fn config(a: &ElasticArgs, scaling: Scaling) -> Result<ElasticConfig> {
+    if !(a.capacity_pps > 0.0 && a.factor >= 1.0 && a.duration_s > 0.0 && a.start_delay_s >= 0.0) {
+        bail!("need --capacity-pps > 0, --factor >= 1, --duration-s > 0, --start-delay-s >= 0");
+    }
+    let mut c = ElasticConfig::surge(scaling, a.seed);
+    c.nodes = a.nodes;
+    c.groups = a.groups;
+    let scale = a.capacity_pps / c.capacity.pps;
+    c.capacity.pps = a.capacity_pps;
+    c.capacity.burst = (a.capacity_pps / 50.0).max(1.0);
+    c.autoscale.capacity_pps = a.capacity_pps;
+    c.traffic.base_arrivals *= scale;
+    c.start_delay = Duration::from_secs_f64(a.start_delay_s);
+    c.duration = Duration::from_secs_f64(a.duration_s);
+    c.traffic.profile = match (a.shape, &c.traffic.profile) {
+        (
+            Shape::Step,
+            Profile::Step {
+                rise_at,
+                ramp,
+                hold,
+                ..
+            },
+        ) => Profile::Step {
+            rise_at: *rise_at,
+            ramp: *ramp,
+            hold: *hold,
+            factor: a.factor,
+        },
+        _ => Profile::Diurnal {
+            period: c.duration,
+            factor: a.factor,
+        },
+    };
+    Ok(c)
+}
+
+/// Node-seconds in service (what the cluster cost).
+fn node_seconds(r: &ElasticRun) -> f64 {
+    let dt = r.config.load_interval.as_secs_f64();
+    r.samples.iter().map(|s| f64::from(s.in_service) * dt).sum()
+}
+
+fn summary_json(r: &ElasticRun) -> serde_json::Value {
+    let ms = &r.migrations;
+    let max = |f: fn(&elastic::MigrationRecord) -> f64| ms.iter().map(f).fold(0.0, f64::max);
+    json!({
+        "scaling": r.config.scaling.name(),
+        "max_nodes_in_service": r.max_in_service,
+        "node_seconds": round(node_seconds(r), 1),
+        "migrations": ms.len(),
+        "migrations_completed": ms.iter().filter(|m| m.completed).count(),
+        "states_moved": ms.iter().map(|m| u64::from(m.states_moved)).sum::<u64>(),
+        "states_expired_idle": ms.iter().map(|m| u64::from(m.states_expired_idle)).sum::<u64>(),
+        "max_freeze_ms": round(max(|m| m.max_freeze_ms), 3),
+        "max_halted_ms": round(max(|m| m.halted_ms), 3),
+        "packets_sent": r.sent,
+        "packets_delivered": r.delivered,
+        "lost_overload": r.lost_overload,
+        "lost_migration": r.lost_migration,
+        "drops_by_cause": r.drops_by_cause,
+        "longest_overload_s": r.longest_overload_s,
+        "connections_opened": r.connections.0,
+        "events": r.events,
+        "invariants": r.invariants.as_ref().map(|_| "ok").unwrap_or_else(|e| e),
+    })
+}
+
+/// Runs the experiment.
+pub fn run(a: &ElasticArgs) -> Result<()> {
+    if a.scaling.is_empty() {
+        bail!("--scaling needs at least one variant");
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut runs = Vec::new();
+    for &s in &a.scaling {
+        let c = config(a, s.scaling())?;
+        let t0 = std::time::Instant::now();
+        let r = elastic::run(&c, &mut |_| {}).map_err(|e| anyhow::anyhow!("{e}"))?;
+        eprintln!(
+            "{}: {:.0} simulated s in {:.1} s ({} events)",
+            s.scaling().name(),
+            c.duration.as_secs_f64(),
+            t0.elapsed().as_secs_f64(),
+            r.events
+        );
+        runs.push(r);
+    }
+    let report = json!({
+        "experiment": "elastic",
+        "backend": "simulator",
+        "seed": a.seed,
+        "summary": runs.iter().map(summary_json).collect::<Vec<_>>(),
+        "runs": runs,
+    });
+    write_json(&a.out.join("elastic.json"), &report)?;
+    print_table(&runs);
+    write_plots(a, &runs)?;
+    println!(
+        "wrote {0}/elastic.json and elastic-{{nodes,load,goodput}}.{{svg,png}}",
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn print_table(runs: &[ElasticRun]) {
+    println!(
+        "{:<12} {:>6} {:>9} {:>5} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>9} {:>11}",
+        "scaling",
+        "nodes",
+        "node_s",
+        "migr",
+        "moved",
+        "expired",
+        "freeze_ms",
+        "halted_ms",
+        "lost_ovl",
+        "lost_migr",
+        "deliv_%",
+        "overload_s"
+    );
+    for r in runs {
+        let j = summary_json(r);
+        let worst = r.longest_overload_s.values().copied().fold(0.0, f64::max);
+        println!(
+            "{:<12} {:>6} {:>9.1} {:>5} {:>8} {:>8} {:>10.3} {:>10.3} {:>10} {:>10} {:>9.3} {:>11.1}",
+            r.config.scaling.name(),
+            r.max_in_service,
+            node_seconds(r),
+            r.migrations.len(),
+            j["states_moved"],
+            j["states_expired_idle"],
+            j["max_freeze_ms"].as_f64().unwrap_or(0.0),
+            j["max_halted_ms"].as_f64().unwrap_or(0.0),
+            r.lost_overload,
+            r.lost_migration,
+            100.0 * r.delivered as f64 / r.sent.max(1) as f64,
+            worst,
+        );
+    }
+    if let Some(r) = runs.first() {
+        println!("migrations ({}):", r.config.scaling.name());
+        println!(
+            "{:>8} {:<14} {:>4} {:>6} {:>6} {:>8} {:>10} {:>10} {:>5}",
+            "at_s", "group", "from", "to", "moved", "expired", "freeze_ms", "dur_ms", "lost"
+        );
+        for m in &r.migrations {
+            println!(
+                "{:>8.1} {:<14} {:>4} {:>6} {:>6} {:>8} {:>10.3} {:>10.1} {:>5}",
+                m.requested_s,
+                m.external.map(|e| e.to_string()).unwrap_or_default(),
+                m.from,
+                m.to,
+                m.states_moved,
+                m.states_expired_idle,
+                m.max_freeze_ms.max(m.halted_ms),
+                m.ended_s.map_or(f64::NAN, |e| (e - m.requested_s) * 1e3),
+                m.lost_by_cause.values().sum::<u64>(),
+            );
+        }
+    }
+}
+
+fn write_plots(a: &ElasticArgs, runs: &[ElasticRun]) -> Result<()> {
+    let names: Vec<&str> = runs.iter().map(|r| r.config.scaling.name()).collect();
+    // Nodes in service, and the offered load in node capacities.
+    let mut pts: Vec<(String, Vec<(f64, f64)>)> = runs
+        .iter()
+        .zip(&names)
+        .map(|(r, n)| {
+            let p = r.samples.iter().map(|s| (s.t_s, f64::from(s.in_service)));
+            (format!("{n}: nodes in service"), p.collect())
+        })
+        .collect();
+    if let Some(r) = runs.first() {
+        let cap = r.config.capacity.pps;
+        let p = r.samples.iter().map(|s| (s.t_s, s.offered_pps / cap));
+        pts.push(("offered load (node capacities)".into(), p.collect()));
+    }
+    let fig = Figure {
+        title: "Elastic CGNAT: nodes in service",
+        x_label: "time (s)",
+        y_label: "nodes",
+        series: pts
+            .iter()
+            .map(|(l, p)| Series {
+                label: l,
+                points: p,
+            })
+            .collect(),
+        spans: Vec::new(),
+        log_y: false,
+        log_x: false,
+    };
+    plot::write(&fig, &a.out.join("elastic-nodes"))?;
+    // Per-node load of the first variant, migrations marked.
+    if let Some(r) = runs.first() {
+        let n = r.config.nodes;
+        let pts: Vec<(String, Vec<(f64, f64)>)> = (0..n)
+            .map(|id| {
+                let p = r.samples.iter().filter_map(|s| {
+                    let ns = s.nodes.get(id as usize)?;
+                    ns.in_service.then_some((s.t_s, ns.load))
+                });
+                (format!("node {id}"), p.collect())
+            })
+            .collect();
+        let labels: Vec<String> = r
+            .migrations
+            .iter()
+            .map(|m| format!("{}>{}", m.from, m.to))
+            .collect();
+        let spans = r
+            .migrations
+            .iter()
+            .zip(&labels)
+            .map(|(m, l)| Span {
+                label: l,
+                start: m.requested_s,
+                end: m.ended_s.unwrap_or(m.requested_s),
+                series: m.to as usize,
+            })
+            .collect();
+        let title = format!("Per-node load ({}), migrations marked", names[0]);
+        let fig = Figure {
+            title: &title,
+            x_label: "time (s)",
+            y_label: "load (1.0 = capacity)",
+            series: pts
+                .iter()
+                .map(|(l, p)| Series {
+                    label: l,
+                    points: p,
+                })
+                .collect(),
+            spans,
+            log_y: false,
+            log_x: false,
+        };
+        plot::write(&fig, &a.out.join("elastic-load"))?;
+    }
+    // Goodput and losses.
+    let mut pts: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for (r, n) in runs.iter().zip(&names) {
+        let g = r.samples.iter().map(|s| (s.t_s, s.goodput_pps));
+        pts.push((format!("{n}: goodput"), g.collect()));
+        let dt = r.config.load_interval.as_secs_f64();
+        let l = r.samples.iter().map(|s| {
+            let lost = s.lost_overload + s.lost_migration + s.lost_other;
+            (s.t_s, lost as f64 / dt)
+        });
+        pts.push((format!("{n}: lost"), l.collect()));
+    }
+    let fig = Figure {
+        title: "Elastic CGNAT: packets delivered and lost per second",
+        x_label: "time (s)",
+        y_label: "packets/s",
+        series: pts
+            .iter()
+            .map(|(l, p)| Series {
+                label: l,
+                points: p,
+            })
+            .collect(),
+        spans: Vec::new(),
+        log_y: false,
+        log_x: false,
+    };
+    plot::write(&fig, &a.out.join("elastic-goodput"))?;
+    Ok(())
+}
