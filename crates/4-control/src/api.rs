@@ -89,6 +89,19 @@ pub enum NodeRequest {
         /// Migration id.
         migration: u64,
     },
+    /// Take over group `external` (its owner died: `rehome`); answered `Ok`.
+    AdoptGroup {
+        /// The group's external address.
+        external: Ipv4Addr,
+        /// Its subscriber prefix.
+        subscribers: ipnet::Ipv4Net,
+    },
+    /// Drop whatever this node holds of group `external` (it went elsewhere); answered
+    /// `Released`.
+    ReleaseGroup {
+        /// The group's external address.
+        external: Ipv4Addr,
+    },
     /// The node's [`NodeStatus`].
     Status,
     /// The report of one migration (as JSON, see `flowshift_migration::MigrationReport`).
@@ -113,6 +126,11 @@ pub enum ReplyBody {
     Aborted {
         /// True if the source owns the group again.
         reverted: bool,
+    },
+    /// `ReleaseGroup` done: the sessions dropped.
+    Released {
+        /// Sessions dropped (counted as lost on this node).
+        sessions: u32,
     },
     /// The node's status (boxed: far larger than the other replies).
     Status(Box<NodeStatus>),
@@ -162,6 +180,23 @@ pub struct ClusterStatus {
     /// controllers).
     #[serde(default)]
     pub autoscale: Option<crate::autoscale::AutoscaleStatus>,
+}
+
+/// `POST /abort`: abort the migration of a group in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbortRequest {
+    /// The group's external address.
+    pub group: Ipv4Addr,
+}
+
+/// `POST /rehome`: give a dead node's group to another node, without a transfer (its sessions
+/// are lost, and reported).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RehomeRequest {
+    /// The group's external address.
+    pub group: Ipv4Addr,
+    /// The new owner (must be connected; the current one must not be).
+    pub to: u16,
 }
 
 /// A group's owner as the controller sees it.

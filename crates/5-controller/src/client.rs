@@ -10,6 +10,7 @@ use flowshift_control::api::{ClusterStatus, MigrateRequest, MigrateResponse};
 use flowshift_control::orchestrator::MigrationStatus;
 use flowshift_http::{Client, HttpError, Token};
 use serde::de::DeserializeOwned;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 /// Why a call failed.
@@ -68,6 +69,22 @@ impl ApiClient {
     pub fn migrate(&self, req: &MigrateRequest) -> Result<MigrateResponse, ClientError> {
         let body = serde_json::to_vec(req).map_err(|e| ClientError::BadResponse(e.to_string()))?;
         let (status, answer) = self.request("POST", "/migrate", Some(&body))?;
+        decode(status, &answer)
+    }
+
+    /// `POST /abort`: the outcome (`before_redirect` / `after_redirect`) as JSON.
+    pub fn abort(&self, group: Ipv4Addr) -> Result<serde_json::Value, ClientError> {
+        let req = flowshift_control::api::AbortRequest { group };
+        let body = serde_json::to_vec(&req).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        let (status, answer) = self.request("POST", "/abort", Some(&body))?;
+        decode(status, &answer)
+    }
+
+    /// `POST /rehome`: the record (dead owner, new owner, sessions lost) as JSON.
+    pub fn rehome(&self, group: Ipv4Addr, to: u16) -> Result<serde_json::Value, ClientError> {
+        let req = flowshift_control::api::RehomeRequest { group, to };
+        let body = serde_json::to_vec(&req).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        let (status, answer) = self.request("POST", "/rehome", Some(&body))?;
         decode(status, &answer)
     }
 

@@ -17,7 +17,7 @@ use flowshift_control::api::{
     ClusterStatus, ControllerToNode, GroupOwner, MigrateRequest, MigrateResponse, NodeEntry,
     NodeRequest, NodeStatus, NodeToController, ReplyBody, encode_line,
 };
-use flowshift_control::orchestrator::{Command, ControlError, Orchestrator, Stage};
+use flowshift_control::orchestrator::{Command, ControlError, Intervention, Orchestrator, Stage};
 use flowshift_http::{HttpCounters, ServerCounters};
 use flowshift_migration::{InstanceId, MigrationEvent, MigrationId, Params, Phase, Role};
 use flowshift_nat::GroupMode;
@@ -59,6 +59,10 @@ pub struct ControllerCounters {
     /// Migrations found waiting for a cutover the controller did not know of (after a
     /// restart before the redirect was persisted) and finished forward.
     pub migrations_adopted: u64,
+    /// Recovery steps (abort, adopt, release a group) a node refused or never answered.
+    pub recovery_failures: u64,
+    /// Groups re-homed from a dead node (`POST /rehome`).
+    pub groups_rehomed: u64,
     /// Times a socket task found the inbox full and had to wait.
     pub inbox_full_waits: u64,
     /// Node hellos accepted.
@@ -202,6 +206,8 @@ pub(crate) enum Input {
 pub(crate) enum ApiRequest {
     Status,
     Migrate(MigrateRequest),
+    Abort(flowshift_control::api::AbortRequest),
+    Rehome(flowshift_control::api::RehomeRequest),
     Migrations,
     Report(usize),
     Switch,
@@ -252,11 +258,24 @@ struct Node {
 
 /// What an outstanding request is for.
 enum Purpose {
-    Start { external: Ipv4Addr },
-    Cutover { migration: u64, attempt: u32 },
-    Abort { migration: u64 },
+    Start {
+        external: Ipv4Addr,
+    },
+    Cutover {
+        migration: u64,
+        attempt: u32,
+    },
+    Abort {
+        migration: u64,
+    },
+    /// A recovery step the orchestrator asked for (adopt or release a group).
+    Recovery {
+        what: String,
+    },
     Status,
-    Report { reply: oneshot::Sender<Reply> },
+    Report {
+        reply: oneshot::Sender<Reply>,
+    },
 }
 
 struct Pending {
@@ -503,6 +522,7 @@ impl Core {
 
     fn tick(&mut self) {
         let now = self.now();
+        self.orch.handle_timeout(now);
         let confirmed = self.switch.tick(now, self.orch.table());
         self.confirm(now, confirmed);
         let expired: Vec<u64> = self
@@ -564,8 +584,61 @@ impl Core {
         }
     }
 
+    /// Carries out the orchestrator's recovery steps (aborts after `abort` or a stage
+    /// timeout, adopt/release after `rehome`).
+    fn intervene(&mut self, now: Instant) {
+        while let Some(step) = self.orch.poll_intervention() {
+            let (on, body, purpose) = match step {
+                Intervention::Abort { on, migration } => (
+                    on,
+                    NodeRequest::Abort {
+                        migration: migration.0,
+                    },
+                    Purpose::Abort {
+                        migration: migration.0,
+                    },
+                ),
+                Intervention::Adopt {
+                    on,
+                    external,
+                    subscribers,
+                } => (
+                    on,
+                    NodeRequest::AdoptGroup {
+                        external,
+                        subscribers,
+                    },
+                    Purpose::Recovery {
+                        what: format!("adopt {external}"),
+                    },
+                ),
+                Intervention::Release { on, external } => (
+                    on,
+                    NodeRequest::ReleaseGroup { external },
+                    Purpose::Recovery {
+                        what: format!("release {external}"),
+                    },
+                ),
+            };
+            let connected = self.nodes.get(&on.0).is_some_and(|n| n.link.is_some());
+            if !connected {
+                // A dead node holds nothing to release; anything else is reported.
+                debug!(
+                    node = on.0,
+                    ?body,
+                    "recovery step for a disconnected node skipped"
+                );
+                continue;
+            }
+            // A failure is counted in `request_failed`.
+            let _ = self.request(now, on.0, body, purpose, ABORT_TIMEOUT);
+        }
+    }
+
     /// Executes the orchestrator's commands.
     fn drive(&mut self) {
+        let now = self.now();
+        self.intervene(now);
         while let Some(cmd) = self.orch.poll_command() {
             let now = self.now();
             match cmd {
@@ -964,6 +1037,10 @@ impl Core {
                     Purpose::Abort { migration } => {
                         self.aborting.remove(&migration);
                     }
+                    Purpose::Recovery { what } => {
+                        self.counters.recovery_failures += 1;
+                        error!(node = p.node, what, "recovery step refused: {e}");
+                    }
                 }
                 return;
             }
@@ -988,6 +1065,9 @@ impl Core {
             (Purpose::Cutover { migration, .. }, _) => {
                 debug!(node = p.node, migration, "cutover acknowledged");
                 self.cutover_settled(migration);
+            }
+            (Purpose::Recovery { what }, body) => {
+                info!(node = p.node, what, ?body, "recovery step done");
             }
             (Purpose::Abort { migration }, body) => {
                 self.aborting.remove(&migration);
@@ -1039,6 +1119,10 @@ impl Core {
             Purpose::Report { reply } => {
                 let _ = reply.send(Reply::error(503, &format!("node {}: {why}", p.node)));
             }
+            Purpose::Recovery { what } => {
+                self.counters.recovery_failures += 1;
+                error!(node = p.node, what, why, "recovery step failed");
+            }
             Purpose::Abort { migration } => {
                 self.aborting.remove(&migration);
                 warn!(
@@ -1063,6 +1147,8 @@ impl Core {
             ApiRequest::Switch => Reply::json(200, &self.switch_status()),
             ApiRequest::Counters => Reply::json(200, &self.counters()),
             ApiRequest::Migrate(m) => self.migrate(now, m),
+            ApiRequest::Abort(a) => self.abort(now, a.group),
+            ApiRequest::Rehome(r) => self.rehome(now, r.group, r.to),
             ApiRequest::Report(index) => match self.orch.migrations().get(index) {
                 None => Reply::error(404, &format!("no migration #{index}")),
                 Some(m) => match m.migration {
@@ -1086,6 +1172,56 @@ impl Core {
             },
         };
         Some(Answer { reply, r })
+    }
+
+    /// `POST /abort`: the outcome depends on the stage (see `orchestrator/recovery.rs`).
+    fn abort(&mut self, now: Instant, group: Ipv4Addr) -> Reply {
+        match self.orch.abort(now, group) {
+            None => Reply::error(409, &format!("no migration of {group} in progress")),
+            Some(stage) => {
+                warn!(%group, ?stage, "migration abort requested");
+                Reply::json(
+                    200,
+                    &serde_json::json!({ "group": group, "outcome": stage }),
+                )
+            }
+        }
+    }
+
+    /// `POST /rehome`: only for a group whose owner is gone (a live owner's group moves with
+    /// `migrate`); the sessions its last status reported are lost, and reported.
+    fn rehome(&mut self, now: Instant, group: Ipv4Addr, to: u16) -> Reply {
+        let connected = |id: u16| self.nodes.get(&id).is_some_and(|n| n.link.is_some());
+        let Some(owner) = self.orch.owner_of(group) else {
+            return Reply::error(400, &format!("no group {group}"));
+        };
+        if connected(owner.0) && owner.0 != to {
+            return Reply::error(
+                409,
+                &format!(
+                    "owner node {} is connected: move the group with migrate",
+                    owner.0
+                ),
+            );
+        }
+        if !connected(to) {
+            return Reply::error(409, &format!("node {to} is not connected"));
+        }
+        let lost = self
+            .nodes
+            .get(&owner.0)
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.groups.iter().find(|g| g.external == group))
+            .map(|g| u64::from(g.sessions));
+        match self.orch.rehome(now, group, InstanceId(to), lost) {
+            Ok(r) => {
+                self.counters.groups_rehomed += 1;
+                warn!(%group, from = r.from, to, sessions_lost = ?r.sessions_lost,
+                    "group re-homed from a dead node");
+                Reply::json(200, &r)
+            }
+            Err(e) => Reply::error(400, &e.to_string()),
+        }
     }
 
     fn migrate(&mut self, now: Instant, m: MigrateRequest) -> Reply {

@@ -72,6 +72,8 @@ fn router(inbox: Inbox) -> Router {
         .route("/counters", get(|s| ask(s, ApiRequest::Counters)))
         .route("/migrations/{index}/report", get(report))
         .route("/migrate", post(migrate))
+        .route("/abort", post(abort))
+        .route("/rehome", post(rehome))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(inbox)
@@ -104,6 +106,33 @@ async fn report(State(inbox): State<Inbox>, Path(index): Path<String>) -> Respon
     match index.parse() {
         Ok(i) => ask(State(inbox), ApiRequest::Report(i)).await,
         Err(_) => error_response(StatusCode::NOT_FOUND, &format!("no migration {index:?}")),
+    }
+}
+
+async fn abort(State(inbox): State<Inbox>, body: Body) -> Response {
+    json_request(inbox, body, ApiRequest::Abort).await
+}
+
+async fn rehome(State(inbox): State<Inbox>, body: Body) -> Response {
+    json_request(inbox, body, ApiRequest::Rehome).await
+}
+
+/// Reads a bounded JSON body of type `T` and asks the core with it.
+async fn json_request<T: serde::de::DeserializeOwned>(
+    inbox: Inbox,
+    body: Body,
+    make: fn(T) -> ApiRequest,
+) -> Response {
+    let bytes = match read_body(body, &LIMITS, &inbox.shared.http).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    match serde_json::from_slice::<T>(&bytes) {
+        Ok(m) => ask(State(inbox), make(m)).await,
+        Err(e) => {
+            inbox.shared.http.bad_request();
+            error_response(StatusCode::BAD_REQUEST, &format!("bad request: {e}"))
+        }
     }
 }
 

@@ -369,6 +369,23 @@ impl Engine {
                     reverted: o == AbortOutcome::Reverted,
                 })
                 .map_err(|e| e.to_string()),
+            NodeRequest::AdoptGroup {
+                external,
+                subscribers,
+            } => {
+                let cfg = flowshift_nat::GroupConfig {
+                    external,
+                    subscribers,
+                };
+                self.inst.adopt_group(now, cfg).map_err(|e| e.to_string())?;
+                warn!(%external, %subscribers, "adopted group (its owner was re-homed here)");
+                Ok(ReplyBody::Ok)
+            }
+            NodeRequest::ReleaseGroup { external } => {
+                let sessions = self.inst.release_group(now, external);
+                warn!(%external, sessions, "released group (re-homed elsewhere)");
+                Ok(ReplyBody::Released { sessions })
+            }
             NodeRequest::Status => Ok(ReplyBody::Status(Box::new(self.status(now)))),
             NodeRequest::Report { migration } => {
                 let r = self

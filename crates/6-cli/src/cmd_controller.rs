@@ -35,12 +35,20 @@ pub struct MigrateArgs {
     /// The group's external address.
     #[arg(long)]
     group: Ipv4Addr,
-    /// Destination node id.
-    #[arg(long)]
-    to: u16,
+    /// Destination node id (with --rehome: the node that takes the group over).
+    #[arg(long, required_unless_present = "abort")]
+    to: Option<u16>,
     /// Migration algorithm.
-    #[arg(long, value_enum)]
-    algorithm: AlgorithmArg,
+    #[arg(long, value_enum, required_unless_present_any = ["abort", "rehome"])]
+    algorithm: Option<AlgorithmArg>,
+    /// Abort the group's migration in progress instead (before the redirect the group stays
+    /// at the source; after it, at the destination).
+    #[arg(long, conflicts_with_all = ["to", "algorithm", "rehome", "wait"])]
+    abort: bool,
+    /// The group's owner is dead: give the group to --to without a transfer (its sessions
+    /// are lost; the answer says how many the dead owner last reported).
+    #[arg(long, conflicts_with_all = ["algorithm", "wait"])]
+    rehome: bool,
     /// Migration parameters as JSON (fields of the migration `Params`, e.g.
     /// '{"idle_max": 2000}'; durations in ms); default: the controller's.
     #[arg(long)]
@@ -174,6 +182,17 @@ fn api_client(args: &ApiArgs) -> Result<ApiClient> {
 /// Asks the running controller to migrate a group; with `--wait`, follows it to the end.
 pub fn migrate(args: &MigrateArgs) -> Result<()> {
     let client = api_client(&args.api)?;
+    if args.abort || args.rehome {
+        let answer = match args.to {
+            Some(to) if args.rehome => client.rehome(args.group, to)?,
+            _ => client.abort(args.group)?,
+        };
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    let (Some(to), Some(algorithm)) = (args.to, args.algorithm) else {
+        anyhow::bail!("--to and --algorithm are required for a migration");
+    };
     let params = args
         .params
         .as_deref()
@@ -181,8 +200,8 @@ pub fn migrate(args: &MigrateArgs) -> Result<()> {
         .transpose()?;
     let req = MigrateRequest {
         group: args.group,
-        to: args.to,
-        algorithm: args.algorithm.into(),
+        to,
+        algorithm: algorithm.into(),
         params,
     };
     let resp = client.migrate(&req)?;

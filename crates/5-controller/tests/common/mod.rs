@@ -653,6 +653,14 @@ fn run_node(
                         })))),
                     )
                 }
+                NodeRequest::AdoptGroup { external, .. } => {
+                    log.push(format!("node {id} adopt {external}"));
+                    send(&mut s, &reply(Ok(ReplyBody::Ok)));
+                }
+                NodeRequest::ReleaseGroup { external } => {
+                    log.push(format!("node {id} release {external}"));
+                    send(&mut s, &reply(Ok(ReplyBody::Released { sessions: 0 })));
+                }
                 NodeRequest::StartMigration { .. } if opts.fail_start => {
                     log.push(format!("node {id} refuses start"));
                     send(&mut s, &reply(Err("refused by the test".into())));
