@@ -16,12 +16,14 @@
 //!
 //! Skips with a message when not root.
 
+mod common;
+
+use common::*;
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const FLOWSHIFT: &str = env!("CARGO_BIN_EXE_flowshift");
 /// iperf3 port (distinct from the experiments' 5201.. range).
 const PORT: &str = "5391";
 /// Streams of the iperf3 client.
@@ -32,59 +34,6 @@ const MIGRATE_AFTER: Duration = Duration::from_secs(2);
 /// Probes per second, and the echo's port (the testbed's probe class).
 const PROBE_RATE: u64 = 1000;
 const PROBE_PORT: &str = "7001";
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn flowshift(args: &[&str]) -> Output {
-    Command::new(FLOWSHIFT)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("flowshift runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Removes the testbed when dropped (also when an assertion fails).
-struct Run {
-    id: String,
-    down: bool,
-}
-
-impl Run {
-    fn down(&mut self) -> Output {
-        self.down = true;
-        flowshift(&["testbed", "down", &self.id])
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        if !self.down {
-            let o = self.down();
-            if !o.status.success() {
-                eprintln!("testbed down {} failed: {}", self.id, text(&o));
-            }
-        }
-    }
-}
-
-fn in_ns(ns: &str, program: &str, args: &[&str]) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, program]).args(args);
-    c.stdin(Stdio::null());
-    c
-}
 
 fn spawn_json(mut c: Command, out: &Path) -> Child {
     let f = std::fs::File::create(out).expect("output file");
@@ -150,14 +99,7 @@ fn freeze_copy_under_iperf3_load_breaks_no_connection_and_leaves_nothing_behind(
         "2000",
         "--switch-tls",
     ]);
-    let out = String::from_utf8_lossy(&up.stdout).into_owned();
-    let id = out
-        .lines()
-        .find_map(|l| l.strip_prefix("testbed ")?.split_whitespace().next())
-        .map(str::to_owned);
-    let Some(id) = id.filter(|_| up.status.success()) else {
-        panic!("testbed up failed: {}", text(&up));
-    };
+    let id = run_id(&up);
     let mut run = Run { id, down: false };
     let prefix = format!("fs{}-", run.id);
     let dir = format!("/run/flowshift/testbed-{}", run.id);

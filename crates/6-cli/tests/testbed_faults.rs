@@ -16,37 +16,17 @@
 //!
 //! Skips with a message when not root.
 
+mod common;
+
+use common::*;
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-const FLOWSHIFT: &str = env!("CARGO_BIN_EXE_flowshift");
 const PROBE_PORT: &str = "7002";
 const PROBE_RATE: u64 = 200;
 const PROBE_SECONDS: u64 = 40;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn flowshift(args: &[&str]) -> Output {
-    Command::new(FLOWSHIFT)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("flowshift runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn ok(args: &[&str]) -> Output {
     let o = flowshift(args);
@@ -57,25 +37,6 @@ fn ok(args: &[&str]) -> Output {
         text(&o)
     );
     o
-}
-
-/// Removes the testbed when dropped (also when an assertion fails).
-struct Run(String);
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let o = flowshift(&["testbed", "down", &self.0]);
-        if !o.status.success() {
-            eprintln!("testbed down {} failed: {}", self.0, text(&o));
-        }
-    }
-}
-
-fn in_ns(ns: &str, program: &str, args: &[&str]) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, program]).args(args);
-    c.stdin(Stdio::null()).stdout(Stdio::null());
-    c
 }
 
 /// Polls `f` every 200 ms until it gives a value or `timeout` passes.
@@ -159,16 +120,13 @@ fn controller_and_node_crashes_have_defined_outcomes() {
         );
         return;
     }
-    let up = ok(&["testbed", "up", "--nodes", "2", "--preload", "0"]);
-    let out = String::from_utf8_lossy(&up.stdout).into_owned();
-    let id = out
-        .lines()
-        .find_map(|l| l.strip_prefix("testbed ")?.split_whitespace().next())
-        .map(str::to_owned)
-        .unwrap_or_else(|| panic!("no run id in: {out}"));
-    let run = Run(id);
-    let dir = format!("/run/flowshift/testbed-{}", run.0);
-    let prefix = format!("fs{}-", run.0);
+    let up = flowshift(&["testbed", "up", "--nodes", "2", "--preload", "0"]);
+    let run = Run {
+        id: run_id(&up),
+        down: false,
+    };
+    let dir = format!("/run/flowshift/testbed-{}", run.id);
+    let prefix = format!("fs{}-", run.id);
     let c = Cluster {
         controller: format!("unix:{dir}/api.sock"),
         token_file: format!("{dir}/api.token"),
@@ -190,6 +148,7 @@ fn controller_and_node_crashes_have_defined_outcomes() {
             &probes.to_string(),
         ],
     )
+    .stdout(Stdio::null())
     .spawn()
     .expect("probe echo starts");
     std::thread::sleep(Duration::from_millis(500));
@@ -211,6 +170,7 @@ fn controller_and_node_crashes_have_defined_outcomes() {
             &probe_out.display().to_string(),
         ],
     )
+    .stdout(Stdio::null())
     .spawn()
     .expect("probe sender starts");
     std::thread::sleep(Duration::from_secs(1));
@@ -226,7 +186,7 @@ fn controller_and_node_crashes_have_defined_outcomes() {
         "controller",
         "--restart",
         "--run",
-        &run.0,
+        &run.id,
     ]);
     eprintln!("{}", String::from_utf8_lossy(&k.stdout).trim());
     let s = wait_for(
@@ -273,7 +233,7 @@ fn controller_and_node_crashes_have_defined_outcomes() {
 
     // 2. Node 2, the group's owner now, dies: migrations to it are refused; the operator
     //    re-homes its group to node 1 (the sessions it held are lost and reported).
-    ok(&["testbed", "kill", "node2", "--run", &run.0]);
+    ok(&["testbed", "kill", "node2", "--run", &run.id]);
     wait_for(
         "the controller sees node 2 gone",
         Duration::from_secs(10),
@@ -310,7 +270,7 @@ fn controller_and_node_crashes_have_defined_outcomes() {
     let after_rehome = t0.elapsed();
 
     // 3. Node 2 comes back and the group moves to it again, loss-free.
-    ok(&["testbed", "kill", "node2", "--restart", "--run", &run.0]);
+    ok(&["testbed", "kill", "node2", "--restart", "--run", &run.id]);
     wait_for("node 2 back", Duration::from_secs(20), || {
         c.status().filter(|s| Cluster::connected(s, 2))
     });
@@ -351,7 +311,7 @@ fn controller_and_node_crashes_have_defined_outcomes() {
     let lost_late = seen[last.min(seen.len())..].iter().filter(|&&s| !s).count();
     eprintln!(
         "testbed {}: {probes} probes, {lost} lost in all, {lost_late} lost after the recoveries",
-        run.0
+        run.id
     );
     assert_eq!(lost_late, 0, "the subscriber's flow did not recover");
 }

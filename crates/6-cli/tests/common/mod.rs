@@ -1,0 +1,74 @@
+//! Helpers shared by the testbed tests: running the `flowshift` binary, a run that is torn
+//! down on drop, commands inside a run's namespaces.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::process::{Command, Output, Stdio};
+
+/// The binary under test.
+pub const FLOWSHIFT: &str = env!("CARGO_BIN_EXE_flowshift");
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn flowshift(args: &[&str]) -> Output {
+    Command::new(FLOWSHIFT)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("flowshift runs")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Removes the testbed when dropped (also when an assertion fails).
+pub struct Run {
+    pub id: String,
+    pub down: bool,
+}
+
+impl Run {
+    pub fn down(&mut self) -> Output {
+        self.down = true;
+        flowshift(&["testbed", "down", &self.id])
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if !self.down {
+            let o = self.down();
+            if !o.status.success() {
+                eprintln!("testbed down {} failed: {}", self.id, text(&o));
+            }
+        }
+    }
+}
+
+pub fn in_ns(ns: &str, program: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, program]).args(args);
+    c.stdin(Stdio::null());
+    c
+}
+
+/// The run id `testbed up` printed (panics with its output if it failed).
+pub fn run_id(up: &Output) -> String {
+    let out = String::from_utf8_lossy(&up.stdout).into_owned();
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("testbed ")?.split_whitespace().next())
+        .map(str::to_owned);
+    match id.filter(|_| up.status.success()) {
+        Some(id) => id,
+        None => panic!("testbed up failed: {}", text(up)),
+    }
+}
