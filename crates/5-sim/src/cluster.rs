@@ -465,13 +465,7 @@ pub fn run(cfg: &ClusterConfig, progress: &mut dyn FnMut(f64)) -> Result<Cluster
                     let params = cfg.params.clone();
                     let id = sim
                         .poke::<NatElement, _>(node, |el, out| {
-                            let g = el.instance().nat().group_id(external)?;
-                            let r = el
-                                .instance_mut()
-                                .start_migration(now, g, to, algorithm, params)
-                                .ok();
-                            el.flush(out);
-                            r
+                            el.start_migration(out, external, to, algorithm, params)
                         })
                         .map_err(cfg_err)?;
                     migration = id;

@@ -218,6 +218,27 @@ impl NatElement {
         self.flush(out);
     }
 
+    /// Starts a migration of the group of `external` to `to` (what an orchestrator's
+    /// `StartMigration` asks of this node) and sends what it produced; `None` if this node has
+    /// no such group or refuses.
+    pub fn start_migration(
+        &mut self,
+        out: &mut Emit<'_>,
+        external: Ipv4Addr,
+        to: InstanceId,
+        algorithm: flowshift_migration::Algorithm,
+        params: flowshift_migration::Params,
+    ) -> Option<flowshift_migration::MigrationId> {
+        let now = out.now();
+        let g = self.inst.nat().group_id(external)?;
+        let r = self
+            .inst
+            .start_migration(now, g, to, algorithm, params)
+            .ok();
+        self.flush(out);
+        r
+    }
+
     /// Moves everything the instance produced into the network.
     pub fn flush(&mut self, out: &mut Emit<'_>) {
         let mut d = ElementDrain {

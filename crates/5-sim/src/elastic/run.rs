@@ -372,13 +372,7 @@ pub fn run(cfg: &ElasticConfig, progress: &mut dyn FnMut(f64)) -> Result<Elastic
                     let params = cfg.params.clone();
                     let id = sim
                         .poke::<NatElement, _>(nodes[on.0 as usize].el, |el, out| {
-                            let g = el.instance().nat().group_id(external)?;
-                            let r = el
-                                .instance_mut()
-                                .start_migration(now, g, to, algorithm, params)
-                                .ok();
-                            el.flush(out);
-                            r
+                            el.start_migration(out, external, to, algorithm, params)
                         })
                         .map_err(cfg_err)?;
                     orch.migration_started(now, external, id);
