@@ -313,6 +313,9 @@ pub(crate) struct Core {
     next_autoscale: Instant,
 }
 
+mod operator;
+mod recovery;
+
 impl Core {
     /// A controller for `cfg` (validated), with no connections yet.
     /// `store`: the state file and what it held at start (`None`: first start).
@@ -390,68 +393,6 @@ impl Core {
             next_autoscale: Instant::ZERO,
         };
         Ok(core)
-    }
-
-    /// Writes the state file now (a no-op without one); the controller does this once at
-    /// start, so an unwritable file stops it before anything depends on it.
-    pub(crate) fn save_state(&mut self) -> Result<(), crate::store::StoreError> {
-        let state = self.durable_state();
-        if let Some(store) = self.store.as_mut()
-            && store.save(&state)?
-        {
-            self.counters.state_saves += 1;
-        }
-        Ok(())
-    }
-
-    /// What the state file must hold now: every group's owner, and the migrations whose
-    /// redirect was decided but whose source may not have had its cutover.
-    fn durable_state(&self) -> PersistedState {
-        let mut migrations = self.resumed.clone();
-        for m in self.orch.migrations() {
-            if let (Stage::Redirecting | Stage::Draining, Some(id)) = (m.stage, m.migration) {
-                migrations.push(PersistedMigration {
-                    migration: id,
-                    external: m.external,
-                    from: m.from,
-                    to: m.to,
-                    stage: PersistedStage::Redirecting,
-                });
-            }
-        }
-        PersistedState {
-            version: STATE_VERSION,
-            owners: self
-                .orch
-                .groups()
-                .iter()
-                .map(|g| (g.external, g.owner))
-                .collect(),
-            migrations,
-        }
-    }
-
-    /// Brings the state file up to date (a no-op when unchanged or not configured), then
-    /// releases the switch updates that waited for it. Returns whether the file is current.
-    fn persist(&mut self) -> bool {
-        match self.save_state() {
-            Ok(()) => true,
-            Err(e) => {
-                self.counters.state_save_failures += 1;
-                error!("cannot save the controller state: {e}; switch updates wait");
-                false
-            }
-        }
-    }
-
-    /// Sends the held switch updates once the state file holds what they install.
-    fn release_updates(&mut self) {
-        if self.held_updates.is_empty() || !self.persist() {
-            return;
-        }
-        for (diff, token) in std::mem::take(&mut self.held_updates) {
-            self.switch.update(&diff, token);
-        }
     }
 
     /// Runs until `shutdown` completes, then drops every connection.
@@ -581,57 +522,6 @@ impl Core {
                 .tick(now, &mut self.orch, &connected, &mut |group| {
                     start_params.insert(group, params.clone());
                 });
-        }
-    }
-
-    /// Carries out the orchestrator's recovery steps (aborts after `abort` or a stage
-    /// timeout, adopt/release after `rehome`).
-    fn intervene(&mut self, now: Instant) {
-        while let Some(step) = self.orch.poll_intervention() {
-            let (on, body, purpose) = match step {
-                Intervention::Abort { on, migration } => (
-                    on,
-                    NodeRequest::Abort {
-                        migration: migration.0,
-                    },
-                    Purpose::Abort {
-                        migration: migration.0,
-                    },
-                ),
-                Intervention::Adopt {
-                    on,
-                    external,
-                    subscribers,
-                } => (
-                    on,
-                    NodeRequest::AdoptGroup {
-                        external,
-                        subscribers,
-                    },
-                    Purpose::Recovery {
-                        what: format!("adopt {external}"),
-                    },
-                ),
-                Intervention::Release { on, external } => (
-                    on,
-                    NodeRequest::ReleaseGroup { external },
-                    Purpose::Recovery {
-                        what: format!("release {external}"),
-                    },
-                ),
-            };
-            let connected = self.nodes.get(&on.0).is_some_and(|n| n.link.is_some());
-            if !connected {
-                // A dead node holds nothing to release; anything else is reported.
-                debug!(
-                    node = on.0,
-                    ?body,
-                    "recovery step for a disconnected node skipped"
-                );
-                continue;
-            }
-            // A failure is counted in `request_failed`.
-            let _ = self.request(now, on.0, body, purpose, ABORT_TIMEOUT);
         }
     }
 
@@ -829,82 +719,6 @@ impl Core {
             .any(|m| m.migration == Some(migration.0))
     }
 
-    /// Reconciles a node's migrations with the controller's (after a controller restart, or
-    /// an event lost with a connection). A source waiting in AwaitCutover for a migration the
-    /// controller neither tracks nor resumes has handed its group's state to the destination
-    /// and cannot go back: the controller adopts the migration and finishes it forward
-    /// (redirect, barrier, cutover), once the destination's status names the same migration
-    /// and the source's status names the group it is moving. Earlier phases are left alone:
-    /// they end in a `ReadyForCutover` that [`abort_stray`](Self::abort_stray) answers.
-    fn reconcile(&mut self, now: Instant, id: u16, status: &NodeStatus) {
-        for m in &status.migrations {
-            let orphan = m.role == Role::Source
-                && m.phase == Phase::AwaitCutover
-                && !self.knows(MigrationId(m.migration))
-                && !self.resumed.iter().any(|r| r.migration == m.migration);
-            if !orphan {
-                continue;
-            }
-            let to = self.nodes.iter().find_map(|(&n, node)| {
-                let st = node.status.as_ref()?;
-                st.migrations
-                    .iter()
-                    .any(|d| d.migration == m.migration && d.role == Role::Destination)
-                    .then_some(n)
-            });
-            let moving: Vec<Ipv4Addr> = status
-                .groups
-                .iter()
-                .filter(|g| matches!(g.mode, GroupMode::Draining | GroupMode::Moved))
-                .filter(|g| self.orch.owner_of(g.external) == Some(InstanceId(id)))
-                .map(|g| g.external)
-                .collect();
-            let (Some(to), [external]) = (to, moving.as_slice()) else {
-                debug!(
-                    node = id,
-                    migration = m.migration,
-                    ?to,
-                    ?moving,
-                    "orphaned migration: destination or group not known yet"
-                );
-                continue;
-            };
-            self.adopt(now, id, to, *external, m.migration);
-        }
-    }
-
-    /// Takes over migration `migration` of group `external` from `from` to `to`, which is
-    /// ready for its cutover, and finishes it (see [`reconcile`](Self::reconcile)).
-    fn adopt(&mut self, now: Instant, from: u16, to: u16, external: Ipv4Addr, migration: u64) {
-        // Commands already queued go first, so the one popped below is this request's.
-        self.drive();
-        if let Err(e) = self.orch.request_migration(
-            now,
-            external,
-            InstanceId(to),
-            flowshift_migration::Algorithm::FreezeCopy,
-        ) {
-            warn!(%external, migration, "cannot adopt an orphaned migration: {e}");
-            return;
-        }
-        // The source runs it already: its `StartMigration` is not sent.
-        match self.orch.poll_command() {
-            Some(Command::StartMigration { .. }) => {}
-            other => warn!(?other, "unexpected command while adopting a migration"),
-        }
-        self.orch
-            .migration_started(now, external, Some(MigrationId(migration)));
-        let ready = MigrationEvent::ReadyForCutover {
-            migration: MigrationId(migration),
-            group: 0,
-        };
-        self.orch
-            .handle_instance_event(now, InstanceId(from), &ready);
-        self.counters.migrations_adopted += 1;
-        warn!(%external, migration, from, to,
-            "adopted a migration waiting for its cutover (controller restart): finishing it forward");
-    }
-
     /// A migration runs on node `id` that the controller does not track (its start reply came
     /// after the controller gave up on it): abort it so the node does not wait forever.
     fn abort_stray(&mut self, now: Instant, id: u16, migration: u64, why: &str) {
@@ -1081,11 +895,6 @@ impl Core {
         }
     }
 
-    /// The source answered (or will never answer) a cutover: a resumed migration is over.
-    fn cutover_settled(&mut self, migration: u64) {
-        self.resumed.retain(|m| m.migration != migration);
-    }
-
     fn request_failed(&mut self, now: Instant, p: Pending, why: &str) {
         match p.purpose {
             Purpose::Start { external } => {
@@ -1130,197 +939,6 @@ impl Core {
                     migration, why, "abort of a stray migration failed"
                 );
             }
-        }
-    }
-
-    /// Answers an API request, or returns `None` when the answer comes later (a report
-    /// proxied from a node).
-    fn api(
-        &mut self,
-        now: Instant,
-        req: ApiRequest,
-        reply: oneshot::Sender<Reply>,
-    ) -> Option<Answer> {
-        let r = match req {
-            ApiRequest::Status => Reply::json(200, &self.cluster_status(now)),
-            ApiRequest::Migrations => Reply::json(200, &self.orch.migrations()),
-            ApiRequest::Switch => Reply::json(200, &self.switch_status()),
-            ApiRequest::Counters => Reply::json(200, &self.counters()),
-            ApiRequest::Migrate(m) => self.migrate(now, m),
-            ApiRequest::Abort(a) => self.abort(now, a.group),
-            ApiRequest::Rehome(r) => self.rehome(now, r.group, r.to),
-            ApiRequest::Report(index) => match self.orch.migrations().get(index) {
-                None => Reply::error(404, &format!("no migration #{index}")),
-                Some(m) => match m.migration {
-                    None => Reply::error(
-                        409,
-                        &format!("migration #{index} never started on its source (no id)"),
-                    ),
-                    Some(migration) => {
-                        let source = m.from;
-                        // On failure `request` has answered through `reply` already.
-                        let _ = self.request(
-                            now,
-                            source,
-                            NodeRequest::Report { migration },
-                            Purpose::Report { reply },
-                            REPORT_TIMEOUT,
-                        );
-                        return None;
-                    }
-                },
-            },
-        };
-        Some(Answer { reply, r })
-    }
-
-    /// `POST /abort`: the outcome depends on the stage (see `orchestrator/recovery.rs`).
-    fn abort(&mut self, now: Instant, group: Ipv4Addr) -> Reply {
-        match self.orch.abort(now, group) {
-            None => Reply::error(409, &format!("no migration of {group} in progress")),
-            Some(stage) => {
-                warn!(%group, ?stage, "migration abort requested");
-                Reply::json(
-                    200,
-                    &serde_json::json!({ "group": group, "outcome": stage }),
-                )
-            }
-        }
-    }
-
-    /// `POST /rehome`: only for a group whose owner is gone (a live owner's group moves with
-    /// `migrate`); the sessions its last status reported are lost, and reported.
-    fn rehome(&mut self, now: Instant, group: Ipv4Addr, to: u16) -> Reply {
-        let connected = |id: u16| self.nodes.get(&id).is_some_and(|n| n.link.is_some());
-        let Some(owner) = self.orch.owner_of(group) else {
-            return Reply::error(400, &format!("no group {group}"));
-        };
-        if connected(owner.0) && owner.0 != to {
-            return Reply::error(
-                409,
-                &format!(
-                    "owner node {} is connected: move the group with migrate",
-                    owner.0
-                ),
-            );
-        }
-        if !connected(to) {
-            return Reply::error(409, &format!("node {to} is not connected"));
-        }
-        let lost = self
-            .nodes
-            .get(&owner.0)
-            .and_then(|n| n.status.as_ref())
-            .and_then(|s| s.groups.iter().find(|g| g.external == group))
-            .map(|g| u64::from(g.sessions));
-        match self.orch.rehome(now, group, InstanceId(to), lost) {
-            Ok(r) => {
-                self.counters.groups_rehomed += 1;
-                warn!(%group, from = r.from, to, sessions_lost = ?r.sessions_lost,
-                    "group re-homed from a dead node");
-                Reply::json(200, &r)
-            }
-            Err(e) => Reply::error(400, &e.to_string()),
-        }
-    }
-
-    fn migrate(&mut self, now: Instant, m: MigrateRequest) -> Reply {
-        let connected = |id: u16| self.nodes.get(&id).is_some_and(|n| n.link.is_some());
-        if let Some(owner) = self.orch.owner_of(m.group)
-            && owner.0 != m.to
-        {
-            for (role, id) in [("source", owner.0), ("destination", m.to)] {
-                if self.nodes.contains_key(&id) && !connected(id) {
-                    return Reply::error(409, &format!("{role} node {id} is not connected"));
-                }
-            }
-        }
-        match self
-            .orch
-            .request_migration(now, m.group, InstanceId(m.to), m.algorithm)
-        {
-            Ok(()) => {
-                let params = m.params.or_else(|| self.cfg.params.clone());
-                self.start_params.insert(m.group, params);
-                let index = self.orch.migrations().len() - 1;
-                info!(group = %m.group, to = m.to, algorithm = ?m.algorithm, index, "migration requested");
-                Reply::json(
-                    200,
-                    &MigrateResponse {
-                        index,
-                        status: self.orch.migrations()[index].clone(),
-                    },
-                )
-            }
-            Err(e) => {
-                let status = match e {
-                    ControlError::UnknownGroup(_) | ControlError::UnknownInstance(_) => 400,
-                    ControlError::AlreadyThere(..) | ControlError::Busy(_) => 409,
-                    ControlError::Rules(_) => 500,
-                };
-                Reply::error(status, &e.to_string())
-            }
-        }
-    }
-
-    fn cluster_status(&self, now: Instant) -> ClusterStatus {
-        ClusterStatus {
-            uptime_s: now.as_secs_f64(),
-            switch_datapath_id: self.switch.datapath_id(),
-            switch_rules: if self.switch.installed() {
-                self.orch.table().len()
-            } else {
-                0
-            },
-            groups: self
-                .orch
-                .groups()
-                .iter()
-                .map(|g| GroupOwner {
-                    external: g.external,
-                    subscribers: g.subscribers,
-                    owner: g.owner,
-                })
-                .collect(),
-            nodes: self
-                .nodes
-                .iter()
-                .map(|(&id, n)| {
-                    (
-                        id,
-                        NodeEntry {
-                            connected: n.link.is_some(),
-                            status: n.status.clone(),
-                        },
-                    )
-                })
-                .collect(),
-            migrations: self.orch.migrations().to_vec(),
-            autoscale: Some(self.elastic.status()),
-        }
-    }
-
-    fn switch_status(&self) -> SwitchStatus {
-        self.switch.status(self.orch.table().len())
-    }
-
-    fn counters(&self) -> ControllerCounters {
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let s = &self.shared;
-        ControllerCounters {
-            inbox_full_waits: load(&s.inbox_full_waits),
-            node_lines_malformed: self.counters.node_lines_malformed
-                + load(&s.node_lines_malformed),
-            api_refused_busy: load(&s.api_refused_busy),
-            nodes_refused_tls: load(&s.nodes_refused_tls),
-            nodes_refused_auth: load(&s.nodes_refused_auth),
-            nodes_refused_busy: load(&s.nodes_refused_busy),
-            switch_refused_tls: load(&s.switch_refused_tls),
-            switch_refused_busy: load(&s.switch_refused_busy),
-            http: s.http.snapshot(),
-            node_events_not_from_source: self.orch.events_not_from_source(),
-            autoscale: self.elastic.counters(),
-            ..self.counters.clone()
         }
     }
 }
