@@ -19,8 +19,7 @@ use flowshift_control::api::{
 };
 use flowshift_control::orchestrator::{Command, ControlError, Intervention, Orchestrator, Stage};
 use flowshift_http::{HttpCounters, ServerCounters};
-use flowshift_migration::{InstanceId, MigrationEvent, MigrationId, Params, Phase, Role};
-use flowshift_nat::GroupMode;
+use flowshift_migration::{InstanceId, MigrationEvent, MigrationId, Params};
 use flowshift_wire::Instant;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -695,19 +694,24 @@ impl Core {
             NodeToController::Event { at_ns, event } => {
                 self.counters.node_events += 1;
                 info!(node = id, node_ns = at_ns, ?event, "migration event");
-                if let MigrationEvent::ReadyForCutover { migration, .. } = event
-                    && !self.knows(migration)
-                {
-                    // The source handed its state over and cannot go back: the next status
-                    // (asked for now) lets `reconcile` adopt and finish the migration.
-                    info!(
-                        node = id,
-                        migration = migration.0,
-                        "ready for cutover of an untracked migration; reconciling"
-                    );
-                    self.next_status_poll = now;
-                }
+                // A source waiting for a cutover this controller does not know of (it restarted
+                // before persisting the redirect) re-reports `AwaitingCutover`; the orchestrator
+                // adopts that migration and finishes it (`orchestrator/recovery.rs`).
+                let adopting = match &event {
+                    MigrationEvent::AwaitingCutover { migration, .. } => {
+                        (!self.knows(*migration)).then_some(*migration)
+                    }
+                    _ => None,
+                };
                 self.orch.handle_instance_event(now, InstanceId(id), &event);
+                if let Some(m) = adopting.filter(|m| self.knows(*m)) {
+                    self.counters.migrations_adopted += 1;
+                    warn!(
+                        node = id,
+                        migration = m.0,
+                        "adopted a migration waiting for its cutover (controller restart): finishing it"
+                    );
+                }
             }
         }
     }
@@ -866,7 +870,6 @@ impl Core {
                     .migration_started(now, external, Some(MigrationId(migration)));
             }
             (Purpose::Status, ReplyBody::Status(s)) => {
-                self.reconcile(now, p.node, &s);
                 self.elastic.node_status(p.node, &s, &self.orch);
                 if let Some(n) = self.nodes.get_mut(&p.node) {
                     n.status = Some(*s);

@@ -1,5 +1,4 @@
-//! The controller's recovery paths: the state file (write-ahead of redirects), reconciling
-//! with nodes' statuses after a restart (adopting a migration waiting for its cutover), the
+//! The controller's recovery paths: the state file (write-ahead of redirects), the
 //! orchestrator's interventions (abort, adopt, release), `POST /abort` and `POST /rehome`.
 
 use super::*;
@@ -116,89 +115,6 @@ impl Core {
             // A failure is counted in `request_failed`.
             let _ = self.request(now, on.0, body, purpose, ABORT_TIMEOUT);
         }
-    }
-
-    /// Reconciles a node's migrations with the controller's (after a controller restart, or
-    /// an event lost with a connection). A source waiting in AwaitCutover for a migration the
-    /// controller neither tracks nor resumes has handed its group's state to the destination
-    /// and cannot go back: the controller adopts the migration and finishes it forward
-    /// (redirect, barrier, cutover), once the destination's status names the same migration
-    /// and the source's status names the group it is moving. Earlier phases are left alone:
-    /// they end in a `ReadyForCutover` that [`abort_stray`](Self::abort_stray) answers.
-    pub(super) fn reconcile(&mut self, now: Instant, id: u16, status: &NodeStatus) {
-        for m in &status.migrations {
-            let orphan = m.role == Role::Source
-                && m.phase == Phase::AwaitCutover
-                && !self.knows(MigrationId(m.migration))
-                && !self.resumed.iter().any(|r| r.migration == m.migration);
-            if !orphan {
-                continue;
-            }
-            let to = self.nodes.iter().find_map(|(&n, node)| {
-                let st = node.status.as_ref()?;
-                st.migrations
-                    .iter()
-                    .any(|d| d.migration == m.migration && d.role == Role::Destination)
-                    .then_some(n)
-            });
-            let moving: Vec<Ipv4Addr> = status
-                .groups
-                .iter()
-                .filter(|g| matches!(g.mode, GroupMode::Draining | GroupMode::Moved))
-                .filter(|g| self.orch.owner_of(g.external) == Some(InstanceId(id)))
-                .map(|g| g.external)
-                .collect();
-            let (Some(to), [external]) = (to, moving.as_slice()) else {
-                debug!(
-                    node = id,
-                    migration = m.migration,
-                    ?to,
-                    ?moving,
-                    "orphaned migration: destination or group not known yet"
-                );
-                continue;
-            };
-            self.adopt(now, id, to, *external, m.migration);
-        }
-    }
-
-    /// Takes over migration `migration` of group `external` from `from` to `to`, which is
-    /// ready for its cutover, and finishes it (see [`reconcile`](Self::reconcile)).
-    pub(super) fn adopt(
-        &mut self,
-        now: Instant,
-        from: u16,
-        to: u16,
-        external: Ipv4Addr,
-        migration: u64,
-    ) {
-        // Commands already queued go first, so the one popped below is this request's.
-        self.drive();
-        if let Err(e) = self.orch.request_migration(
-            now,
-            external,
-            InstanceId(to),
-            flowshift_migration::Algorithm::FreezeCopy,
-        ) {
-            warn!(%external, migration, "cannot adopt an orphaned migration: {e}");
-            return;
-        }
-        // The source runs it already: its `StartMigration` is not sent.
-        match self.orch.poll_command() {
-            Some(Command::StartMigration { .. }) => {}
-            other => warn!(?other, "unexpected command while adopting a migration"),
-        }
-        self.orch
-            .migration_started(now, external, Some(MigrationId(migration)));
-        let ready = MigrationEvent::ReadyForCutover {
-            migration: MigrationId(migration),
-            group: 0,
-        };
-        self.orch
-            .handle_instance_event(now, InstanceId(from), &ready);
-        self.counters.migrations_adopted += 1;
-        warn!(%external, migration, from, to,
-            "adopted a migration waiting for its cutover (controller restart): finishing it forward");
     }
 
     /// The source answered (or will never answer) a cutover: a resumed migration is over.
