@@ -267,22 +267,13 @@ fn write_plots(a: &ElasticArgs, runs: &[ElasticRun]) -> Result<()> {
         let p = r.samples.iter().map(|s| (s.t_s, s.offered_pps / cap));
         pts.push(("offered load (node capacities)".into(), p.collect()));
     }
-    let fig = Figure {
-        title: "Elastic CGNAT: nodes in service",
-        x_label: "time (s)",
-        y_label: "nodes",
-        series: pts
-            .iter()
-            .map(|(l, p)| Series {
-                label: l,
-                points: p,
-            })
-            .collect(),
-        spans: Vec::new(),
-        log_y: false,
-        log_x: false,
-    };
-    plot::write(&fig, &a.out.join("elastic-nodes"))?;
+    write_time_plot(
+        "Elastic CGNAT: nodes in service",
+        "nodes",
+        &pts,
+        Vec::new(),
+        &a.out.join("elastic-nodes"),
+    )?;
     // Per-node load of the first variant, migrations marked.
     if let Some(r) = runs.first() {
         let n = r.config.nodes;
@@ -312,22 +303,13 @@ fn write_plots(a: &ElasticArgs, runs: &[ElasticRun]) -> Result<()> {
             })
             .collect();
         let title = format!("Per-node load ({}), migrations marked", names[0]);
-        let fig = Figure {
-            title: &title,
-            x_label: "time (s)",
-            y_label: "load (1.0 = capacity)",
-            series: pts
-                .iter()
-                .map(|(l, p)| Series {
-                    label: l,
-                    points: p,
-                })
-                .collect(),
+        write_time_plot(
+            &title,
+            "load (1.0 = capacity)",
+            &pts,
             spans,
-            log_y: false,
-            log_x: false,
-        };
-        plot::write(&fig, &a.out.join("elastic-load"))?;
+            &a.out.join("elastic-load"),
+        )?;
     }
     // Goodput and losses.
     let mut pts: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
@@ -341,10 +323,28 @@ fn write_plots(a: &ElasticArgs, runs: &[ElasticRun]) -> Result<()> {
         });
         pts.push((format!("{n}: lost"), l.collect()));
     }
+    write_time_plot(
+        "Elastic CGNAT: packets delivered and lost per second",
+        "packets/s",
+        &pts,
+        Vec::new(),
+        &a.out.join("elastic-goodput"),
+    )?;
+    Ok(())
+}
+
+/// Writes a plot of `pts` (label, (time s, value)) over time, with `spans` marked.
+fn write_time_plot(
+    title: &str,
+    y_label: &str,
+    pts: &[(String, Vec<(f64, f64)>)],
+    spans: Vec<Span<'_>>,
+    out: &std::path::Path,
+) -> Result<()> {
     let fig = Figure {
-        title: "Elastic CGNAT: packets delivered and lost per second",
+        title,
         x_label: "time (s)",
-        y_label: "packets/s",
+        y_label,
         series: pts
             .iter()
             .map(|(l, p)| Series {
@@ -352,10 +352,9 @@ fn write_plots(a: &ElasticArgs, runs: &[ElasticRun]) -> Result<()> {
                 points: p,
             })
             .collect(),
-        spans: Vec::new(),
+        spans,
         log_y: false,
         log_x: false,
     };
-    plot::write(&fig, &a.out.join("elastic-goodput"))?;
-    Ok(())
+    plot::write(&fig, out)
 }
