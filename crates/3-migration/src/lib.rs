@@ -166,8 +166,30 @@ use flowshift_wire::Instant;
 use serde::{Deserialize, Serialize};
 
 /// Identifies an instance in the cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
 pub struct InstanceId(pub u16);
+
+impl std::fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<u16> for InstanceId {
+    fn from(id: u16) -> Self {
+        InstanceId(id)
+    }
+}
+
+impl std::str::FromStr for InstanceId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(InstanceId)
+    }
+}
 
 /// Identifies a migration cluster-wide: the source instance in the top 16 bits, then the source
 /// process's random 32-bit epoch ([`MigrationConfig::epoch`]), then a 16-bit counter of that

@@ -13,7 +13,7 @@
 
 use crate::orchestrator::MigrationStatus;
 pub use crate::status::{GroupStatus, NodeMigration, NodeStatus};
-use flowshift_migration::{Algorithm, MigrationEvent, Params};
+use flowshift_migration::{Algorithm, InstanceId, MigrationEvent, Params};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -29,7 +29,7 @@ pub enum NodeToController {
     /// First message: who the node is and what it serves.
     Hello {
         /// Instance id (as in the cluster configuration).
-        id: u16,
+        id: InstanceId,
         /// The node's MAC on the switch port.
         mac: [u8; 6],
         /// External addresses of the groups the node has configured.
@@ -73,7 +73,7 @@ pub enum NodeRequest {
         /// The group.
         external: Ipv4Addr,
         /// Destination instance.
-        to: u16,
+        to: InstanceId,
         /// Algorithm.
         algorithm: Algorithm,
         /// Parameters; `None`: the node's configured defaults.
@@ -144,7 +144,7 @@ pub struct MigrateRequest {
     /// The group's external address.
     pub group: Ipv4Addr,
     /// Destination node id.
-    pub to: u16,
+    pub to: InstanceId,
     /// Algorithm.
     pub algorithm: Algorithm,
     /// Parameters; `None`: the controller's configured defaults.
@@ -173,7 +173,7 @@ pub struct ClusterStatus {
     /// Groups and their current owners.
     pub groups: Vec<GroupOwner>,
     /// Nodes by id: connected or not, and their last status.
-    pub nodes: BTreeMap<u16, NodeEntry>,
+    pub nodes: BTreeMap<InstanceId, NodeEntry>,
     /// Every migration requested since the controller started.
     pub migrations: Vec<MigrationStatus>,
     /// The elastic policy: node states, counters, last decisions (absent from older
@@ -196,7 +196,7 @@ pub struct RehomeRequest {
     /// The group's external address.
     pub group: Ipv4Addr,
     /// The new owner (must be connected; the current one must not be).
-    pub to: u16,
+    pub to: InstanceId,
 }
 
 /// A group's owner as the controller sees it.
@@ -207,7 +207,7 @@ pub struct GroupOwner {
     /// Subscriber prefix.
     pub subscribers: Ipv4Net,
     /// Owning node.
-    pub owner: u16,
+    pub owner: InstanceId,
 }
 
 /// One node as the controller sees it.
@@ -284,7 +284,7 @@ mod tests {
                 req: 1,
                 body: NodeRequest::StartMigration {
                     external: Ipv4Addr::new(198, 18, 0, 1),
-                    to: 2,
+                    to: InstanceId(2),
                     algorithm: Algorithm::FreezeCopy,
                     params: Some(Params::default()),
                 },
@@ -311,7 +311,7 @@ mod tests {
     fn events_and_replies_round_trip() {
         let msgs = vec![
             NodeToController::Hello {
-                id: 1,
+                id: InstanceId(1),
                 mac: [2, 0, 0, 0, 0, 1],
                 groups: vec![Ipv4Addr::new(198, 18, 0, 1)],
             },

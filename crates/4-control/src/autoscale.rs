@@ -28,7 +28,7 @@
 //! **Bound.** An overloaded node is relieved within `sustain` + (node start, when no node has
 //! room) + one migration per group to move, as long as the cluster has capacity.
 
-use flowshift_migration::Algorithm;
+use flowshift_migration::{Algorithm, InstanceId};
 use flowshift_wire::Instant;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -132,7 +132,7 @@ pub struct GroupLoad {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeLoad {
     /// The node.
-    pub node: u16,
+    pub node: InstanceId,
     /// Packets/s through it.
     pub pps: f64,
     /// Its sessions.
@@ -164,23 +164,23 @@ pub enum Action {
     /// Bring a standby node into service; answer with `handle_node_ready`.
     StartNode {
         /// The node.
-        node: u16,
+        node: InstanceId,
     },
     /// Migrate a group; answer with `handle_migration_done`.
     Migrate {
         /// The group.
         external: Ipv4Addr,
         /// Its node.
-        from: u16,
+        from: InstanceId,
         /// The new node.
-        to: u16,
+        to: InstanceId,
         /// How.
         algorithm: Algorithm,
     },
     /// The node holds no group and may be stopped (no answer expected).
     StopNode {
         /// The node.
-        node: u16,
+        node: InstanceId,
     },
 }
 
@@ -232,7 +232,7 @@ pub struct AutoscaleStatus {
     /// Whether it acts.
     pub enabled: bool,
     /// Each node's state and last load.
-    pub nodes: Vec<(u16, NodeState, f64)>,
+    pub nodes: Vec<(InstanceId, NodeState, f64)>,
     /// The action in flight.
     pub in_flight: Option<Action>,
     /// Counters.
@@ -254,13 +254,13 @@ struct NodeTrack {
 #[derive(Debug)]
 pub struct Autoscaler {
     cfg: AutoscaleConfig,
-    nodes: BTreeMap<u16, NodeTrack>,
+    nodes: BTreeMap<InstanceId, NodeTrack>,
     in_flight: Option<(Action, Instant)>,
     quiet_until: Instant,
     started: VecDeque<Instant>,
     rested: BTreeMap<Ipv4Addr, Instant>,
     /// After a scale-out, the overloaded node the new node is for.
-    relieve_after_start: Option<u16>,
+    relieve_after_start: Option<InstanceId>,
     actions: VecDeque<Action>,
     recent: VecDeque<Decision>,
     counters: AutoscaleCounters,
@@ -274,7 +274,11 @@ fn ms(v: u64) -> Duration {
 
 impl Autoscaler {
     /// A policy over nodes `active` (in service at start) and `standby`.
-    pub fn new(cfg: AutoscaleConfig, active: &[u16], standby: &[u16]) -> Result<Self, String> {
+    pub fn new(
+        cfg: AutoscaleConfig,
+        active: &[InstanceId],
+        standby: &[InstanceId],
+    ) -> Result<Self, String> {
         cfg.validate()?;
         let track = |state| NodeTrack {
             state,
@@ -312,7 +316,7 @@ impl Autoscaler {
     }
 
     /// A node's state, if the policy knows it.
-    pub fn node_state(&self, node: u16) -> Option<NodeState> {
+    pub fn node_state(&self, node: InstanceId) -> Option<NodeState> {
         self.nodes.get(&node).map(|t| t.state)
     }
 
@@ -351,7 +355,7 @@ impl Autoscaler {
     }
 
     /// A node asked for with [`Action::StartNode`] is in service.
-    pub fn handle_node_ready(&mut self, now: Instant, node: u16) {
+    pub fn handle_node_ready(&mut self, now: Instant, node: InstanceId) {
         if let Some(t) = self.nodes.get_mut(&node)
             && t.state == NodeState::Starting
         {

@@ -107,9 +107,9 @@ pub struct MigrationStatus {
     /// The group.
     pub external: Ipv4Addr,
     /// Source.
-    pub from: u16,
+    pub from: InstanceId,
     /// Destination.
-    pub to: u16,
+    pub to: InstanceId,
     /// Algorithm.
     pub algorithm: Algorithm,
     /// Stage.
@@ -143,10 +143,10 @@ pub enum ControlError {
     UnknownGroup(Ipv4Addr),
     /// No such instance.
     #[error("no instance {0}")]
-    UnknownInstance(u16),
+    UnknownInstance(InstanceId),
     /// Already owned by the target.
     #[error("group {0} is already on instance {1}")]
-    AlreadyThere(Ipv4Addr, u16),
+    AlreadyThere(Ipv4Addr, InstanceId),
     /// A migration of the group is in progress.
     #[error("group {0} is already migrating")]
     Busy(Ipv4Addr),
@@ -209,7 +209,7 @@ impl Orchestrator {
         self.groups
             .iter()
             .find(|g| g.external == external)
-            .map(|g| InstanceId(g.owner))
+            .map(|g| g.owner)
     }
 
     /// Every migration requested so far.
@@ -241,11 +241,11 @@ impl Orchestrator {
             .iter()
             .find(|g| g.external == external)
             .ok_or(ControlError::UnknownGroup(external))?;
-        if !self.topo.instances.contains_key(&to.0) {
-            return Err(ControlError::UnknownInstance(to.0));
+        if !self.topo.instances.contains_key(&to) {
+            return Err(ControlError::UnknownInstance(to));
         }
-        if g.owner == to.0 {
-            return Err(ControlError::AlreadyThere(external, to.0));
+        if g.owner == to {
+            return Err(ControlError::AlreadyThere(external, to));
         }
         let busy = self
             .migrations
@@ -257,7 +257,7 @@ impl Orchestrator {
         self.migrations.push(MigrationStatus {
             external,
             from: g.owner,
-            to: to.0,
+            to,
             algorithm,
             stage: Stage::Requested,
             migration: None,
@@ -270,7 +270,7 @@ impl Orchestrator {
             redirect_retries: 0,
         });
         self.commands.push_back(Command::StartMigration {
-            on: InstanceId(g.owner),
+            on: g.owner,
             external,
             to,
             algorithm,
@@ -318,7 +318,7 @@ impl Orchestrator {
                 let Some(&i) = self.by_id.get(migration) else {
                     return;
                 };
-                if self.migrations[i].stage != Stage::Running || self.migrations[i].from != from.0 {
+                if self.migrations[i].stage != Stage::Running || self.migrations[i].from != from {
                     return;
                 }
                 self.redirect(now, i);
@@ -337,7 +337,7 @@ impl Orchestrator {
                     return;
                 };
                 // Only the source ends its migration (the event's role is its own word).
-                if self.migrations[i].from != from.0 {
+                if self.migrations[i].from != from {
                     self.events_not_from_source += 1;
                     return;
                 }
@@ -354,7 +354,7 @@ impl Orchestrator {
                     return;
                 };
                 let m = &mut self.migrations[i];
-                if m.from != from.0 {
+                if m.from != from {
                     self.events_not_from_source += 1;
                     return;
                 }
@@ -387,7 +387,7 @@ impl Orchestrator {
         m.redirect_confirmed_at = Some(now);
         if let Some(id) = m.migration {
             self.commands.push_back(Command::CutoverDone {
-                on: InstanceId(m.from),
+                on: m.from,
                 migration: MigrationId(id),
             });
         }
@@ -397,33 +397,14 @@ impl Orchestrator {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::rules::{Action, InstancePort};
+    use crate::rules::Action;
 
     pub(super) fn orch() -> Orchestrator {
-        let topo = Topology {
-            inside_port: 1,
-            outside_port: 2,
-            instances: BTreeMap::from([
-                (
-                    0,
-                    InstancePort {
-                        port: 10,
-                        mac: [2, 0, 0, 0, 0, 10],
-                    },
-                ),
-                (
-                    1,
-                    InstancePort {
-                        port: 11,
-                        mac: [2, 0, 0, 0, 0, 11],
-                    },
-                ),
-            ]),
-        };
+        let topo = crate::rules::tests::topo();
         let groups = vec![GroupRoute {
             external: [203, 0, 113, 1].into(),
             subscribers: "100.64.0.0/24".parse().unwrap(),
-            owner: 0,
+            owner: InstanceId(0),
         }];
         Orchestrator::new(topo, groups).unwrap()
     }
@@ -561,7 +542,7 @@ pub(super) mod tests {
                 InstanceId(7),
                 Algorithm::StopCopy
             ),
-            Err(ControlError::UnknownInstance(7))
+            Err(ControlError::UnknownInstance(InstanceId(7)))
         ));
         assert!(matches!(
             o.request_migration(
@@ -570,7 +551,7 @@ pub(super) mod tests {
                 InstanceId(0),
                 Algorithm::StopCopy
             ),
-            Err(ControlError::AlreadyThere(_, 0))
+            Err(ControlError::AlreadyThere(_, InstanceId(0)))
         ));
     }
 }

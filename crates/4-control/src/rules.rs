@@ -9,6 +9,7 @@
 //! by destination MAC (the daisy chain of a migration, when it runs through the switch).
 //! Anything else matches nothing and is dropped (the switch runs in fail-secure mode).
 
+use flowshift_migration::InstanceId;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -86,7 +87,7 @@ pub struct GroupRoute {
     /// Subscriber prefix.
     pub subscribers: Ipv4Net,
     /// Owning instance (key into [`Topology::instances`]).
-    pub owner: u16,
+    pub owner: InstanceId,
 }
 
 /// The switch's wiring.
@@ -97,7 +98,7 @@ pub struct Topology {
     /// Port towards the Internet.
     pub outside_port: u32,
     /// NAT instances by id.
-    pub instances: BTreeMap<u16, InstancePort>,
+    pub instances: BTreeMap<InstanceId, InstancePort>,
 }
 
 /// Cookie layout: kind in the top byte, detail below.
@@ -110,7 +111,7 @@ const COOKIE_CHAIN: u64 = 3 << 56;
 pub enum RuleError {
     /// A group names an instance the topology lacks.
     #[error("group {0} is owned by unknown instance {1}")]
-    UnknownOwner(Ipv4Addr, u16),
+    UnknownOwner(Ipv4Addr, InstanceId),
 }
 
 /// The steering rules of one group towards `owner`.
@@ -157,7 +158,7 @@ pub fn table(topo: &Topology, groups: &[GroupRoute]) -> Result<Vec<Rule>, RuleEr
         for g in groups {
             rules.push(Rule {
                 priority: PRIORITY_TO_INSIDE,
-                cookie: COOKIE_RETURN | id as u64,
+                cookie: COOKIE_RETURN | id.0 as u64,
                 matcher: Match {
                     in_port: Some(inst.port),
                     ipv4_dst: Some(g.subscribers),
@@ -168,7 +169,7 @@ pub fn table(topo: &Topology, groups: &[GroupRoute]) -> Result<Vec<Rule>, RuleEr
         }
         rules.push(Rule {
             priority: PRIORITY_TO_OUTSIDE,
-            cookie: COOKIE_RETURN | id as u64,
+            cookie: COOKIE_RETURN | id.0 as u64,
             matcher: Match {
                 in_port: Some(inst.port),
                 ..Match::default()
@@ -179,7 +180,7 @@ pub fn table(topo: &Topology, groups: &[GroupRoute]) -> Result<Vec<Rule>, RuleEr
             if other != id {
                 rules.push(Rule {
                     priority: PRIORITY_CHAIN,
-                    cookie: COOKIE_CHAIN | (id as u64) << 16 | other as u64,
+                    cookie: COOKIE_CHAIN | (id.0 as u64) << 16 | other.0 as u64,
                     matcher: Match {
                         in_port: Some(inst.port),
                         eth_dst: Some(peer.mac),
@@ -263,23 +264,24 @@ pub fn lookup(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn topo() -> Topology {
+    /// Two instances (0 on port 10, 1 on port 11) between inside port 1 and outside port 2.
+    pub(crate) fn topo() -> Topology {
         Topology {
             inside_port: 1,
             outside_port: 2,
             instances: BTreeMap::from([
                 (
-                    0,
+                    InstanceId(0),
                     InstancePort {
                         port: 10,
                         mac: [2, 0, 0, 0, 0, 10],
                     },
                 ),
                 (
-                    1,
+                    InstanceId(1),
                     InstancePort {
                         port: 11,
                         mac: [2, 0, 0, 0, 0, 11],
@@ -289,12 +291,12 @@ mod tests {
         }
     }
 
-    fn groups(owner_of_second: u16) -> Vec<GroupRoute> {
+    fn groups(owner_of_second: InstanceId) -> Vec<GroupRoute> {
         vec![
             GroupRoute {
                 external: [203, 0, 113, 1].into(),
                 subscribers: "100.64.0.0/24".parse().unwrap(),
-                owner: 0,
+                owner: InstanceId(0),
             },
             GroupRoute {
                 external: [203, 0, 113, 2].into(),
@@ -306,7 +308,7 @@ mod tests {
 
     #[test]
     fn traffic_reaches_the_owner_and_returns_the_right_way() {
-        let t = table(&topo(), &groups(0)).unwrap();
+        let t = table(&topo(), &groups(InstanceId(0))).unwrap();
         let any = [0; 6];
         let up = lookup(&t, 1, any, [100, 64, 1, 7].into(), [198, 18, 0, 1].into()).unwrap();
         assert_eq!(
@@ -337,8 +339,8 @@ mod tests {
 
     #[test]
     fn moving_a_group_modifies_exactly_its_two_steering_rules() {
-        let before = table(&topo(), &groups(0)).unwrap();
-        let after = table(&topo(), &groups(1)).unwrap();
+        let before = table(&topo(), &groups(InstanceId(0))).unwrap();
+        let after = table(&topo(), &groups(InstanceId(1))).unwrap();
         let d = diff(&before, &after);
         assert!(d.add.is_empty() && d.delete.is_empty());
         assert_eq!(d.modify.len(), 2);
@@ -354,11 +356,11 @@ mod tests {
 
     #[test]
     fn unknown_owner_is_an_error() {
-        let mut g = groups(0);
-        g[0].owner = 9;
+        let mut g = groups(InstanceId(0));
+        g[0].owner = InstanceId(9);
         assert!(matches!(
             table(&topo(), &g),
-            Err(RuleError::UnknownOwner(_, 9))
+            Err(RuleError::UnknownOwner(_, InstanceId(9)))
         ));
     }
 }

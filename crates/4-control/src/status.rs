@@ -7,7 +7,7 @@
 //! (`nat_<field>`, `drop_<reason>`, `loss_<cause>`, `rx_packets`, `transfer_<field>`, ...)
 //! for tables, logs and differences; code that needs one counter reads its field.
 
-use flowshift_migration::{InstanceCounters, LossCause, Phase, Role};
+use flowshift_migration::{InstanceCounters, InstanceId, LossCause, Phase, Role};
 use flowshift_nat::{DropReason, GroupMode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -42,7 +42,7 @@ macro_rules! counter_struct {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// Instance id.
-    pub id: u16,
+    pub id: InstanceId,
     /// Seconds since the node started.
     pub uptime_s: f64,
     /// Groups configured on the node (including ones being received).

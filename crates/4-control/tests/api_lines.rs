@@ -6,6 +6,7 @@ use flowshift_control::api::{
     ControllerToNode, NodeRequest, NodeStatus, NodeToController, ReplyBody, decode_line,
     encode_line,
 };
+use flowshift_migration::InstanceId;
 use flowshift_migration::{Algorithm, Params};
 use std::net::Ipv4Addr;
 
@@ -36,7 +37,7 @@ fn floats_cross_the_control_channel_unchanged() {
             req: 1,
             body: NodeRequest::StartMigration {
                 external: Ipv4Addr::new(198, 18, 0, 1),
-                to: 2,
+                to: InstanceId(2),
                 algorithm: Algorithm::FreezeCopy,
                 params: Some(Params {
                     idle_rate_threshold: f,

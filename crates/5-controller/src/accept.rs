@@ -243,9 +243,9 @@ async fn node_reader(
     };
     // The id is the certificate's, never the hello's word alone: an impostor (another
     // node's key, the switch's, the controller's) is refused before the core sees it.
-    if !peer_is(certs, &node_name(id)) {
+    if !peer_is(certs, &node_name(id.0)) {
         Shared::bump(&shared.nodes_refused_auth);
-        warn!(%peer, claimed = id, "node connection refused: its certificate does not name node {id}");
+        warn!(%peer, claimed = %id, "node connection refused: its certificate does not name node {id}");
         return;
     }
     let peer_for_core = peer.clone();

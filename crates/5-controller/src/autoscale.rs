@@ -57,10 +57,10 @@ pub(crate) struct Elastic {
     policy: Autoscaler,
     start_command: Vec<String>,
     stop_command: Vec<String>,
-    in_service: BTreeMap<u16, bool>,
-    starting: Vec<u16>,
-    last: BTreeMap<u16, Last>,
-    loads: BTreeMap<u16, NodeLoad>,
+    in_service: BTreeMap<InstanceId, bool>,
+    starting: Vec<InstanceId>,
+    last: BTreeMap<InstanceId, Last>,
+    loads: BTreeMap<InstanceId, NodeLoad>,
     /// The policy's migration in the orchestrator's list: (index, group).
     pending: Option<(usize, Ipv4Addr)>,
     children: Vec<(String, Child)>,
@@ -70,13 +70,13 @@ pub(crate) struct Elastic {
 impl Elastic {
     /// The policy for `cfg` (validated): standby nodes out of service, the others in.
     pub(crate) fn new(cfg: &ClusterConfig) -> Result<Elastic, String> {
-        let active: Vec<u16> = cfg
+        let active: Vec<InstanceId> = cfg
             .nodes
             .iter()
             .filter(|n| !n.standby)
             .map(|n| n.id)
             .collect();
-        let standby: Vec<u16> = cfg
+        let standby: Vec<InstanceId> = cfg
             .nodes
             .iter()
             .filter(|n| n.standby)
@@ -97,12 +97,12 @@ impl Elastic {
     }
 
     /// Whether node `id` is in service (unknown nodes are not).
-    pub(crate) fn in_service(&self, id: u16) -> bool {
+    pub(crate) fn in_service(&self, id: InstanceId) -> bool {
         self.in_service.get(&id).copied().unwrap_or(false)
     }
 
     /// A node's status reply: computes its load from the change since its last one.
-    pub(crate) fn node_status(&mut self, id: u16, s: &NodeStatus, orch: &Orchestrator) {
+    pub(crate) fn node_status(&mut self, id: InstanceId, s: &NodeStatus, orch: &Orchestrator) {
         let now = Last {
             uptime_s: s.uptime_s,
             rx: s.counters.io.rx_packets,
@@ -120,7 +120,7 @@ impl Elastic {
         let owned: Vec<(Ipv4Addr, u64)> = s
             .groups
             .iter()
-            .filter(|g| orch.owner_of(g.external) == Some(InstanceId(id)))
+            .filter(|g| orch.owner_of(g.external) == Some(id))
             .map(|g| (g.external, u64::from(g.sessions)))
             .collect();
         let sessions: u64 = owned.iter().map(|g| g.1).sum();
@@ -157,7 +157,7 @@ impl Elastic {
         &mut self,
         now: Instant,
         orch: &mut Orchestrator,
-        connected: &dyn Fn(u16) -> bool,
+        connected: &dyn Fn(InstanceId) -> bool,
         start: &mut dyn FnMut(Ipv4Addr),
     ) {
         self.reap();
@@ -176,7 +176,7 @@ impl Elastic {
         }
         for id in std::mem::take(&mut self.starting) {
             if connected(id) {
-                info!(node = id, "autoscale: node in service");
+                info!(node = %id, "autoscale: node in service");
                 self.in_service.insert(id, true);
                 self.policy.handle_node_ready(now, id);
             } else {
@@ -213,14 +213,12 @@ impl Elastic {
                 } => {
                     let ok = connected(from)
                         && connected(to)
-                        && orch
-                            .request_migration(now, external, InstanceId(to), algorithm)
-                            .is_ok();
+                        && orch.request_migration(now, external, to, algorithm).is_ok();
                     if ok {
                         start(external);
                         self.pending = Some((orch.migrations().len() - 1, external));
                     } else {
-                        warn!(%external, from, to, "autoscale: migration refused");
+                        warn!(%external, %from, %to, "autoscale: migration refused");
                         self.counters.migrations_refused += 1;
                         self.policy.handle_migration_done(now, external, false);
                     }
@@ -230,7 +228,7 @@ impl Elastic {
     }
 
     /// Starts `argv` for `node` (`{node}` replaced, else the id appended), detached.
-    fn run(&mut self, argv: &[String], node: u16) {
+    fn run(&mut self, argv: &[String], node: InstanceId) {
         let Some((prog, args)) = argv.split_first() else {
             return;
         };

@@ -9,6 +9,7 @@ use axum::http::Method;
 use flowshift_control::api::{ClusterStatus, MigrateRequest, MigrateResponse};
 use flowshift_control::orchestrator::MigrationStatus;
 use flowshift_http::{Client, HttpError, Token};
+use flowshift_migration::InstanceId;
 use serde::de::DeserializeOwned;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -81,7 +82,11 @@ impl ApiClient {
     }
 
     /// `POST /rehome`: the record (dead owner, new owner, sessions lost) as JSON.
-    pub fn rehome(&self, group: Ipv4Addr, to: u16) -> Result<serde_json::Value, ClientError> {
+    pub fn rehome(
+        &self,
+        group: Ipv4Addr,
+        to: InstanceId,
+    ) -> Result<serde_json::Value, ClientError> {
         let req = flowshift_control::api::RehomeRequest { group, to };
         let body = serde_json::to_vec(&req).map_err(|e| ClientError::BadResponse(e.to_string()))?;
         let (status, answer) = self.request("POST", "/rehome", Some(&body))?;

@@ -37,7 +37,7 @@
 //! and the autoscale policy brings it into service when it needs room.
 
 use flowshift_control::rules::{GroupRoute, InstancePort, Topology};
-use flowshift_migration::Params;
+use flowshift_migration::{InstanceId, Params};
 use flowshift_openflow::port;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -125,7 +125,7 @@ pub struct SwitchConfig {
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Instance id; the node's `Hello` must carry it.
-    pub id: u16,
+    pub id: InstanceId,
     /// OpenFlow port of the node's interface.
     pub port: u32,
     /// The node's MAC on that port; the node's `Hello` must carry it.
@@ -147,7 +147,7 @@ pub struct PoolConfig {
     #[serde(default)]
     pub groups: Option<u32>,
     /// Initial owners, dealt round-robin over the groups.
-    pub owners: Vec<u16>,
+    pub owners: Vec<InstanceId>,
 }
 
 /// A group (external address + subscriber prefix) and its initial owner.
@@ -159,7 +159,7 @@ pub struct GroupConfig {
     /// Subscriber prefix (host bits must be zero).
     pub subscribers: Ipv4Net,
     /// Owning node id at start-up.
-    pub owner: u16,
+    pub owner: InstanceId,
 }
 
 /// The controller's configuration. See the module documentation for the format.
@@ -440,7 +440,7 @@ impl ClusterConfig {
     }
 
     /// The node with this id.
-    pub fn node(&self, id: u16) -> Option<&NodeConfig> {
+    pub fn node(&self, id: InstanceId) -> Option<&NodeConfig> {
         self.nodes.iter().find(|n| n.id == id)
     }
 }
@@ -499,8 +499,8 @@ idle_max = 0
         assert_eq!(p.batch_size, 128);
         assert_eq!(p.idle_max, std::time::Duration::ZERO);
         let t = c.topology();
-        assert_eq!(t.instances[&2].port, 4);
-        assert_eq!(c.group_routes()[1].owner, 2);
+        assert_eq!(t.instances[&InstanceId(2)].port, 4);
+        assert_eq!(c.group_routes()[1].owner, InstanceId(2));
         assert_eq!(c.tls.cert, PathBuf::from("pki/controller.pem"));
         assert!(!c.openflow_tls);
         assert_eq!(c.switch.datapath_id, Some(DatapathId(0xfa)));
@@ -575,7 +575,7 @@ idle_max = 0
         let g = &c.groups[2 + 5];
         assert_eq!(g.external, Ipv4Addr::new(203, 0, 113, 5));
         assert_eq!(g.subscribers, "100.80.40.0/21".parse::<Ipv4Net>().unwrap());
-        assert_eq!(g.owner, 2);
+        assert_eq!(g.owner, InstanceId(2));
         assert!(c.autoscale.enabled);
         assert_eq!(c.autoscale.high, 0.9);
         assert_eq!(c.group_routes().len(), 34);
@@ -593,7 +593,7 @@ idle_max = 0
             .replace("owner = 2", "owner = 1")
             .replace("id = 2\n", "id = 2\nstandby = true\n");
         let c = ClusterConfig::from_toml(&standby).unwrap();
-        assert!(c.node(2).unwrap().standby && !c.node(1).unwrap().standby);
+        assert!(c.node(InstanceId(2)).unwrap().standby && !c.node(InstanceId(1)).unwrap().standby);
     }
 
     #[test]

@@ -184,7 +184,7 @@ pub(crate) enum Input {
     /// A node connection opened with this hello; its writer queue is `tx`.
     NodeHello {
         conn: u64,
-        id: u16,
+        id: InstanceId,
         mac: [u8; 6],
         groups: Vec<Ipv4Addr>,
         tx: mpsc::Sender<Vec<u8>>,
@@ -278,7 +278,7 @@ enum Purpose {
 }
 
 struct Pending {
-    node: u16,
+    node: InstanceId,
     conn: u64,
     deadline: Instant,
     purpose: Purpose,
@@ -290,7 +290,7 @@ pub(crate) struct Core {
     t0: std::time::Instant,
     orch: Orchestrator,
     switch: Switch,
-    nodes: BTreeMap<u16, Node>,
+    nodes: BTreeMap<InstanceId, Node>,
     requests: BTreeMap<u64, Pending>,
     next_req: u64,
     next_status_poll: Instant,
@@ -329,7 +329,7 @@ impl Core {
             None => (None, None),
         };
         let mut routes = cfg.group_routes();
-        let mut nodes: BTreeMap<u16, Node> =
+        let mut nodes: BTreeMap<InstanceId, Node> =
             cfg.nodes.iter().map(|n| (n.id, Node::default())).collect();
         let mut resumed = Vec::new();
         if let Some(state) = restored {
@@ -337,12 +337,12 @@ impl Core {
                 match state.owners.get(&r.external) {
                     Some(&owner) if nodes.contains_key(&owner) => {
                         if owner != r.owner {
-                            info!(group = %r.external, owner, configured = r.owner,
+                            info!(group = %r.external, %owner, configured = %r.owner,
                                 "ownership from the state file");
                         }
                         r.owner = owner;
                     }
-                    Some(&owner) => warn!(group = %r.external, owner,
+                    Some(&owner) => warn!(group = %r.external, %owner,
                         "the state file names an unconfigured owner; using the configured one"),
                     None => {
                         info!(group = %r.external, "group not in the state file: configured owner")
@@ -355,8 +355,8 @@ impl Core {
                     .any(|r| r.external == m.external && r.owner == m.to);
                 match nodes.get_mut(&m.from) {
                     Some(n) if routed_to_dest => {
-                        info!(migration = m.migration, group = %m.external, from = m.from,
-                            to = m.to, "resuming a redirected migration: cutover re-sent");
+                        info!(migration = m.migration, group = %m.external, from = %m.from,
+                            to = %m.to, "resuming a redirected migration: cutover re-sent");
                         n.cutovers.push((m.migration, 1));
                         resumed.push(m);
                     }
@@ -474,11 +474,11 @@ impl Core {
         for req in expired {
             if let Some(p) = self.requests.remove(&req) {
                 self.counters.requests_timed_out += 1;
-                warn!(node = p.node, req, "node request timed out");
+                warn!(node = %p.node, req, "node request timed out");
                 self.request_failed(now, p, "timed out");
             }
         }
-        let ids: Vec<u16> = self.nodes.keys().copied().collect();
+        let ids: Vec<InstanceId> = self.nodes.keys().copied().collect();
         for id in &ids {
             let queued = match self.nodes.get_mut(id) {
                 Some(n) if n.link.is_some() => std::mem::take(&mut n.cutovers),
@@ -514,7 +514,7 @@ impl Core {
         if now >= self.next_autoscale {
             self.next_autoscale = now + STATUS_INTERVAL;
             let nodes = &self.nodes;
-            let connected = |id: u16| nodes.get(&id).is_some_and(|n| n.link.is_some());
+            let connected = |id: InstanceId| nodes.get(&id).is_some_and(|n| n.link.is_some());
             let params = self.cfg.params.clone();
             let start_params = &mut self.start_params;
             self.elastic
@@ -543,15 +543,15 @@ impl Core {
                         .unwrap_or_else(|| self.cfg.params.clone());
                     let body = NodeRequest::StartMigration {
                         external,
-                        to: to.0,
+                        to,
                         algorithm,
                         params,
                     };
                     // On failure `request` has abandoned the migration (`request_failed`).
                     if let Ok(req) =
-                        self.request(now, on.0, body, Purpose::Start { external }, START_TIMEOUT)
+                        self.request(now, on, body, Purpose::Start { external }, START_TIMEOUT)
                     {
-                        info!(%external, from = on.0, to = to.0, ?algorithm, req, "starting migration");
+                        info!(%external, from = %on, to = %to, ?algorithm, req, "starting migration");
                     }
                 }
                 Command::UpdateSwitch { diff, token } => {
@@ -569,10 +569,10 @@ impl Core {
                 Command::CutoverDone { on, migration } => {
                     info!(
                         migration = migration.0,
-                        node = on.0,
+                        node = %on,
                         "switch confirmed; cutover done"
                     );
-                    self.send_cutover(now, on.0, migration.0, 1);
+                    self.send_cutover(now, on, migration.0, 1);
                 }
             }
         }
@@ -585,7 +585,7 @@ impl Core {
         }
     }
 
-    fn node_of_conn(&self, conn: u64) -> Option<u16> {
+    fn node_of_conn(&self, conn: u64) -> Option<InstanceId> {
         self.nodes
             .iter()
             .find(|(_, n)| n.link.as_ref().is_some_and(|l| l.conn == conn))
@@ -597,7 +597,7 @@ impl Core {
         &mut self,
         now: Instant,
         conn: u64,
-        id: u16,
+        id: InstanceId,
         mac: [u8; 6],
         groups: &[Ipv4Addr],
         tx: mpsc::Sender<Vec<u8>>,
@@ -622,7 +622,7 @@ impl Core {
         // restarted node whose old connection is not yet known to be dead. The newest wins.
         if self.nodes.get(&id).is_some_and(|n| n.link.is_some()) {
             warn!(
-                node = id,
+                node = %id,
                 "node reconnected; dropping its previous connection"
             );
             self.counters.node_connections_replaced += 1;
@@ -637,9 +637,9 @@ impl Core {
             .filter(|e| !groups.contains(e))
             .collect();
         if !owned.is_empty() {
-            warn!(node = id, missing = ?owned, "node lacks groups the controller routes to it");
+            warn!(node = %id, missing = ?owned, "node lacks groups the controller routes to it");
         }
-        info!(node = id, %peer, ?groups, "node connected");
+        info!(node = %id, %peer, ?groups, "node connected");
         self.counters.nodes_accepted += 1;
         let node = self.nodes.entry(id).or_default();
         node.link = Some(NodeLink { conn, tx });
@@ -648,12 +648,12 @@ impl Core {
     }
 
     /// Closes node `id`'s connection and settles its outstanding requests.
-    fn node_down(&mut self, now: Instant, id: u16, why: &str) {
+    fn node_down(&mut self, now: Instant, id: InstanceId, why: &str) {
         let Some(link) = self.nodes.get_mut(&id).and_then(|n| n.link.take()) else {
             return;
         };
         self.counters.node_disconnects += 1;
-        warn!(node = id, why, "node disconnected");
+        warn!(node = %id, why, "node disconnected");
         if let Some(n) = self.nodes.get_mut(&id) {
             n.status_pending = false;
         }
@@ -670,7 +670,7 @@ impl Core {
         }
     }
 
-    fn node_message(&mut self, now: Instant, id: u16, msg: NodeToController) {
+    fn node_message(&mut self, now: Instant, id: InstanceId, msg: NodeToController) {
         match msg {
             NodeToController::Hello { .. } => {
                 self.counters.node_lines_malformed += 1;
@@ -687,13 +687,13 @@ impl Core {
                     if let Ok(ReplyBody::Started { migration }) = result {
                         self.abort_stray(now, id, migration, "late start reply");
                     } else {
-                        debug!(node = id, req, "reply to no outstanding request");
+                        debug!(node = %id, req, "reply to no outstanding request");
                     }
                 }
             },
             NodeToController::Event { at_ns, event } => {
                 self.counters.node_events += 1;
-                info!(node = id, node_ns = at_ns, ?event, "migration event");
+                info!(node = %id, node_ns = at_ns, ?event, "migration event");
                 // A source waiting for a cutover this controller does not know of (it restarted
                 // before persisting the redirect) re-reports `AwaitingCutover`; the orchestrator
                 // adopts that migration and finishes it (`orchestrator/recovery.rs`).
@@ -703,11 +703,11 @@ impl Core {
                     }
                     _ => None,
                 };
-                self.orch.handle_instance_event(now, InstanceId(id), &event);
+                self.orch.handle_instance_event(now, id, &event);
                 if let Some(m) = adopting.filter(|m| self.knows(*m)) {
                     self.counters.migrations_adopted += 1;
                     warn!(
-                        node = id,
+                        node = %id,
                         migration = m.0,
                         "adopted a migration waiting for its cutover (controller restart): finishing it"
                     );
@@ -725,12 +725,12 @@ impl Core {
 
     /// A migration runs on node `id` that the controller does not track (its start reply came
     /// after the controller gave up on it): abort it so the node does not wait forever.
-    fn abort_stray(&mut self, now: Instant, id: u16, migration: u64, why: &str) {
+    fn abort_stray(&mut self, now: Instant, id: InstanceId, migration: u64, why: &str) {
         if self.knows(MigrationId(migration)) || !self.aborting.insert(migration) {
             return;
         }
         warn!(
-            node = id,
+            node = %id,
             migration, why, "aborting a migration the controller does not track"
         );
         self.counters.stray_migrations_aborted += 1;
@@ -744,12 +744,12 @@ impl Core {
         );
     }
 
-    fn send_cutover(&mut self, now: Instant, node: u16, migration: u64, attempt: u32) {
+    fn send_cutover(&mut self, now: Instant, node: InstanceId, migration: u64, attempt: u32) {
         let connected = self.nodes.get(&node).is_some_and(|n| n.link.is_some());
         if !connected {
             if let Some(n) = self.nodes.get_mut(&node) {
                 warn!(
-                    node,
+                    %node,
                     migration, "node not connected; cutover queued until it reconnects"
                 );
                 n.cutovers.push((migration, attempt));
@@ -770,7 +770,7 @@ impl Core {
     fn request(
         &mut self,
         now: Instant,
-        node: u16,
+        node: InstanceId,
         body: NodeRequest,
         purpose: Purpose,
         timeout: Duration,
@@ -837,7 +837,7 @@ impl Core {
             Ok(body) => body,
             Err(e) => {
                 self.counters.requests_failed += 1;
-                warn!(node = p.node, "node refused a request: {e}");
+                warn!(node = %p.node, "node refused a request: {e}");
                 match p.purpose {
                     Purpose::Start { external } => {
                         self.orch.migration_started(now, external, None);
@@ -857,7 +857,7 @@ impl Core {
                     }
                     Purpose::Recovery { what } => {
                         self.counters.recovery_failures += 1;
-                        error!(node = p.node, what, "recovery step refused: {e}");
+                        error!(node = %p.node, what, "recovery step refused: {e}");
                     }
                 }
                 return;
@@ -880,18 +880,18 @@ impl Core {
                 let _ = reply.send(Reply::json(200, &v));
             }
             (Purpose::Cutover { migration, .. }, _) => {
-                debug!(node = p.node, migration, "cutover acknowledged");
+                debug!(node = %p.node, migration, "cutover acknowledged");
                 self.cutover_settled(migration);
             }
             (Purpose::Recovery { what }, body) => {
-                info!(node = p.node, what, ?body, "recovery step done");
+                info!(node = %p.node, what, ?body, "recovery step done");
             }
             (Purpose::Abort { migration }, body) => {
                 self.aborting.remove(&migration);
-                info!(node = p.node, migration, ?body, "stray migration aborted");
+                info!(node = %p.node, migration, ?body, "stray migration aborted");
             }
             (purpose, body) => {
-                warn!(node = p.node, ?body, "unexpected reply kind");
+                warn!(node = %p.node, ?body, "unexpected reply kind");
                 // Settle what waits on it.
                 self.request_failed(now, Pending { purpose, ..p }, "unexpected reply kind");
             }
@@ -901,7 +901,7 @@ impl Core {
     fn request_failed(&mut self, now: Instant, p: Pending, why: &str) {
         match p.purpose {
             Purpose::Start { external } => {
-                warn!(%external, node = p.node, why, "migration start failed");
+                warn!(%external, node = %p.node, why, "migration start failed");
                 self.orch.migration_started(now, external, None);
             }
             Purpose::Cutover { migration, attempt } => {
@@ -910,14 +910,14 @@ impl Core {
                 };
                 if attempt < MAX_CUTOVER_ATTEMPTS {
                     warn!(
-                        node = p.node,
+                        node = %p.node,
                         migration, attempt, why, "cutover not acknowledged; will resend"
                     );
                     n.cutovers.push((migration, attempt + 1));
                 } else {
                     self.counters.cutovers_given_up += 1;
                     warn!(
-                        node = p.node,
+                        node = %p.node,
                         migration, why, "cutover not acknowledged; giving up"
                     );
                     self.cutover_settled(migration);
@@ -933,12 +933,12 @@ impl Core {
             }
             Purpose::Recovery { what } => {
                 self.counters.recovery_failures += 1;
-                error!(node = p.node, what, why, "recovery step failed");
+                error!(node = %p.node, what, why, "recovery step failed");
             }
             Purpose::Abort { migration } => {
                 self.aborting.remove(&migration);
                 warn!(
-                    node = p.node,
+                    node = %p.node,
                     migration, why, "abort of a stray migration failed"
                 );
             }

@@ -126,6 +126,7 @@ pub fn describe_match(m: &Match) -> String {
 mod tests {
     use super::*;
     use flowshift_control::rules::{GroupRoute, InstancePort, Topology};
+    use flowshift_migration::InstanceId;
     use flowshift_openflow::{ETH_TYPE_IPV4, NO_BUFFER, TABLE_ALL, decode, encode, port};
     use std::collections::BTreeMap;
     use std::net::Ipv4Addr;
@@ -240,14 +241,14 @@ mod tests {
             outside_port: 2,
             instances: BTreeMap::from([
                 (
-                    1,
+                    InstanceId(1),
                     InstancePort {
                         port: 3,
                         mac: [2, 0xf5, 0, 0, 0, 1],
                     },
                 ),
                 (
-                    2,
+                    InstanceId(2),
                     InstancePort {
                         port: 4,
                         mac: [2, 0xf5, 0, 0, 0, 2],
@@ -258,7 +259,7 @@ mod tests {
         let groups = [GroupRoute {
             external: Ipv4Addr::new(198, 18, 0, 1),
             subscribers: "100.64.0.0/16".parse().unwrap(),
-            owner: 1,
+            owner: InstanceId(1),
         }];
         let table = rules::table(&topo, &groups).unwrap();
         assert_eq!(table.len(), 2 + 2 * 2 + 2);

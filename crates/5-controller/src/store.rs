@@ -16,6 +16,7 @@
 //! the source's later `ReadyForCutover` for a migration the controller does not know is
 //! aborted (`abort_stray`), which returns the group to Active at the source.
 
+use flowshift_migration::InstanceId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -46,9 +47,9 @@ pub struct PersistedMigration {
     /// The group's external address.
     pub external: Ipv4Addr,
     /// Source node.
-    pub from: u16,
+    pub from: InstanceId,
     /// Destination node.
-    pub to: u16,
+    pub to: InstanceId,
     /// How far it had come.
     pub stage: PersistedStage,
 }
@@ -59,7 +60,7 @@ pub struct PersistedState {
     /// [`STATE_VERSION`].
     pub version: u32,
     /// Owner node of each group, by external address.
-    pub owners: BTreeMap<Ipv4Addr, u16>,
+    pub owners: BTreeMap<Ipv4Addr, InstanceId>,
     /// Migrations to finish after a restart.
     pub migrations: Vec<PersistedMigration>,
 }
@@ -209,16 +210,16 @@ mod tests {
         PersistedState {
             version: STATE_VERSION,
             owners: [
-                (Ipv4Addr::new(198, 18, 0, 1), 2),
-                (Ipv4Addr::new(198, 18, 0, 2), 1),
+                (Ipv4Addr::new(198, 18, 0, 1), InstanceId(2)),
+                (Ipv4Addr::new(198, 18, 0, 2), InstanceId(1)),
             ]
             .into_iter()
             .collect(),
             migrations: vec![PersistedMigration {
                 migration: 0xdead_beef,
                 external: Ipv4Addr::new(198, 18, 0, 1),
-                from: 1,
-                to: 2,
+                from: InstanceId(1),
+                to: InstanceId(2),
                 stage: PersistedStage::Redirecting,
             }],
         }

@@ -9,6 +9,7 @@ use common::*;
 use flowshift_control::autoscale::{Action, NodeState, Reason};
 use flowshift_control::orchestrator::Stage;
 use flowshift_controller::ClusterConfig;
+use flowshift_migration::InstanceId;
 use flowshift_trust::pki::Party;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -95,14 +96,14 @@ fn overload_starts_the_standby_node_and_a_fall_drains_and_stops_it() {
     wait_until("nodes up and the policy fed", WAIT, || {
         let s = c.api.status().ok()?;
         let a = s.autoscale?;
-        let load1 = a.nodes.iter().find(|n| n.0 == 1)?.2;
+        let load1 = a.nodes.iter().find(|n| n.0 == InstanceId(1))?.2;
         (s.nodes.values().all(|n| n.connected) && load1 > 0.2).then_some(())
     });
     let s = c.api.status().unwrap();
     let a = s.autoscale.unwrap();
     assert!(a.enabled);
     assert_eq!(
-        a.nodes.iter().find(|n| n.0 == 2).unwrap().1,
+        a.nodes.iter().find(|n| n.0 == InstanceId(2)).unwrap().1,
         NodeState::Standby
     );
     assert!(s.migrations.is_empty());
@@ -112,27 +113,35 @@ fn overload_starts_the_standby_node_and_a_fall_drains_and_stops_it() {
     wait_until("a policy migration to node 2 done", WAIT, || {
         let m = c.api.migrations().ok()?;
         m.iter()
-            .any(|m| m.to == 2 && m.stage == Stage::Done)
+            .any(|m| m.to == InstanceId(2) && m.stage == Stage::Done)
             .then_some(())
     });
     let s = c.api.status().unwrap();
     let a = s.autoscale.clone().unwrap();
     assert_eq!(a.counters.scale_outs, 1);
     assert_eq!(
-        a.nodes.iter().find(|n| n.0 == 2).unwrap().1,
+        a.nodes.iter().find(|n| n.0 == InstanceId(2)).unwrap().1,
         NodeState::Active
     );
     let first = &a.recent[0];
     assert_eq!(
         (first.reason, &first.action),
-        (Reason::ScaleOut, &Action::StartNode { node: 2 })
+        (
+            Reason::ScaleOut,
+            &Action::StartNode {
+                node: InstanceId(2)
+            }
+        )
     );
-    assert!(
-        a.recent
-            .iter()
-            .any(|d| matches!(d.action, Action::Migrate { from: 1, to: 2, .. }))
-    );
-    assert!(s.groups.iter().any(|g| g.owner == 2));
+    assert!(a.recent.iter().any(|d| matches!(
+        d.action,
+        Action::Migrate {
+            from: InstanceId(1),
+            to: InstanceId(2),
+            ..
+        }
+    )));
+    assert!(s.groups.iter().any(|g| g.owner == InstanceId(2)));
 
     // The load falls everywhere.
     pps1.store(100, Ordering::Relaxed);
@@ -144,13 +153,19 @@ fn overload_starts_the_standby_node_and_a_fall_drains_and_stops_it() {
     let s = c.api.status().unwrap();
     let a = s.autoscale.unwrap();
     assert_eq!(
-        a.nodes.iter().find(|n| n.0 == 2).unwrap().1,
+        a.nodes.iter().find(|n| n.0 == InstanceId(2)).unwrap().1,
         NodeState::Standby
     );
-    assert!(s.groups.iter().all(|g| g.owner == 1), "{:?}", s.groups);
+    assert!(
+        s.groups.iter().all(|g| g.owner == InstanceId(1)),
+        "{:?}",
+        s.groups
+    );
     assert!(matches!(
         a.recent.last().unwrap().action,
-        Action::StopNode { node: 2 }
+        Action::StopNode {
+            node: InstanceId(2)
+        }
     ));
     assert!(s.migrations.iter().all(|m| m.stage == Stage::Done));
     // The configured commands ran with the node's id.

@@ -8,7 +8,7 @@ use common::*;
 use flowshift_control::api::MigrateRequest;
 use flowshift_control::orchestrator::Stage;
 use flowshift_controller::ClientError;
-use flowshift_migration::Algorithm;
+use flowshift_migration::{Algorithm, InstanceId};
 use flowshift_trust::pki::Party;
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ const WAIT: Duration = Duration::from_secs(5);
 fn migrate(to: u16) -> MigrateRequest {
     MigrateRequest {
         group: GROUP,
-        to,
+        to: InstanceId(to),
         algorithm: Algorithm::FreezeCopy,
         params: None,
     }
@@ -112,10 +112,16 @@ fn a_migration_installs_redirects_and_cuts_over_only_after_the_barrier() {
     assert!(m.migration.is_some() && m.finished_at.is_some());
 
     let s = c.api.status().unwrap();
-    assert_eq!(s.groups[0].owner, 2);
+    assert_eq!(s.groups[0].owner, InstanceId(2));
     assert_eq!(s.switch_datapath_id, Some(DPID));
     assert_eq!(
-        s.nodes[&1].status.as_ref().unwrap().counters.io.rx_packets,
+        s.nodes[&InstanceId(1)]
+            .status
+            .as_ref()
+            .unwrap()
+            .counters
+            .io
+            .rx_packets,
         100
     );
 
@@ -246,7 +252,9 @@ fn nodes_are_checked_and_misbehaving_ones_disconnected() {
     // A migration to a node that is not connected is refused up front.
     let n1 = FakeNode::spawn(&c, 1, MAC1, NodeOptions::default(), log.clone());
     wait_until("node 1 up", WAIT, || {
-        c.api.status().ok()?.nodes[&1].connected.then_some(())
+        c.api.status().ok()?.nodes[&InstanceId(1)]
+            .connected
+            .then_some(())
     });
     let e = c.api.migrate(&migrate(2)).unwrap_err();
     assert!(
@@ -261,11 +269,13 @@ fn nodes_are_checked_and_misbehaving_ones_disconnected() {
         .unwrap();
     raw.write_all(b"\n").unwrap();
     wait_until("node 2 up", WAIT, || {
-        c.api.status().ok()?.nodes[&2].connected.then_some(())
+        c.api.status().ok()?.nodes[&InstanceId(2)]
+            .connected
+            .then_some(())
     });
     raw.write_all(b"{not json\n").unwrap();
     wait_until("node 2 dropped", WAIT, || {
-        (!c.api.status().ok()?.nodes[&2].connected).then_some(())
+        (!c.api.status().ok()?.nodes[&InstanceId(2)].connected).then_some(())
     });
     let mut rest = Vec::new();
     let closed = wait_until("connection closed", WAIT, || {
@@ -279,7 +289,7 @@ fn nodes_are_checked_and_misbehaving_ones_disconnected() {
     let counters = c.api.counters().unwrap();
     assert_eq!(counters.node_lines_malformed, 1);
     assert!(
-        c.api.status().unwrap().nodes[&1].connected,
+        c.api.status().unwrap().nodes[&InstanceId(1)].connected,
         "others unaffected"
     );
 
@@ -300,7 +310,7 @@ fn nodes_are_checked_and_misbehaving_ones_disconnected() {
     c.api.migrate(&migrate(2)).unwrap();
     wait_stage(&c, 0, Stage::Aborted);
     let s = c.api.status().unwrap();
-    assert_eq!(s.groups[0].owner, 1);
+    assert_eq!(s.groups[0].owner, InstanceId(1));
     assert_eq!(
         api_status(c.api.report(0).unwrap_err()),
         409,
@@ -321,7 +331,9 @@ fn a_node_is_the_id_its_certificate_names_and_impostors_never_displace_it() {
     let _switch = FakeSwitch::connect(&c.openflow, SwitchOptions::default(), log.clone());
     let _n1 = FakeNode::spawn(&c, 1, MAC1, NodeOptions::default(), log.clone());
     wait_until("node 1 up", WAIT, || {
-        c.api.status().ok()?.nodes[&1].connected.then_some(())
+        c.api.status().ok()?.nodes[&InstanceId(1)]
+            .connected
+            .then_some(())
     });
 
     // Node 2's valid certificate claiming id 1 (with node 1's MAC): refused before the core
@@ -352,7 +364,7 @@ fn a_node_is_the_id_its_certificate_names_and_impostors_never_displace_it() {
         (0, 0),
         "the live node was not displaced: {counters:?}"
     );
-    assert!(c.api.status().unwrap().nodes[&1].connected);
+    assert!(c.api.status().unwrap().nodes[&InstanceId(1)].connected);
 
     // No client certificate; a client that does not speak TLS; another CA's certificate.
     let roots = {
@@ -419,7 +431,7 @@ fn a_node_is_the_id_its_certificate_names_and_impostors_never_displace_it() {
     assert_eq!(counters.nodes_refused_tls, 3, "{counters:?}");
     assert_eq!(counters.node_disconnects, 0, "{counters:?}");
     let s = c.api.status().unwrap();
-    assert!(s.nodes[&1].connected && !s.nodes[&2].connected);
+    assert!(s.nodes[&InstanceId(1)].connected && !s.nodes[&InstanceId(2)].connected);
 
     // A second authenticated connection for node 1 (only its key can make one, e.g. a
     // restarted node) replaces the first.
@@ -434,7 +446,9 @@ fn a_node_is_the_id_its_certificate_names_and_impostors_never_displace_it() {
         "{counters:?}"
     );
     wait_until("node 1 up again", WAIT, || {
-        c.api.status().ok()?.nodes[&1].connected.then_some(())
+        c.api.status().ok()?.nodes[&InstanceId(1)]
+            .connected
+            .then_some(())
     });
 }
 

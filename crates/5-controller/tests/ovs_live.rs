@@ -13,7 +13,7 @@ mod common;
 use common::*;
 use flowshift_control::api::MigrateRequest;
 use flowshift_control::orchestrator::Stage;
-use flowshift_migration::Algorithm;
+use flowshift_migration::{Algorithm, InstanceId};
 use flowshift_ovs::{Ovs, OvsError, OvsOptions};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -128,7 +128,7 @@ fn the_controller_programs_open_vswitch_and_redirects_a_migration() {
         .api
         .migrate(&MigrateRequest {
             group: GROUP,
-            to: 2,
+            to: InstanceId(2),
             algorithm: Algorithm::FreezeCopy,
             params: None,
         })

@@ -11,7 +11,7 @@ use flowshift_controller::ClusterConfig;
 use flowshift_controller::store::{
     PersistedMigration, PersistedStage, PersistedState, STATE_VERSION, Store,
 };
-use flowshift_migration::Algorithm;
+use flowshift_migration::{Algorithm, InstanceId};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -50,13 +50,13 @@ fn ownership_survives_a_controller_restart() {
         wait_ready(&c);
         assert_eq!(
             read_state(&dir).owners[&GROUP],
-            1,
+            InstanceId(1),
             "first start: configured owner"
         );
         c.api
             .migrate(&MigrateRequest {
                 group: GROUP,
-                to: 2,
+                to: InstanceId(2),
                 algorithm: Algorithm::FreezeCopy,
                 params: None,
             })
@@ -65,7 +65,7 @@ fn ownership_survives_a_controller_restart() {
             (c.api.migrations().ok()?.first()?.stage == Stage::Done).then_some(())
         });
         let state = read_state(&dir);
-        assert_eq!(state.owners[&GROUP], 2);
+        assert_eq!(state.owners[&GROUP], InstanceId(2));
         assert!(state.migrations.is_empty(), "{state:?}");
         assert!(c.api.counters().unwrap().state_saves >= 2);
     }
@@ -75,7 +75,7 @@ fn ownership_survives_a_controller_restart() {
     let _n1 = FakeNode::spawn(&c, 1, MAC1, NodeOptions::default(), log.clone());
     let _n2 = FakeNode::spawn(&c, 2, MAC2, NodeOptions::default(), log.clone());
     wait_ready(&c);
-    assert_eq!(c.api.status().unwrap().groups[0].owner, 2);
+    assert_eq!(c.api.status().unwrap().groups[0].owner, InstanceId(2));
     assert_eq!(
         switch.steering_outputs(),
         vec![(4, MAC2), (4, MAC2)],
@@ -89,12 +89,12 @@ fn a_redirected_migration_is_finished_after_a_restart() {
     let migration = 0x5eed_0001_u64;
     let state = PersistedState {
         version: STATE_VERSION,
-        owners: [(GROUP, 2)].into_iter().collect(),
+        owners: [(GROUP, InstanceId(2))].into_iter().collect(),
         migrations: vec![PersistedMigration {
             migration,
             external: GROUP,
-            from: 1,
-            to: 2,
+            from: InstanceId(1),
+            to: InstanceId(2),
             stage: PersistedStage::Redirecting,
         }],
     };
@@ -115,7 +115,7 @@ fn a_redirected_migration_is_finished_after_a_restart() {
     wait_until("the resumed migration leaves the state file", WAIT, || {
         read_state(&dir).migrations.is_empty().then_some(())
     });
-    assert_eq!(read_state(&dir).owners[&GROUP], 2);
+    assert_eq!(read_state(&dir).owners[&GROUP], InstanceId(2));
 }
 
 #[test]

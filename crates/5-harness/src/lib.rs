@@ -221,7 +221,7 @@ impl<O: Observer> Harness<O> {
         let topo = Topology {
             inside_port: INSIDE_PORT,
             outside_port: OUTSIDE_PORT,
-            instances: BTreeMap::from([(A.0, port(A)), (B.0, port(B))]),
+            instances: BTreeMap::from([(A, port(A)), (B, port(B))]),
         };
         let mut groups = Vec::new();
         for (inst, id) in [(&a, A), (&b, B)] {
@@ -231,7 +231,7 @@ impl<O: Observer> Harness<O> {
                     groups.push(GroupRoute {
                         external: c.external,
                         subscribers: c.subscribers,
-                        owner: id.0,
+                        owner: id,
                     });
                 }
             }
@@ -297,7 +297,7 @@ impl<O: Observer> Harness<O> {
             .instances
             .iter()
             .find(|(_, p)| p.port == out)
-            .map(|(id, _)| InstanceId(*id))
+            .map(|(id, _)| *id)
     }
 
     /// The switch delivers `pkt` (an IPv4 packet) now; false if no rule sends it to an

@@ -85,7 +85,7 @@ fn source_restart_mid_freeze_copy_rehomes_to_the_destination() {
     cl.restart(fresh(A, vec![group(EXT1, [100, 64, 8, 0], 24)]))
         .unwrap();
     let r = cl.rehome(ext0(), B, Some(on_a)).unwrap();
-    assert_eq!((r.from, r.to, r.sessions_lost), (A.0, B.0, Some(on_a)));
+    assert_eq!((r.from, r.to, r.sessions_lost), (A, B, Some(on_a)));
     let g = cl.group_on(B).expect("B owns the group");
     assert_eq!(cl.b.nat().group_mode(g).unwrap(), GroupMode::Active);
     assert_eq!(cl.b.nat().group_stats(g).unwrap().blocks_reserved, 0);
@@ -121,7 +121,7 @@ fn destination_restart_mid_freeze_copy_rehomes_to_the_source() {
     cl.restart(fresh(B, vec![group(EXT2, [100, 64, 16, 0], 24)]))
         .unwrap();
     let r = cl.rehome(ext0(), A, Some(on_b)).unwrap();
-    assert_eq!((r.to, r.sessions_lost), (A.0, Some(on_b)));
+    assert_eq!((r.to, r.sessions_lost), (A, Some(on_b)));
     let g = cl.group_on(A).expect("A keeps the group");
     assert_eq!(
         cl.a.nat().group_mode(g).unwrap(),

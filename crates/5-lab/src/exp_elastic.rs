@@ -299,7 +299,7 @@ fn write_plots(a: &ElasticArgs, runs: &[ElasticRun]) -> Result<()> {
                 label: l,
                 start: m.requested_s,
                 end: m.ended_s.unwrap_or(m.requested_s),
-                series: m.to as usize,
+                series: usize::from(m.to.0),
             })
             .collect();
         let title = format!("Per-node load ({}), migrations marked", names[0]);

@@ -49,7 +49,7 @@ pub use flowshift_wire::MacAddr;
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// Its instance id.
-    pub id: u16,
+    pub id: InstanceId,
     /// Its MAC on the switch (chained frames come from and go to it).
     pub mac: MacAddr,
     /// Its state-transfer listener.
@@ -75,7 +75,7 @@ pub struct PreloadConfig {
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Instance id, unique in the cluster.
-    pub id: u16,
+    pub id: InstanceId,
     /// Interface towards the switch.
     pub interface: String,
     /// This node's MAC as the switch and the controller know it (source of every frame sent).
@@ -415,11 +415,7 @@ impl NodeConfig {
             }
         }
         let epoch = getrandom::u32().map_err(|e| err("[migration] epoch", &e))?;
-        Instance::with_meta(
-            InstanceId(self.id),
-            nat,
-            self.migration.clone().with_epoch(epoch),
-        )
-        .map_err(|e| err("[migration]", &e))
+        Instance::with_meta(self.id, nat, self.migration.clone().with_epoch(epoch))
+            .map_err(|e| err("[migration]", &e))
     }
 }

@@ -25,7 +25,7 @@ use flowshift_control::api::{
     ControllerToNode, LineBuffer, NodeRequest, NodeToController, ReplyBody, decode_line,
     encode_line,
 };
-use flowshift_migration::MigrationEvent;
+use flowshift_migration::{InstanceId, MigrationEvent};
 use flowshift_trust::split::{self, TlsReader, TlsWriter};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -131,7 +131,7 @@ fn queue_command(
 #[derive(Clone, Copy, Debug)]
 pub struct Identity {
     /// Instance id.
-    pub id: u16,
+    pub id: InstanceId,
     /// MAC on the switch.
     pub mac: MacAddr,
 }

@@ -83,7 +83,7 @@ struct Egress {
 /// See the module documentation.
 pub struct Engine {
     inst: Instance<Offload>,
-    id: u16,
+    id: InstanceId,
     eg: Egress,
     params: Params,
     pending: Vec<(Vec<u8>, Offload)>,
@@ -108,12 +108,7 @@ impl Engine {
                 mac: cfg.mac,
                 inside: cfg.inside_next_hop,
                 outside: cfg.outside_next_hop,
-                peers: Peers::new(
-                    cfg.peers
-                        .iter()
-                        .map(|p| (p.mac, InstanceId(p.id)))
-                        .collect(),
-                ),
+                peers: Peers::new(cfg.peers.iter().map(|p| (p.mac, p.id)).collect()),
                 vnet: cfg.vnet_hdr,
                 batch,
                 tx: Vec::with_capacity(batch),
@@ -343,7 +338,7 @@ impl Engine {
                     .nat()
                     .group_id(external)
                     .ok_or_else(|| format!("node {} has no group {external}", self.id))?;
-                if self.eg.peers.mac_of(InstanceId(to)).is_none() {
+                if self.eg.peers.mac_of(to).is_none() {
                     return Err(format!(
                         "node {to} is not a configured peer of node {}",
                         self.id
@@ -352,9 +347,9 @@ impl Engine {
                 let params = params.unwrap_or_else(|| self.params.clone());
                 let id = self
                     .inst
-                    .start_migration(now, group, InstanceId(to), algorithm, params)
+                    .start_migration(now, group, to, algorithm, params)
                     .map_err(|e| e.to_string())?;
-                info!(migration = id.0, %external, to, ?algorithm, "migration started");
+                info!(migration = id.0, %external, %to, ?algorithm, "migration started");
                 Ok(ReplyBody::Started { migration: id.0 })
             }
             NodeRequest::CutoverDone { migration } => self

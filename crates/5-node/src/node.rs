@@ -32,7 +32,6 @@ use crate::transfer::{self, TransferService};
 use anyhow::{Context, Result, anyhow};
 use flowshift_control::api::NodeStatus;
 use flowshift_http::Token;
-use flowshift_migration::InstanceId;
 use flowshift_wire::Instant;
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -76,12 +75,12 @@ impl Node {
     pub fn start_with_socket(cfg: NodeConfig, sock: AfPacket) -> Result<Node> {
         let inst = cfg.build_instance()?;
         let creds = flowshift_trust::Credentials::load(&cfg.tls).context("loading [tls]")?;
-        if !creds.is(&flowshift_trust::node_name(cfg.id)) {
+        if !creds.is(&flowshift_trust::node_name(cfg.id.0)) {
             anyhow::bail!(
                 "[tls] cert {} is not node {}'s (it must name {})",
                 cfg.tls.cert.display(),
                 cfg.id,
-                flowshift_trust::node_name(cfg.id)
+                flowshift_trust::node_name(cfg.id.0)
             );
         }
         let ifindex = sock.ifindex();
@@ -95,11 +94,7 @@ impl Node {
         let snapshot = Arc::new(SnapshotCell::default());
         let transfer_counters = Arc::new(TransferCounters::default());
         let control_counters = Arc::new(ControlCounters::default());
-        let peers: Vec<_> = cfg
-            .peers
-            .iter()
-            .map(|p| (InstanceId(p.id), p.transfer))
-            .collect();
+        let peers: Vec<_> = cfg.peers.iter().map(|p| (p.id, p.transfer)).collect();
         let ids: Vec<_> = peers.iter().map(|&(id, _)| id).collect();
         let waker = Arc::new(Waker::new()?);
         let (tlink, tends) = transfer::link(&ids, TRANSFER_QUEUE, waker.clone());
@@ -117,7 +112,7 @@ impl Node {
         );
         let transfer = transfer::start(
             transfer_listener,
-            InstanceId(cfg.id),
+            cfg.id,
             &creds,
             &peers,
             tends,
@@ -161,7 +156,7 @@ impl Node {
             .name("fs-packet".into())
             .spawn(move || packet_loop(engine, sock, loop_cfg, &stop2))?;
         info!(
-            id = cfg.id,
+            id = %cfg.id,
             interface = %cfg.interface,
             ifindex,
             mac = %cfg.mac,

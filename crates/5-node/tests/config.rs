@@ -38,7 +38,7 @@ fn err(text: &str) -> String {
 #[test]
 fn the_plans_example_parses_with_defaults() {
     let c = NodeConfig::parse(GOOD).unwrap();
-    assert_eq!(c.id, 1);
+    assert_eq!(c.id.0, 1);
     assert_eq!(c.mac, MacAddr([2, 0xf5, 0, 0, 0, 1]));
     assert_eq!(c.mac.to_string(), "02:f5:00:00:00:01");
     assert_eq!(c.peers.len(), 1);

@@ -8,7 +8,7 @@ use common::*;
 use flowshift_control::api::{
     ControllerToNode, NodeRequest, NodeToController, ReplyBody, decode_line, encode_line,
 };
-use flowshift_migration::{Algorithm, MigrationEvent, Phase, Role};
+use flowshift_migration::{Algorithm, InstanceId, MigrationEvent, Phase, Role};
 use flowshift_node::MacAddr;
 use flowshift_node::control::{self, Identity};
 use flowshift_trust::pki::Party;
@@ -64,7 +64,7 @@ fn requests_replies_events_and_reconnection() {
     let client = control::start(
         listener.local_addr().unwrap(),
         Identity {
-            id: 1,
+            id: InstanceId(1),
             mac: MacAddr(NODE1),
         },
         client_tls(1),
@@ -90,7 +90,7 @@ fn requests_replies_events_and_reconnection() {
     let mut ctl = Ctl::accept(&listener);
     match ctl.recv() {
         NodeToController::Hello { id, mac, groups } => {
-            assert_eq!((id, mac), (1, NODE1));
+            assert_eq!((id, mac), (InstanceId(1), NODE1));
             assert_eq!(groups, vec![std::net::Ipv4Addr::from(EXT)]);
         }
         other => panic!("expected hello, got {other:?}"),
@@ -99,7 +99,7 @@ fn requests_replies_events_and_reconnection() {
     ctl.request(1, NodeRequest::Status);
     match ctl.reply(1, &mut events) {
         Ok(ReplyBody::Status(s)) => {
-            assert_eq!(s.id, 1);
+            assert_eq!(s.id, InstanceId(1));
             assert_eq!(s.groups.len(), 1);
             // Every counter crosses the channel under its stable name.
             let flat = s.counters.flat();
@@ -124,7 +124,7 @@ fn requests_replies_events_and_reconnection() {
     }
     let start = |external: [u8; 4], to: u16| NodeRequest::StartMigration {
         external: external.into(),
-        to,
+        to: InstanceId(to),
         algorithm: Algorithm::FreezeCopy,
         params: None,
     };
@@ -181,7 +181,13 @@ fn requests_replies_events_and_reconnection() {
     let t = std::time::Instant::now();
     let mut ctl = Ctl::accept(&listener);
     assert!(t.elapsed() < Duration::from_secs(5));
-    assert!(matches!(ctl.recv(), NodeToController::Hello { id: 1, .. }));
+    assert!(matches!(
+        ctl.recv(),
+        NodeToController::Hello {
+            id: InstanceId(1),
+            ..
+        }
+    ));
     ctl.request(8, NodeRequest::Status);
     match ctl.reply(8, &mut events) {
         Ok(ReplyBody::Status(s)) => {

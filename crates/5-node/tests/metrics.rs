@@ -15,7 +15,7 @@ fn serve(token: Option<Token>) -> (metrics::MetricsServer, Endpoint) {
     let ep = Endpoint::Tcp(listener.local_addr().unwrap().to_string());
     let cell = Arc::new(SnapshotCell::default());
     let mut st = NodeStatus {
-        id: 4,
+        id: flowshift_migration::InstanceId(4),
         ..NodeStatus::default()
     };
     st.counters.io.rx_packets = 12;

@@ -109,7 +109,7 @@ fn freeze_copy(preload: u32, extra: &str, in_flight: u32) -> (String, String) {
         clock(),
         NodeRequest::StartMigration {
             external: EXT.into(),
-            to: 2,
+            to: flowshift_migration::InstanceId(2),
             algorithm: Algorithm::FreezeCopy,
             params: Some(params),
         },

@@ -16,7 +16,7 @@ use crate::element::StaticRouter;
 use crate::host::{AppSpec, HostConfig, TcpConfig};
 use crate::link::LinkConfig;
 use crate::nat_element::{NatElement, NatPorts};
-use crate::packet::NodeId;
+use crate::packet::ElementId;
 use crate::sim::{AppId, Sim, SimConfig};
 use crate::switch::RuleSwitch;
 use flowshift_control::orchestrator::{Command, Orchestrator};
@@ -278,13 +278,8 @@ pub fn run(cfg: &ClusterConfig, progress: &mut dyn FnMut(f64)) -> Result<Cluster
     };
     let inst_a = Instance::with_meta(A, nat_a, mcfg.clone()).map_err(cfg_err)?;
     let inst_b = Instance::with_meta(B, nat_b, mcfg).map_err(cfg_err)?;
-    let ports = |peer| NatPorts {
-        switch: 0,
-        chain: BTreeMap::from([(peer, 1)]),
-        transfer: BTreeMap::from([(peer, 2)]),
-    };
-    let na = sim.add_element("nat-a", NatElement::new(inst_a, ports(B)));
-    let nb = sim.add_element("nat-b", NatElement::new(inst_b, ports(A)));
+    let na = sim.add_element("nat-a", NatElement::new(inst_a, NatPorts::pair_to(B)));
+    let nb = sim.add_element("nat-b", NatElement::new(inst_b, NatPorts::pair_to(A)));
 
     // Controller and switch.
     let topo = Topology {
@@ -292,14 +287,14 @@ pub fn run(cfg: &ClusterConfig, progress: &mut dyn FnMut(f64)) -> Result<Cluster
         outside_port: SW_OUTSIDE as u32,
         instances: BTreeMap::from([
             (
-                A.0,
+                A,
                 InstancePort {
                     port: SW_NAT_A as u32,
                     mac: [2, 0, 0, 0, 0, 0xa],
                 },
             ),
             (
-                B.0,
+                B,
                 InstancePort {
                     port: SW_NAT_B as u32,
                     mac: [2, 0, 0, 0, 0, 0xb],
@@ -312,7 +307,7 @@ pub fn run(cfg: &ClusterConfig, progress: &mut dyn FnMut(f64)) -> Result<Cluster
         vec![GroupRoute {
             external: EXTERNAL,
             subscribers: group.subscribers,
-            owner: A.0,
+            owner: A,
         }],
     )
     .map_err(cfg_err)?;
@@ -326,7 +321,7 @@ pub fn run(cfg: &ClusterConfig, progress: &mut dyn FnMut(f64)) -> Result<Cluster
     let mut inside = StaticRouter::new().route(Ipv4Addr::UNSPECIFIED, 0, 0);
     let mut outside = StaticRouter::new().route(Ipv4Addr::UNSPECIFIED, 0, 0);
     let mut clients = Vec::new();
-    let mut servers: Vec<NodeId> = Vec::new();
+    let mut servers: Vec<ElementId> = Vec::new();
     for i in 0..cfg.client_hosts {
         inside.add_route(client_addr(i), 32, 1 + i as u16);
     }

@@ -11,7 +11,7 @@ use serde::Serialize;
 /// Deterministic, fast hash map (iteration order never affects results here).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 
-use crate::packet::{DropCause, LinkId, NodeId, Packet, PacketId, Port};
+use crate::packet::{DropCause, ElementId, LinkId, Packet, PacketId, Port};
 use crate::sim::Net;
 
 /// A network element driven by the simulator.
@@ -50,7 +50,7 @@ pub trait Element: Any {
 /// Sends take effect immediately, in call order.
 pub struct Emit<'a> {
     pub(crate) net: &'a mut Net,
-    pub(crate) node: NodeId,
+    pub(crate) element: ElementId,
     pub(crate) out: &'a [Option<LinkId>],
 }
 
@@ -59,20 +59,20 @@ impl Emit<'_> {
     pub fn now(&self) -> Instant {
         self.net.now
     }
-    /// The element's node id.
-    pub fn node(&self) -> NodeId {
-        self.node
+    /// The element's id.
+    pub fn element(&self) -> ElementId {
+        self.element
     }
     /// Sends `pkt` out of `port`. A port without a link drops it as
     /// [`DropCause::Unconnected`]; a full link queue drops it as [`DropCause::QueueFull`].
     pub fn send(&mut self, port: Port, pkt: Packet) {
         let link = self.out.get(port as usize).copied().flatten();
-        self.net.send_on(link, pkt, Some(self.node));
+        self.net.send_on(link, pkt, Some(self.element));
     }
     /// Drops `pkt`, counted under [`DropCause::Element`] with `reason`.
     pub fn drop_packet(&mut self, pkt: Packet, reason: &'static str) {
         self.net
-            .drop_pkt(pkt, DropCause::Element(reason), Some(self.node));
+            .drop_pkt(pkt, DropCause::Element(reason), Some(self.element));
     }
     /// Marks `pkt` as delivered to this element (it was addressed to it, e.g. a control
     /// message), ending its life in the ledger.
@@ -82,7 +82,7 @@ impl Emit<'_> {
     }
     /// Creates a new packet originating at this element (no flow, sequence 0, sent now).
     pub fn new_packet(&mut self, bytes: Vec<u8>) -> Packet {
-        self.net.new_packet(bytes, None, 0, self.node)
+        self.net.new_packet(bytes, None, 0, self.element)
     }
     /// A copy of `pkt` with a new ledger id and the same flow, sequence number and send time
     /// (receivers do not count an equal sequence number as reordering).

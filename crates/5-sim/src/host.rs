@@ -30,7 +30,7 @@ use smoltcp::wire::{
     HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket,
 };
 
-use crate::packet::{FiveTuple, FlowId, NodeId};
+use crate::packet::{ElementId, FiveTuple, FlowId};
 
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 type HashSet<T> = std::collections::HashSet<T, foldhash::fast::FixedState>;
@@ -910,7 +910,7 @@ pub struct FlowRecord {
     /// The 5-tuple at the sending host's egress.
     pub tuple: FiveTuple,
     /// The sending host.
-    pub src: NodeId,
+    pub src: ElementId,
     /// Packets stamped at egress (the next sequence number).
     pub sent: u64,
     /// Packets delivered to a host.

@@ -83,7 +83,7 @@ pub use link::{LinkConfig, LinkStats};
 pub use measure::{DelaySummary, InvariantError, LedgerReport, Report};
 pub use nat_element::{Capacity, NatElement, NatElementStats, NatPorts};
 pub use packet::{
-    DropCause, FiveTuple, FlowId, LinkId, NodeId, Packet, PacketId, PacketMeta, Port,
+    DropCause, ElementId, FiveTuple, FlowId, LinkId, Packet, PacketId, PacketMeta, Port,
 };
 pub use sim::{AppId, Arrival, DropInfo, Sim, SimConfig, SimError};
 pub use switch::{RuleSwitch, SwitchStats};

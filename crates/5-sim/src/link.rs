@@ -9,7 +9,7 @@ use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::packet::{DropCause, NodeId, Packet, Port};
+use crate::packet::{DropCause, ElementId, Packet, Port};
 
 /// Static parameters of a unidirectional link.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,15 +123,15 @@ pub(crate) struct TxDone {
     /// If another packet started serialization: when it finishes.
     pub next_done: Option<Instant>,
     /// A host that asked to be woken when the queue has room again.
-    pub wake: Option<NodeId>,
+    pub wake: Option<ElementId>,
 }
 
 /// A unidirectional link and its dynamic state.
 pub(crate) struct Link {
     pub name: String,
     pub cfg: LinkConfig,
-    pub from: (NodeId, Port),
-    pub to: (NodeId, Port),
+    pub from: (ElementId, Port),
+    pub to: (ElementId, Port),
     queue: VecDeque<Packet>,
     queued_bytes: usize,
     in_service: Option<Packet>,
@@ -141,15 +141,15 @@ pub(crate) struct Link {
     rng: ChaCha8Rng,
     pub stats: LinkStats,
     /// Host to wake when the queue is empty or has at least `wake_threshold()` bytes free.
-    waker: Option<NodeId>,
+    waker: Option<ElementId>,
 }
 
 impl Link {
     pub fn new(
         name: String,
         cfg: LinkConfig,
-        from: (NodeId, Port),
-        to: (NodeId, Port),
+        from: (ElementId, Port),
+        to: (ElementId, Port),
         rng: ChaCha8Rng,
     ) -> Self {
         Link {
@@ -183,10 +183,10 @@ impl Link {
         self.queued_bytes
     }
 
-    /// Asks for `node` to be woken when the queue is empty or at least `wake_threshold()`
+    /// Asks for `element` to be woken when the queue is empty or at least `wake_threshold()`
     /// bytes are free.
-    pub fn set_waker(&mut self, node: NodeId) {
-        self.waker = Some(node);
+    pub fn set_waker(&mut self, element: ElementId) {
+        self.waker = Some(element);
     }
 
     fn wake_threshold(&self, mtu: usize) -> usize {
@@ -271,7 +271,7 @@ impl Link {
     }
 
     /// Takes the pending waker (e.g. when the link goes down, so the host does not wait).
-    pub fn take_waker(&mut self) -> Option<NodeId> {
+    pub fn take_waker(&mut self) -> Option<ElementId> {
         self.waker.take()
     }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::host::{AppStats, FlowRecord, HostStats};
 use crate::link::{LinkConfig, LinkStats};
-use crate::packet::{DropCause, NodeId, PacketId};
+use crate::packet::{DropCause, ElementId, PacketId};
 
 /// Tracks which packets are alive and how each one left the network.
 ///
@@ -22,8 +22,8 @@ pub(crate) struct Ledger {
     pub delivered_to_hosts: u64,
     pub consumed_by_elements: u64,
     pub drops: BTreeMap<DropCause, u64>,
-    /// Element drops by (node, reason).
-    pub element_drops: BTreeMap<(NodeId, &'static str), u64>,
+    /// Element drops by (element, reason).
+    pub element_drops: BTreeMap<(ElementId, &'static str), u64>,
     pub violations: Vec<String>,
 }
 
@@ -69,10 +69,10 @@ impl Ledger {
         }
     }
 
-    pub fn dropped(&mut self, id: PacketId, cause: DropCause, node: Option<NodeId>) {
+    pub fn dropped(&mut self, id: PacketId, cause: DropCause, element: Option<ElementId>) {
         if self.retire(id) {
             *self.drops.entry(cause).or_default() += 1;
-            if let (DropCause::Element(r), Some(n)) = (cause, node) {
+            if let (DropCause::Element(r), Some(n)) = (cause, element) {
                 *self.element_drops.entry((n, r)).or_default() += 1;
             }
         }
@@ -147,7 +147,7 @@ pub struct LedgerReport {
 /// One link in the report.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LinkReport {
-    /// Link name (`"<from node>:<port>-><to node>:<port>"` unless given).
+    /// Link name (`"<from element>:<port>-><to element>:<port>"` unless given).
     pub name: String,
     /// Configuration.
     pub config: LinkConfig,

@@ -39,6 +39,18 @@ pub struct NatPorts {
     pub transfer: BTreeMap<InstanceId, Port>,
 }
 
+impl NatPorts {
+    /// The ports of one NAT of a two-instance pair: port 0 to the switch, 1 the daisy chain to
+    /// `peer`, 2 the state-transfer link to `peer`.
+    pub fn pair_to(peer: InstanceId) -> NatPorts {
+        NatPorts {
+            switch: 0,
+            chain: BTreeMap::from([(peer, 1)]),
+            transfer: BTreeMap::from([(peer, 2)]),
+        }
+    }
+}
+
 /// Counters of the element itself (the instance has its own).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NatElementStats {

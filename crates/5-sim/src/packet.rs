@@ -3,15 +3,16 @@
 use flowshift_wire::Instant;
 use serde::Serialize;
 
-/// Identity of a node (host or element) in one [`crate::Sim`].
+/// Identity of an element of one [`crate::Sim`]: a host or any other element (switch, router,
+/// NAT). Not a cluster node: those are `flowshift_migration::InstanceId`s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct NodeId(pub u32);
+pub struct ElementId(pub u32);
 
 /// Identity of a unidirectional link in one [`crate::Sim`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct LinkId(pub u32);
 
-/// A port number on a node. Hosts have the single port 0; elements number theirs freely.
+/// A port number on an element. Hosts have the single port 0; elements number theirs freely.
 pub type Port = u16;
 
 /// Unique id of a packet within one simulation run, assigned at creation (ledger key).
@@ -30,7 +31,7 @@ pub struct PacketMeta {
     pub(crate) flow: Option<FlowId>,
     pub(crate) seq: u64,
     pub(crate) sent_at: Instant,
-    pub(crate) origin: NodeId,
+    pub(crate) origin: ElementId,
     pub(crate) seen: Option<(u32, Instant)>,
 }
 
@@ -81,8 +82,8 @@ impl Packet {
     pub fn sent_at(&self) -> Instant {
         self.meta.sent_at
     }
-    /// The node that created the packet.
-    pub fn origin(&self) -> NodeId {
+    /// The element that created the packet.
+    pub fn origin(&self) -> ElementId {
         self.meta.origin
     }
     /// The first `(tag, time)` recorded by [`Packet::note_seen`], if any.

@@ -14,7 +14,7 @@ use crate::link::{Link, LinkConfig, LinkStats, Offer};
 use crate::measure::{
     AppReport, DelaySummary, HostReport, Ledger, LedgerReport, LinkReport, Report, summarize_flows,
 };
-use crate::packet::{DropCause, FiveTuple, FlowId, LinkId, NodeId, Packet, PacketMeta, Port};
+use crate::packet::{DropCause, ElementId, FiveTuple, FlowId, LinkId, Packet, PacketMeta, Port};
 use crate::rng::{StreamKind, stream};
 
 mod report;
@@ -25,9 +25,9 @@ const DELAY_HIST_MAX_NS: u64 = 60_000_000_000;
 /// Errors of the topology builder and accessors.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SimError {
-    /// No node with this id.
-    #[error("unknown node {0:?}")]
-    UnknownNode(NodeId),
+    /// No element with this id.
+    #[error("unknown element {0:?}")]
+    UnknownElement(ElementId),
     /// No link with this id.
     #[error("unknown link {0:?}")]
     UnknownLink(LinkId),
@@ -35,17 +35,17 @@ pub enum SimError {
     #[error("unknown app {0:?}")]
     UnknownApp(AppId),
     /// The port already has an outgoing link.
-    #[error("node {0:?} port {1} already has an outgoing link")]
-    PortInUse(NodeId, Port),
+    #[error("element {0:?} port {1} already has an outgoing link")]
+    PortInUse(ElementId, Port),
     /// Hosts only have port 0.
     #[error("host {0:?} has only port 0, not {1}")]
-    BadHostPort(NodeId, Port),
-    /// The node is not a host (for applications).
-    #[error("node {0:?} is not a host")]
-    NotAHost(NodeId),
-    /// The node is not an element of the requested type.
-    #[error("node {0:?} is not an element of the requested type")]
-    WrongElementType(NodeId),
+    BadHostPort(ElementId, Port),
+    /// The element is not a host (for applications).
+    #[error("element {0:?} is not a host")]
+    NotAHost(ElementId),
+    /// The element is not of the requested type.
+    #[error("element {0:?} is not of the requested type")]
+    WrongElementType(ElementId),
     /// A configuration value breaks its contract.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -81,7 +81,7 @@ pub struct Arrival<'a> {
     /// Arrival time.
     pub now: Instant,
     /// Receiving host.
-    pub host: NodeId,
+    pub host: ElementId,
     /// The packet (bytes as received, metadata as stamped at the sender).
     pub packet: &'a Packet,
     /// One-way delay from the sender's egress.
@@ -102,8 +102,8 @@ pub(crate) enum Ev {
         epoch: u32,
         slot: u32,
     },
-    Wake(NodeId),
-    HostTxReady(NodeId),
+    Wake(ElementId),
+    HostTxReady(ElementId),
     LinkState {
         link: LinkId,
         up: bool,
@@ -121,7 +121,7 @@ pub struct DropInfo<'a> {
     pub cause: DropCause,
     /// The element or host that dropped it or sent it into a port without a link; `None` for
     /// drops inside links (queue full, injected loss, link down).
-    pub node: Option<NodeId>,
+    pub element: Option<ElementId>,
 }
 
 type DropObserver = Box<dyn FnMut(&DropInfo<'_>)>;
@@ -166,7 +166,7 @@ impl Net {
         bytes: Vec<u8>,
         flow: Option<FlowId>,
         seq: u64,
-        origin: NodeId,
+        origin: ElementId,
     ) -> Packet {
         let id = self.ledger.create();
         Packet {
@@ -189,14 +189,14 @@ impl Net {
         }
     }
 
-    pub fn drop_pkt(&mut self, pkt: Packet, cause: DropCause, node: Option<NodeId>) {
-        self.ledger.dropped(pkt.meta.id, cause, node);
+    pub fn drop_pkt(&mut self, pkt: Packet, cause: DropCause, element: Option<ElementId>) {
+        self.ledger.dropped(pkt.meta.id, cause, element);
         if let Some(obs) = &mut self.drop_observer {
             obs(&DropInfo {
                 now: self.now,
                 packet: &pkt,
                 cause,
-                node,
+                element,
             });
         }
         if let Some(f) = pkt.meta.flow
@@ -208,15 +208,15 @@ impl Net {
     }
 
     /// Offers `pkt` to `link` (or drops it as unconnected).
-    pub fn send_on(&mut self, link: Option<LinkId>, pkt: Packet, node: Option<NodeId>) {
+    pub fn send_on(&mut self, link: Option<LinkId>, pkt: Packet, element: Option<ElementId>) {
         let Some(link) = link else {
-            self.drop_pkt(pkt, DropCause::Unconnected, node);
+            self.drop_pkt(pkt, DropCause::Unconnected, element);
             return;
         };
         let l = &mut self.links[link.0 as usize];
         let epoch = l.epoch;
         match l.offer(pkt, self.now) {
-            Offer::Dropped(p, cause) => self.drop_pkt(p, cause, node),
+            Offer::Dropped(p, cause) => self.drop_pkt(p, cause, element),
             Offer::Queued => {}
             Offer::Started(done) => self.queue.push(done, Ev::TxDone { link, epoch }),
         }
@@ -228,7 +228,7 @@ enum NodeKind {
     Element(Box<dyn Element>),
 }
 
-struct NodeSlot {
+struct ElementSlot {
     name: String,
     kind: NodeKind,
     out: Vec<Option<LinkId>>,
@@ -238,7 +238,7 @@ struct NodeSlot {
 fn arm(
     armed: &mut Option<Instant>,
     queue: &mut EventQueue<Ev>,
-    node: NodeId,
+    element: ElementId,
     t: Option<Instant>,
     now: Instant,
 ) {
@@ -246,7 +246,7 @@ fn arm(
     let t = t.max(now);
     if armed.is_none_or(|a| t < a) {
         *armed = Some(t);
-        queue.push(t, Ev::Wake(node));
+        queue.push(t, Ev::Wake(element));
     }
 }
 
@@ -264,8 +264,8 @@ pub struct Sim {
     seed: u64,
     bin: Duration,
     net: Net,
-    nodes: Vec<NodeSlot>,
-    apps: Vec<(NodeId, usize)>,
+    elements: Vec<ElementSlot>,
+    apps: Vec<(ElementId, usize)>,
     delay: Histogram<u64>,
     delay_max: u64,
     delay_sum: u128,
@@ -297,7 +297,7 @@ impl Sim {
                 wire_free: Vec::new(),
                 drop_observer: None,
             },
-            nodes: Vec::new(),
+            elements: Vec::new(),
             apps: Vec::new(),
             delay: Histogram::new_with_bounds(1, DELAY_HIST_MAX_NS, 3)
                 .expect("constant histogram bounds are valid"),
@@ -332,13 +332,13 @@ impl Sim {
     }
 
     /// Adds a host with a smoltcp stack; its single port is 0.
-    pub fn add_host(&mut self, cfg: HostConfig) -> Result<NodeId, SimError> {
-        let id = NodeId(self.nodes.len() as u32);
+    pub fn add_host(&mut self, cfg: HostConfig) -> Result<ElementId, SimError> {
+        let id = ElementId(self.elements.len() as u32);
         let rng = stream(self.seed, StreamKind::Host, id.0 as u64);
         let name = cfg.name.clone();
         self.net.mtu_hint = self.net.mtu_hint.max(cfg.mtu);
         let host = Host::new(cfg, rng, self.net.now).map_err(SimError::Config)?;
-        self.nodes.push(NodeSlot {
+        self.elements.push(ElementSlot {
             name,
             kind: NodeKind::Host(Box::new(host)),
             out: vec![None],
@@ -348,7 +348,7 @@ impl Sim {
     }
 
     /// Adds an element.
-    pub fn add_element<E: Element>(&mut self, name: impl Into<String>, element: E) -> NodeId {
+    pub fn add_element<E: Element>(&mut self, name: impl Into<String>, element: E) -> ElementId {
         self.add_boxed_element(name, Box::new(element))
     }
 
@@ -357,9 +357,9 @@ impl Sim {
         &mut self,
         name: impl Into<String>,
         element: Box<dyn Element>,
-    ) -> NodeId {
-        let id = NodeId(self.nodes.len() as u32);
-        self.nodes.push(NodeSlot {
+    ) -> ElementId {
+        let id = ElementId(self.elements.len() as u32);
+        self.elements.push(ElementSlot {
             name: name.into(),
             kind: NodeKind::Element(element),
             out: Vec::new(),
@@ -370,34 +370,36 @@ impl Sim {
         id
     }
 
-    /// The name of a node.
-    pub fn node_name(&self, node: NodeId) -> Option<&str> {
-        self.nodes.get(node.0 as usize).map(|s| s.name.as_str())
+    /// The name of a element.
+    pub fn element_name(&self, element: ElementId) -> Option<&str> {
+        self.elements
+            .get(element.0 as usize)
+            .map(|s| s.name.as_str())
     }
 
-    fn check_port(&self, (node, port): (NodeId, Port)) -> Result<(), SimError> {
+    fn check_port(&self, (element, port): (ElementId, Port)) -> Result<(), SimError> {
         let slot = self
-            .nodes
-            .get(node.0 as usize)
-            .ok_or(SimError::UnknownNode(node))?;
+            .elements
+            .get(element.0 as usize)
+            .ok_or(SimError::UnknownElement(element))?;
         if matches!(slot.kind, NodeKind::Host(_)) && port != 0 {
-            return Err(SimError::BadHostPort(node, port));
+            return Err(SimError::BadHostPort(element, port));
         }
         Ok(())
     }
 
-    /// Adds a unidirectional link from `from` (node, port) to `to` (node, port). A port has at
+    /// Adds a unidirectional link from `from` (element, port) to `to` (element, port). A port has at
     /// most one outgoing link but may receive from any number of links.
     pub fn add_link(
         &mut self,
-        from: (NodeId, Port),
-        to: (NodeId, Port),
+        from: (ElementId, Port),
+        to: (ElementId, Port),
         cfg: LinkConfig,
     ) -> Result<LinkId, SimError> {
         self.check_port(from)?;
         self.check_port(to)?;
         cfg.validate().map_err(SimError::Config)?;
-        let slot = &mut self.nodes[from.0.0 as usize];
+        let slot = &mut self.elements[from.0.0 as usize];
         let p = from.1 as usize;
         if slot.out.len() <= p {
             slot.out.resize(p + 1, None);
@@ -409,7 +411,10 @@ impl Sim {
         slot.out[p] = Some(id);
         let name = format!(
             "{}:{}->{}:{}",
-            self.nodes[from.0.0 as usize].name, from.1, self.nodes[to.0.0 as usize].name, to.1
+            self.elements[from.0.0 as usize].name,
+            from.1,
+            self.elements[to.0.0 as usize].name,
+            to.1
         );
         let rng = stream(self.seed, StreamKind::Link, id.0 as u64);
         self.net.links.push(Link::new(name, cfg, from, to, rng));
@@ -420,8 +425,8 @@ impl Sim {
     /// configuration. Returns `(a->b, b->a)`.
     pub fn connect(
         &mut self,
-        a: (NodeId, Port),
-        b: (NodeId, Port),
+        a: (ElementId, Port),
+        b: (ElementId, Port),
         cfg: LinkConfig,
     ) -> Result<(LinkId, LinkId), SimError> {
         let ab = self.add_link(a, b, cfg.clone())?;
@@ -430,11 +435,11 @@ impl Sim {
     }
 
     /// Starts an application on `host`. It is serviced from the current virtual time on.
-    pub fn add_app(&mut self, host: NodeId, spec: AppSpec) -> Result<AppId, SimError> {
+    pub fn add_app(&mut self, host: ElementId, spec: AppSpec) -> Result<AppId, SimError> {
         let slot = self
-            .nodes
+            .elements
             .get_mut(host.0 as usize)
-            .ok_or(SimError::UnknownNode(host))?;
+            .ok_or(SimError::UnknownElement(host))?;
         let NodeKind::Host(h) = &mut slot.kind else {
             return Err(SimError::NotAHost(host));
         };
@@ -477,15 +482,15 @@ impl Sim {
         self.net.links.get(link.0 as usize).map(|l| &l.stats)
     }
 
-    /// The two ends of a link: `((from node, port), (to node, port))`.
-    pub fn link_ends(&self, link: LinkId) -> Option<((NodeId, Port), (NodeId, Port))> {
+    /// The two ends of a link: `((from element, port), (to element, port))`.
+    pub fn link_ends(&self, link: LinkId) -> Option<((ElementId, Port), (ElementId, Port))> {
         self.net.links.get(link.0 as usize).map(|l| (l.from, l.to))
     }
 
-    /// The outgoing link of a node's port, if any.
-    pub fn out_link(&self, node: NodeId, port: Port) -> Option<LinkId> {
-        self.nodes
-            .get(node.0 as usize)?
+    /// The outgoing link of a element's port, if any.
+    pub fn out_link(&self, element: ElementId, port: Port) -> Option<LinkId> {
+        self.elements
+            .get(element.0 as usize)?
             .out
             .get(port as usize)
             .copied()
@@ -502,16 +507,16 @@ impl Sim {
 
     /// Counters of an application.
     pub fn app_stats(&self, app: AppId) -> Option<&AppStats> {
-        let (node, idx) = *self.apps.get(app.0 as usize)?;
-        match &self.nodes[node.0 as usize].kind {
+        let (element, idx) = *self.apps.get(app.0 as usize)?;
+        match &self.elements[element.0 as usize].kind {
             NodeKind::Host(h) => h.apps.get(idx).map(|a| &a.stats),
             NodeKind::Element(_) => None,
         }
     }
 
     /// Counters of a host.
-    pub fn host_stats(&self, host: NodeId) -> Option<&HostStats> {
-        match &self.nodes.get(host.0 as usize)?.kind {
+    pub fn host_stats(&self, host: ElementId) -> Option<&HostStats> {
+        match &self.elements.get(host.0 as usize)?.kind {
             NodeKind::Host(h) => Some(&h.stats),
             NodeKind::Element(_) => None,
         }
@@ -546,8 +551,8 @@ impl Sim {
     }
 
     /// Shared access to an element of type `T`.
-    pub fn element<T: Element>(&self, node: NodeId) -> Option<&T> {
-        match &self.nodes.get(node.0 as usize)?.kind {
+    pub fn element<T: Element>(&self, element: ElementId) -> Option<&T> {
+        match &self.elements.get(element.0 as usize)?.kind {
             NodeKind::Element(e) => {
                 let any: &dyn Any = e.as_ref();
                 any.downcast_ref::<T>()
@@ -560,28 +565,28 @@ impl Sim {
     /// through the [`Emit`]. The element's timer is re-armed afterwards.
     pub fn poke<T: Element, R>(
         &mut self,
-        node: NodeId,
+        element: ElementId,
         f: impl FnOnce(&mut T, &mut Emit<'_>) -> R,
     ) -> Result<R, SimError> {
         let slot = self
-            .nodes
-            .get_mut(node.0 as usize)
-            .ok_or(SimError::UnknownNode(node))?;
+            .elements
+            .get_mut(element.0 as usize)
+            .ok_or(SimError::UnknownElement(element))?;
         let NodeKind::Element(e) = &mut slot.kind else {
-            return Err(SimError::WrongElementType(node));
+            return Err(SimError::WrongElementType(element));
         };
         let any: &mut dyn Any = e.as_mut();
         let t = any
             .downcast_mut::<T>()
-            .ok_or(SimError::WrongElementType(node))?;
+            .ok_or(SimError::WrongElementType(element))?;
         let mut emit = Emit {
             net: &mut self.net,
-            node,
+            element,
             out: &slot.out,
         };
         let r = f(t, &mut emit);
         let now = self.net.now;
-        self.rearm_element(node, now);
+        self.rearm_element(element, now);
         Ok(r)
     }
 
@@ -657,22 +662,22 @@ impl Sim {
                 }
                 l.stats.delivered_packets += 1;
                 l.stats.delivered_bytes += pkt.len() as u64;
-                let (node, port) = l.to;
-                self.deliver(node, port, pkt);
+                let (element, port) = l.to;
+                self.deliver(element, port, pkt);
             }
-            Ev::Wake(node) => {
-                let slot = &mut self.nodes[node.0 as usize];
+            Ev::Wake(element) => {
+                let slot = &mut self.elements[element.0 as usize];
                 if slot.armed != Some(now) {
                     return; // superseded by an earlier deadline
                 }
                 slot.armed = None;
                 if matches!(slot.kind, NodeKind::Host(_)) {
-                    self.poll_host(node);
+                    self.poll_host(element);
                 } else {
-                    self.fire_timer(node);
+                    self.fire_timer(element);
                 }
             }
-            Ev::HostTxReady(node) => self.poll_host(node),
+            Ev::HostTxReady(element) => self.poll_host(element),
             Ev::LinkState { link, up } => self.apply_link_state(link, up),
         }
     }
@@ -687,19 +692,19 @@ impl Sim {
         }
     }
 
-    fn deliver(&mut self, node: NodeId, port: Port, pkt: Packet) {
+    fn deliver(&mut self, element: ElementId, port: Port, pkt: Packet) {
         let now = self.net.now;
-        let slot = &mut self.nodes[node.0 as usize];
+        let slot = &mut self.elements[element.0 as usize];
         match &mut slot.kind {
             NodeKind::Element(e) => {
                 let mut emit = Emit {
                     net: &mut self.net,
-                    node,
+                    element,
                     out: &slot.out,
                 };
                 e.on_packet(now, port, pkt, &mut emit);
                 let next = e.next_timer();
-                arm(&mut slot.armed, &mut self.net.queue, node, next, now);
+                arm(&mut slot.armed, &mut self.net.queue, element, next, now);
             }
             NodeKind::Host(h) => {
                 if let Err(full) = h.check_ingress(pkt.bytes()) {
@@ -708,7 +713,7 @@ impl Sim {
                     } else {
                         DropCause::HostRejected
                     };
-                    self.net.drop_pkt(pkt, cause, Some(node));
+                    self.net.drop_pkt(pkt, cause, Some(element));
                     return;
                 }
                 self.net.ledger.delivered(pkt.meta.id);
@@ -736,28 +741,28 @@ impl Sim {
                 if let Some(obs) = &mut self.observer {
                     obs(&Arrival {
                         now,
-                        host: node,
+                        host: element,
                         packet: &pkt,
                         delay,
                         reordered,
                     });
                 }
                 h.push_ingress(pkt.bytes);
-                self.poll_host(node);
+                self.poll_host(element);
             }
         }
     }
 
-    fn fire_timer(&mut self, node: NodeId) {
+    fn fire_timer(&mut self, element: ElementId) {
         let now = self.net.now;
-        let slot = &mut self.nodes[node.0 as usize];
+        let slot = &mut self.elements[element.0 as usize];
         let NodeKind::Element(e) = &mut slot.kind else {
             return;
         };
         if e.next_timer().is_some_and(|t| t <= now) {
             let mut emit = Emit {
                 net: &mut self.net,
-                node,
+                element,
                 out: &slot.out,
             };
             e.on_timer(now, &mut emit);
@@ -767,20 +772,20 @@ impl Sim {
             self.timer_spins += 1;
             next = Some(now + Duration::from_nanos(1));
         }
-        arm(&mut slot.armed, &mut self.net.queue, node, next, now);
+        arm(&mut slot.armed, &mut self.net.queue, element, next, now);
     }
 
-    fn rearm_element(&mut self, node: NodeId, now: Instant) {
-        let slot = &mut self.nodes[node.0 as usize];
+    fn rearm_element(&mut self, element: ElementId, now: Instant) {
+        let slot = &mut self.elements[element.0 as usize];
         if let NodeKind::Element(e) = &slot.kind {
             let next = e.next_timer();
-            arm(&mut slot.armed, &mut self.net.queue, node, next, now);
+            arm(&mut slot.armed, &mut self.net.queue, element, next, now);
         }
     }
 
-    fn poll_host(&mut self, node: NodeId) {
+    fn poll_host(&mut self, element: ElementId) {
         let now = self.net.now;
-        let slot = &mut self.nodes[node.0 as usize];
+        let slot = &mut self.elements[element.0 as usize];
         let NodeKind::Host(h) = &mut slot.kind else {
             return;
         };
@@ -813,7 +818,7 @@ impl Sim {
             let fid = *h.flows.entry(tuple).or_insert_with(|| {
                 flows.push(FlowRecord {
                     tuple,
-                    src: node,
+                    src: element,
                     sent: 0,
                     delivered: 0,
                     dropped: 0,
@@ -827,19 +832,19 @@ impl Sim {
             let rec = &mut self.net.flows[fid.0 as usize];
             let seq = rec.sent;
             rec.sent += 1;
-            let pkt = self.net.new_packet(frame, Some(fid), seq, node);
-            self.net.send_on(link, pkt, Some(node));
+            let pkt = self.net.new_packet(frame, Some(fid), seq, element);
+            self.net.send_on(link, pkt, Some(element));
         }
         h.dev.tx = frames;
         if out.blocked
             && let Some(l) = link
         {
-            self.net.links[l.0 as usize].set_waker(node);
+            self.net.links[l.0 as usize].set_waker(element);
         }
         arm(
             &mut slot.armed,
             &mut self.net.queue,
-            node,
+            element,
             out.next_wake,
             now,
         );

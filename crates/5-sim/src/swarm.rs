@@ -24,7 +24,7 @@ use crate::faults::FaultPlan;
 use crate::host::{AppSpec, HostConfig};
 use crate::link::LinkConfig;
 use crate::nat_element::{NatElement, NatPorts};
-use crate::packet::{NodeId, PacketMeta};
+use crate::packet::{ElementId, PacketMeta};
 use crate::sim::{Sim, SimConfig, SimError};
 use crate::switch::RuleSwitch;
 use flowshift_control::orchestrator::{Command, Intervention, Orchestrator, StageTimeouts};
@@ -145,8 +145,8 @@ enum Action {
 
 struct World {
     sim: Sim,
-    nodes: [NodeId; 2],
-    sw: NodeId,
+    nodes: [ElementId; 2],
+    sw: ElementId,
     /// Links of A (switch), B (switch), the chain and the transfer path (both directions).
     links: [(LinkId, LinkId); 4],
     alive: [bool; 2],
@@ -396,13 +396,8 @@ pub fn run_plan(seed: u64, plan: FaultPlan) -> Result<SwarmRun, String> {
     let nat_b = Nat::new(nat_config(vec![])).map_err(err)?;
     let inst_a = Instance::with_meta(A, nat_a, mig_config(epochs.random())).map_err(err)?;
     let inst_b = Instance::with_meta(B, nat_b, mig_config(epochs.random())).map_err(err)?;
-    let ports = |peer| NatPorts {
-        switch: 0,
-        chain: BTreeMap::from([(peer, 1)]),
-        transfer: BTreeMap::from([(peer, 2)]),
-    };
-    let na = sim.add_element("nat-a", NatElement::new(inst_a, ports(B)));
-    let nb = sim.add_element("nat-b", NatElement::new(inst_b, ports(A)));
+    let na = sim.add_element("nat-a", NatElement::new(inst_a, NatPorts::pair_to(B)));
+    let nb = sim.add_element("nat-b", NatElement::new(inst_b, NatPorts::pair_to(A)));
     let port = |p: u32, mac: u8| InstancePort {
         port: p,
         mac: [2, 0, 0, 0, 0, mac],
@@ -410,14 +405,14 @@ pub fn run_plan(seed: u64, plan: FaultPlan) -> Result<SwarmRun, String> {
     let topo = Topology {
         inside_port: 1,
         outside_port: 2,
-        instances: BTreeMap::from([(A.0, port(10, 0xa)), (B.0, port(11, 0xb))]),
+        instances: BTreeMap::from([(A, port(10, 0xa)), (B, port(11, 0xb))]),
     };
     let mut orch = Orchestrator::new(
         topo.clone(),
         vec![GroupRoute {
             external: EXTERNAL,
             subscribers: group().subscribers,
-            owner: A.0,
+            owner: A,
         }],
     )
     .map_err(err)?;

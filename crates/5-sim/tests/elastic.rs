@@ -108,7 +108,10 @@ fn without_scaling_the_surge_overloads_the_one_node() {
         fc.lost_overload
     );
     // The same workload (same seed) was offered to both until the first overload.
-    assert!(none.longest_overload_s[&0] > fc.longest_overload_s[&0]);
+    assert!(
+        none.longest_overload_s[&flowshift_migration::InstanceId(0)]
+            > fc.longest_overload_s[&flowshift_migration::InstanceId(0)]
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use flowshift_sim::*;
 
-fn inject(sim: &mut Sim, inj: NodeId, sizes: &[usize]) -> Vec<PacketId> {
+fn inject(sim: &mut Sim, inj: ElementId, sizes: &[usize]) -> Vec<PacketId> {
     sim.poke(inj, |i: &mut Injector, out| i.inject(out, sizes))
         .unwrap()
 }

@@ -137,7 +137,7 @@ fn hosts_reject_corrupted_datagrams_with_a_named_cause() {
     sim.connect((x, 1), (s, 0), l).unwrap();
     let drops = Rc::new(RefCell::new(Vec::new()));
     let d2 = drops.clone();
-    sim.set_drop_observer(move |d| d2.borrow_mut().push((d.cause, d.node, d.packet.seq())));
+    sim.set_drop_observer(move |d| d2.borrow_mut().push((d.cause, d.element, d.packet.seq())));
     let sink = sim.add_app(s, AppSpec::UdpSink { port: 7 }).unwrap();
     sim.add_app(
         c,

@@ -37,7 +37,7 @@ pub struct MigrateArgs {
     group: Ipv4Addr,
     /// Destination node id (with --rehome: the node that takes the group over).
     #[arg(long, required_unless_present = "abort")]
-    to: Option<u16>,
+    to: Option<flowshift_migration::InstanceId>,
     /// Migration algorithm.
     #[arg(long, value_enum, required_unless_present_any = ["abort", "rehome"])]
     algorithm: Option<AlgorithmArg>,

@@ -65,7 +65,7 @@ pub fn run(cmd: &PkiCommand) -> Result<()> {
                     .with_context(|| format!("reading {}", path.display()))?
                     .nodes
                     .iter()
-                    .map(|n| n.id)
+                    .map(|n| n.id.0)
                     .collect(),
                 None => a.nodes.clone(),
             };

@@ -37,7 +37,7 @@ impl Autoscaler {
 
     /// The active node, other than `except`, where a group of load `g` ends lowest, if it
     /// ends at most at `limit` there.
-    fn best_fit(&self, g: f64, except: u16, limit: f64) -> Option<u16> {
+    fn best_fit(&self, g: f64, except: InstanceId, limit: f64) -> Option<InstanceId> {
         self.nodes
             .iter()
             .filter(|(n, t)| **n != except && t.state == NodeState::Active)
@@ -65,8 +65,8 @@ impl Autoscaler {
         now: Instant,
         reason: Reason,
         external: Ipv4Addr,
-        from: u16,
-        to: u16,
+        from: InstanceId,
+        to: InstanceId,
     ) -> bool {
         if self.started.len() >= self.cfg.max_migrations_per_minute as usize {
             self.counters.rate_limited += 1;
@@ -193,13 +193,13 @@ impl Autoscaler {
         now: Instant,
         load: f64,
         groups: &[(Ipv4Addr, f64)],
-        node: u16,
+        node: InstanceId,
         limit: f64,
-    ) -> Option<(Ipv4Addr, u16)> {
+    ) -> Option<(Ipv4Addr, InstanceId)> {
         if groups.len() < 2 {
             return None;
         }
-        let mut best: Option<(Ipv4Addr, u16, f64)> = None;
+        let mut best: Option<(Ipv4Addr, InstanceId, f64)> = None;
         for &(g, gl) in groups {
             if self.resting(g, now) {
                 continue;
@@ -218,7 +218,7 @@ impl Autoscaler {
     /// fewer: the node with the fewest groups (each is a migration), the least loaded of
     /// those, starts draining. True if one did.
     fn start_scale_in(&mut self, now: Instant) -> bool {
-        let active: Vec<(u16, f64, bool, usize)> = self
+        let active: Vec<(InstanceId, f64, bool, usize)> = self
             .nodes
             .iter()
             .filter(|(_, t)| t.state == NodeState::Active)

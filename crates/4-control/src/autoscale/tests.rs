@@ -16,9 +16,14 @@ fn cfg() -> AutoscaleConfig {
 
 /// A toy cluster the policy steers: groups with a load each (1.0 = a node's capacity), owned
 /// by nodes; migrations take `mig_ms`, node starts `start_ms`.
+/// Instance ids from plain numbers.
+fn ids(n: &[u16]) -> Vec<InstanceId> {
+    n.iter().copied().map(InstanceId).collect()
+}
+
 struct World {
-    groups: BTreeMap<Ipv4Addr, (u16, f64)>,
-    running: BTreeSet<u16>,
+    groups: BTreeMap<Ipv4Addr, (InstanceId, f64)>,
+    running: BTreeSet<InstanceId>,
     pending: Vec<(Instant, Action)>,
     mig_ms: u64,
     start_ms: u64,
@@ -28,8 +33,11 @@ struct World {
 impl World {
     fn new(groups: &[(u8, u16, f64)], running: &[u16]) -> World {
         World {
-            groups: groups.iter().map(|&(g, n, l)| (ip(g), (n, l))).collect(),
-            running: running.iter().copied().collect(),
+            groups: groups
+                .iter()
+                .map(|&(g, n, l)| (ip(g), (InstanceId(n), l)))
+                .collect(),
+            running: running.iter().copied().map(InstanceId).collect(),
             pending: Vec::new(),
             mig_ms: 500,
             start_ms: 1000,
@@ -37,7 +45,8 @@ impl World {
         }
     }
 
-    fn node_load(&self, n: u16) -> f64 {
+    fn node_load(&self, n: impl Into<InstanceId>) -> f64 {
+        let n = n.into();
         self.groups.values().filter(|g| g.0 == n).map(|g| g.1).sum()
     }
 
@@ -141,7 +150,7 @@ const T0: Instant = Instant::from_secs(100);
 
 #[test]
 fn an_overload_must_last_sustain_before_a_group_moves() {
-    let mut a = Autoscaler::new(cfg(), &[1, 2], &[]).unwrap();
+    let mut a = Autoscaler::new(cfg(), &ids(&[1, 2]), &ids(&[])).unwrap();
     let mut w = World::new(&[(1, 1, 0.45), (2, 1, 0.45), (3, 2, 0.1)], &[1, 2]);
     // Node 1 at 0.9 for 1.5 s (< sustain 2 s), then back to 0.7.
     w.run(&mut a, T0, 1);
@@ -158,7 +167,7 @@ fn an_overload_must_last_sustain_before_a_group_moves() {
 
 #[test]
 fn a_surge_scales_out_and_the_fall_scales_in() {
-    let mut a = Autoscaler::new(cfg(), &[1], &[2, 3]).unwrap();
+    let mut a = Autoscaler::new(cfg(), &ids(&[1]), &ids(&[2, 3])).unwrap();
     let groups: Vec<(u8, u16, f64)> = (1..=8).map(|g| (g, 1, 0.05)).collect();
     let mut w = World::new(&groups, &[1]);
     let t = w.run(&mut a, T0, 10);
@@ -166,8 +175,8 @@ fn a_surge_scales_out_and_the_fall_scales_in() {
     // 5x surge: 2.0 of load on node 1 alone; standby nodes come into service.
     w.scale(5.0);
     let t = w.run(&mut a, t, 120);
-    let in_service: Vec<u16> = w.running.iter().copied().collect();
-    assert_eq!(in_service, vec![1, 2, 3], "{:?}", w.log);
+    let in_service: Vec<InstanceId> = w.running.iter().copied().collect();
+    assert_eq!(in_service, ids(&[1, 2, 3]), "{:?}", w.log);
     for n in [1, 2, 3] {
         assert!(
             w.node_load(n) <= 0.8 + 1e-9,
@@ -191,12 +200,12 @@ fn overload_is_bounded_in_time_while_capacity_exists() {
     // Each node's load may exceed its capacity only until the policy has moved groups:
     // sustain + node start + one migration per group moved, with cool-downs between.
     let c = cfg();
-    let mut a = Autoscaler::new(c.clone(), &[1, 2], &[3, 4]).unwrap();
+    let mut a = Autoscaler::new(c.clone(), &ids(&[1, 2]), &ids(&[3, 4])).unwrap();
     let groups: Vec<(u8, u16, f64)> = (1..=12).map(|g| (g, 1 + u16::from(g % 2), 0.06)).collect();
     let mut w = World::new(&groups, &[1, 2]);
     let mut t = w.run(&mut a, T0, 5);
     w.scale(3.0); // 1.08 on each node: over capacity.
-    let mut over_since: BTreeMap<u16, Instant> = BTreeMap::new();
+    let mut over_since: BTreeMap<InstanceId, Instant> = BTreeMap::new();
     let mut longest = Duration::ZERO;
     for _ in 0..1200 {
         t = t + Duration::from_millis(100);
@@ -230,7 +239,7 @@ fn overload_is_bounded_in_time_while_capacity_exists() {
 #[test]
 fn noisy_load_does_not_flap() {
     let c = cfg();
-    let mut a = Autoscaler::new(c.clone(), &[1, 2, 3], &[4]).unwrap();
+    let mut a = Autoscaler::new(c.clone(), &ids(&[1, 2, 3]), &ids(&[4])).unwrap();
     let groups: Vec<(u8, u16, f64)> = (1..=12).map(|g| (g, 1 + u16::from(g % 3), 0.12)).collect();
     let mut w = World::new(&groups, &[1, 2, 3]);
     // Deterministic noise: each group's load wobbles +-40% around its base every step.
@@ -250,7 +259,7 @@ fn noisy_load_does_not_flap() {
     }
     // 10 minutes of noise around a 0.48 mean per node: the policy may react to a sustained
     // excursion, but never ping-pongs a group and never exceeds its rate.
-    let moves: Vec<(Instant, Ipv4Addr, u16, u16)> = w
+    let moves: Vec<(Instant, Ipv4Addr, InstanceId, InstanceId)> = w
         .log
         .iter()
         .filter_map(|(at, a)| match a {
@@ -291,7 +300,7 @@ fn rate_limit_holds_actions_back_and_counts_them() {
         cooldown_ms: 0,
         ..cfg()
     };
-    let mut a = Autoscaler::new(c, &[1, 2, 3], &[]).unwrap();
+    let mut a = Autoscaler::new(c, &ids(&[1, 2, 3]), &ids(&[])).unwrap();
     let mut w = World::new(
         &[
             (1, 1, 0.3),
@@ -309,7 +318,7 @@ fn rate_limit_holds_actions_back_and_counts_them() {
 
 #[test]
 fn a_single_hot_group_is_counted_not_moved() {
-    let mut a = Autoscaler::new(cfg(), &[1, 2], &[3]).unwrap();
+    let mut a = Autoscaler::new(cfg(), &ids(&[1, 2]), &ids(&[3])).unwrap();
     let mut w = World::new(&[(1, 1, 0.95), (2, 2, 0.1)], &[1, 2]);
     w.run(&mut a, T0, 20);
     assert!(
@@ -323,7 +332,7 @@ fn a_single_hot_group_is_counted_not_moved() {
 #[test]
 fn failed_and_timed_out_actions_release_the_policy() {
     let c = cfg();
-    let mut a = Autoscaler::new(c.clone(), &[1, 2], &[]).unwrap();
+    let mut a = Autoscaler::new(c.clone(), &ids(&[1, 2]), &ids(&[])).unwrap();
     let w = World::new(&[(1, 1, 0.5), (2, 1, 0.4), (3, 2, 0.0)], &[1, 2]);
     a.handle_load(T0, &w.loads());
     let t = T0 + Duration::from_millis(c.sustain_ms);
@@ -345,7 +354,7 @@ fn failed_and_timed_out_actions_release_the_policy() {
 
 #[test]
 fn disabled_policy_does_nothing_and_bad_configs_are_refused() {
-    let mut a = Autoscaler::new(AutoscaleConfig::default(), &[1, 2], &[3]).unwrap();
+    let mut a = Autoscaler::new(AutoscaleConfig::default(), &ids(&[1, 2]), &ids(&[3])).unwrap();
     let w = World::new(&[(1, 1, 2.0), (2, 1, 2.0)], &[1, 2]);
     for s in 0..100 {
         a.handle_load(T0 + Duration::from_secs(s), &w.loads());
@@ -363,9 +372,9 @@ fn disabled_policy_does_nothing_and_bad_configs_are_refused() {
             ..cfg()
         },
     ] {
-        assert!(Autoscaler::new(bad, &[1], &[]).is_err());
+        assert!(Autoscaler::new(bad, &ids(&[1]), &ids(&[])).is_err());
     }
-    assert!(Autoscaler::new(cfg(), &[1], &[1]).is_err());
+    assert!(Autoscaler::new(cfg(), &ids(&[1]), &ids(&[1])).is_err());
 }
 
 #[test]
@@ -375,7 +384,7 @@ fn actions_are_spaced_by_the_cool_down() {
         max_migrations_per_minute: 60,
         ..cfg()
     };
-    let mut a = Autoscaler::new(c.clone(), &[1, 2], &[]).unwrap();
+    let mut a = Autoscaler::new(c.clone(), &ids(&[1, 2]), &ids(&[])).unwrap();
     let groups: Vec<(u8, u16, f64)> = (1..=10).map(|g| (g, 1, 0.1)).collect();
     let mut w = World::new(&groups, &[1, 2]);
     w.run(&mut a, T0, 60);
@@ -402,7 +411,7 @@ fn load_between_low_and_high_moves_nothing() {
     // Hysteresis: nodes wandering anywhere between `low` and `high` (and one node dipping
     // below `low` while another stays above it) trigger neither rebalancing nor scale-in.
     let c = cfg();
-    let mut a = Autoscaler::new(c.clone(), &[1, 2], &[3]).unwrap();
+    let mut a = Autoscaler::new(c.clone(), &ids(&[1, 2]), &ids(&[3])).unwrap();
     let mut w = World::new(
         &[(1, 1, 0.2), (2, 1, 0.2), (3, 2, 0.2), (4, 2, 0.2)],
         &[1, 2],
@@ -426,7 +435,7 @@ fn load_between_low_and_high_moves_nothing() {
 
 #[test]
 fn scale_in_drains_the_node_with_fewest_groups() {
-    let mut a = Autoscaler::new(cfg(), &[1, 2], &[]).unwrap();
+    let mut a = Autoscaler::new(cfg(), &ids(&[1, 2]), &ids(&[])).unwrap();
     // Node 1: six small groups (0.12); node 2: one group (0.2), more loaded but cheaper to
     // empty.
     let mut groups: Vec<(u8, u16, f64)> = (1..=6).map(|g| (g, 1, 0.02)).collect();
@@ -436,7 +445,9 @@ fn scale_in_drains_the_node_with_fewest_groups() {
     assert_eq!(w.migrations(), 1, "{:?}", w.log);
     assert!(matches!(
         w.log.last().unwrap().1,
-        Action::StopNode { node: 2 }
+        Action::StopNode {
+            node: InstanceId(2)
+        }
     ));
-    assert_eq!(w.running.iter().copied().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(w.running.iter().copied().collect::<Vec<_>>(), ids(&[1]));
 }

@@ -98,9 +98,9 @@ pub struct Rehome {
     /// The group.
     pub external: Ipv4Addr,
     /// The dead owner.
-    pub from: u16,
+    pub from: InstanceId,
     /// The new owner.
-    pub to: u16,
+    pub to: InstanceId,
     /// When.
     pub at: Instant,
     /// Sessions lost with the dead owner, from its last status (`None`: unknown).
@@ -157,12 +157,10 @@ impl Orchestrator {
         token
     }
 
-    pub(super) fn push_aborts(&mut self, id: MigrationId, from: u16, to: u16) {
+    pub(super) fn push_aborts(&mut self, id: MigrationId, from: InstanceId, to: InstanceId) {
         for on in [from, to] {
-            self.interventions.push_back(Intervention::Abort {
-                on: InstanceId(on),
-                migration: id,
-            });
+            self.interventions
+                .push_back(Intervention::Abort { on, migration: id });
         }
     }
 
@@ -286,8 +284,8 @@ impl Orchestrator {
         to: InstanceId,
         sessions_lost: Option<u64>,
     ) -> Result<Rehome, ControlError> {
-        if !self.topo.instances.contains_key(&to.0) {
-            return Err(ControlError::UnknownInstance(to.0));
+        if !self.topo.instances.contains_key(&to) {
+            return Err(ControlError::UnknownInstance(to));
         }
         let gi = self
             .groups
@@ -302,17 +300,15 @@ impl Orchestrator {
         // Every other live instance lets go of whatever it holds of the group: a party of a
         // migration in progress or one that ended split, or one this controller never knew
         // about (it restarted). Releasing a group an instance does not have is a no-op.
-        let others: Vec<u16> = self.topo.instances.keys().copied().collect();
+        let others: Vec<InstanceId> = self.topo.instances.keys().copied().collect();
         for p in others {
-            if p != to.0 && p != dead {
-                self.interventions.push_back(Intervention::Release {
-                    on: InstanceId(p),
-                    external,
-                });
+            if p != to && p != dead {
+                self.interventions
+                    .push_back(Intervention::Release { on: p, external });
             }
         }
         let mut groups = self.groups.clone();
-        groups[gi].owner = to.0;
+        groups[gi].owner = to;
         let new_table = rules::table(&self.topo, &groups)?;
         let diff = rules::diff(&self.table, &new_table);
         self.groups = groups;
@@ -329,7 +325,7 @@ impl Orchestrator {
         let r = Rehome {
             external,
             from: dead,
-            to: to.0,
+            to,
             at: now,
             sessions_lost,
         };
@@ -356,7 +352,7 @@ impl Orchestrator {
         if let Some(&i) = self.by_id.get(&id) {
             let m = &self.migrations[i];
             match m.stage {
-                Stage::Running if m.from == from.0 => self.redirect(now, i),
+                Stage::Running if m.from == from => self.redirect(now, i),
                 Stage::Draining => self.commands.push_back(Command::CutoverDone {
                     on: from,
                     migration: id,
@@ -369,15 +365,15 @@ impl Orchestrator {
             return;
         };
         if self.active(external).is_some()
-            || !self.topo.instances.contains_key(&to.0)
+            || !self.topo.instances.contains_key(&to)
             || (owner != from && owner != to)
         {
             return;
         }
         self.migrations.push(super::MigrationStatus {
             external,
-            from: from.0,
-            to: to.0,
+            from,
+            to,
             algorithm,
             stage: Stage::Running,
             migration: Some(id.0),
@@ -561,7 +557,7 @@ mod tests {
         let _ = running(&mut o, t);
         // A (owner, source) dies mid-migration: B takes the group.
         let r = o.rehome(t, EXT, B, Some(1234)).unwrap();
-        assert_eq!((r.from, r.to, r.sessions_lost), (0, 1, Some(1234)));
+        assert_eq!((r.from, r.to, r.sessions_lost), (A, B, Some(1234)));
         assert_eq!(o.owner_of(EXT), Some(B));
         assert_eq!(o.migrations()[0].stage, Stage::Aborted);
         let Some(Command::UpdateSwitch { diff, .. }) = o.poll_command() else {

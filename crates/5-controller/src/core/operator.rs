@@ -46,25 +46,22 @@ impl Core {
     }
 
     pub(super) fn migrate(&mut self, now: Instant, m: MigrateRequest) -> Reply {
-        let connected = |id: u16| self.nodes.get(&id).is_some_and(|n| n.link.is_some());
+        let connected = |id: InstanceId| self.nodes.get(&id).is_some_and(|n| n.link.is_some());
         if let Some(owner) = self.orch.owner_of(m.group)
-            && owner.0 != m.to
+            && owner != m.to
         {
-            for (role, id) in [("source", owner.0), ("destination", m.to)] {
+            for (role, id) in [("source", owner), ("destination", m.to)] {
                 if self.nodes.contains_key(&id) && !connected(id) {
                     return Reply::error(409, &format!("{role} node {id} is not connected"));
                 }
             }
         }
-        match self
-            .orch
-            .request_migration(now, m.group, InstanceId(m.to), m.algorithm)
-        {
+        match self.orch.request_migration(now, m.group, m.to, m.algorithm) {
             Ok(()) => {
                 let params = m.params.or_else(|| self.cfg.params.clone());
                 self.start_params.insert(m.group, params);
                 let index = self.orch.migrations().len() - 1;
-                info!(group = %m.group, to = m.to, algorithm = ?m.algorithm, index, "migration requested");
+                info!(group = %m.group, to = %m.to, algorithm = ?m.algorithm, index, "migration requested");
                 Reply::json(
                     200,
                     &MigrateResponse {

@@ -102,18 +102,18 @@ impl Core {
                     },
                 ),
             };
-            let connected = self.nodes.get(&on.0).is_some_and(|n| n.link.is_some());
+            let connected = self.nodes.get(&on).is_some_and(|n| n.link.is_some());
             if !connected {
                 // A dead node holds nothing to release; anything else is reported.
                 debug!(
-                    node = on.0,
+                    node = %on,
                     ?body,
                     "recovery step for a disconnected node skipped"
                 );
                 continue;
             }
             // A failure is counted in `request_failed`.
-            let _ = self.request(now, on.0, body, purpose, ABORT_TIMEOUT);
+            let _ = self.request(now, on, body, purpose, ABORT_TIMEOUT);
         }
     }
 
@@ -138,17 +138,17 @@ impl Core {
 
     /// `POST /rehome`: only for a group whose owner is gone (a live owner's group moves with
     /// `migrate`); the sessions its last status reported are lost, and reported.
-    pub(super) fn rehome(&mut self, now: Instant, group: Ipv4Addr, to: u16) -> Reply {
-        let connected = |id: u16| self.nodes.get(&id).is_some_and(|n| n.link.is_some());
+    pub(super) fn rehome(&mut self, now: Instant, group: Ipv4Addr, to: InstanceId) -> Reply {
+        let connected = |id: InstanceId| self.nodes.get(&id).is_some_and(|n| n.link.is_some());
         let Some(owner) = self.orch.owner_of(group) else {
             return Reply::error(400, &format!("no group {group}"));
         };
-        if connected(owner.0) && owner.0 != to {
+        if connected(owner) && owner != to {
             return Reply::error(
                 409,
                 &format!(
                     "owner node {} is connected: move the group with migrate",
-                    owner.0
+                    owner
                 ),
             );
         }
@@ -157,14 +157,14 @@ impl Core {
         }
         let lost = self
             .nodes
-            .get(&owner.0)
+            .get(&owner)
             .and_then(|n| n.status.as_ref())
             .and_then(|s| s.groups.iter().find(|g| g.external == group))
             .map(|g| u64::from(g.sessions));
-        match self.orch.rehome(now, group, InstanceId(to), lost) {
+        match self.orch.rehome(now, group, to, lost) {
             Ok(r) => {
                 self.counters.groups_rehomed += 1;
-                warn!(%group, from = r.from, to, sessions_lost = ?r.sessions_lost,
+                warn!(%group, from = %r.from, %to, sessions_lost = ?r.sessions_lost,
                     "group re-homed from a dead node");
                 Reply::json(200, &r)
             }

@@ -589,7 +589,7 @@ fn run_node(
     send(
         &mut s,
         &NodeToController::Hello {
-            id,
+            id: InstanceId(id),
             mac,
             groups: if id == 1 { vec![GROUP] } else { vec![] },
         },
@@ -640,7 +640,7 @@ fn run_node(
                     send(
                         &mut s,
                         &reply(Ok(ReplyBody::Status(Box::new(NodeStatus {
-                            id,
+                            id: InstanceId(id),
                             uptime_s: now.duration_since(t0).as_secs_f64(),
                             groups,
                             migrations: vec![],

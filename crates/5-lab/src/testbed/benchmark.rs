@@ -19,6 +19,7 @@ use super::layout;
 use super::sys;
 use super::{BenchArgs, Offload};
 use anyhow::{Context, Result, bail};
+use flowshift_migration::InstanceId;
 use flowshift_migration::LossCause;
 use flowshift_nat::DropReason;
 use flowshift_ovs::Netns;
@@ -339,7 +340,7 @@ fn measure(tb: &mut Testbed, a: &BenchArgs) -> Result<BenchReport> {
     let after = api.status()?;
     let drops = |s: &flowshift_control::api::ClusterStatus| {
         s.nodes
-            .get(&1)
+            .get(&InstanceId(1))
             .and_then(|n| n.status.as_ref())
             .map(|st| {
                 let c = &st.counters;

@@ -38,6 +38,7 @@ use crate::report::{algorithm_name, goodput_min_bin_ratio, print_fig1c_table};
 use anyhow::{Context, Result, bail};
 use flowshift_control::api::MigrateRequest;
 use flowshift_control::orchestrator::Stage;
+use flowshift_migration::InstanceId;
 use flowshift_migration::{Algorithm, Params};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -293,7 +294,7 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
     let p = params(alg);
     let req = MigrateRequest {
         group: layout::group_external(1),
-        to: 2,
+        to: InstanceId(2),
         algorithm: alg,
         params: Some(p.clone()),
     };
@@ -544,7 +545,7 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
     added.sort_by(f64::total_cmp);
 
     // Checks that must hold for every algorithm.
-    let owners_after: Vec<u16> = after
+    let owners_after: Vec<InstanceId> = after
         .nodes
         .iter()
         .filter(|(_, e)| {
@@ -566,7 +567,7 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
         "completed": ok_or((status.stage != Stage::Done).then(|| format!("migration ended {:?}", status.stage))),
         "tcp_connections": ok_or((!tcp_problems.is_empty()).then(|| tcp_problems.join("; "))),
         "link_shaping": ok_or(link_problem),
-        "single_owner": ok_or((owners_after != [2] || controller_owner != Some(2)).then(|| {
+        "single_owner": ok_or((owners_after != [InstanceId(2)] || controller_owner != Some(InstanceId(2))).then(|| {
             format!("group on nodes {owners_after:?}, controller owner {controller_owner:?}")
         })),
         "internal_errors": ok_or((internal_errors > 0).then(|| format!("{internal_errors} internal errors"))),
@@ -699,7 +700,10 @@ mod tests {
         a.io.rx_packets = 3;
         a.io.tx_errors = 2;
         a.migration.internal_errors = 1;
-        let (b, a) = (BTreeMap::from([(1u16, b)]), BTreeMap::from([(1u16, a)]));
+        let (b, a) = (
+            BTreeMap::from([(InstanceId(1), b)]),
+            BTreeMap::from([(InstanceId(1), a)]),
+        );
         let d = node_deltas(&b, &a);
         assert_eq!(
             d.lost_by_cause,
@@ -715,10 +719,10 @@ mod tests {
         );
         assert_eq!(d.internal_errors, 1);
         let flat = flat_deltas(&b, &a);
-        assert_eq!(flat[&1]["loss_group_halted"], 4);
-        assert_eq!(flat[&1]["rx_packets"], 3);
+        assert_eq!(flat[&InstanceId(1)]["loss_group_halted"], 4);
+        assert_eq!(flat[&InstanceId(1)]["rx_packets"], 3);
         assert!(
-            !flat[&1].contains_key("tx_packets"),
+            !flat[&InstanceId(1)].contains_key("tx_packets"),
             "zero deltas are left out"
         );
         let before = json!({"flows": [{"table_id": 0, "priority": 100, "match": "m", "cookie": 1, "packets": 10, "bytes": 100}],

@@ -7,14 +7,14 @@ use crate::report::{GoodputCurve, write_goodput_plot};
 use anyhow::Result;
 use flowshift_control::api::ClusterStatus;
 use flowshift_control::status::NodeCounters;
-use flowshift_migration::LossCause;
+use flowshift_migration::{InstanceId, LossCause};
 use flowshift_nat::DropReason;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 /// Every node's counters in a cluster status.
-pub(super) fn counters_of(s: &ClusterStatus) -> BTreeMap<u16, NodeCounters> {
+pub(super) fn counters_of(s: &ClusterStatus) -> BTreeMap<InstanceId, NodeCounters> {
     s.nodes
         .iter()
         .filter_map(|(id, e)| e.status.as_ref().map(|st| (*id, st.counters.clone())))
@@ -24,9 +24,9 @@ pub(super) fn counters_of(s: &ClusterStatus) -> BTreeMap<u16, NodeCounters> {
 /// Per-node deltas (after - before) of every counter by its flat name, non-zero ones only
 /// (for the report).
 pub(super) fn flat_deltas(
-    before: &BTreeMap<u16, NodeCounters>,
-    after: &BTreeMap<u16, NodeCounters>,
-) -> BTreeMap<u16, BTreeMap<String, u64>> {
+    before: &BTreeMap<InstanceId, NodeCounters>,
+    after: &BTreeMap<InstanceId, NodeCounters>,
+) -> BTreeMap<InstanceId, BTreeMap<String, u64>> {
     after
         .iter()
         .map(|(id, a)| {
@@ -54,8 +54,8 @@ pub(super) struct NodeDeltas {
 }
 
 pub(super) fn node_deltas(
-    before: &BTreeMap<u16, NodeCounters>,
-    after: &BTreeMap<u16, NodeCounters>,
+    before: &BTreeMap<InstanceId, NodeCounters>,
+    after: &BTreeMap<InstanceId, NodeCounters>,
 ) -> NodeDeltas {
     let mut d = NodeDeltas {
         lost_by_cause: BTreeMap::new(),

@@ -454,6 +454,7 @@ pub struct ConfigOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flowshift_migration::InstanceId;
 
     fn opts(preload: u32) -> ConfigOptions {
         ConfigOptions {
@@ -511,7 +512,7 @@ mod tests {
             let text = l.node_config(k, &opts(65_000));
             let cfg = flowshift_node::NodeConfig::parse(&text)
                 .unwrap_or_else(|e| panic!("node {k}: {e}\n{text}"));
-            assert_eq!(cfg.id, k);
+            assert_eq!(cfg.id.0, k);
             assert_eq!(cfg.peers.len(), 2);
             assert_eq!(cfg.interface, format!("fsn{k}"));
             assert_eq!(cfg.preload.len(), usize::from(k == 1));
@@ -568,7 +569,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(cfg.nodes.len(), 2);
         assert_eq!(cfg.groups.len(), 2);
-        assert_eq!(cfg.groups[1].owner, 2);
+        assert_eq!(cfg.groups[1].owner, InstanceId(2));
         assert_eq!(cfg.nodes[1].port, 4);
         assert_eq!(
             cfg.api_token_file.as_deref(),

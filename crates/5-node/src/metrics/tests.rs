@@ -18,7 +18,7 @@ fn status() -> NodeStatus {
     c.control.connects = 1;
     c.migration.frames_in = 5;
     NodeStatus {
-        id: 3,
+        id: flowshift_migration::InstanceId(3),
         uptime_s: 1.5,
         groups: vec![GroupStatus {
             external: "198.18.0.1".parse().unwrap(),

@@ -119,11 +119,7 @@ pub struct Ends {
 
 /// An engine for `cfg` with fresh queues.
 pub fn engine(cfg: &NodeConfig) -> (Engine, Ends) {
-    let ids: Vec<_> = cfg
-        .peers
-        .iter()
-        .map(|p| flowshift_migration::InstanceId(p.id))
-        .collect();
+    let ids: Vec<_> = cfg.peers.iter().map(|p| p.id).collect();
     let waker = Arc::new(flowshift_node::sys::Waker::new().expect("eventfd"));
     let (tlink, tends) = transfer::link(&ids, 1024, waker.clone());
     let (clink, cends) = control::link(64, 4096, waker);

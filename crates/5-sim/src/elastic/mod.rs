@@ -33,7 +33,7 @@ pub use run::run;
 
 use crate::nat_element::Capacity;
 use flowshift_control::autoscale::{AutoscaleConfig, AutoscaleCounters, Decision, NodeState};
-use flowshift_migration::{Algorithm, Params};
+use flowshift_migration::{Algorithm, InstanceId, Params};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -192,7 +192,7 @@ impl ElasticConfig {
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeSample {
     /// The node.
-    pub node: u16,
+    pub node: InstanceId,
     /// In service (carrying or allowed to carry groups).
     pub in_service: bool,
     /// The policy's view of it (standby, starting, active, draining).
@@ -236,9 +236,9 @@ pub struct MigrationRecord {
     /// The group.
     pub external: Option<Ipv4Addr>,
     /// Source node.
-    pub from: u16,
+    pub from: InstanceId,
     /// Destination node.
-    pub to: u16,
+    pub to: InstanceId,
     /// Algorithm.
     pub algorithm: Option<Algorithm>,
     /// Requested at (s).
@@ -269,7 +269,7 @@ pub struct NodeEvent {
     /// When (s).
     pub t_s: f64,
     /// The node.
-    pub node: u16,
+    pub node: InstanceId,
     /// `start_requested`, `in_service` or `stopped`.
     pub what: &'static str,
 }
@@ -303,7 +303,7 @@ pub struct ElasticRun {
     pub max_in_service: u16,
     /// Per node, the longest stretch of consecutive intervals offered more than its
     /// capacity (s).
-    pub longest_overload_s: BTreeMap<u16, f64>,
+    pub longest_overload_s: BTreeMap<InstanceId, f64>,
     /// Connections opened, and refused at the subscribers' bound.
     pub connections: (u64, u64),
     /// Simulated events.

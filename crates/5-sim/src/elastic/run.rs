@@ -4,7 +4,7 @@
 use super::traffic::{Servers, Subscribers};
 use super::*;
 use crate::nat_element::{NatElement, NatPorts};
-use crate::packet::{DropCause, NodeId};
+use crate::packet::{DropCause, ElementId};
 use crate::sim::{Sim, SimConfig};
 use crate::switch::RuleSwitch;
 use flowshift_control::autoscale::{Action, Autoscaler, GroupLoad, NodeLoad};
@@ -27,7 +27,7 @@ const SW_NODE0: u16 = 10;
 type DropBins = Rc<RefCell<Vec<[u64; 3]>>>;
 
 struct Node {
-    el: NodeId,
+    el: ElementId,
     in_service: bool,
     /// Counters at the last load report: packets offered, overload drops, per group.
     last_in: u64,
@@ -68,7 +68,7 @@ pub fn run(cfg: &ElasticConfig, progress: &mut dyn FnMut(f64)) -> Result<Elastic
     }
     let groups: Vec<GroupConfig> =
         flowshift_nat::group_layout(cfg.pool, cfg.subscribers, cfg.groups).map_err(cfg_err)?;
-    let owner0 = |i: usize| (i % cfg.active_at_start as usize) as u16;
+    let owner0 = |i: usize| InstanceId((i % cfg.active_at_start as usize) as u16);
     let mut sim = Sim::new(SimConfig {
         seed: cfg.seed,
         goodput_bin: cfg.load_interval,
@@ -88,7 +88,7 @@ pub fn run(cfg: &ElasticConfig, progress: &mut dyn FnMut(f64)) -> Result<Elastic
         let own: Vec<GroupConfig> = groups
             .iter()
             .enumerate()
-            .filter(|(i, _)| owner0(*i) == id)
+            .filter(|(i, _)| owner0(*i) == InstanceId(id))
             .map(|(_, g)| g.clone())
             .collect();
         let nat = Nat::new(NatConfig {
@@ -131,7 +131,7 @@ pub fn run(cfg: &ElasticConfig, progress: &mut dyn FnMut(f64)) -> Result<Elastic
                     port: u32::from(SW_NODE0 + id),
                     mac: [2, 0, 0, 0, 1, id as u8],
                 };
-                (id, port)
+                (InstanceId(id), port)
             })
             .collect(),
     };
@@ -212,8 +212,8 @@ pub fn run(cfg: &ElasticConfig, progress: &mut dyn FnMut(f64)) -> Result<Elastic
     if let Some(a) = cfg.scaling.algorithm() {
         acfg.algorithm = a;
     }
-    let active: Vec<u16> = (0..cfg.active_at_start).collect();
-    let standby: Vec<u16> = (cfg.active_at_start..n).collect();
+    let active: Vec<InstanceId> = (0..cfg.active_at_start).map(InstanceId).collect();
+    let standby: Vec<InstanceId> = (cfg.active_at_start..n).map(InstanceId).collect();
     let mut policy = Autoscaler::new(acfg, &active, &standby).map_err(ElasticError::Config)?;
 
     // Run.
@@ -223,7 +223,7 @@ pub fn run(cfg: &ElasticConfig, progress: &mut dyn FnMut(f64)) -> Result<Elastic
     let mut by_id: BTreeMap<MigrationId, usize> = BTreeMap::new();
     let mut node_events = Vec::new();
     let mut decisions = Vec::new();
-    let mut starting: Vec<(Instant, u16)> = Vec::new();
+    let mut starting: Vec<(Instant, InstanceId)> = Vec::new();
     let mut next_load = Instant::ZERO + cfg.load_interval;
     let mut next_progress = 0.0;
     while sim.now() < end {
@@ -234,7 +234,7 @@ pub fn run(cfg: &ElasticConfig, progress: &mut dyn FnMut(f64)) -> Result<Elastic
             let mut loads = Vec::new();
             let mut sample_nodes = Vec::new();
             for (id, node) in nodes.iter_mut().enumerate() {
-                let id = id as u16;
+                let id = InstanceId(id as u16);
                 let el: &NatElement = sim
                     .element(node.el)
                     .ok_or_else(|| ElasticError::Config("node missing".into()))?;
@@ -248,7 +248,7 @@ pub fn run(cfg: &ElasticConfig, progress: &mut dyn FnMut(f64)) -> Result<Elastic
                 let mut sessions = 0u64;
                 for (ext, count) in el.group_packets() {
                     let last = node.last_groups.insert(ext, count).unwrap_or(0);
-                    if orch.owner_of(ext) != Some(InstanceId(id)) {
+                    if orch.owner_of(ext) != Some(id) {
                         continue;
                     }
                     let s = nat
@@ -304,7 +304,7 @@ pub fn run(cfg: &ElasticConfig, progress: &mut dyn FnMut(f64)) -> Result<Elastic
         // Nodes coming into service.
         while let Some(i) = starting.iter().position(|&(t, _)| t <= now) {
             let (_, id) = starting.swap_remove(i);
-            nodes[id as usize].in_service = true;
+            nodes[usize::from(id.0)].in_service = true;
             node_events.push(NodeEvent {
                 t_s: secs(now),
                 node: id,
@@ -327,7 +327,7 @@ pub fn run(cfg: &ElasticConfig, progress: &mut dyn FnMut(f64)) -> Result<Elastic
                     });
                 }
                 Action::StopNode { node } => {
-                    if let Some(x) = nodes.get_mut(node as usize) {
+                    if let Some(x) = nodes.get_mut(usize::from(node.0)) {
                         x.in_service = false;
                     }
                     node_events.push(NodeEvent {
@@ -351,7 +351,7 @@ pub fn run(cfg: &ElasticConfig, progress: &mut dyn FnMut(f64)) -> Result<Elastic
                         ..MigrationRecord::default()
                     });
                     if orch
-                        .request_migration(now, external, InstanceId(to), algorithm)
+                        .request_migration(now, external, to, algorithm)
                         .is_err()
                     {
                         migrations.last_mut().expect("pushed").ended_s = Some(secs(now));
@@ -483,8 +483,8 @@ fn finish(
     cfg: &ElasticConfig,
     sim: &Sim,
     nodes: &[Node],
-    subs: NodeId,
-    servers: NodeId,
+    subs: ElementId,
+    servers: ElementId,
     mut samples: Vec<Sample>,
     migrations: Vec<MigrationRecord>,
     node_events: Vec<NodeEvent>,
@@ -537,7 +537,7 @@ fn finish(
             run = if over { run + 1 } else { 0 };
             best = best.max(run);
         }
-        longest_overload_s.insert(id as u16, best as f64 * dt);
+        longest_overload_s.insert(InstanceId(id as u16), best as f64 * dt);
     }
     Ok(ElasticRun {
         config: cfg.clone(),

@@ -9,8 +9,8 @@ impl Sim {
         let sel = if apps.is_empty() { &all[..] } else { apps };
         sel.iter()
             .filter_map(|a| {
-                let (node, idx) = *self.apps.get(a.0 as usize)?;
-                match &self.nodes[node.0 as usize].kind {
+                let (element, idx) = *self.apps.get(a.0 as usize)?;
+                match &self.elements[element.0 as usize].kind {
                     NodeKind::Host(h) => h.apps.get(idx).map(|a| a.bins.as_slice()),
                     NodeKind::Element(_) => None,
                 }
@@ -83,7 +83,7 @@ impl Sim {
                 bad_ticks += 1;
             }
         }
-        for slot in &self.nodes {
+        for slot in &self.elements {
             if let NodeKind::Element(e) = &slot.kind {
                 e.held_packets(&mut |id| {
                     held += 1;
@@ -132,7 +132,12 @@ impl Sim {
             element_drops: ledger
                 .element_drops
                 .iter()
-                .map(|((node, r), n)| (format!("{}:{}", self.nodes[node.0 as usize].name, r), *n))
+                .map(|((element, r), n)| {
+                    (
+                        format!("{}:{}", self.elements[element.0 as usize].name, r),
+                        *n,
+                    )
+                })
                 .collect(),
             in_flight_at_end: in_flight,
             held_by_elements_at_end: held,
@@ -152,7 +157,7 @@ impl Sim {
             max_ns: self.delay_max,
         };
         let mut hosts = Vec::new();
-        for slot in &self.nodes {
+        for slot in &self.elements {
             if let NodeKind::Host(h) = &slot.kind {
                 hosts.push(HostReport {
                     name: slot.name.clone(),
@@ -164,13 +169,15 @@ impl Sim {
         let apps = self
             .apps
             .iter()
-            .filter_map(|&(node, idx)| match &self.nodes[node.0 as usize].kind {
-                NodeKind::Host(h) => h.apps.get(idx).map(|a| AppReport {
-                    host: self.nodes[node.0 as usize].name.clone(),
-                    stats: a.stats.clone(),
-                }),
-                NodeKind::Element(_) => None,
-            })
+            .filter_map(
+                |&(element, idx)| match &self.elements[element.0 as usize].kind {
+                    NodeKind::Host(h) => h.apps.get(idx).map(|a| AppReport {
+                        host: self.elements[element.0 as usize].name.clone(),
+                        stats: a.stats.clone(),
+                    }),
+                    NodeKind::Element(_) => None,
+                },
+            )
             .collect();
         Report {
             seed: self.seed,

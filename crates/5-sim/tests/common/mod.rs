@@ -19,10 +19,10 @@ pub fn server_addr(i: usize) -> Ipv4Addr {
 
 pub struct Dumbbell {
     pub sim: Sim,
-    pub clients: Vec<NodeId>,
-    pub servers: Vec<NodeId>,
-    pub r1: NodeId,
-    pub r2: NodeId,
+    pub clients: Vec<ElementId>,
+    pub servers: Vec<ElementId>,
+    pub r1: ElementId,
+    pub r2: ElementId,
     /// r1 -> r2 (client-to-server direction).
     pub bottleneck: LinkId,
 }
@@ -147,7 +147,7 @@ impl Element for Recorder {
 }
 
 /// An injector wired to a recorder through one link with `cfg`.
-pub fn injector_to_recorder(seed: u64, cfg: LinkConfig) -> (Sim, NodeId, NodeId, LinkId) {
+pub fn injector_to_recorder(seed: u64, cfg: LinkConfig) -> (Sim, ElementId, ElementId, LinkId) {
     let mut sim = Sim::new(SimConfig::new(seed));
     let inj = sim.add_element("inj", Injector::default());
     let rec = sim.add_element("rec", Recorder::default());
