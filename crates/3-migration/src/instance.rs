@@ -747,6 +747,24 @@ impl<M: Copy> Instance<M> {
 
     // --------------------------------------------------------------------------- commands
 
+    /// [`Instance::start_migration`] for the group whose external address is `external` (the
+    /// form a controller's command names it in).
+    pub fn start_migration_at(
+        &mut self,
+        now: Instant,
+        external: std::net::Ipv4Addr,
+        to: InstanceId,
+        algorithm: Algorithm,
+        params: Params,
+    ) -> Result<MigrationId, Error> {
+        let group = self
+            .core
+            .nat
+            .group_id(external)
+            .ok_or(Error::NoGroupAt(external))?;
+        self.start_migration(now, group, to, algorithm, params)
+    }
+
     /// Starts migrating `group` to instance `to` (this instance is the source). The
     /// destination learns of it from the `Prepare` frame this queues.
     pub fn start_migration(

@@ -440,6 +440,9 @@ pub enum Error {
     /// No such group on this instance.
     #[error("no group {0:?}")]
     NoGroup(GroupId),
+    /// No group with this external address on this instance.
+    #[error("no group {0} (external address) on this instance")]
+    NoGroupAt(std::net::Ipv4Addr),
     /// The group is already migrating (in either direction) or split.
     #[error("group {0:?} is already migrating")]
     GroupBusy(GroupId),

@@ -32,16 +32,7 @@ pub use recovery::{AbortStage, Intervention, Rehome, StageTimeouts};
 pub enum Command {
     /// Call `start_migration` on instance `on` for the group with this external address, then
     /// report the id with [`Orchestrator::migration_started`].
-    StartMigration {
-        /// Source instance.
-        on: InstanceId,
-        /// The group.
-        external: Ipv4Addr,
-        /// Destination.
-        to: InstanceId,
-        /// Algorithm.
-        algorithm: Algorithm,
-    },
+    StartMigration(StartMigration),
     /// Send these flow-mods, then a barrier; report its reply with
     /// [`Orchestrator::handle_barrier`]`(token)`.
     UpdateSwitch {
@@ -57,6 +48,19 @@ pub enum Command {
         /// Migration.
         migration: MigrationId,
     },
+}
+
+/// [`Command::StartMigration`]: which group to move where, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StartMigration {
+    /// Source instance.
+    pub on: InstanceId,
+    /// The group's external address.
+    pub external: Ipv4Addr,
+    /// Destination.
+    pub to: InstanceId,
+    /// Algorithm.
+    pub algorithm: Algorithm,
 }
 
 /// Where a migration stands, as the controller sees it.
@@ -269,12 +273,13 @@ impl Orchestrator {
             abort_requested: false,
             redirect_retries: 0,
         });
-        self.commands.push_back(Command::StartMigration {
-            on: g.owner,
-            external,
-            to,
-            algorithm,
-        });
+        self.commands
+            .push_back(Command::StartMigration(StartMigration {
+                on: g.owner,
+                external,
+                to,
+                algorithm,
+            }));
         Ok(())
     }
 
@@ -422,12 +427,12 @@ pub(super) mod tests {
         ));
         assert_eq!(
             o.poll_command(),
-            Some(Command::StartMigration {
+            Some(Command::StartMigration(StartMigration {
                 on: InstanceId(0),
                 external: ext,
                 to: InstanceId(1),
                 algorithm: Algorithm::FreezeCopy
-            })
+            }))
         );
         let id = MigrationId::new(InstanceId(0), 1);
         o.migration_started(t, ext, Some(id));

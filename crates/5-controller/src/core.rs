@@ -17,7 +17,9 @@ use flowshift_control::api::{
     ClusterStatus, ControllerToNode, GroupOwner, MigrateRequest, MigrateResponse, NodeEntry,
     NodeRequest, NodeStatus, NodeToController, ReplyBody, encode_line,
 };
-use flowshift_control::orchestrator::{Command, ControlError, Intervention, Orchestrator, Stage};
+use flowshift_control::orchestrator::{
+    Command, ControlError, Intervention, Orchestrator, Stage, StartMigration,
+};
 use flowshift_http::{HttpCounters, ServerCounters};
 use flowshift_migration::{InstanceId, MigrationEvent, MigrationId, Params};
 use flowshift_wire::Instant;
@@ -531,12 +533,12 @@ impl Core {
         while let Some(cmd) = self.orch.poll_command() {
             let now = self.now();
             match cmd {
-                Command::StartMigration {
+                Command::StartMigration(StartMigration {
                     on,
                     external,
                     to,
                     algorithm,
-                } => {
+                }) => {
                     let params = self
                         .start_params
                         .remove(&external)

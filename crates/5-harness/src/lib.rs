@@ -132,9 +132,6 @@ pub enum HarnessError {
     /// The source instance refused to start the migration.
     #[error("start_migration refused: {0}")]
     Start(#[from] flowshift_migration::Error),
-    /// The source instance has no group with this external address.
-    #[error("instance {0:?} has no group {1}")]
-    NoGroup(InstanceId, Ipv4Addr),
     /// The instances are not numbered [`A`] and [`B`].
     #[error("the instances must be {A:?} and {B:?}, not {0:?} and {1:?}")]
     Ids(InstanceId, InstanceId),
@@ -497,20 +494,13 @@ impl<O: Observer> Harness<O> {
         while let Some(cmd) = self.orch.poll_command() {
             any = true;
             match cmd {
-                Command::StartMigration {
-                    on,
-                    external,
-                    to,
-                    algorithm,
-                } => {
-                    let params = self.params.remove(&external).unwrap_or_default();
-                    let inst = self.inst(on);
-                    let r = match inst.nat().group_id(external) {
-                        Some(g) => inst
-                            .start_migration(now, g, to, algorithm, params)
-                            .map_err(HarnessError::from),
-                        None => Err(HarnessError::NoGroup(on, external)),
-                    };
+                Command::StartMigration(s) => {
+                    let params = self.params.remove(&s.external).unwrap_or_default();
+                    let r = self
+                        .inst(s.on)
+                        .start_migration_at(now, s.external, s.to, s.algorithm, params)
+                        .map_err(HarnessError::from);
+                    let external = s.external;
                     if r.is_err() {
                         self.stats.commands_refused += 1;
                     }

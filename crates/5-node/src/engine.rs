@@ -333,11 +333,6 @@ impl Engine {
                 algorithm,
                 params,
             } => {
-                let group = self
-                    .inst
-                    .nat()
-                    .group_id(external)
-                    .ok_or_else(|| format!("node {} has no group {external}", self.id))?;
                 if self.eg.peers.mac_of(to).is_none() {
                     return Err(format!(
                         "node {to} is not a configured peer of node {}",
@@ -347,8 +342,8 @@ impl Engine {
                 let params = params.unwrap_or_else(|| self.params.clone());
                 let id = self
                     .inst
-                    .start_migration(now, group, to, algorithm, params)
-                    .map_err(|e| e.to_string())?;
+                    .start_migration_at(now, external, to, algorithm, params)
+                    .map_err(|e| format!("node {}: {e}", self.id))?;
                 info!(migration = id.0, %external, %to, ?algorithm, "migration started");
                 Ok(ReplyBody::Started { migration: id.0 })
             }

@@ -450,21 +450,14 @@ pub fn run(cfg: &ClusterConfig, progress: &mut dyn FnMut(f64)) -> Result<Cluster
         let now = sim.now();
         while let Some(cmd) = orch.poll_command() {
             match cmd {
-                Command::StartMigration {
-                    on,
-                    external,
-                    to,
-                    algorithm,
-                } => {
-                    let node = if on == A { na } else { nb };
+                Command::StartMigration(s) => {
+                    let node = if s.on == A { na } else { nb };
                     let params = cfg.params.clone();
                     let id = sim
-                        .poke::<NatElement, _>(node, |el, out| {
-                            el.start_migration(out, external, to, algorithm, params)
-                        })
+                        .poke::<NatElement, _>(node, |el, out| el.start_migration(out, &s, params))
                         .map_err(cfg_err)?;
                     migration = id;
-                    orch.migration_started(now, external, id);
+                    orch.migration_started(now, s.external, id);
                 }
                 Command::UpdateSwitch { diff, token } => {
                     sim.poke::<RuleSwitch, _>(sw, |s, _| s.submit(now, diff, token))

@@ -22,6 +22,7 @@
 
 use crate::element::{Element, Emit};
 use crate::packet::{Packet, PacketId, PacketMeta, Port};
+use flowshift_control::orchestrator::StartMigration;
 use flowshift_migration::{Driver, Ingress, Instance, InstanceId, MigrationEvent, Output};
 use flowshift_nat::GroupConfig;
 use flowshift_wire::Instant;
@@ -236,16 +237,13 @@ impl NatElement {
     pub fn start_migration(
         &mut self,
         out: &mut Emit<'_>,
-        external: Ipv4Addr,
-        to: InstanceId,
-        algorithm: flowshift_migration::Algorithm,
+        s: &StartMigration,
         params: flowshift_migration::Params,
     ) -> Option<flowshift_migration::MigrationId> {
         let now = out.now();
-        let g = self.inst.nat().group_id(external)?;
         let r = self
             .inst
-            .start_migration(now, g, to, algorithm, params)
+            .start_migration_at(now, s.external, s.to, s.algorithm, params)
             .ok();
         self.flush(out);
         r

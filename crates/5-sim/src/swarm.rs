@@ -271,20 +271,20 @@ impl World {
         let now = self.sim.now();
         while let Some(cmd) = self.orch.poll_command() {
             match cmd {
-                Command::StartMigration {
-                    on,
-                    external,
-                    to,
-                    algorithm,
-                } => {
+                Command::StartMigration(s) => {
                     let id = self
-                        .with(on, |i, now| {
-                            let g = i.nat().group_id(external)?;
-                            i.start_migration(now, g, to, algorithm, params(algorithm))
-                                .ok()
+                        .with(s.on, |i, now| {
+                            i.start_migration_at(
+                                now,
+                                s.external,
+                                s.to,
+                                s.algorithm,
+                                params(s.algorithm),
+                            )
+                            .ok()
                         })?
                         .flatten();
-                    self.orch.migration_started(now, external, id);
+                    self.orch.migration_started(now, s.external, id);
                 }
                 Command::UpdateSwitch { diff, token } => {
                     let t = self.generation << 32 | token;

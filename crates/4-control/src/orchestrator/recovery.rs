@@ -414,10 +414,7 @@ mod tests {
     fn running(o: &mut Orchestrator, t: Instant) -> MigrationId {
         o.request_migration(t, EXT, B, Algorithm::FreezeCopy)
             .unwrap();
-        assert!(matches!(
-            o.poll_command(),
-            Some(Command::StartMigration { .. })
-        ));
+        assert!(matches!(o.poll_command(), Some(Command::StartMigration(_))));
         let id = MigrationId::with_epoch(A, 77, 1);
         o.migration_started(t, EXT, Some(id));
         id

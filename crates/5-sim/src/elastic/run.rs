@@ -363,16 +363,12 @@ pub fn run(cfg: &ElasticConfig, progress: &mut dyn FnMut(f64)) -> Result<Elastic
         // The orchestrator's commands.
         while let Some(cmd) = orch.poll_command() {
             match cmd {
-                Command::StartMigration {
-                    on,
-                    external,
-                    to,
-                    algorithm,
-                } => {
+                Command::StartMigration(s) => {
+                    let external = s.external;
                     let params = cfg.params.clone();
                     let id = sim
-                        .poke::<NatElement, _>(nodes[on.0 as usize].el, |el, out| {
-                            el.start_migration(out, external, to, algorithm, params)
+                        .poke::<NatElement, _>(nodes[usize::from(s.on.0)].el, |el, out| {
+                            el.start_migration(out, &s, params)
                         })
                         .map_err(cfg_err)?;
                     orch.migration_started(now, external, id);
