@@ -122,32 +122,11 @@ fn run_one(a: &WanTestbedArgs, rtt: f64, alg: Algorithm) -> Result<Value> {
         params: Some(super::exp::params(alg)),
     };
     let t_req = Instant::now();
-    let index = api.migrate(&req).context("POST /migrate")?.index;
     let deadline = t_req + Duration::from_secs_f64(60.0 + 4.0 * est_s);
-    let status = loop {
-        let m = api
-            .migrations()?
-            .get(index)
-            .cloned()
-            .with_context(|| format!("migration #{index} not listed"))?;
-        if matches!(m.stage, Stage::Done | Stage::Aborted) {
-            break m;
-        }
-        if Instant::now() > deadline {
-            bail!("migration #{index} still {:?} after {deadline:?}", m.stage);
-        }
-        tb.check_processes()?;
-        sys::sleep(Duration::from_millis(10))?;
-    };
+    let (index, status) = super::exp::migrate_and_wait(&tb, &api, &req, deadline)?;
     let t_done = Instant::now();
-    prober
-        .finish(t0 + Duration::from_secs_f64(duration + 15.0))
-        .context("the probe stream")?;
-    drop(echo.finish(Instant::now()));
-    let rec = probe::read_record(&prober.out)?;
-    // Node statuses reach the controller every 500 ms; let the last counters arrive.
-    sys::sleep(Duration::from_millis(1300))?;
-    let after = api.status()?;
+    let end = t0 + Duration::from_secs_f64(duration + 15.0);
+    let (rec, after) = super::exp::end_probes(&mut prober, &mut echo, &api, end)?;
     let report = api.report(index).unwrap_or(Value::Null);
     let relay = wan::relay_stats(&tb, 2);
     tb.down()?;
