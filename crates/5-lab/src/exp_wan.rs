@@ -2,6 +2,11 @@
 //! state-transfer link and the daisy chain cross a wide-area path of configurable rate and
 //! round-trip time (the switch still reaches both instances). Per algorithm and RTT: longest
 //! freeze or downtime, packets lost, migration duration. Writes `wan.json` and prints a table.
+//!
+//! `--testbed` runs the same sweep on real packets ([`crate::testbed::wan_experiment`]: node 2
+//! behind a wide-area link on its management network, which carries the state transfer; the
+//! daisy chain stays on the switch), default RTTs 1, 20, 50 ms, with the probe stream's loss
+//! and reordering as extra columns.
 
 use crate::experiment::{run_all, run_json};
 use crate::options::AlgorithmChoice;
@@ -16,8 +21,9 @@ use std::time::Duration;
 /// Arguments of `experiment wan`.
 #[derive(Args, Debug)]
 pub struct WanArgs {
-    /// Round-trip times of the wide-area path (ms).
-    #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
+    /// Round-trip times of the wide-area path (ms; default 1,10,50,100, with --testbed
+    /// 1,20,50).
+    #[arg(long, value_delimiter = ',')]
     rtt_ms: Vec<f64>,
     /// Rate of the wide-area path (Mbit/s).
     #[arg(long, default_value_t = 100.0)]
@@ -37,20 +43,34 @@ pub struct WanArgs {
     /// Output directory for wan.json.
     #[arg(long, default_value = "out")]
     out: PathBuf,
+    /// On the testbed (root): namespaces, Open vSwitch, real nodes, a delay line.
+    #[arg(long)]
+    testbed: bool,
+    /// Testbed: probes per second through the migrated group.
+    #[arg(long, default_value_t = 1000)]
+    probe_rate: u32,
 }
 
 /// Runs the sweep.
 pub fn run(a: &WanArgs) -> Result<()> {
-    if a.rtt_ms.is_empty() || a.rtt_ms.iter().any(|r| !(r.is_finite() && *r >= 0.0)) {
+    let rtts: Vec<f64> = match (a.rtt_ms.is_empty(), a.testbed) {
+        (false, _) => a.rtt_ms.clone(),
+        (true, false) => vec![1.0, 10.0, 50.0, 100.0],
+        (true, true) => vec![1.0, 20.0, 50.0],
+    };
+    if rtts.iter().any(|r| !(r.is_finite() && *r >= 0.0)) {
         bail!("--rtt-ms needs non-negative round-trip times");
     }
     if !(a.rate_mbps.is_finite() && a.rate_mbps > 0.0) {
         bail!("--rate-mbps must be positive");
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    if a.testbed {
+        return testbed(a, rtts);
+    }
     let bps = (a.rate_mbps * 1e6) as u64;
     let mut configs = Vec::new();
-    for &rtt in &a.rtt_ms {
+    for &rtt in &rtts {
         for alg in a.algorithm.list() {
             let mut c = ClusterConfig::poster(alg, a.seed);
             c.fictive_states = a.states;
@@ -86,7 +106,33 @@ pub fn run(a: &WanArgs) -> Result<()> {
     let report = json!({"experiment": "wan", "backend": "simulator", "seed": a.seed,
         "states": a.states, "flows": a.flows, "rate_mbps": a.rate_mbps, "runs": rows});
     write_json(&a.out.join("wan.json"), &report)?;
-    println!(
+    print_table(&rows, false);
+    println!("wrote {}/wan.json", a.out.display());
+    Ok(())
+}
+
+/// The testbed sweep: same rows and table, plus the probe stream's columns.
+fn testbed(a: &WanArgs, rtt_ms: Vec<f64>) -> Result<()> {
+    let rows = crate::testbed::wan_experiment(&crate::testbed::WanTestbedArgs {
+        rtt_ms,
+        rate_mbps: a.rate_mbps,
+        states: a.states,
+        algorithms: a.algorithm.list(),
+        seed: a.seed,
+        probe_rate: a.probe_rate,
+    })?;
+    let report = json!({"experiment": "wan", "backend": "testbed", "seed": a.seed,
+        "states": a.states, "rate_mbps": a.rate_mbps, "runs": rows});
+    write_json(&a.out.join("wan.json"), &report)?;
+    print_table(&rows, true);
+    println!("wrote {}/wan.json", a.out.display());
+    Ok(())
+}
+
+/// One line per run; `probes` adds the probe stream's lost (of them during the migration)
+/// and reordered.
+fn print_table(rows: &[Value], probes: bool) {
+    print!(
         "{:>7} {:<12} {:>10} {:>10} {:>7} {:>12} {:>9} {:>10}",
         "rtt_ms",
         "algorithm",
@@ -97,8 +143,16 @@ pub fn run(a: &WanArgs) -> Result<()> {
         "batches",
         "completed"
     );
-    for r in &rows {
-        println!(
+    println!(
+        "{}",
+        if probes {
+            "  probes_lost (in migration) reordered"
+        } else {
+            ""
+        }
+    );
+    for r in rows {
+        print!(
             "{:>7} {:<12} {:>10.2} {:>10.2} {:>7} {:>12.1} {:>9} {:>10}",
             r["rtt_ms"].as_f64().unwrap_or(f64::NAN),
             r["algorithm"].as_str().unwrap_or("?"),
@@ -109,7 +163,15 @@ pub fn run(a: &WanArgs) -> Result<()> {
             r["batches"].as_u64().unwrap_or(0),
             r["completed"].as_bool().unwrap_or(false),
         );
+        if probes {
+            let p = &r["probe"];
+            print!(
+                "  {:>11} ({}) {}",
+                p["lost"].as_u64().unwrap_or(0),
+                p["lost_during_migration"].as_u64().unwrap_or(0),
+                p["reordered"].as_u64().unwrap_or(0)
+            );
+        }
+        println!();
     }
-    println!("wrote {}/wan.json", a.out.display());
-    Ok(())
 }

@@ -47,16 +47,35 @@ pub enum IdleMode {
     Absolute,
 }
 
-/// Which workloads to run.
+/// Which workloads to run (a comma-separated list).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WorkloadChoice {
-    /// Synthetic only.
+    /// Synthetic with the `--dist` sizes only.
     Synthetic,
     /// Replay of `--pcap` only.
     Replay,
-    /// Both (needs `--pcap`).
+    /// Synthetic and replay (needs `--pcap`).
     Both,
+    /// Published web-search flow sizes (DCTCP), Poisson arrivals at `--load` of `--link-mbps`.
+    Websearch,
+    /// Published data-mining flow sizes (VL2), likewise.
+    Datamining,
+    /// Published Internet border-link flow sizes (AGH, arXiv:1809.03486), likewise.
+    #[value(alias = "backbone")]
+    Internet,
+    /// websearch, datamining and internet.
+    Published,
+    /// synthetic, the three published distributions, and replay when `--pcap` is given.
+    All,
+}
+
+/// One workload of a run: its name and, for synthetic ones, the size distribution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct WorkloadSpec {
+    pub(super) name: &'static str,
+    /// `None`: the `--pcap` replay.
+    pub(super) dist: Option<SizeDist>,
 }
 
 /// Arguments of `experiment precopy`. Times in the names' units; all randomness from `--seed`.
@@ -68,19 +87,27 @@ pub struct PrecopyArgs {
     /// Output directory for precopy.json and the plots.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
-    /// Workloads to run (default: synthetic, or both when --pcap is given).
-    #[arg(long, value_enum)]
-    pub workload: Option<WorkloadChoice>,
+    /// Workloads to run, comma-separated (default: synthetic, or both when --pcap is given).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub workload: Vec<WorkloadChoice>,
     /// Algorithms to run, each in a fresh run on the same workload.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [AlgoChoice::PreCopy, AlgoChoice::FreezeCopy, AlgoChoice::FreezeCopyWait, AlgoChoice::StopCopy])]
     pub algorithms: Vec<AlgoChoice>,
-    /// Synthetic: flow arrival rate (flows/s, Poisson).
+    /// Synthetic with Pareto or Zipf sizes: flow arrival rate (flows/s, Poisson).
     #[arg(long, default_value_t = 150.0)]
     pub rate: f64,
-    /// Synthetic: flow-size distribution: `pareto` (shape `--alpha`, scale `--min-packets`)
-    /// or `zipf` (ranks with exponent `--zipf-s`, times `--min-packets`).
+    /// Synthetic: flow-size distribution: `pareto` (shape `--alpha`, scale `--min-packets`),
+    /// `zipf` (ranks with exponent `--zipf-s`, times `--min-packets`), or a published one
+    /// (`websearch`, `datamining`, `internet`: arrivals from `--load`, sizes uncapped).
     #[arg(long, default_value_t = SizeDist::Pareto)]
     pub dist: SizeDist,
+    /// Published distributions: offered load, a fraction of `--link-mbps`; the Poisson
+    /// arrival rate is load x link rate / (8 x mean flow size in bytes).
+    #[arg(long, default_value_t = 0.5)]
+    pub load: f64,
+    /// Published distributions: the rate the load refers to (Mbit/s of flow payload).
+    #[arg(long, default_value_t = 100.0)]
+    pub link_mbps: f64,
     /// Synthetic: Pareto shape (> 0; heavy-tailed below 2).
     #[arg(long, default_value_t = 1.2)]
     pub alpha: f64,
@@ -197,6 +224,9 @@ impl PrecopyArgs {
         if !pos(self.rate) || self.rate > 1e6 {
             bail!("--rate must be in (0, 1e6]");
         }
+        if !pos(self.load) || self.load > 1.0 || !pos(self.link_mbps) || self.link_mbps > 1e5 {
+            bail!("--load must be in (0, 1] and --link-mbps in (0, 1e5]");
+        }
         if !pos(self.alpha) || !pos(self.zipf_s) {
             bail!("--alpha and --zipf-s must be positive");
         }
@@ -242,19 +272,76 @@ impl PrecopyArgs {
         Ok(())
     }
 
-    pub(super) fn workloads(&self) -> Result<Vec<WorkloadChoice>> {
-        let w = self.workload.unwrap_or(if self.pcap.is_some() {
-            WorkloadChoice::Both
+    /// The workloads to run, in order, each once.
+    pub(super) fn workloads(&self) -> Result<Vec<WorkloadSpec>> {
+        use WorkloadChoice as W;
+        let chosen = if self.workload.is_empty() {
+            vec![if self.pcap.is_some() {
+                W::Both
+            } else {
+                W::Synthetic
+            }]
         } else {
-            WorkloadChoice::Synthetic
-        });
-        if w != WorkloadChoice::Synthetic && self.pcap.is_none() {
-            bail!("--workload {w:?} needs --pcap FILE");
+            self.workload.clone()
+        };
+        let synthetic = WorkloadSpec {
+            name: "synthetic",
+            dist: Some(self.dist),
+        };
+        let published = |d: SizeDist| WorkloadSpec {
+            name: d.empirical().map_or("synthetic", |c| c.name),
+            dist: Some(d),
+        };
+        let replay = WorkloadSpec {
+            name: "replay",
+            dist: None,
+        };
+        let three = [
+            SizeDist::Websearch,
+            SizeDist::Datamining,
+            SizeDist::Internet,
+        ]
+        .map(published);
+        let mut out: Vec<WorkloadSpec> = Vec::new();
+        for w in chosen {
+            if matches!(w, W::Replay | W::Both) && self.pcap.is_none() {
+                bail!("--workload {w:?} needs --pcap FILE");
+            }
+            let add: Vec<WorkloadSpec> = match w {
+                W::Synthetic => vec![synthetic],
+                W::Replay => vec![replay],
+                W::Both => vec![synthetic, replay],
+                W::Websearch => vec![three[0]],
+                W::Datamining => vec![three[1]],
+                W::Internet => vec![three[2]],
+                W::Published => three.to_vec(),
+                W::All => {
+                    let mut v = vec![synthetic];
+                    v.extend(three);
+                    v.extend(self.pcap.is_some().then_some(replay));
+                    v
+                }
+            };
+            for a in add {
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
         }
-        Ok(match w {
-            WorkloadChoice::Both => vec![WorkloadChoice::Synthetic, WorkloadChoice::Replay],
-            w => vec![w],
-        })
+        Ok(out)
+    }
+
+    /// The arguments of one synthetic workload: its size distribution and, for a published
+    /// one, the arrival rate that offers `--load` of `--link-mbps`.
+    pub(super) fn for_dist(&self, dist: SizeDist) -> PrecopyArgs {
+        let rate = dist.empirical().map_or(self.rate, |c| {
+            self.load * self.link_mbps * 1e6 / (8.0 * c.mean_bytes())
+        });
+        PrecopyArgs {
+            dist,
+            rate,
+            ..self.clone()
+        }
     }
 
     /// The synthetic workload's parameters.

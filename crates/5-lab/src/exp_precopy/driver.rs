@@ -167,6 +167,7 @@ impl Observer for World {
                     new,
                     dead,
                     last,
+                    dirty_fraction: 0.0,
                 },
             )),
             MigrationEvent::IdleProgress {

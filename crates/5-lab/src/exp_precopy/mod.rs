@@ -37,6 +37,15 @@
 //!   `--warmup-s` (default 300 s, longer than the 4-min linger) before the migration, so the
 //!   table is in steady state when migration starts: most of its mappings are closed flows
 //!   waiting to expire.
+//! * **published flow-size distributions** (`--workload websearch,datamining,internet`, or
+//!   `published`, or `all` with the synthetic one and the replay): the synthetic workload
+//!   with sizes drawn by inverse CDF from a published table
+//!   ([`flowshift_sim::workload::cdf`], each with its source: DCTCP web search, VL2 data
+//!   mining, an Internet border link), bytes to 1460-byte packets, uncapped. Arrivals are
+//!   Poisson at the rate that offers `--load` of `--link-mbps` (load x rate / 8 / mean size);
+//!   each flow still sends at `--flow-pps`, so the tail's flows outlast the run and the load
+//!   carried during a run is below the offered one. Long-lived population and warm-up as
+//!   above.
 //! * **replay** (`--pcap FILE`): 5-tuples, TCP flags and timestamps from a pcap file (Ethernet,
 //!   raw-IP or IPv4 link types; other packets skipped and counted). A flow's initiator is the
 //!   sender of its first packet (the receiver, if that packet is a SYN-ACK); initiators are
@@ -62,6 +71,10 @@
 //!   the idle phase versus those transferred, the idle phase's length, the longest freeze and
 //!   the migration's duration.
 //! * `stop-copy`: the baseline, everything copied while halted.
+//!
+//! Per pre-copy round the dirty fraction is `dirty` over the mappings at the start; with
+//! several workloads the table ends with one line per workload and algorithm (rounds, dirty %
+//! per round, final copy, halt, loss, expired in idle versus moved).
 //!
 //! Plus pre-copy again at each `--sweep-mbps` transfer rate: pre-copy converges only while the
 //! channel copies mappings faster than traffic touches them. Everything goes to
@@ -180,11 +193,13 @@ fn run_one(
     let rep = sim.a.report(id);
     let log = &sim.obs.log;
     let start_i = log.start;
+    let at_start = log.rounds.first().map_or(0, |(_, r)| r.copied).max(1);
     let rounds: Vec<RoundOut> = log
         .rounds
         .iter()
         .map(|(t, r)| RoundOut {
             at_ms: ms_between(*t, start_i),
+            dirty_fraction: f64::from(r.dirty) / f64::from(at_start),
             ..*r
         })
         .collect();
@@ -248,8 +263,8 @@ fn experiment(args: &PrecopyArgs, progress: bool) -> Result<Report> {
     let mut workloads = Vec::new();
     let limit = secs(args.idle_max_s) + Duration::from_secs(120);
     for w in args.workloads()? {
-        let (name, description, plan, trace, start) = match w {
-            WorkloadChoice::Replay => {
+        let (wargs, description, plan, trace, start) = match w.dist {
+            None => {
                 let path = args
                     .pcap
                     .as_ref()
@@ -267,28 +282,42 @@ fn experiment(args: &PrecopyArgs, progress: bool) -> Result<Report> {
                     tstats.duration_s,
                     start
                 );
-                ("replay", d, Some(Rc::new(plan)), Some(tstats), secs(start))
+                let plan = Some(Rc::new(plan));
+                (args.clone(), d, plan, Some(tstats), secs(start))
             }
-            _ => {
+            Some(dist) => {
+                let a = args.for_dist(dist);
+                let sizes = match dist.empirical() {
+                    Some(c) => format!(
+                        "{dist} sizes (mean {:.0} kB; {}) at offered load {} of {} Mbit/s",
+                        c.mean_bytes() / 1e3,
+                        c.source,
+                        a.load,
+                        a.link_mbps
+                    ),
+                    None => format!(
+                        "{dist} sizes (min {} max {} packets)",
+                        a.min_packets, a.max_packets
+                    ),
+                };
                 let d = format!(
-                    "synthetic: Poisson {} flows/s, {:?} sizes (min {} max {} packets), {} pkt/s per flow, {:.0}% UDP, {} long-lived, warm-up {} s",
-                    args.rate,
-                    args.dist,
-                    args.min_packets,
-                    args.max_packets,
-                    args.flow_pps,
-                    args.udp_share * 100.0,
-                    args.persistent,
-                    args.warmup_s
+                    "synthetic: Poisson {:.3} flows/s, {sizes}, {} pkt/s per flow, {:.0}% UDP, {} long-lived, warm-up {} s",
+                    a.rate,
+                    a.flow_pps,
+                    a.udp_share * 100.0,
+                    a.persistent,
+                    a.warmup_s
                 );
-                ("synthetic", d, None, None, secs(args.warmup_s))
+                let start = secs(a.warmup_s);
+                (a, d, None, None, start)
             }
         };
+        let name = w.name;
         let mut runs = Vec::new();
         let mut flows_created = 0;
         for &algo in &args.algorithms {
             let wall = std::time::Instant::now();
-            let (r, n) = run_one(args, plan.clone(), start, limit, algo)?;
+            let (r, n) = run_one(&wargs, plan.clone(), start, limit, algo)?;
             if progress {
                 eprintln!(
                     "precopy: {name} {} done in {:.1} s (wall)",
@@ -303,7 +332,7 @@ fn experiment(args: &PrecopyArgs, progress: bool) -> Result<Report> {
         for &bw in args.sweep_mbps.iter().filter(|_| !args.no_sweep) {
             let a = PrecopyArgs {
                 bandwidth_mbps: bw,
-                ..args.clone()
+                ..wargs.clone()
             };
             let wall = std::time::Instant::now();
             let (r, _) = run_one(&a, plan.clone(), start, limit, AlgoChoice::PreCopy)?;

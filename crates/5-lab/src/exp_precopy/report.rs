@@ -15,6 +15,8 @@ pub(super) struct RoundOut {
     pub(super) new: u32,
     pub(super) dead: u32,
     pub(super) last: bool,
+    /// `dirty` over the mappings at the migration's start (round 0's copy), in [0, 1].
+    pub(super) dirty_fraction: f64,
 }
 
 /// The table's make-up when the migration starts.
@@ -200,16 +202,17 @@ pub(super) fn table(r: &Report) -> String {
             if !x.rounds.is_empty() && x.algorithm == "pre-copy" {
                 let _ = writeln!(
                     s,
-                    "  {:>5} {:>9} {:>8} {:>6} {:>6} {:>10}",
-                    "round", "copied", "dirty", "new", "dead", "acked at"
+                    "  {:>5} {:>9} {:>8} {:>7} {:>6} {:>6} {:>10}",
+                    "round", "copied", "dirty", "dirty%", "new", "dead", "acked at"
                 );
                 for r in &x.rounds {
                     let _ = writeln!(
                         s,
-                        "  {:>5} {:>9} {:>8} {:>6} {:>6} {:>8.2}ms{}",
+                        "  {:>5} {:>9} {:>8} {:>6.2}% {:>6} {:>6} {:>8.2}ms{}",
                         r.round,
                         r.copied,
                         r.dirty,
+                        r.dirty_fraction * 100.0,
                         r.new,
                         r.dead,
                         r.at_ms,
@@ -255,6 +258,63 @@ pub(super) fn table(r: &Report) -> String {
                     per_round.join(" ")
                 );
             }
+        }
+    }
+    if r.workloads.len() > 1 {
+        s.push_str(&summary(r));
+    }
+    s
+}
+
+/// One line per workload and algorithm: rounds, dirty fraction per round, final halt, loss,
+/// expired in the idle phase versus transferred (printed when there are several workloads).
+pub(super) fn summary(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n== per workload (seed {})\n{:<11} {:<16} {:>9} {:>6} {:>10} {:>9} {:>6} {:>8} {:>8}  dirty % per round",
+        r.seed,
+        "workload",
+        "algorithm",
+        "mappings",
+        "rounds",
+        "final copy",
+        "halt",
+        "lost",
+        "expired",
+        "moved"
+    );
+    for w in &r.workloads {
+        for x in &w.runs {
+            let dirty: Vec<String> = x
+                .rounds
+                .iter()
+                .skip(1)
+                .map(|r| format!("{:.1}", r.dirty_fraction * 100.0))
+                .collect();
+            let _ = writeln!(
+                s,
+                "{:<11} {:<16} {:>9} {:>6} {:>10} {:>7.2}ms {:>6} {:>8} {:>8}  {}",
+                w.name,
+                x.algorithm,
+                x.table_at_start.mappings,
+                if x.rounds.is_empty() {
+                    "-".to_string()
+                } else {
+                    x.rounds.len().to_string()
+                },
+                x.final_copy.map_or("-".to_string(), |c| c.to_string()),
+                x.downtime_ms,
+                x.packets_lost,
+                x.states_expired_idle,
+                x.states_transferred,
+                if dirty.is_empty() {
+                    "-".to_string()
+                } else {
+                    dirty.join(" ")
+                }
+            );
         }
     }
     s

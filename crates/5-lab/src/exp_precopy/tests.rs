@@ -141,7 +141,7 @@ fn shipped_sample_pcap_is_reproducible_and_small() {
 fn replay_workload_migrates_with_both_algorithms() {
     let args = PrecopyArgs {
         pcap: Some(sample_file()),
-        workload: Some(WorkloadChoice::Replay),
+        workload: vec![WorkloadChoice::Replay],
         algorithms: vec![AlgoChoice::PreCopy, AlgoChoice::FreezeCopy],
         pcap_migrate_at_s: Some(30.0),
         idle_max_s: 20.0,
@@ -205,10 +205,81 @@ fn bad_arguments_are_refused() {
             ..small(1)
         },
         PrecopyArgs {
-            workload: Some(WorkloadChoice::Replay),
+            workload: vec![WorkloadChoice::Replay],
             ..small(1)
         },
     ] {
         assert!(experiment(&bad, false).is_err());
     }
+}
+
+#[test]
+fn published_distributions_run_at_a_small_scale() {
+    // Each published flow-size CDF as its own workload, at a small scale: a 20-s warm-up,
+    // a 20 Mbit/s offered load, pre-copy and freeze-copy with a short idle phase.
+    let args = PrecopyArgs {
+        workload: vec![WorkloadChoice::Published],
+        algorithms: vec![AlgoChoice::PreCopy, AlgoChoice::FreezeCopy],
+        link_mbps: 40.0,
+        load: 0.5,
+        flow_pps: 20.0,
+        idle_max_s: 10.0,
+        no_sweep: true,
+        ..small(4)
+    };
+    let r = experiment(&args, false).unwrap();
+    let names: Vec<&str> = r.workloads.iter().map(|w| w.name).collect();
+    assert_eq!(names, ["websearch", "datamining", "internet"]);
+    for w in &r.workloads {
+        assert!(
+            w.flows_created > 50,
+            "{}: {} flows",
+            w.name,
+            w.flows_created
+        );
+        for x in &w.runs {
+            assert!(x.completed, "{} {} did not complete", w.name, x.algorithm);
+            assert_eq!(x.traffic_total.unparsed, 0);
+            assert!(
+                x.table_at_start.mappings >= 50,
+                "{}: {:?}",
+                w.name,
+                x.table_at_start
+            );
+        }
+        let p = w.runs.iter().find(|x| x.algorithm == "pre-copy").unwrap();
+        assert!(p.rounds.last().is_some_and(|r| r.last));
+        assert!(
+            p.rounds
+                .iter()
+                .all(|r| r.dirty_fraction.is_finite() && r.dirty_fraction >= 0.0)
+        );
+        let f = w
+            .runs
+            .iter()
+            .find(|x| x.algorithm == "freeze-copy")
+            .unwrap();
+        assert_eq!(f.packets_lost, 0, "{}: freeze-copy lost packets", w.name);
+    }
+    let t = table(&r);
+    assert!(t.contains("per workload"), "{t}");
+}
+
+#[test]
+fn workload_lists_expand_and_need_a_pcap_for_replay() {
+    let a = PrecopyArgs {
+        workload: vec![WorkloadChoice::All, WorkloadChoice::Websearch],
+        ..small(1)
+    };
+    let names: Vec<&str> = a.workloads().unwrap().iter().map(|w| w.name).collect();
+    assert_eq!(names, ["synthetic", "websearch", "datamining", "internet"]);
+    let rate = a.for_dist(SizeDist::Websearch).rate;
+    let want = 0.5 * 100e6 / (8.0 * flowshift_sim::workload::cdf::WEBSEARCH.mean_bytes());
+    assert!((rate - want).abs() < 1e-9, "{rate} vs {want}");
+    assert_eq!(a.for_dist(SizeDist::Pareto).rate, a.rate);
+    let b = PrecopyArgs {
+        workload: vec![WorkloadChoice::Both],
+        ..small(1)
+    };
+    assert!(b.workloads().is_err());
 }

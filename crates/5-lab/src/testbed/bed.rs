@@ -324,7 +324,9 @@ impl Testbed {
                     "link", "add", &m, "type", "veth", "peer", "name", "m0", "netns", &node_ns,
                 ],
             )?;
-            sys::ip_in(&mgmt, &["link", "set", &m, "master", "br0", "up"])?;
+            if opts.wan.is_none_or(|w| w.node != k) {
+                sys::ip_in(&mgmt, &["link", "set", &m, "master", "br0", "up"])?;
+            }
             sys::ip_in(
                 &node_ns,
                 &[
@@ -336,6 +338,10 @@ impl Testbed {
                 ],
             )?;
             sys::ip_in(&node_ns, &["link", "set", "m0", "up"])?;
+        }
+        if let Some(w) = opts.wan {
+            self.progress("wide-area link");
+            super::wan::install(self, &w, &mgmt, &l.ns_node(w.node))?;
         }
         if opts.switch_tls {
             // The switch reaches the controller's TCP OpenFlow listener over this bridge.
@@ -523,7 +529,13 @@ impl Testbed {
     }
 
     /// Starts `program args` in `ns` as a detached process with a log, records it.
-    fn spawn(&mut self, name: &str, ns: &str, program: &Path, args: &[String]) -> Result<()> {
+    pub(super) fn spawn(
+        &mut self,
+        name: &str,
+        ns: &str,
+        program: &Path,
+        args: &[String],
+    ) -> Result<()> {
         let log = self.state.dir.join(format!("{name}.log"));
         let child = sys::spawn_in_ns(ns, program, args, &log, &[])?;
         let pid = child.id();

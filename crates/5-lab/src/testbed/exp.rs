@@ -36,8 +36,9 @@ use super::sys;
 use crate::options::Fig1cArgs;
 use crate::report::{algorithm_name, goodput_min_bin_ratio, print_fig1c_table};
 use anyhow::{Context, Result, bail};
-use flowshift_control::api::MigrateRequest;
-use flowshift_control::orchestrator::Stage;
+use flowshift_control::api::{ClusterStatus, MigrateRequest};
+use flowshift_control::orchestrator::{MigrationStatus, Stage};
+use flowshift_controller::ApiClient;
 use flowshift_migration::InstanceId;
 use flowshift_migration::{Algorithm, Params};
 use serde_json::{Value, json};
@@ -195,6 +196,49 @@ pub(super) struct RunOut {
     pub(super) params: Value,
 }
 
+/// Starts the migration `req` through the controller's API and polls it (every 10 ms) until it
+/// is done or aborted: its index and last status. Fails at `deadline` or when a process of the
+/// run exits.
+pub(super) fn migrate_and_wait(
+    tb: &Testbed,
+    api: &ApiClient,
+    req: &MigrateRequest,
+    deadline: Instant,
+) -> Result<(usize, MigrationStatus)> {
+    let index = api.migrate(req).context("POST /migrate")?.index;
+    loop {
+        let m = api
+            .migrations()?
+            .get(index)
+            .cloned()
+            .with_context(|| format!("migration #{index} not listed"))?;
+        if matches!(m.stage, Stage::Done | Stage::Aborted) {
+            return Ok((index, m));
+        }
+        if Instant::now() > deadline {
+            bail!("migration #{index} still {:?} at its deadline", m.stage);
+        }
+        tb.check_processes()?;
+        sys::sleep(Duration::from_millis(10))?;
+    }
+}
+
+/// Waits for the probe sender to finish (by `deadline`), stops the echo, reads the sender's
+/// record, and then the cluster's status once the nodes' last counters have arrived (node
+/// statuses reach the controller every 500 ms).
+pub(super) fn end_probes(
+    prober: &mut probe::ProbeProcess,
+    echo: &mut probe::ProbeProcess,
+    api: &ApiClient,
+    deadline: Instant,
+) -> Result<(probe::ProbeRecord, ClusterStatus)> {
+    prober.finish(deadline).context("the probe stream")?;
+    drop(echo.finish(Instant::now()));
+    let rec = probe::read_record(&prober.out)?;
+    sys::sleep(Duration::from_millis(1300))?;
+    Ok((rec, api.status()?))
+}
+
 /// Drops `loss` of the state-transfer TCP segments in both directions on every node
 /// (nftables, input hook).
 fn inject_transfer_loss(tb: &Testbed, loss: f64) -> Result<()> {
@@ -221,6 +265,7 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
         link_rate_bps: args.link_rate.0,
         switch_tls: false,
         verbose: false,
+        wan: None,
     })?;
     if args.transfer_loss > 0.0 {
         inject_transfer_loss(&tb, args.transfer_loss)?;
@@ -299,24 +344,8 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
         params: Some(p.clone()),
     };
     let t_req = Instant::now();
-    let resp = api.migrate(&req).context("POST /migrate")?;
-    let index = resp.index;
     let poll_deadline = t0 + Duration::from_secs_f64(duration + 60.0);
-    let status = loop {
-        let all = api.migrations()?;
-        let m = all
-            .get(index)
-            .cloned()
-            .with_context(|| format!("migration #{index} not listed"))?;
-        if matches!(m.stage, Stage::Done | Stage::Aborted) {
-            break m;
-        }
-        if Instant::now() > poll_deadline {
-            bail!("migration #{index} still {:?} after the run", m.stage);
-        }
-        tb.check_processes()?;
-        sys::sleep(Duration::from_millis(10))?;
-    };
+    let (index, status) = migrate_and_wait(&tb, &api, &req, poll_deadline)?;
     let t_done = Instant::now();
 
     // The end of the traffic.
@@ -352,14 +381,8 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
         }
     }
     let ping = ping.finish(Instant::now() + Duration::from_secs(3))?;
-    prober
-        .finish(t0 + Duration::from_secs_f64(duration + 15.0))
-        .context("the probe stream")?;
-    drop(echo.finish(Instant::now()));
-    let probe_rec = probe::read_record(&prober.out)?;
-    // Node statuses reach the controller every 500 ms; let the last counters arrive.
-    sys::sleep(Duration::from_millis(1300))?;
-    let after = api.status()?;
+    let deadline = t0 + Duration::from_secs_f64(duration + 15.0);
+    let (probe_rec, after) = end_probes(&mut prober, &mut echo, &api, deadline)?;
     let switch_after = api.get::<Value>("/switch").unwrap_or(Value::Null);
     let report = if status.migration.is_some() {
         api.report(index).unwrap_or(Value::Null)

@@ -28,6 +28,8 @@ pub mod probe;
 mod state;
 pub mod sys;
 mod teardown;
+pub mod wan;
+mod wan_exp;
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
@@ -44,6 +46,9 @@ pub enum TestbedCommand {
     Check(CheckArgs),
     /// Kill one of the run's processes with SIGKILL (a crash), optionally starting it again.
     Kill(faults::KillArgs),
+    /// The wide-area link's delay line between two devices (run by `up --wan-rtt-ms`).
+    #[command(hide = true)]
+    WanRelay(wan::RelayArgs),
 }
 
 pub use crate::options::{LinkRate, Offload};
@@ -98,6 +103,16 @@ pub struct UpArgs {
     /// instead of a unix socket.
     #[arg(long)]
     pub switch_tls: bool,
+    /// Put node `--wan-node` behind a wide-area link of this round-trip time (ms) on the
+    /// management network (state transfer, control channel); see `--wan-rate-mbit`.
+    #[arg(long)]
+    pub wan_rtt_ms: Option<f64>,
+    /// Rate of the wide-area link, each direction (Mbit/s).
+    #[arg(long, default_value_t = 100.0)]
+    pub wan_rate_mbit: f64,
+    /// The node behind the wide-area link.
+    #[arg(long, default_value_t = 2)]
+    pub wan_node: u16,
 }
 
 /// Arguments of `testbed down`.
@@ -148,12 +163,20 @@ pub fn run(cmd: &TestbedCommand) -> Result<()> {
         TestbedCommand::Down(a) => down(a),
         TestbedCommand::Check(a) => check::run(a),
         TestbedCommand::Kill(a) => faults::kill(a),
+        TestbedCommand::WanRelay(a) => wan::relay(a),
     }
 }
 
 /// `bench testbed`.
 pub fn bench(args: &BenchArgs) -> Result<()> {
     benchmark::run(args)
+}
+
+pub use wan_exp::WanTestbedArgs;
+
+/// `experiment wan --testbed`: one JSON row per RTT and algorithm.
+pub fn wan_experiment(args: &WanTestbedArgs) -> Result<Vec<serde_json::Value>> {
+    wan_exp::run(args)
 }
 
 /// `experiment fig1c --testbed`.
@@ -173,8 +196,19 @@ fn up(a: &UpArgs) -> Result<()> {
         link_rate_bps: a.link_rate.0,
         switch_tls: a.switch_tls,
         verbose: true,
+        wan: a.wan_rtt_ms.map(|rtt_ms| wan::WanLink {
+            node: a.wan_node,
+            rtt_ms,
+            rate_mbit: a.wan_rate_mbit,
+        }),
     })?;
     print_summary(&tb.state);
+    if let Some(rtt) = a.wan_rtt_ms {
+        println!(
+            "  wan        node {} behind {rtt} ms RTT, {} Mbit/s each way (management network)",
+            a.wan_node, a.wan_rate_mbit
+        );
+    }
     if !a.foreground {
         let run = tb.keep().run;
         println!("remove it with: flowshift testbed down {run}");

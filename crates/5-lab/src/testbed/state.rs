@@ -56,6 +56,8 @@ pub struct UpOptions {
     pub switch_tls: bool,
     /// Print progress on stderr.
     pub verbose: bool,
+    /// A wide-area link in front of one node's management interface ([`super::wan`]).
+    pub wan: Option<super::wan::WanLink>,
 }
 
 /// One process the run started.

@@ -1,5 +1,6 @@
 //! Workloads for migration experiments outside the packet-level simulator: synthetic flows
-//! (Poisson arrivals, Pareto or Zipf sizes, long-lived connections) and pcap replay
+//! (Poisson arrivals, Pareto, Zipf or published empirical sizes ([`cdf`]), long-lived
+//! connections) and pcap replay
 //! ([`replay`]). A driver (the precopy experiment on the two-instance harness) owns the
 //! [`Flow`]s, asks [`Synth`] for new ones and for gaps and sizes, and builds each packet with
 //! [`build_packet`]; translated packets tell it their flow back ([`parse_output`]).
@@ -8,6 +9,7 @@
 //! in 198.19.0.0/16 (inside 198.18.0.0/15). Every packet carries `[flow (4 bytes), kind]` as
 //! its payload (kinds `K_*`), so replies and port learning need no lookup.
 
+pub mod cdf;
 pub mod replay;
 
 use etherparse::err::packet::BuildWriteError;
@@ -190,7 +192,8 @@ pub struct Flow {
     pub last: Duration,
 }
 
-/// Flow-size distribution of the synthetic workload (`pareto` or `zipf`).
+/// Flow-size distribution of the synthetic workload: `pareto`, `zipf`, or a published
+/// empirical CDF (`websearch`, `datamining`, `internet`, alias `backbone`; see [`cdf`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SizeDist {
@@ -198,6 +201,24 @@ pub enum SizeDist {
     Pareto,
     /// Zipf ranks with exponent `zipf_s`, times `min_packets`.
     Zipf,
+    /// [`cdf::WEBSEARCH`] (DCTCP), bytes to packets of [`cdf::MSS`].
+    Websearch,
+    /// [`cdf::DATAMINING`] (VL2).
+    Datamining,
+    /// [`cdf::INTERNET`] (an Internet border link).
+    Internet,
+}
+
+impl SizeDist {
+    /// The published table of an empirical distribution (`None` for Pareto and Zipf).
+    pub fn empirical(self) -> Option<&'static cdf::EmpiricalCdf> {
+        match self {
+            SizeDist::Pareto | SizeDist::Zipf => None,
+            SizeDist::Websearch => Some(&cdf::WEBSEARCH),
+            SizeDist::Datamining => Some(&cdf::DATAMINING),
+            SizeDist::Internet => Some(&cdf::INTERNET),
+        }
+    }
 }
 
 impl FromStr for SizeDist {
@@ -206,7 +227,12 @@ impl FromStr for SizeDist {
         match s {
             "pareto" => Ok(SizeDist::Pareto),
             "zipf" => Ok(SizeDist::Zipf),
-            _ => Err(format!("unknown size distribution {s:?} (pareto, zipf)")),
+            "websearch" => Ok(SizeDist::Websearch),
+            "datamining" => Ok(SizeDist::Datamining),
+            "internet" | "backbone" => Ok(SizeDist::Internet),
+            _ => Err(format!(
+                "unknown size distribution {s:?} (pareto, zipf, websearch, datamining, internet)"
+            )),
         }
     }
 }
@@ -216,6 +242,9 @@ impl std::fmt::Display for SizeDist {
         f.write_str(match self {
             SizeDist::Pareto => "pareto",
             SizeDist::Zipf => "zipf",
+            SizeDist::Websearch => "websearch",
+            SizeDist::Datamining => "datamining",
+            SizeDist::Internet => "internet",
         })
     }
 }
@@ -314,15 +343,20 @@ impl Synth {
         secs(-(1.0 - self.uniform()).ln() * mean_s)
     }
 
-    /// A flow size in data packets, in `1..=max_packets`.
+    /// A flow size in data packets: in `1..=max_packets` for Pareto and Zipf; for an
+    /// empirical distribution the table's size by inverse CDF, `ceil(bytes / MSS)`, not capped.
     pub fn size(&mut self) -> u32 {
         let u = self.uniform();
+        if let Some(c) = self.dist.empirical() {
+            return cdf::EmpiricalCdf::packets(c.bytes_at(u));
+        }
         let x = match self.dist {
             SizeDist::Pareto => (self.min_packets as f64 / (1.0 - u).powf(1.0 / self.alpha)).ceil(),
             SizeDist::Zipf => {
                 let k = self.zipf_cdf.partition_point(|&c| c < u) + 1;
                 k as f64 * self.min_packets as f64
             }
+            SizeDist::Websearch | SizeDist::Datamining | SizeDist::Internet => 0.0,
         };
         if x.is_finite() {
             (x as u64).clamp(1, self.max_packets.max(1) as u64) as u32
@@ -396,6 +430,59 @@ mod tests {
     }
 
     #[test]
+    fn empirical_sizes_follow_their_table() {
+        // The workload's own seeded stream: the share of flows at or below each tabulated
+        // size (in packets) matches the table within 1 percentage point.
+        for dist in [
+            SizeDist::Websearch,
+            SizeDist::Datamining,
+            SizeDist::Internet,
+        ] {
+            let mut s = Synth::new(&SynthConfig {
+                seed: 7,
+                rate: 1.0,
+                dist,
+                alpha: 1.2,
+                zipf_s: 1.5,
+                min_packets: 4,
+                max_packets: 100,
+                flow_pps: 20.0,
+                udp_share: 0.3,
+                keepalive_s: 5.0,
+                subscribers: 4,
+            });
+            let n = 100_000;
+            let mut sizes: Vec<u32> = (0..n).map(|_| s.size()).collect();
+            sizes.sort_unstable();
+            let c = dist.empirical().unwrap();
+            for &(bytes, _) in &c.points[1..] {
+                let pk = cdf::EmpiricalCdf::packets(bytes);
+                // Sizes that round to at most `pk` packets: the table's share at pk x MSS bytes.
+                let want = cdf_at(c, pk as f64 * cdf::MSS);
+                let got = sizes.partition_point(|&x| x <= pk) as f64 / n as f64;
+                assert!(
+                    (got - want).abs() < 0.01,
+                    "{dist}: P[packets <= {pk}] sampled {got}, table {want}"
+                );
+            }
+            assert!(sizes.iter().all(|&x| x >= 1));
+        }
+    }
+
+    /// The table's P[size <= bytes], interpolated like the sampler.
+    fn cdf_at(c: &cdf::EmpiricalCdf, bytes: f64) -> f64 {
+        let pts = c.points;
+        let i = pts.partition_point(|&(v, _)| v < bytes);
+        match (i.checked_sub(1).and_then(|j| pts.get(j)), pts.get(i)) {
+            (Some(&(v0, p0)), Some(&(v1, p1))) if v1 > v0 => {
+                p0 + (bytes - v0) * (p1 - p0) / (v1 - v0)
+            }
+            (_, Some(&(_, p1))) => p1,
+            _ => 1.0,
+        }
+    }
+
+    #[test]
     fn packets_carry_their_flow_and_kind() {
         for proto in [TCP, UDP] {
             let p = build_packet(
@@ -419,9 +506,16 @@ mod tests {
 
     #[test]
     fn size_distribution_names_round_trip() {
-        for d in [SizeDist::Pareto, SizeDist::Zipf] {
+        for d in [
+            SizeDist::Pareto,
+            SizeDist::Zipf,
+            SizeDist::Websearch,
+            SizeDist::Datamining,
+            SizeDist::Internet,
+        ] {
             assert_eq!(d.to_string().parse::<SizeDist>(), Ok(d));
         }
+        assert_eq!("backbone".parse::<SizeDist>(), Ok(SizeDist::Internet));
         assert!("normal".parse::<SizeDist>().is_err());
     }
 }
