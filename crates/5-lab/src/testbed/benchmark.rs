@@ -106,6 +106,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         link_rate_bps: a.link_rate.0,
         switch_tls: false,
         verbose: !a.json,
+        elastic: None,
     })?;
     let result = measure(&mut tb, a);
     let run = tb.state.run.clone();

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The binary under test.
 pub const FLOWSHIFT: &str = env!("CARGO_BIN_EXE_flowshift");
@@ -71,4 +72,33 @@ pub fn run_id(up: &Output) -> String {
         Some(id) => id,
         None => panic!("testbed up failed: {}", text(up)),
     }
+}
+
+/// Polls `f` every 200 ms until it gives a value or `timeout` passes (a guard against a hang,
+/// not a timing assertion).
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `flowshift status --json` of the controller at `controller` (`None` if it fails).
+pub fn status(controller: &str, token_file: &str) -> Option<serde_json::Value> {
+    let o = flowshift(&[
+        "status",
+        "--json",
+        "--controller",
+        controller,
+        "--token-file",
+        token_file,
+    ]);
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).ok())
+        .flatten()
 }
