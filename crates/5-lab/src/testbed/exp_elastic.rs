@@ -13,9 +13,10 @@
 //! **Samples** every [`INTERVAL`] from `GET /status`: nodes in service and each node's
 //! policy state and load, packets/s from its `io.rx_packets`, sessions and groups, its loss
 //! counters (`lost_migration`) and ring drops (`lost_overload`); probes sent, answered and
-//! lost by send time (`offered_pps`, `goodput_pps` in probe round trips/s, `lost_other`).
-//! **Migrations** from the controller's list and each source's report (states moved, expired
-//! in idle, longest freeze). **CPU** of every node (its own counter), the controller and
+//! lost by send time (`offered_pps`, `goodput_pps` in packets through the NAT: two per probe
+//! round trip; `lost_other`: probes lost). **Migrations** from the controller's list and each
+//! source's report (states moved, expired in idle, longest freeze), fetched as soon as the
+//! migration ends (the policy stops a drained source soon after). **CPU** of every node (its own counter), the controller and
 //! `ovs-vswitchd`, and the machine, beside the throughput. The report has the simulator's
 //! shape ([`flowshift_sim::elastic`] samples and migration records, the same plots).
 
@@ -147,6 +148,7 @@ fn measure(tb: &Testbed, o: &Options, e: &Elastic) -> Result<Value> {
         machine_busy(),
     );
     let mut snaps = Vec::new();
+    let mut reports = BTreeMap::new();
     let mut next = t0;
     while t0.elapsed().as_secs_f64() < d + 2.0 {
         sys::check_interrupt()?;
@@ -158,6 +160,7 @@ fn measure(tb: &Testbed, o: &Options, e: &Elastic) -> Result<Value> {
             }
         }
         if let Ok(status) = api.status() {
+            fetch_reports(&api, &status, &mut reports);
             snaps.push(Snap { t_s: t, status });
         }
         next += INTERVAL;
@@ -168,6 +171,7 @@ fn measure(tb: &Testbed, o: &Options, e: &Elastic) -> Result<Value> {
     while Instant::now() < settle && !settled(snaps.last()) {
         sys::check_interrupt()?;
         if let Ok(status) = api.status() {
+            fetch_reports(&api, &status, &mut reports);
             snaps.push(Snap {
                 t_s: t0.elapsed().as_secs_f64(),
                 status,
@@ -188,7 +192,11 @@ fn measure(tb: &Testbed, o: &Options, e: &Elastic) -> Result<Value> {
         records.push(probe::analyse(&probe::read_record(out)?, origin_ns));
     }
     let _ = echo.finish(Instant::now() + Duration::from_secs(1));
-    let migrations = migration_records(&api, &snaps);
+    if let Some(last) = snaps.last() {
+        fetch_reports(&api, &last.status, &mut reports);
+    }
+    let migrations = migration_records(&snaps, &reports);
+    let unreported = migrations.len() - reports.len().min(migrations.len());
     let samples = samples(&snaps, &records, capacity_of(e));
     let events = node_events(&snaps);
     let sent: u64 = records.iter().map(|r| r.sent).sum();
@@ -237,6 +245,7 @@ fn measure(tb: &Testbed, o: &Options, e: &Elastic) -> Result<Value> {
         "states_moved": migrations.iter().map(|m| u64::from(m.states_moved)).sum::<u64>(),
         "states_expired_idle": migrations.iter().map(|m| u64::from(m.states_expired_idle)).sum::<u64>(),
         "max_freeze_ms": round(max_freeze, 3),
+        "migrations_without_report": unreported,
         "lost_migration": lost_migration,
         "lost_overload": samples.iter().map(|s| s.lost_overload).sum::<u64>(),
         "probes_sent": sent,
@@ -259,7 +268,7 @@ fn measure(tb: &Testbed, o: &Options, e: &Elastic) -> Result<Value> {
         interval_s: INTERVAL.as_secs_f64(),
         capacity_pps: capacity_of(e),
     };
-    write_plots_of(&o.out, &[plot], "probe round trips/s")?;
+    write_plots_of(&o.out, &[plot], "packets/s (2 per probe round trip)")?;
     Ok(json!({
         "experiment": "elastic",
         "backend": "testbed",
@@ -380,8 +389,8 @@ fn samples(snaps: &[Snap], probes: &[probe::Analysis], capacity: f64) -> Vec<Sam
             t_s: b.t_s,
             in_service: nodes.iter().filter(|n| n.in_service).count() as u16,
             nodes,
-            offered_pps: sent as f64 / dt,
-            goodput_pps: back as f64 / dt,
+            offered_pps: 2.0 * sent as f64 / dt,
+            goodput_pps: 2.0 * back as f64 / dt,
             lost_overload,
             lost_migration,
             lost_other: lost as u64,
@@ -416,12 +425,28 @@ fn node_events(snaps: &[Snap]) -> Vec<NodeEvent> {
     v
 }
 
-/// The policy's migrations (the controller's list at the last snapshot), with each source's
-/// report. The controller's clock is mapped onto the run's by its uptime.
-fn migration_records(
+/// Fetches the source's report of every migration of `s` that ended and has none in
+/// `reports` yet (by index in the controller's list).
+fn fetch_reports(
     api: &flowshift_controller::ApiClient,
-    snaps: &[Snap],
-) -> Vec<MigrationRecord> {
+    s: &ClusterStatus,
+    reports: &mut BTreeMap<usize, Value>,
+) {
+    for (i, m) in s.migrations.iter().enumerate() {
+        let ended = matches!(m.stage, Stage::Done | Stage::Aborted);
+        if ended
+            && !reports.contains_key(&i)
+            && let Ok(r) = api.report(i)
+        {
+            reports.insert(i, r);
+        }
+    }
+}
+
+/// The policy's migrations (the controller's list at the last snapshot), with each source's
+/// report where one was fetched. The controller's clock is mapped onto the run's by its
+/// uptime.
+fn migration_records(snaps: &[Snap], reports: &BTreeMap<usize, Value>) -> Vec<MigrationRecord> {
     let Some(last) = snaps.last() else {
         return Vec::new();
     };
@@ -429,7 +454,7 @@ fn migration_records(
     let at = |i: flowshift_wire::Instant| offset + i.as_secs_f64();
     let mut v = Vec::new();
     for (i, m) in last.status.migrations.iter().enumerate() {
-        let r = api.report(i).unwrap_or(Value::Null);
+        let r = reports.get(&i).unwrap_or(&Value::Null);
         let n = |k: &str| r[k].as_u64().unwrap_or(0) as u32;
         let lost_by_cause = r["packets_lost_by_cause"]
             .as_object()
