@@ -267,24 +267,30 @@ fn print_table(runs: &[ElasticRun]) {
     }
     if let Some(r) = runs.first() {
         println!("migrations ({}):", r.config.scaling.name());
+        print_migrations(&r.migrations);
+    }
+}
+
+/// Prints one line per migration: when, group, nodes, states moved and expired in idle,
+/// longest freeze (or halt), duration and packets lost.
+pub(crate) fn print_migrations(ms: &[MigrationRecord]) {
+    println!(
+        "{:>8} {:<14} {:>4} {:>6} {:>6} {:>8} {:>10} {:>10} {:>5}",
+        "at_s", "group", "from", "to", "moved", "expired", "freeze_ms", "dur_ms", "lost"
+    );
+    for m in ms {
         println!(
-            "{:>8} {:<14} {:>4} {:>6} {:>6} {:>8} {:>10} {:>10} {:>5}",
-            "at_s", "group", "from", "to", "moved", "expired", "freeze_ms", "dur_ms", "lost"
+            "{:>8.1} {:<14} {:>4} {:>6} {:>6} {:>8} {:>10.3} {:>10.1} {:>5}",
+            m.requested_s,
+            m.external.map(|e| e.to_string()).unwrap_or_default(),
+            m.from,
+            m.to,
+            m.states_moved,
+            m.states_expired_idle,
+            m.max_freeze_ms.max(m.halted_ms),
+            m.ended_s.map_or(f64::NAN, |e| (e - m.requested_s) * 1e3),
+            m.lost_by_cause.values().sum::<u64>(),
         );
-        for m in &r.migrations {
-            println!(
-                "{:>8.1} {:<14} {:>4} {:>6} {:>6} {:>8} {:>10.3} {:>10.1} {:>5}",
-                m.requested_s,
-                m.external.map(|e| e.to_string()).unwrap_or_default(),
-                m.from,
-                m.to,
-                m.states_moved,
-                m.states_expired_idle,
-                m.max_freeze_ms.max(m.halted_ms),
-                m.ended_s.map_or(f64::NAN, |e| (e - m.requested_s) * 1e3),
-                m.lost_by_cause.values().sum::<u64>(),
-            );
-        }
     }
 }
 

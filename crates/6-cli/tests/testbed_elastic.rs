@@ -104,15 +104,14 @@ fn a_surge_scales_out_onto_the_standby_node_and_the_fall_scales_back_in() {
         eprintln!("SKIP elastic testbed test: Open vSwitch is not installed (nor apt-get)");
         return;
     }
-    let up = flowshift(&[
-        "testbed",
-        "up",
+    let groups = GROUPS.to_string();
+    let (mut run, n) = up_run(&[
         "--nodes",
         "1",
         "--standby",
         "1",
         "--pool-groups",
-        &GROUPS.to_string(),
+        &groups,
         "--capacity-pps",
         CAPACITY_PPS,
         "--preload",
@@ -120,25 +119,20 @@ fn a_surge_scales_out_onto_the_standby_node_and_the_fall_scales_back_in() {
         "--link-rate",
         "off",
     ]);
-    let id = run_id(&up);
-    let mut run = Run { id, down: false };
-    let prefix = format!("fs{}-", run.id);
-    let dir = format!("/run/flowshift/testbed-{}", run.id);
-    let controller = format!("unix:{dir}/api.sock");
-    let token_file = format!("{dir}/api.token");
-    let (sub, srv) = (format!("{prefix}sub"), format!("{prefix}srv"));
-    let st = || status(&controller, &token_file);
+    let (dir, sub, srv) = (&n.dir, &n.sub, &n.srv);
+    let (controller, token_file) = (&n.controller, &n.token_file);
+    let st = || status(controller, token_file);
 
     let before = st().expect("status");
     assert_eq!(
         before["nodes"]["2"]["connected"], false,
         "node 2 is standby"
     );
-    assert!(!node2_recorded(&dir), "node 2's process does not run");
+    assert!(!node2_recorded(dir), "node 2's process does not run");
     assert_eq!(before["autoscale"]["enabled"], true, "{before}");
 
     let mut echo = in_ns(
-        &srv,
+        srv,
         FLOWSHIFT,
         &["probe", "echo", "--bind", ECHO, "--duration", "120"],
     )
@@ -146,16 +140,16 @@ fn a_surge_scales_out_onto_the_standby_node_and_the_fall_scales_back_in() {
     .spawn()
     .expect("probe echo starts");
     wait_for("the echo", Duration::from_secs(10), || {
-        let o = in_ns(&srv, "ss", &["-Hlun"]).output().ok()?;
+        let o = in_ns(srv, "ss", &["-Hlun"]).output().ok()?;
         String::from_utf8_lossy(&o.stdout)
             .contains(":7003 ")
             .then_some(())
     });
     let mut streams: Vec<(Child, PathBuf)> = (0..GROUPS)
-        .map(|i| sender(&sub, &dir, "base", i, BASE_RATE, BASE_SECONDS))
+        .map(|i| sender(sub, dir, "base", i, BASE_RATE, BASE_SECONDS))
         .collect();
     std::thread::sleep(Duration::from_secs(2));
-    streams.extend((0..GROUPS).map(|i| sender(&sub, &dir, "surge", i, SURGE_RATE, SURGE_SECONDS)));
+    streams.extend((0..GROUPS).map(|i| sender(sub, dir, "surge", i, SURGE_RATE, SURGE_SECONDS)));
 
     // Scale-out: node 2 started, a group moved to it.
     let mut node2_losses = 0;
@@ -165,13 +159,13 @@ fn a_surge_scales_out_onto_the_standby_node_and_the_fall_scales_back_in() {
         let on2 = s["groups"].as_array()?.iter().any(|g| g["owner"] == 2);
         (policy(&s, "scale_outs") == 1 && on2).then_some(s)
     });
-    assert!(node2_recorded(&dir), "node 2 runs as a recorded process");
+    assert!(node2_recorded(dir), "node 2 runs as a recorded process");
     assert_eq!(out["nodes"]["2"]["connected"], true);
     // Scale-in after the fall: the group back on node 1, node 2 stopped.
     let fin = wait_for("the scale-in", Duration::from_secs(40), || {
         let s = st()?;
         node2_losses = node2_losses.max(losses(&s, 2));
-        (policy(&s, "scale_ins") == 1 && !node2_recorded(&dir)).then_some(s)
+        (policy(&s, "scale_ins") == 1 && !node2_recorded(dir)).then_some(s)
     });
     let groups = fin["groups"].as_array().expect("groups");
     assert!(groups.iter().all(|g| g["owner"] == 1), "{groups:?}");
@@ -240,12 +234,12 @@ fn a_surge_scales_out_onto_the_standby_node_and_the_fall_scales_back_in() {
 
     let d = run.down();
     assert!(d.status.success(), "testbed down: {}", text(&d));
-    assert!(!Path::new(&dir).exists(), "{dir} left behind");
+    assert!(!Path::new(dir).exists(), "{dir} left behind");
     let left: Vec<String> = std::fs::read_dir("/run/netns")
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
+                .filter(|name| name.starts_with(&n.prefix))
                 .collect()
         })
         .unwrap_or_default();

@@ -25,7 +25,7 @@ use super::exp_measure::unix_now_ns;
 use super::layout::Elastic;
 use super::probe::{self, ProbeProcess};
 use super::sys;
-use crate::exp_elastic::{PlotRun, write_plots_of};
+use crate::exp_elastic::{PlotRun, print_migrations, write_plots_of};
 use crate::report::{round, write_json};
 use anyhow::{Context, Result, bail};
 use flowshift_control::api::ClusterStatus;
@@ -512,24 +512,7 @@ fn print_table(summary: &Value, migrations: &[MigrationRecord], samples: &[Sampl
         "{}",
         serde_json::to_string_pretty(summary).unwrap_or_default()
     );
-    println!(
-        "{:>7} {:<14} {:>4} {:>4} {:>6} {:>8} {:>10} {:>8} {:>5}",
-        "at_s", "group", "from", "to", "moved", "expired", "freeze_ms", "dur_ms", "lost"
-    );
-    for m in migrations {
-        println!(
-            "{:>7.1} {:<14} {:>4} {:>4} {:>6} {:>8} {:>10.3} {:>8.0} {:>5}",
-            m.requested_s,
-            m.external.map(|e| e.to_string()).unwrap_or_default(),
-            m.from,
-            m.to,
-            m.states_moved,
-            m.states_expired_idle,
-            m.max_freeze_ms,
-            m.ended_s.map_or(f64::NAN, |e| (e - m.requested_s) * 1e3),
-            m.lost_by_cause.values().sum::<u64>(),
-        );
-    }
+    print_migrations(migrations);
     println!(
         "{:>7} {:>6} {:>10} {:>10}  per-node load",
         "t_s", "nodes", "offered", "goodput"

@@ -61,6 +61,46 @@ pub fn in_ns(ns: &str, program: &str, args: &[&str]) -> Command {
     c
 }
 
+/// A run's names: namespaces, directory, the controller's API and token.
+pub struct Names {
+    /// `fs<run>-`: every namespace of the run starts with it.
+    pub prefix: String,
+    /// The run's directory.
+    pub dir: String,
+    /// The controller's API (`unix:<dir>/api.sock`).
+    pub controller: String,
+    /// The API token file.
+    pub token_file: String,
+    /// Subscriber namespace.
+    pub sub: String,
+    /// Server namespace.
+    pub srv: String,
+}
+
+impl Names {
+    pub fn of(run: &str) -> Names {
+        let prefix = format!("fs{run}-");
+        let dir = format!("/run/flowshift/testbed-{run}");
+        Names {
+            controller: format!("unix:{dir}/api.sock"),
+            token_file: format!("{dir}/api.token"),
+            sub: format!("{prefix}sub"),
+            srv: format!("{prefix}srv"),
+            prefix,
+            dir,
+        }
+    }
+}
+
+/// `flowshift testbed up ARGS`: the run (removed on drop) and its names.
+pub fn up_run(args: &[&str]) -> (Run, Names) {
+    let mut all = vec!["testbed", "up"];
+    all.extend_from_slice(args);
+    let id = run_id(&flowshift(&all));
+    let names = Names::of(&id);
+    (Run { id, down: false }, names)
+}
+
 /// The run id `testbed up` printed (panics with its output if it failed).
 pub fn run_id(up: &Output) -> String {
     let out = String::from_utf8_lossy(&up.stdout).into_owned();
