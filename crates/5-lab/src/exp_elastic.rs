@@ -97,6 +97,10 @@ pub struct ElasticArgs {
     /// Testbed: probes per second per group at base load.
     #[arg(long, default_value_t = 50)]
     base_rate: u32,
+    /// Testbed: seconds of each short surge flow (a new session each); 0: one flow per group
+    /// for the whole surge.
+    #[arg(long, default_value_t = 3.0)]
+    flow_s: f64,
 }
 
 impl ElasticArgs {
@@ -191,6 +195,7 @@ pub fn run(a: &ElasticArgs) -> Result<()> {
             factor: a.factor,
             duration_s: a.duration_s(),
             base_rate: a.base_rate,
+            flow_s: a.flow_s,
             capacity_pps: a.capacity_pps,
             out: a.out.clone(),
         });

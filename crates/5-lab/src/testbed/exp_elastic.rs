@@ -4,9 +4,10 @@
 //! split into `groups` groups, the controller's `[autoscale]` policy with freeze-copy, and
 //! `testbed node start|stop` as its commands. **Load**: one sequence-numbered UDP probe
 //! stream per group (`flowshift probe send`, from the group's subscriber host to one echo in
-//! the server namespace) at `base_rate` probes/s for the whole run, plus a second stream per
-//! group at `(factor - 1) x base_rate` during the surge ([`SURGE_FROM`]..[`SURGE_TO`] of the
-//! run): the offered load steps up `factor` times and falls back. Every load packet is a
+//! the server namespace) at `base_rate` probes/s for the whole run, plus, during the surge
+//! ([`SURGE_FROM`]..[`SURGE_TO`] of the run), many short flows per group at `(factor - 1) x
+//! base_rate`: one after the other, each `flow_s` long from a new source port (a new
+//! session); the offered load steps up `factor` times and falls back. Every load packet is a
 //! probe, so loss and reordering are measured from outside the NAT on all of it. A node's
 //! capacity is scaled to the load: the base load is [`BASE_LOAD`] of one node.
 //!
@@ -62,6 +63,8 @@ pub struct Options {
     pub duration_s: f64,
     /// Probes/s per group at base load.
     pub base_rate: u32,
+    /// Seconds of each surge flow (0: one flow per group for the whole surge).
+    pub flow_s: f64,
     /// Packets/s one node is sized for; `None`: the base load is [`BASE_LOAD`] of it.
     pub capacity_pps: Option<f64>,
     /// Output directory.
@@ -140,7 +143,19 @@ fn measure(tb: &Testbed, o: &Options, e: &Elastic) -> Result<Value> {
         start("base", i, o.base_rate, d)?;
     }
     let surge_rate = ((o.factor - 1.0) * f64::from(o.base_rate)).round() as u32;
-    let mut surge_started = surge_rate == 0;
+    let (surge_from, surge_to) = (SURGE_FROM * d, SURGE_TO * d);
+    let flow_s = if o.flow_s > 0.0 {
+        o.flow_s
+    } else {
+        surge_to - surge_from
+    };
+    // Start time of the next surge flow (of every group).
+    let mut next_flow = if surge_rate == 0 {
+        f64::INFINITY
+    } else {
+        surge_from
+    };
+    let mut flows = 0;
     let (vswitchd, controller) = (tb.vswitchd_pid(), tb.pid_of("controller"));
     let cpu0 = (
         vswitchd.and_then(sys::cpu_seconds),
@@ -153,11 +168,13 @@ fn measure(tb: &Testbed, o: &Options, e: &Elastic) -> Result<Value> {
     while t0.elapsed().as_secs_f64() < d + 2.0 {
         sys::check_interrupt()?;
         let t = t0.elapsed().as_secs_f64();
-        if !surge_started && t >= SURGE_FROM * d {
-            surge_started = true;
+        if t >= next_flow && next_flow < surge_to {
+            let secs = flow_s.min(surge_to - next_flow);
             for i in 0..hosts.len() {
-                start("surge", i, surge_rate, (SURGE_TO - SURGE_FROM) * d)?;
+                start(&format!("surge{flows}"), i, surge_rate, secs)?;
             }
+            flows += 1;
+            next_flow += flow_s;
         }
         if let Ok(status) = api.status() {
             fetch_reports(&api, &status, &mut reports);
@@ -279,6 +296,8 @@ fn measure(tb: &Testbed, o: &Options, e: &Elastic) -> Result<Value> {
         "duration_s": o.duration_s,
         "base_rate_per_group": o.base_rate,
         "surge_s": [round(SURGE_FROM * d, 1), round(SURGE_TO * d, 1)],
+        "surge_flows_per_group": flows,
+        "surge_flow_s": round(flow_s, 2),
         "summary": [summary],
         "runs": [{
             "samples": samples,
