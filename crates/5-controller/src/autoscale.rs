@@ -11,7 +11,9 @@
 //! Only groups the orchestrator routes to the node count as the node's.
 //! **Life cycle.** Standby nodes (`standby = true`) are out of service at start. On
 //! `StartNode` the start command runs (if any) and the node is in service once it is
-//! connected; on `StopNode` it leaves service and the stop command runs. Commands run
+//! connected; on `StopNode` it leaves service and the stop command runs once the node's next
+//! status has arrived (its final counters stay in `flowshift status`), after at most
+//! [`STOP_WAIT_TICKS`] policy ticks, or at once if it is not connected. Commands run
 //! detached, at most [`MAX_CHILDREN`] at once (more are refused and counted); their exit is
 //! collected on later ticks.
 
@@ -29,6 +31,8 @@ use tracing::{info, warn};
 
 /// Commands running at once, at most.
 pub const MAX_CHILDREN: usize = 16;
+/// Policy ticks a stop command waits for the node's final status, at most.
+pub const STOP_WAIT_TICKS: u8 = 4;
 
 /// Counters of the daemon's side of the policy.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +63,8 @@ pub(crate) struct Elastic {
     stop_command: Vec<String>,
     in_service: BTreeMap<InstanceId, bool>,
     starting: Vec<InstanceId>,
+    /// Nodes out of service whose stop command waits: ticks left (0: final status seen).
+    stopping: BTreeMap<InstanceId, u8>,
     last: BTreeMap<InstanceId, Last>,
     loads: BTreeMap<InstanceId, NodeLoad>,
     /// The policy's migration in the orchestrator's list: (index, group).
@@ -88,6 +94,7 @@ impl Elastic {
             stop_command: cfg.autoscale.stop_command.clone(),
             in_service: cfg.nodes.iter().map(|n| (n.id, !n.standby)).collect(),
             starting: Vec::new(),
+            stopping: BTreeMap::new(),
             last: BTreeMap::new(),
             loads: BTreeMap::new(),
             pending: None,
@@ -103,6 +110,10 @@ impl Elastic {
 
     /// A node's status reply: computes its load from the change since its last one.
     pub(crate) fn node_status(&mut self, id: InstanceId, s: &NodeStatus, orch: &Orchestrator) {
+        if let Some(left) = self.stopping.get_mut(&id) {
+            *left = 0;
+            return;
+        }
         let now = Last {
             uptime_s: s.uptime_s,
             rx: s.counters.io.rx_packets,
@@ -174,6 +185,14 @@ impl Elastic {
                 Some(_) => {}
             }
         }
+        let stopping = std::mem::take(&mut self.stopping);
+        for (id, left) in stopping {
+            if left == 0 || !connected(id) {
+                self.run(&self.stop_command.clone(), id);
+            } else {
+                self.stopping.insert(id, left - 1);
+            }
+        }
         for id in std::mem::take(&mut self.starting) {
             if connected(id) {
                 info!(node = %id, "autoscale: node in service");
@@ -203,7 +222,7 @@ impl Elastic {
                 Action::StopNode { node } => {
                     self.in_service.insert(node, false);
                     self.last.remove(&node);
-                    self.run(&self.stop_command.clone(), node);
+                    self.stopping.insert(node, STOP_WAIT_TICKS);
                 }
                 Action::Migrate {
                     external,

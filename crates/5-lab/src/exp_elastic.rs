@@ -3,16 +3,20 @@
 //! 32 groups, nodes brought into service and taken out by the real policy and orchestrator.
 //! Compares, on the same workload (same seed): scaling with freeze-and-copy, scaling with
 //! stop-and-copy, and no scaling. Writes `elastic.json`, plots (nodes in service, per-node
-//! load with the migrations marked, goodput and losses) and prints a table.
+//! load with the migrations marked, goodput and losses) and prints a table. With `--testbed`
+//! the same policy runs on the real cluster ([`crate::testbed::exp_elastic`]): one variant
+//! (freeze-copy), the same report shape and plots.
 
 use crate::plot::{self, Figure, Series, Span};
 use crate::report::{round, write_json};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use flowshift_migration::InstanceId;
 use flowshift_sim::elastic::traffic::Profile;
-use flowshift_sim::elastic::{self, ElasticConfig, ElasticRun, Scaling};
+use flowshift_sim::elastic::{self, ElasticConfig, ElasticRun, MigrationRecord, Sample, Scaling};
 use serde_json::json;
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The load's shape.
@@ -54,7 +58,7 @@ pub struct ElasticArgs {
     /// Seed (the same workload for every variant).
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Variants to run.
+    /// Variants to run (simulator; the testbed runs freeze-copy).
     #[arg(
         long,
         value_enum,
@@ -62,46 +66,73 @@ pub struct ElasticArgs {
         default_value = "freeze-copy,stop-copy,none"
     )]
     scaling: Vec<ScalingChoice>,
-    /// Load shape.
+    /// Load shape (simulator; the testbed steps).
     #[arg(long, value_enum, default_value = "step")]
     shape: Shape,
-    /// Peak factor of the connection arrival rate.
+    /// Peak factor of the connection arrival rate (testbed: of the probe rate).
     #[arg(long, default_value_t = 5.0)]
     factor: f64,
-    /// Nodes in all (one in service at start).
-    #[arg(long, default_value_t = 4)]
-    nodes: u16,
-    /// Groups (a power of two, at most 64: a /26 pool).
-    #[arg(long, default_value_t = 32)]
-    groups: u32,
-    /// Packets per second one node processes.
-    #[arg(long, default_value_t = 10_000.0)]
-    capacity_pps: f64,
-    /// Seconds from `StartNode` to the node in service.
+    /// Nodes in all, one in service at start [default: 4; testbed 3].
+    #[arg(long)]
+    nodes: Option<u16>,
+    /// Groups (a power of two, at most 64: a /26 pool) [default: 32; testbed 8].
+    #[arg(long)]
+    groups: Option<u32>,
+    /// Packets per second one node processes [default: 10000; testbed: the base load is
+    /// 0.35 of a node].
+    #[arg(long)]
+    capacity_pps: Option<f64>,
+    /// Seconds from `StartNode` to the node in service (simulator).
     #[arg(long, default_value_t = 2.0)]
     start_delay_s: f64,
-    /// Length of the run (s).
-    #[arg(long, default_value_t = 150.0)]
-    duration_s: f64,
+    /// Length of the run (s) [default: 150; testbed 60].
+    #[arg(long)]
+    duration_s: Option<f64>,
     /// Output directory.
     #[arg(long, default_value = "out")]
     out: PathBuf,
+    /// Run on the one-machine testbed (root): real nodes, controller and switch, standby
+    /// nodes started and stopped by the policy, UDP probe streams as load.
+    #[arg(long)]
+    testbed: bool,
+    /// Testbed: probes per second per group at base load.
+    #[arg(long, default_value_t = 50)]
+    base_rate: u32,
+    /// Testbed: seconds of each short surge flow (a new session each); 0: one flow per group
+    /// for the whole surge.
+    #[arg(long, default_value_t = 3.0)]
+    flow_s: f64,
+}
+
+impl ElasticArgs {
+    fn nodes(&self) -> u16 {
+        self.nodes.unwrap_or(if self.testbed { 3 } else { 4 })
+    }
+    fn groups(&self) -> u32 {
+        self.groups.unwrap_or(if self.testbed { 8 } else { 32 })
+    }
+    fn duration_s(&self) -> f64 {
+        self.duration_s
+            .unwrap_or(if self.testbed { 60.0 } else { 150.0 })
+    }
 }
 
 fn config(a: &ElasticArgs, scaling: Scaling) -> Result<ElasticConfig> {
-    if !(a.capacity_pps > 0.0 && a.factor >= 1.0 && a.duration_s > 0.0 && a.start_delay_s >= 0.0) {
+    let capacity_pps = a.capacity_pps.unwrap_or(10_000.0);
+    let duration_s = a.duration_s();
+    if !(capacity_pps > 0.0 && a.factor >= 1.0 && duration_s > 0.0 && a.start_delay_s >= 0.0) {
         bail!("need --capacity-pps > 0, --factor >= 1, --duration-s > 0, --start-delay-s >= 0");
     }
     let mut c = ElasticConfig::surge(scaling, a.seed);
-    c.nodes = a.nodes;
-    c.groups = a.groups;
-    let scale = a.capacity_pps / c.capacity.pps;
-    c.capacity.pps = a.capacity_pps;
-    c.capacity.burst = (a.capacity_pps / 50.0).max(1.0);
-    c.autoscale.capacity_pps = a.capacity_pps;
+    c.nodes = a.nodes();
+    c.groups = a.groups();
+    let scale = capacity_pps / c.capacity.pps;
+    c.capacity.pps = capacity_pps;
+    c.capacity.burst = (capacity_pps / 50.0).max(1.0);
+    c.autoscale.capacity_pps = capacity_pps;
     c.traffic.base_arrivals *= scale;
     c.start_delay = Duration::from_secs_f64(a.start_delay_s);
-    c.duration = Duration::from_secs_f64(a.duration_s);
+    c.duration = Duration::from_secs_f64(duration_s);
     c.traffic.profile = match (a.shape, &c.traffic.profile) {
         (
             Shape::Step,
@@ -158,6 +189,18 @@ fn summary_json(r: &ElasticRun) -> serde_json::Value {
 
 /// Runs the experiment.
 pub fn run(a: &ElasticArgs) -> Result<()> {
+    if a.testbed {
+        return crate::testbed::exp_elastic::run(&crate::testbed::exp_elastic::Options {
+            nodes: a.nodes(),
+            groups: a.groups(),
+            factor: a.factor,
+            duration_s: a.duration_s(),
+            base_rate: a.base_rate,
+            flow_s: a.flow_s,
+            capacity_pps: a.capacity_pps,
+            out: a.out.clone(),
+        });
+    }
     if a.scaling.is_empty() {
         bail!("--scaling needs at least one variant");
     }
@@ -230,41 +273,80 @@ fn print_table(runs: &[ElasticRun]) {
     }
     if let Some(r) = runs.first() {
         println!("migrations ({}):", r.config.scaling.name());
+        print_migrations(&r.migrations);
+    }
+}
+
+/// Prints one line per migration: when, group, nodes, states moved and expired in idle,
+/// longest freeze (or halt), duration and packets lost.
+pub(crate) fn print_migrations(ms: &[MigrationRecord]) {
+    println!(
+        "{:>8} {:<14} {:>4} {:>6} {:>6} {:>8} {:>10} {:>10} {:>5}",
+        "at_s", "group", "from", "to", "moved", "expired", "freeze_ms", "dur_ms", "lost"
+    );
+    for m in ms {
         println!(
-            "{:>8} {:<14} {:>4} {:>6} {:>6} {:>8} {:>10} {:>10} {:>5}",
-            "at_s", "group", "from", "to", "moved", "expired", "freeze_ms", "dur_ms", "lost"
+            "{:>8.1} {:<14} {:>4} {:>6} {:>6} {:>8} {:>10.3} {:>10.1} {:>5}",
+            m.requested_s,
+            m.external.map(|e| e.to_string()).unwrap_or_default(),
+            m.from,
+            m.to,
+            m.states_moved,
+            m.states_expired_idle,
+            m.max_freeze_ms.max(m.halted_ms),
+            m.ended_s.map_or(f64::NAN, |e| (e - m.requested_s) * 1e3),
+            m.lost_by_cause.values().sum::<u64>(),
         );
-        for m in &r.migrations {
-            println!(
-                "{:>8.1} {:<14} {:>4} {:>6} {:>6} {:>8} {:>10.3} {:>10.1} {:>5}",
-                m.requested_s,
-                m.external.map(|e| e.to_string()).unwrap_or_default(),
-                m.from,
-                m.to,
-                m.states_moved,
-                m.states_expired_idle,
-                m.max_freeze_ms.max(m.halted_ms),
-                m.ended_s.map_or(f64::NAN, |e| (e - m.requested_s) * 1e3),
-                m.lost_by_cause.values().sum::<u64>(),
-            );
-        }
     }
 }
 
 fn write_plots(a: &ElasticArgs, runs: &[ElasticRun]) -> Result<()> {
     let names: Vec<&str> = runs.iter().map(|r| r.config.scaling.name()).collect();
+    let plot_runs: Vec<PlotRun<'_>> = runs
+        .iter()
+        .zip(&names)
+        .map(|(r, n)| PlotRun {
+            name: n,
+            samples: &r.samples,
+            migrations: &r.migrations,
+            interval_s: r.config.load_interval.as_secs_f64(),
+            capacity_pps: r.config.capacity.pps,
+        })
+        .collect();
+    write_plots_of(&a.out, &plot_runs, "packets/s")
+}
+
+/// One variant as the plots see it (the simulator's runs and the testbed's alike).
+pub(crate) struct PlotRun<'a> {
+    /// Its name in the legends.
+    pub name: &'a str,
+    /// Its samples.
+    pub samples: &'a [Sample],
+    /// Its migrations.
+    pub migrations: &'a [MigrationRecord],
+    /// Seconds between samples.
+    pub interval_s: f64,
+    /// Packets/s one node is sized for.
+    pub capacity_pps: f64,
+}
+
+/// Writes `elastic-{nodes,load,goodput}.{svg,png}` into `out`: nodes in service (and the
+/// offered load in node capacities), the first run's per-node load with its migrations
+/// marked, goodput and losses per second (`rate_unit`: the goodput axis label).
+pub(crate) fn write_plots_of(out: &Path, runs: &[PlotRun<'_>], rate_unit: &str) -> Result<()> {
     // Nodes in service, and the offered load in node capacities.
     let mut pts: Vec<(String, Vec<(f64, f64)>)> = runs
         .iter()
-        .zip(&names)
-        .map(|(r, n)| {
+        .map(|r| {
             let p = r.samples.iter().map(|s| (s.t_s, f64::from(s.in_service)));
-            (format!("{n}: nodes in service"), p.collect())
+            (format!("{}: nodes in service", r.name), p.collect())
         })
         .collect();
     if let Some(r) = runs.first() {
-        let cap = r.config.capacity.pps;
-        let p = r.samples.iter().map(|s| (s.t_s, s.offered_pps / cap));
+        let p = r
+            .samples
+            .iter()
+            .map(|s| (s.t_s, s.offered_pps / r.capacity_pps));
         pts.push(("offered load (node capacities)".into(), p.collect()));
     }
     write_time_plot(
@@ -272,15 +354,21 @@ fn write_plots(a: &ElasticArgs, runs: &[ElasticRun]) -> Result<()> {
         "nodes",
         &pts,
         Vec::new(),
-        &a.out.join("elastic-nodes"),
+        &out.join("elastic-nodes"),
     )?;
     // Per-node load of the first variant, migrations marked.
     if let Some(r) = runs.first() {
-        let n = r.config.nodes;
-        let pts: Vec<(String, Vec<(f64, f64)>)> = (0..n)
-            .map(|id| {
+        let ids: BTreeSet<InstanceId> = r
+            .samples
+            .iter()
+            .flat_map(|s| s.nodes.iter().map(|n| n.node))
+            .collect();
+        let ids: Vec<InstanceId> = ids.into_iter().collect();
+        let pts: Vec<(String, Vec<(f64, f64)>)> = ids
+            .iter()
+            .map(|&id| {
                 let p = r.samples.iter().filter_map(|s| {
-                    let ns = s.nodes.get(id as usize)?;
+                    let ns = s.nodes.iter().find(|n| n.node == id)?;
                     ns.in_service.then_some((s.t_s, ns.load))
                 });
                 (format!("node {id}"), p.collect())
@@ -299,38 +387,36 @@ fn write_plots(a: &ElasticArgs, runs: &[ElasticRun]) -> Result<()> {
                 label: l,
                 start: m.requested_s,
                 end: m.ended_s.unwrap_or(m.requested_s),
-                series: usize::from(m.to.0),
+                series: ids.iter().position(|&i| i == m.to).unwrap_or(0),
             })
             .collect();
-        let title = format!("Per-node load ({}), migrations marked", names[0]);
+        let title = format!("Per-node load ({}), migrations marked", r.name);
         write_time_plot(
             &title,
             "load (1.0 = capacity)",
             &pts,
             spans,
-            &a.out.join("elastic-load"),
+            &out.join("elastic-load"),
         )?;
     }
     // Goodput and losses.
     let mut pts: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for (r, n) in runs.iter().zip(&names) {
+    for r in runs {
         let g = r.samples.iter().map(|s| (s.t_s, s.goodput_pps));
-        pts.push((format!("{n}: goodput"), g.collect()));
-        let dt = r.config.load_interval.as_secs_f64();
+        pts.push((format!("{}: goodput", r.name), g.collect()));
         let l = r.samples.iter().map(|s| {
             let lost = s.lost_overload + s.lost_migration + s.lost_other;
-            (s.t_s, lost as f64 / dt)
+            (s.t_s, lost as f64 / r.interval_s)
         });
-        pts.push((format!("{n}: lost"), l.collect()));
+        pts.push((format!("{}: lost", r.name), l.collect()));
     }
     write_time_plot(
-        "Elastic CGNAT: packets delivered and lost per second",
-        "packets/s",
+        "Elastic CGNAT: delivered and lost per second",
+        rate_unit,
         &pts,
         Vec::new(),
-        &a.out.join("elastic-goodput"),
-    )?;
-    Ok(())
+        &out.join("elastic-goodput"),
+    )
 }
 
 /// Writes a plot of `pts` (label, (time s, value)) over time, with `spans` marked.
@@ -339,7 +425,7 @@ fn write_time_plot(
     y_label: &str,
     pts: &[(String, Vec<(f64, f64)>)],
     spans: Vec<Span<'_>>,
-    out: &std::path::Path,
+    out: &Path,
 ) -> Result<()> {
     let fig = Figure {
         title,

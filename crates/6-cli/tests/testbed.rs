@@ -70,16 +70,7 @@ fn counter(c: &serde_json::Map<String, Value>, name: &str) -> u64 {
 /// `flowshift status --json` with the token file named explicitly (`migrate` below finds it
 /// through the testbed's state instead).
 fn status_json(controller: &str, token_file: &str) -> Value {
-    let o = flowshift(&[
-        "status",
-        "--json",
-        "--controller",
-        controller,
-        "--token-file",
-        token_file,
-    ]);
-    assert!(o.status.success(), "flowshift status: {}", text(&o));
-    serde_json::from_slice(&o.stdout).expect("status is JSON")
+    status(controller, token_file).expect("flowshift status --json")
 }
 
 #[test]
@@ -101,11 +92,14 @@ fn freeze_copy_under_iperf3_load_breaks_no_connection_and_leaves_nothing_behind(
     ]);
     let id = run_id(&up);
     let mut run = Run { id, down: false };
-    let prefix = format!("fs{}-", run.id);
-    let dir = format!("/run/flowshift/testbed-{}", run.id);
-    let controller = format!("unix:{dir}/api.sock");
-    let token_file = format!("{dir}/api.token");
-    let (sub, srv) = (format!("{prefix}sub"), format!("{prefix}srv"));
+    let Names {
+        prefix,
+        dir,
+        controller,
+        token_file,
+        sub,
+        srv,
+    } = Names::of(&run.id);
 
     let before = status_json(&controller, &token_file);
     let owner = |s: &Value| {

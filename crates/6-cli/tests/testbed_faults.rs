@@ -39,18 +39,6 @@ fn ok(args: &[&str]) -> Output {
     o
 }
 
-/// Polls `f` every 200 ms until it gives a value or `timeout` passes.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 struct Cluster {
     controller: String,
     token_file: String,
@@ -58,18 +46,7 @@ struct Cluster {
 
 impl Cluster {
     fn status(&self) -> Option<Value> {
-        let o = flowshift(&[
-            "status",
-            "--json",
-            "--controller",
-            &self.controller,
-            "--token-file",
-            &self.token_file,
-        ]);
-        o.status
-            .success()
-            .then(|| serde_json::from_slice(&o.stdout).ok())
-            .flatten()
+        status(&self.controller, &self.token_file)
     }
 
     fn owner(s: &Value) -> Option<u64> {

@@ -57,6 +57,9 @@ impl Testbed {
         if opts.nodes == 0 || opts.nodes > layout::MAX_NODES {
             bail!("--nodes must be 1..={}", layout::MAX_NODES);
         }
+        if let Some(e) = &opts.elastic {
+            e.validate(opts.nodes)?;
+        }
         ensure_tools(opts.verbose)?;
         fs::create_dir_all(layout::STATE_BASE)
             .with_context(|| format!("creating {}", layout::STATE_BASE))?;
@@ -294,6 +297,19 @@ impl Testbed {
                 ],
             )?;
         }
+        if let Some(e) = &opts.elastic {
+            for i in 0..e.pool_groups as usize {
+                let a = e
+                    .subscriber(i)
+                    .ok_or_else(|| anyhow!("pool group {i} has no subscriber"))?;
+                let p = super::standby::pool_subscribers().prefix_len();
+                sys::ip_in(
+                    &sub,
+                    &["addr", "add", &format!("{a}/{p}"), "dev", layout::SUB_IF],
+                )?;
+                self.state.pool_subscribers.push(a.to_string());
+            }
+        }
         self.state.subscribers = subscribers;
         self.state.servers = layout::SERVERS.iter().map(|a| a.to_string()).collect();
         if let Some(rate) = opts.link_rate_bps {
@@ -380,7 +396,9 @@ impl Testbed {
             seed: opts.seed,
             filtering: opts.filtering.clone(),
             vnet_hdr: true,
+            elastic: opts.elastic.clone(),
         };
+        let standby = |k: u16| opts.elastic.as_ref().is_some_and(|e| e.is_standby(k));
         for k in 1..=l.nodes {
             let path = dir.join(format!("node{k}.toml"));
             fs::write(&path, l.node_config(k, &copts))
@@ -394,15 +412,31 @@ impl Testbed {
                 mgmt: layout::node_mgmt_ip(k).to_string(),
                 config: path,
             });
-            self.state.groups.push(GroupRecord {
-                external: layout::group_external(k).to_string(),
-                subscribers: layout::group_subscribers(k),
-                owner: k,
-            });
+            if standby(k) {
+                self.state.standby.push(k);
+            } else {
+                self.state.groups.push(GroupRecord {
+                    external: layout::group_external(k).to_string(),
+                    subscribers: layout::group_subscribers(k),
+                    owner: k,
+                });
+            }
+        }
+        if let Some(e) = &opts.elastic {
+            for (i, g) in e.groups().iter().enumerate() {
+                self.state.groups.push(GroupRecord {
+                    external: g.external.to_string(),
+                    subscribers: g.subscribers.to_string(),
+                    owner: e.owner(i),
+                });
+            }
         }
         let cluster = dir.join("cluster.toml");
-        fs::write(&cluster, l.cluster_config(&dir, opts.switch_tls))
-            .with_context(|| format!("writing {}", cluster.display()))?;
+        fs::write(
+            &cluster,
+            l.cluster_config(&dir, opts.switch_tls, opts.elastic.as_ref()),
+        )
+        .with_context(|| format!("writing {}", cluster.display()))?;
         // Before the controller starts, so every client finds it.
         Token::create(&layout::api_token_file(&dir))?;
         self.save()?;
@@ -450,7 +484,7 @@ impl Testbed {
         ovs.set_controller(&layout::switch_target(&dir, opts.switch_tls))?;
 
         self.progress("nodes");
-        for k in 1..=l.nodes {
+        for k in (1..=l.nodes).filter(|&k| !standby(k)) {
             let cfg = dir.join(format!("node{k}.toml"));
             self.spawn(
                 &format!("node{k}"),
@@ -580,7 +614,7 @@ impl Testbed {
     }
 
     fn wait_ready(&self, client: &ApiClient, deadline: Instant) -> Result<()> {
-        let n = usize::from(self.layout.nodes);
+        let n = usize::from(self.layout.nodes) - self.state.standby.len();
         let mut last;
         loop {
             self.check_processes()?;

@@ -108,6 +108,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         switch_tls: false,
         verbose: !a.json,
         wan: None,
+        elastic: None,
     })?;
     let result = measure(&mut tb, a);
     let run = tb.state.run.clone();

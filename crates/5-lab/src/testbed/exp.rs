@@ -266,6 +266,7 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
         switch_tls: false,
         verbose: false,
         wan: None,
+        elastic: None,
     })?;
     if args.transfer_loss > 0.0 {
         inject_transfer_loss(&tb, args.transfer_loss)?;

@@ -12,8 +12,11 @@
 //! ```
 //!
 //! Group K (owned by node K at start): external 198.18.0.K, subscribers 100.(63+K).0.0/16.
-//! Only group 1 gets the pre-loaded states.
+//! Only group 1 gets the pre-loaded states. Elastic runs ([`Elastic`]) add standby nodes
+//! (no group, `standby = true`) and a pool 198.18.1.0/26 split into groups with subscribers
+//! in 100.96.0.0/16, dealt over the active nodes.
 
+pub use super::standby::Elastic;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -230,12 +233,16 @@ impl Layout {
         }
         let _ = writeln!(s, "\n[nat]");
         let _ = writeln!(s, "filtering = \"{}\"", opts.filtering);
-        let _ = writeln!(
-            s,
-            "groups = [{{ external = \"{}\", subscribers = \"{}\" }}]",
-            group_external(k),
-            group_subscribers(k)
-        );
+        let mut groups = Vec::new();
+        if opts.elastic.as_ref().is_none_or(|e| !e.is_standby(k)) {
+            groups.push(format!(
+                "{{ external = \"{}\", subscribers = \"{}\" }}",
+                group_external(k),
+                group_subscribers(k)
+            ));
+        }
+        groups.extend(opts.elastic.iter().flat_map(|e| e.node_groups(k)));
+        let _ = writeln!(s, "groups = [{}]", groups.join(", "));
         if k == 1 && opts.preload > 0 {
             let _ = writeln!(s, "\n[[preload]]");
             let _ = writeln!(s, "external = \"{}\"", group_external(1));
@@ -248,7 +255,13 @@ impl Layout {
     /// The cluster configuration (TOML, `flowshift_controller::ClusterConfig`); the
     /// controller's sockets live in `dir`. `switch_tls`: the switch connects over TLS to
     /// [`CONTROLLER_IP`]:[`OPENFLOW_PORT`] (see [`switch_target`]).
-    pub fn cluster_config(&self, dir: &Path, switch_tls: bool) -> String {
+    /// With `elastic`: standby nodes, the pool and `[autoscale]` ([`Elastic`]).
+    pub fn cluster_config(
+        &self,
+        dir: &Path,
+        switch_tls: bool,
+        elastic: Option<&Elastic>,
+    ) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# flowshift testbed run {}: controller", self.run);
         if switch_tls {
@@ -290,12 +303,18 @@ impl Layout {
             let _ = writeln!(s, "id = {k}");
             let _ = writeln!(s, "port = {}", Layout::node_ofport(k));
             let _ = writeln!(s, "mac = \"{}\"", node_mac(k));
+            if elastic.is_some_and(|e| e.is_standby(k)) {
+                let _ = writeln!(s, "standby = true");
+            }
         }
-        for k in 1..=self.nodes {
+        for k in (1..=self.nodes).filter(|&k| elastic.is_none_or(|e| !e.is_standby(k))) {
             let _ = writeln!(s, "\n[[groups]]");
             let _ = writeln!(s, "external = \"{}\"", group_external(k));
             let _ = writeln!(s, "subscribers = \"{}\"", group_subscribers(k));
             let _ = writeln!(s, "owner = {k}");
+        }
+        if let Some(e) = elastic {
+            s.push_str(&e.cluster_sections(&self.run));
         }
         s
     }
@@ -449,6 +468,9 @@ pub struct ConfigOptions {
     pub filtering: String,
     /// `PACKET_VNET_HDR` on the nodes' sockets.
     pub vnet_hdr: bool,
+    /// Standby nodes and the pool's groups ([`Elastic`]); `None`: every node active, one
+    /// group each.
+    pub elastic: Option<Elastic>,
 }
 
 #[cfg(test)]
@@ -462,6 +484,7 @@ mod tests {
             seed: 7,
             filtering: "endpoint-independent".into(),
             vnet_hdr: true,
+            elastic: None,
         }
     }
 
@@ -532,6 +555,41 @@ mod tests {
     }
 
     #[test]
+    fn elastic_configs_parse_with_standby_nodes_pools_and_autoscale() {
+        let l = Layout::new("beef", 3);
+        let e = Elastic {
+            active: 1,
+            pool_groups: 8,
+            capacity_pps: 3000,
+            exe: "/usr/bin/flowshift".into(),
+        };
+        let o = ConfigOptions {
+            elastic: Some(e.clone()),
+            ..opts(0)
+        };
+        let n1 = flowshift_node::NodeConfig::parse(&l.node_config(1, &o)).unwrap();
+        assert_eq!(n1.nat.groups.len(), 9);
+        assert_eq!(n1.peers.len(), 2);
+        let n3 = flowshift_node::NodeConfig::parse(&l.node_config(3, &o)).unwrap();
+        assert!(n3.nat.groups.is_empty());
+        let dir = Path::new("/run/flowshift/testbed-beef");
+        let text = l.cluster_config(dir, false, Some(&e));
+        let c = flowshift_controller::ClusterConfig::from_toml(&text)
+            .unwrap_or_else(|err| panic!("{err}\n{text}"));
+        assert_eq!(c.nodes.len(), 3);
+        assert!(c.nodes[1].standby && c.nodes[2].standby && !c.nodes[0].standby);
+        assert_eq!(c.groups.len(), 9);
+        assert!(c.groups.iter().all(|g| g.owner == InstanceId(1)));
+        assert!(c.autoscale.enabled);
+        assert_eq!(c.autoscale.capacity_pps, 3000.0);
+        assert_eq!(c.autoscale.start_command[2..4], ["node", "start"]);
+        assert_eq!(
+            c.params.unwrap().idle_max,
+            std::time::Duration::from_secs(1)
+        );
+    }
+
+    #[test]
     fn link_rates_parse_and_shaping_is_sized_for_100_flows() {
         let s = Shaping::for_rate(1_000_000_000);
         assert_eq!(s.limit_bytes, 500_000);
@@ -564,7 +622,7 @@ mod tests {
     #[test]
     fn the_cluster_config_parses_and_validates() {
         let l = Layout::new("beef", 2);
-        let text = l.cluster_config(Path::new("/run/flowshift/testbed-beef"), false);
+        let text = l.cluster_config(Path::new("/run/flowshift/testbed-beef"), false, None);
         let cfg = flowshift_controller::ClusterConfig::from_toml(&text)
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(cfg.nodes.len(), 2);
@@ -583,7 +641,8 @@ mod tests {
         assert!(!cfg.openflow_tls);
         let dir = Path::new("/run/flowshift/testbed-beef");
         let tls =
-            flowshift_controller::ClusterConfig::from_toml(&l.cluster_config(dir, true)).unwrap();
+            flowshift_controller::ClusterConfig::from_toml(&l.cluster_config(dir, true, None))
+                .unwrap();
         assert!(tls.openflow_tls);
         assert_eq!(tls.openflow_listen.to_string(), "198.19.0.1:6653");
         assert_eq!(switch_target(dir, true), "ssl:198.19.0.1:6653");

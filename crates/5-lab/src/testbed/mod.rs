@@ -8,6 +8,8 @@
 //!   packets ([`exp`]).
 //! * `flowshift testbed kill PROCESS [--restart]` ([`faults`]): a crash of the controller or
 //!   a node, and its restart.
+//! * `flowshift testbed up --standby N`, `flowshift testbed node start|stop ID` ([`standby`]):
+//!   standby nodes, a pool of many groups and the autoscale policy that starts and stops them.
 //! * `flowshift bench testbed` ([`bench`]): iperf3 through a node and through Linux nftables
 //!   NAT on the same switch ([`benchmark`]).
 //!
@@ -20,11 +22,13 @@ pub mod bed;
 mod benchmark;
 pub mod check;
 pub(crate) mod exp;
+pub mod exp_elastic;
 mod exp_measure;
 pub mod faults;
 pub mod iperf;
 pub mod layout;
 pub mod probe;
+pub mod standby;
 mod state;
 pub mod sys;
 mod teardown;
@@ -49,6 +53,8 @@ pub enum TestbedCommand {
     /// The wide-area link's delay line between two devices (run by `up --wan-rtt-ms`).
     #[command(hide = true)]
     WanRelay(wan::RelayArgs),
+    /// Start or stop a node's process (the autoscale policy's commands on standby nodes).
+    Node(standby::NodeArgs),
 }
 
 pub use crate::options::{LinkRate, Offload};
@@ -113,6 +119,37 @@ pub struct UpArgs {
     /// The node behind the wide-area link.
     #[arg(long, default_value_t = 2)]
     pub wan_node: u16,
+    /// Standby nodes (ids after `--nodes`): prepared, not started; the autoscale policy
+    /// starts and stops them (`testbed node start|stop`). Turns on the pool and `[autoscale]`.
+    #[arg(long, default_value_t = 0)]
+    pub standby: u16,
+    /// Groups of the pool 198.18.1.0/26 (subscribers 100.96.0.0/16), dealt over the nodes
+    /// (a power of two <= 64); 0: none, or 8 with `--standby`.
+    #[arg(long, default_value_t = 0)]
+    pub pool_groups: u32,
+    /// Packets/s one node is sized for (`[autoscale] capacity_pps`; elastic runs).
+    #[arg(long, default_value_t = 20_000)]
+    pub capacity_pps: u64,
+}
+
+impl UpArgs {
+    /// The elastic part of the run, if `--standby` or `--pool-groups` asks for one.
+    pub fn elastic(&self) -> Result<Option<layout::Elastic>> {
+        if self.standby == 0 && self.pool_groups == 0 {
+            return Ok(None);
+        }
+        let exe = std::env::current_exe()?;
+        Ok(Some(layout::Elastic {
+            active: self.nodes,
+            pool_groups: if self.pool_groups == 0 {
+                8
+            } else {
+                self.pool_groups
+            },
+            capacity_pps: self.capacity_pps,
+            exe: exe.display().to_string(),
+        }))
+    }
 }
 
 /// Arguments of `testbed down`.
@@ -164,6 +201,7 @@ pub fn run(cmd: &TestbedCommand) -> Result<()> {
         TestbedCommand::Check(a) => check::run(a),
         TestbedCommand::Kill(a) => faults::kill(a),
         TestbedCommand::WanRelay(a) => wan::relay(a),
+        TestbedCommand::Node(a) => standby::node(a),
     }
 }
 
@@ -188,7 +226,7 @@ fn up(a: &UpArgs) -> Result<()> {
     bed::require_root("`flowshift testbed up`")?;
     sys::catch_interrupts();
     let tb = bed::Testbed::up(&bed::UpOptions {
-        nodes: a.nodes,
+        nodes: a.nodes + a.standby,
         preload: a.preload,
         seed: a.seed,
         tso: a.offload == Offload::Tso,
@@ -201,6 +239,7 @@ fn up(a: &UpArgs) -> Result<()> {
             rtt_ms,
             rate_mbit: a.wan_rate_mbit,
         }),
+        elastic: a.elastic()?,
     })?;
     print_summary(&tb.state);
     if let Some(rtt) = a.wan_rtt_ms {
@@ -259,9 +298,11 @@ fn print_summary(s: &bed::State) {
             .processes
             .iter()
             .find(|p| p.name == format!("node{}", n.id))
-            .map_or(0, |p| p.pid);
+            .map_or("standby (not running)".to_owned(), |p| {
+                format!("pid {}", p.pid)
+            });
         println!(
-            "  node {}     {} in {} (port {}, MAC {}), mgmt {} (metrics :9100), pid {pid}",
+            "  node {}     {} in {} (port {}, MAC {}), mgmt {} (metrics :9100), {pid}",
             n.id, n.interface, n.netns, n.port, n.mac, n.mgmt
         );
     }
@@ -271,7 +312,7 @@ fn print_summary(s: &bed::State) {
             g.external,
             g.subscribers,
             g.owner,
-            if g.owner == 1 && s.preload > 0 {
+            if g.external == layout::group_external(1).to_string() && s.preload > 0 {
                 format!(" ({} pre-loaded states)", s.preload)
             } else {
                 String::new()

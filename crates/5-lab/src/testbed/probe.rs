@@ -568,7 +568,8 @@ pub fn start_echo(ns: &str, bind: SocketAddrV4, seconds: f64, dir: &Path) -> Res
     }
 }
 
-/// Starts a sender in `ns`: `count` probes at `rate` per second from `bind` to `to`.
+/// Starts a sender in `ns`: `count` probes at `rate` per second from `bind` to `to`, its
+/// record in `dir/probe-send.json`.
 pub fn start_sender(
     ns: &str,
     bind: Ipv4Addr,
@@ -577,7 +578,18 @@ pub fn start_sender(
     count: u64,
     dir: &Path,
 ) -> Result<ProbeProcess> {
-    let out = dir.join("probe-send.json");
+    start_sender_to(ns, bind, to, rate, count, dir.join("probe-send.json"))
+}
+
+/// Like [`start_sender`], the record written to `out` (several senders at once).
+pub fn start_sender_to(
+    ns: &str,
+    bind: Ipv4Addr,
+    to: SocketAddrV4,
+    rate: u32,
+    count: u64,
+    out: PathBuf,
+) -> Result<ProbeProcess> {
     ProbeProcess::spawn(
         ns,
         &[

@@ -58,6 +58,9 @@ pub struct UpOptions {
     pub verbose: bool,
     /// A wide-area link in front of one node's management interface ([`super::wan`]).
     pub wan: Option<super::wan::WanLink>,
+    /// Standby nodes, a pool split into groups and the autoscale policy
+    /// ([`layout::Elastic`]); `None`: every node runs and owns one group.
+    pub elastic: Option<layout::Elastic>,
 }
 
 /// One process the run started.
@@ -198,6 +201,12 @@ pub struct State {
     /// Where the shaping is installed (`<namespace>:<device>`).
     #[serde(default)]
     pub link_devices: Vec<String>,
+    /// Standby nodes (not started by `up`; `testbed node start|stop` runs them).
+    #[serde(default)]
+    pub standby: Vec<u16>,
+    /// Subscriber hosts of the pool's groups on `sub0`, in group order (elastic runs).
+    #[serde(default)]
+    pub pool_subscribers: Vec<String>,
 }
 
 impl State {

@@ -86,6 +86,7 @@ fn run_one(a: &WanTestbedArgs, rtt: f64, alg: Algorithm) -> Result<Value> {
         switch_tls: false,
         verbose: false,
         wan: Some(link),
+        elastic: None,
     })?;
     let api = tb.state.api_client()?;
     let dir = tb.state.dir.clone();

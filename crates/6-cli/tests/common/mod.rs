@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The binary under test.
 pub const FLOWSHIFT: &str = env!("CARGO_BIN_EXE_flowshift");
@@ -60,6 +61,46 @@ pub fn in_ns(ns: &str, program: &str, args: &[&str]) -> Command {
     c
 }
 
+/// A run's names: namespaces, directory, the controller's API and token.
+pub struct Names {
+    /// `fs<run>-`: every namespace of the run starts with it.
+    pub prefix: String,
+    /// The run's directory.
+    pub dir: String,
+    /// The controller's API (`unix:<dir>/api.sock`).
+    pub controller: String,
+    /// The API token file.
+    pub token_file: String,
+    /// Subscriber namespace.
+    pub sub: String,
+    /// Server namespace.
+    pub srv: String,
+}
+
+impl Names {
+    pub fn of(run: &str) -> Names {
+        let prefix = format!("fs{run}-");
+        let dir = format!("/run/flowshift/testbed-{run}");
+        Names {
+            controller: format!("unix:{dir}/api.sock"),
+            token_file: format!("{dir}/api.token"),
+            sub: format!("{prefix}sub"),
+            srv: format!("{prefix}srv"),
+            prefix,
+            dir,
+        }
+    }
+}
+
+/// `flowshift testbed up ARGS`: the run (removed on drop) and its names.
+pub fn up_run(args: &[&str]) -> (Run, Names) {
+    let mut all = vec!["testbed", "up"];
+    all.extend_from_slice(args);
+    let id = run_id(&flowshift(&all));
+    let names = Names::of(&id);
+    (Run { id, down: false }, names)
+}
+
 /// The run id `testbed up` printed (panics with its output if it failed).
 pub fn run_id(up: &Output) -> String {
     let out = String::from_utf8_lossy(&up.stdout).into_owned();
@@ -71,4 +112,33 @@ pub fn run_id(up: &Output) -> String {
         Some(id) => id,
         None => panic!("testbed up failed: {}", text(up)),
     }
+}
+
+/// Polls `f` every 200 ms until it gives a value or `timeout` passes (a guard against a hang,
+/// not a timing assertion).
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `flowshift status --json` of the controller at `controller` (`None` if it fails).
+pub fn status(controller: &str, token_file: &str) -> Option<serde_json::Value> {
+    let o = flowshift(&[
+        "status",
+        "--json",
+        "--controller",
+        controller,
+        "--token-file",
+        token_file,
+    ]);
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).ok())
+        .flatten()
 }
