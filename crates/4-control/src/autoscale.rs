@@ -12,8 +12,10 @@
 //! and its busy fraction (1.0 = its configured capacity); a group's load is the largest of its
 //! two ratios. **Rules**, checked in this order whenever nothing is in flight, the cool-down
 //! has passed and the rate limit allows:
-//! 1. a *draining* node still holding groups: move its largest group to the node where it fits
-//!    best (at most `target` after the move); once it holds none: [`Action::StopNode`];
+//! 1. a *draining* node still holding groups: move its largest group to the node rule 3 would
+//!    drain last (most groups, then most loaded) among those where it stays at most at
+//!    `target`, so no group lands on a node drained next; once it holds none:
+//!    [`Action::StopNode`];
 //! 2. *overload*: an active node above `high` for `sustain`: move the group that brings it
 //!    closest to `target` to the least loaded node it fits on (rebalance); if it fits nowhere,
 //!    bring a standby node into service first (scale out);

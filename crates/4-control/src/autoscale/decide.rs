@@ -47,6 +47,23 @@ impl Autoscaler {
             .map(|(n, _)| n)
     }
 
+    /// Where a draining node's group of load `g` goes: the active node, other than `except`,
+    /// that the scale-in rule would drain last (most groups, then most loaded) among those
+    /// where it ends at most at `limit`. Packing the fullest node first keeps a group from
+    /// being moved onto a node that is drained next (two migrations for one scale-in).
+    fn drain_fit(&self, g: f64, except: InstanceId, limit: f64) -> Option<InstanceId> {
+        self.nodes
+            .iter()
+            .filter(|(n, t)| **n != except && t.state == NodeState::Active)
+            .filter(|(_, t)| t.load + g <= limit)
+            .max_by(|a, b| {
+                (a.1.groups.len().cmp(&b.1.groups.len()))
+                    .then(a.1.load.total_cmp(&b.1.load))
+                    .then(b.0.cmp(a.0))
+            })
+            .map(|(&n, _)| n)
+    }
+
     fn record(&mut self, now: Instant, reason: Reason, action: Action) {
         if self.recent.len() == RECENT_DECISIONS {
             self.recent.pop_front();
@@ -112,7 +129,7 @@ impl Autoscaler {
             }
             return true;
         };
-        match self.best_fit(gl, node, self.cfg.target) {
+        match self.drain_fit(gl, node, self.cfg.target) {
             Some(to) => {
                 self.migrate(now, Reason::ScaleIn, g, node, to);
             }

@@ -451,3 +451,21 @@ fn scale_in_drains_the_node_with_fewest_groups() {
     ));
     assert_eq!(w.running.iter().copied().collect::<Vec<_>>(), ids(&[1]));
 }
+
+#[test]
+fn scale_in_packs_groups_onto_the_node_drained_last() {
+    let mut a = Autoscaler::new(cfg(), &ids(&[1, 2, 3]), &ids(&[])).unwrap();
+    // Node 1: four groups; nodes 2 and 3: one each, node 3 the least loaded active node.
+    let mut groups: Vec<(u8, u16, f64)> = (1..=4).map(|g| (g, 1, 0.03)).collect();
+    groups.push((5, 2, 0.05));
+    groups.push((6, 3, 0.01));
+    let mut w = World::new(&groups, &[1, 2, 3]);
+    w.run(&mut a, T0, 60);
+    // Nodes 3 and 2 are drained, each group moved once, straight onto node 1.
+    assert_eq!(w.running.iter().copied().collect::<Vec<_>>(), ids(&[1]));
+    assert_eq!(w.migrations(), 2, "{:?}", w.log);
+    assert!(w.log.iter().all(|(_, act)| match act {
+        Action::Migrate { to, .. } => *to == InstanceId(1),
+        _ => true,
+    }));
+}
