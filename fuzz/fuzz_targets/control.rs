@@ -28,7 +28,7 @@ fn templates() -> &'static [Vec<u8>] {
     T.get_or_init(|| {
         let m = MigrationId::new(InstanceId(1), 7);
         let status = NodeStatus {
-            id: 1,
+            id: flowshift_migration::InstanceId(1),
             uptime_s: 12.625,
             groups: vec![GroupStatus {
                 external: Ipv4Addr::new(198, 18, 0, 1),
@@ -93,7 +93,7 @@ fn templates() -> &'static [Vec<u8>] {
         ];
         let mut lines = vec![
             encode_line(&NodeToController::Hello {
-                id: 1,
+                id: flowshift_migration::InstanceId(1),
                 mac: [2, 0xf5, 0, 0, 0, 1],
                 groups: vec![Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2)],
             }),
@@ -130,13 +130,13 @@ fn templates() -> &'static [Vec<u8>] {
         let requests = [
             NodeRequest::StartMigration {
                 external: Ipv4Addr::new(198, 18, 0, 1),
-                to: 2,
+                to: flowshift_migration::InstanceId(2),
                 algorithm: Algorithm::FreezeCopy,
                 params: Some(Params::default()),
             },
             NodeRequest::StartMigration {
                 external: Ipv4Addr::new(198, 18, 0, 1),
-                to: 3,
+                to: flowshift_migration::InstanceId(3),
                 algorithm: Algorithm::StopCopy,
                 // Floats whose shortest decimal form a fast parser gets wrong by one ulp.
                 params: Some(Params {
@@ -146,7 +146,7 @@ fn templates() -> &'static [Vec<u8>] {
             },
             NodeRequest::StartMigration {
                 external: Ipv4Addr::new(198, 18, 0, 2),
-                to: 1,
+                to: flowshift_migration::InstanceId(1),
                 algorithm: Algorithm::PreCopy,
                 params: None,
             },

@@ -244,6 +244,9 @@ pub struct IoCounters {
     pub commands: u64,
     /// Times the packet loop blocked in poll(2).
     pub idle_sleeps: u64,
+    /// Loop iterations whose timers waited for a backlogged receive ring to drain first.
+    #[serde(default)]
+    pub timers_deferred: u64,
 }
 
 counter_struct! {

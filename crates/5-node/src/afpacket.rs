@@ -376,6 +376,20 @@ impl RxRing {
         frames
     }
 
+    /// True if the next block is retired (frames wait in the ring for [`RxRing::poll`]).
+    pub fn has_retired_block(&self) -> bool {
+        // SAFETY: `next < blocks`, so the block descriptor lies inside the mapping; its status
+        // word is shared with the kernel and read volatile, as in `poll`.
+        let status = unsafe {
+            let desc = self
+                .base
+                .add(self.next * self.block_size)
+                .cast::<libc::tpacket_block_desc>();
+            (&raw const (*desc).hdr.bh1.block_status).read_volatile()
+        };
+        status & libc::TP_STATUS_USER != 0
+    }
+
     /// Waits up to `timeout` for a retired block, or for `waker` to be signalled.
     pub fn wait(&self, timeout: Duration, waker: Option<&Waker>) -> bool {
         match waker {

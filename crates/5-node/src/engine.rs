@@ -156,6 +156,11 @@ impl Engine {
         self.gaps.slept(from, to);
     }
 
+    /// This iteration's timers wait: the receive ring still holds frames (counted).
+    pub fn note_timer_deferred(&mut self) {
+        self.io.timers_deferred += 1;
+    }
+
     /// A ring stage (frames read and handed to the instance) starts at `now`: records the
     /// gap since the previous one ended, if any.
     pub fn ring_start(&mut self, now: Instant) -> Option<Duration> {

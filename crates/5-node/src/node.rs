@@ -42,6 +42,9 @@ use tracing::{info, warn};
 
 /// Ring blocks walked per loop iteration before the other sources get a turn.
 pub const RX_BLOCKS_PER_ITERATION: usize = 8;
+/// Most loop iterations in a row whose timers wait for a backlogged ring to drain (see
+/// `packet_loop`), so a ring that never drains still cannot starve them.
+pub const MAX_TIMER_DEFERRALS: u32 = 64;
 /// How often the status snapshot and the ring counters are refreshed.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 /// Frames per peer waiting for the transfer writer, and received frames waiting for the
@@ -228,6 +231,7 @@ fn packet_loop(
     let (rx, tx) = sock.split();
     let mut pacer = Pacer::new(cfg.poll, cfg.spin, MAX_SLEEP);
     let mut next_publish = Instant::ZERO;
+    let mut deferred = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let now = clock();
         engine.ring_start(now);
@@ -235,7 +239,16 @@ fn packet_loop(
         engine.flush_rx(now, tx);
         engine.ring_done(clock());
         work += engine.poll_side(now, tx);
-        engine.handle_timeout(now, tx);
+        // Timers run once the ring is drained: a frame still in it arrived before `now`, and
+        // a timer such as the end-of-chain marker ("nothing chained for `chain_quiet`") must
+        // not overtake it. Bounded by MAX_TIMER_DEFERRALS iterations in a row.
+        if rx.has_retired_block() && deferred < MAX_TIMER_DEFERRALS {
+            deferred += 1;
+            engine.note_timer_deferred();
+        } else {
+            deferred = 0;
+            engine.handle_timeout(now, tx);
+        }
         if now >= next_publish {
             match rx.stats() {
                 Ok(s) => engine.note_ring(s.drops, s.freezes),
