@@ -139,6 +139,33 @@ pub struct MigrationStatus {
     pub redirect_retries: u32,
 }
 
+impl MigrationStatus {
+    /// A record at stage `Requested`, requested at `now`, with no id yet.
+    pub fn requested(
+        now: Instant,
+        external: Ipv4Addr,
+        from: InstanceId,
+        to: InstanceId,
+        algorithm: Algorithm,
+    ) -> MigrationStatus {
+        MigrationStatus {
+            external,
+            from,
+            to,
+            algorithm,
+            stage: Stage::Requested,
+            migration: None,
+            requested_at: now,
+            redirect_sent_at: None,
+            redirect_confirmed_at: None,
+            finished_at: None,
+            stage_since: now,
+            abort_requested: false,
+            redirect_retries: 0,
+        }
+    }
+}
+
 /// Why a request is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
@@ -258,21 +285,9 @@ impl Orchestrator {
         if busy {
             return Err(ControlError::Busy(external));
         }
-        self.migrations.push(MigrationStatus {
-            external,
-            from: g.owner,
-            to,
-            algorithm,
-            stage: Stage::Requested,
-            migration: None,
-            requested_at: now,
-            redirect_sent_at: None,
-            redirect_confirmed_at: None,
-            finished_at: None,
-            stage_since: now,
-            abort_requested: false,
-            redirect_retries: 0,
-        });
+        self.migrations.push(MigrationStatus::requested(
+            now, external, g.owner, to, algorithm,
+        ));
         self.commands
             .push_back(Command::StartMigration(StartMigration {
                 on: g.owner,

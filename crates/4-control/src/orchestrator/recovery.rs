@@ -371,19 +371,9 @@ impl Orchestrator {
             return;
         }
         self.migrations.push(super::MigrationStatus {
-            external,
-            from,
-            to,
-            algorithm,
             stage: Stage::Running,
             migration: Some(id.0),
-            requested_at: now,
-            redirect_sent_at: None,
-            redirect_confirmed_at: None,
-            finished_at: None,
-            stage_since: now,
-            abort_requested: false,
-            redirect_retries: 0,
+            ..super::MigrationStatus::requested(now, external, from, to, algorithm)
         });
         let i = self.migrations.len() - 1;
         self.by_id.insert(id, i);
