@@ -1,20 +1,9 @@
 //! The folder prefix of each crate is its layer (`crates/<layer>-<name>`). A crate may depend
-//! only on crates of strictly lower layers: wire -> NAT -> migration -> control -> drivers -> CLI.
-//! One listed exception: the lab (`crates/5-lab`: experiments, benchmarks, testbed) sits on top
-//! of its layer-5 siblings (simulator, two-instance harness, controller client, node
-//! configuration); no layer-5 crate may depend on it, and it may depend on no layer-5 crate
-//! outside the list.
+//! only on crates of strictly lower layers: wire -> NAT -> migration -> control -> drivers ->
+//! lab -> CLI. No exceptions.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// Same-layer dependencies allowed: (dependent, dependency).
-const SAME_LAYER_ALLOWED: &[(&str, &str)] = &[
-    ("flowshift-lab", "flowshift-sim"),
-    ("flowshift-lab", "flowshift-harness"),
-    ("flowshift-lab", "flowshift-controller"),
-    ("flowshift-lab", "flowshift-node"),
-];
 
 fn layer_of(dir: &str) -> Option<u32> {
     dir.split('-').next()?.parse().ok()
@@ -58,25 +47,15 @@ fn dependencies_point_from_higher_layers_to_lower_ones_only() {
         layer_by_package.len() >= 3,
         "found only {layer_by_package:?}"
     );
-    // The lab and the CLI are checked like every other crate; the exceptions name real crates
-    // of one layer.
-    assert_eq!(layer_by_package.get("flowshift-lab"), Some(&5));
-    assert_eq!(layer_by_package.get("flowshift"), Some(&6));
-    for (a, b) in SAME_LAYER_ALLOWED {
-        assert_eq!(
-            layer_by_package.get(*a),
-            layer_by_package.get(*b),
-            "{a} and {b} must exist in one layer"
-        );
-    }
+    // The lab sits on every driver it runs, the CLI on the lab.
+    assert_eq!(layer_by_package.get("flowshift-lab"), Some(&6));
+    assert_eq!(layer_by_package.get("flowshift"), Some(&7));
     let mut violations = Vec::new();
     for (pkg, deps) in &deps_by_package {
         for dep in deps {
             let (own, theirs) = (layer_by_package[pkg], layer_by_package.get(dep).copied());
             match theirs {
                 Some(l) if l < own => {}
-                Some(l)
-                    if l == own && SAME_LAYER_ALLOWED.contains(&(pkg.as_str(), dep.as_str())) => {}
                 Some(l) => {
                     violations.push(format!("{pkg} (layer {own}) depends on {dep} (layer {l})"))
                 }

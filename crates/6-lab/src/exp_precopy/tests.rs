@@ -133,7 +133,7 @@ fn shipped_sample_pcap_is_reproducible_and_small() {
     let (bytes, _) = sample_pcap(SAMPLE_SEED).unwrap();
     assert!(
         shipped == bytes,
-        "regenerate with `flowshift experiment precopy --write-sample-pcap crates/5-lab/testdata/precopy-sample.pcap`"
+        "regenerate with `flowshift experiment precopy --write-sample-pcap crates/6-lab/testdata/precopy-sample.pcap`"
     );
 }
 

@@ -3,7 +3,7 @@
 //! [`bench_transfer`], [`bench_stall`]), the one-machine testbed ([`testbed`]), their reports
 //! ([`report`], [`plot`]).
 //!
-//! The command-line crate (`crates/6-cli`) parses arguments and calls the entry points here;
+//! The command-line crate (`crates/7-cli`) parses arguments and calls the entry points here;
 //! it decides between the simulator and the testbed. Nothing here parses `std::env::args`.
 
 pub mod bench;
