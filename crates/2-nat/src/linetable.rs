@@ -1,6 +1,8 @@
 //! An open-addressing hash table whose probe unit is one 64-byte cache line: the line an
-//! entry's hash picks holds `N` entries with their keys (no separate control bytes), so an
-//! insert or a lookup that lands in its first line touches exactly one line of memory. The
+//! entry's hash picks holds `N` entries with their keys (no control bytes to read first), so a
+//! lookup that finds its entry in its first line reads one line of memory. An insert reads
+//! one occupancy byte per line (a dense array that mostly stays cached) and writes the line
+//! without reading it, so a cold line costs a store miss, which does not stall the CPU. The
 //! session and mapping indexes (`index.rs`) use it: an import writes four index entries per
 //! record at random places, and a packet's lookup reads one, so the lines touched are the cost.
 //!
@@ -31,6 +33,10 @@ struct Line<E, const N: usize>([E; N]);
 /// See the module documentation. `N` entries of type `E` fill one 64-byte line exactly.
 pub(crate) struct LineTable<E, const N: usize> {
     lines: Vec<Line<E, N>>,
+    /// Per line, a bit per occupied slot: 1 byte per 64-byte line, so it mostly stays in cache
+    /// and an insert finds its slot without reading the (cold) line: the entry's write then
+    /// does not stall the CPU the way a load miss does. Lookups read the lines, not this.
+    occ: Vec<u8>,
     len: usize,
 }
 
@@ -40,6 +46,8 @@ pub(crate) struct LineTable<E, const N: usize> {
 pub(crate) struct LinePrefetcher {
     /// Address of line 0 (0: disabled).
     base: usize,
+    /// Address of the occupancy bytes.
+    occ: usize,
     mask: usize,
 }
 
@@ -58,17 +66,19 @@ impl LinePrefetcher {
         }
     }
 
-    /// [`prefetch`](Self::prefetch) for an insert (the line will be written).
+    /// [`prefetch`](Self::prefetch) for an insert: the line will be written and its
+    /// occupancy byte read.
     #[inline(always)]
     pub fn prefetch_insert(&self, hash: u64) {
         if self.base != 0 {
             crate::index::prefetch_line_w(self.line_addr(hash));
+            crate::index::prefetch_line(self.occ.wrapping_add(hash as usize & self.mask));
         }
     }
 }
 
 impl<E: LineEntry, const N: usize> LineTable<E, N> {
-    const LINE_FITS: () = assert!(N > 0 && N * core::mem::size_of::<E>() == 64);
+    const LINE_FITS: () = assert!(N > 0 && N <= 8 && N * core::mem::size_of::<E>() == 64);
 
     /// An empty table (no allocation).
     pub fn new() -> Self {
@@ -76,6 +86,7 @@ impl<E: LineEntry, const N: usize> LineTable<E, N> {
         let () = Self::LINE_FITS;
         LineTable {
             lines: Vec::new(),
+            occ: Vec::new(),
             len: 0,
         }
     }
@@ -109,6 +120,7 @@ impl<E: LineEntry, const N: usize> LineTable<E, N> {
         }
         LinePrefetcher {
             base: self.lines.as_ptr() as usize,
+            occ: self.occ.as_ptr() as usize,
             mask: self.mask(),
         }
     }
@@ -164,14 +176,22 @@ impl<E: LineEntry, const N: usize> LineTable<E, N> {
         self.place(hash, e);
     }
 
-    /// Puts `e` in the first slot with room from its home line (room is guaranteed).
+    /// Bits of a full line's occupancy byte.
+    const FULL: u8 = ((1u16 << N) - 1) as u8;
+
+    /// Puts `e` in the first slot with room from its home line (room is guaranteed), found
+    /// from the occupancy bytes: the lines themselves are only written.
     #[inline(always)]
     fn place(&mut self, hash: u64, e: E) {
         let mask = self.mask();
         let mut l = hash as usize & mask;
         loop {
-            if let Some(slot) = self.lines[l].0.iter_mut().find(|x| x.is_empty()) {
-                *slot = e;
+            let o = self.occ[l];
+            if o != Self::FULL {
+                let s = (!o).trailing_zeros() as usize;
+                debug_assert!(self.lines[l].0[s].is_empty(), "occupancy agrees");
+                self.lines[l].0[s] = e;
+                self.occ[l] = o | 1 << s;
                 self.len += 1;
                 return;
             }
@@ -190,6 +210,7 @@ impl<E: LineEntry, const N: usize> LineTable<E, N> {
         let (l, s) = self.find_pos(hash, eq)?;
         let removed = self.lines[l].0[s];
         self.lines[l].0[s] = E::EMPTY;
+        self.occ[l] &= !(1 << s);
         self.len -= 1;
         let mask = self.mask();
         let mut hole = (l, s);
@@ -207,7 +228,9 @@ impl<E: LineEntry, const N: usize> LineTable<E, N> {
                 let home = hash_of(e) as usize & mask;
                 if (hole.0.wrapping_sub(home) & mask) < (j.wrapping_sub(home) & mask) {
                     self.lines[hole.0].0[hole.1] = *e;
+                    self.occ[hole.0] |= 1 << hole.1;
                     self.lines[j].0[t] = E::EMPTY;
+                    self.occ[j] &= !(1 << t);
                     hole = (j, t);
                     break;
                 }
@@ -239,6 +262,14 @@ impl<E: LineEntry, const N: usize> LineTable<E, N> {
         let lines = slots.div_ceil(N).next_power_of_two().max(2);
         let mut fresh: Vec<Line<E, N>> = Vec::with_capacity(lines);
         fresh.resize(lines, Line([E::EMPTY; N]));
+        // Written (not `vec![0; n]`, which maps lazily zeroed pages): faults happen here.
+        #[allow(clippy::slow_vector_initialization)]
+        let occ = {
+            let mut occ = Vec::with_capacity(lines);
+            occ.resize(lines, 0u8);
+            occ
+        };
+        self.occ = occ;
         let old = core::mem::replace(&mut self.lines, fresh);
         self.len = 0;
         for e in old
@@ -291,6 +322,14 @@ mod tests {
 
     fn check(t: &LineTable<E16, 4>, model: &std::collections::HashMap<u64, u64>) {
         assert_eq!(t.len(), model.len());
+        for (l, line) in t.lines.iter().enumerate() {
+            let bits = line
+                .0
+                .iter()
+                .enumerate()
+                .fold(0u8, |b, (s, e)| b | u8::from(!e.is_empty()) << s);
+            assert_eq!(t.occ[l], bits, "occupancy of line {l}");
+        }
         assert_eq!(t.iter().count(), model.len());
         for (&k, &v) in model {
             assert_eq!(
