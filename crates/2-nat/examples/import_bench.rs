@@ -9,6 +9,42 @@ use flowshift_wire::Instant;
 use std::net::Ipv4Addr;
 use std::time::Instant as Wall;
 
+/// Like the `flowshift` binary (`crates/6-cli/src/alloc.rs`): allocations of 4 MiB and more are
+/// 2 MiB aligned and `MADV_HUGEPAGE`, so the tables' random accesses miss the TLB as rarely as
+/// in the daemon and in `bench transfer`.
+struct HugePages;
+
+fn huge(l: std::alloc::Layout) -> std::alloc::Layout {
+    if l.size() < 4 << 20 || l.align() >= 2 << 20 {
+        return l;
+    }
+    std::alloc::Layout::from_size_align(l.size().next_multiple_of(2 << 20), l.align().max(2 << 20))
+        .unwrap_or(l)
+}
+
+// SAFETY: forwarded to `System` with a layout at least as large and aligned as asked, the same
+// one recomputed on `dealloc` (`realloc` is the trait's default: alloc, copy, dealloc).
+unsafe impl std::alloc::GlobalAlloc for HugePages {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let h = huge(layout);
+        // SAFETY: `h` is non-zero-sized (as `layout`).
+        let p = unsafe { std::alloc::System.alloc(h) };
+        if h.align() != layout.align() && !p.is_null() {
+            // SAFETY: `p..p + size` is the live block just allocated; only a paging hint.
+            unsafe { libc::madvise(p.cast(), h.size(), libc::MADV_HUGEPAGE) };
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: allocated by `alloc` with the same layout mapping.
+        unsafe { std::alloc::System.dealloc(ptr, huge(layout)) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: HugePages = HugePages;
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let states: u32 = args.next().map_or(65_000, |a| a.parse().expect("states"));

@@ -1,14 +1,15 @@
 //! The session index: both directions' 5-tuples of every session, each entry carrying the
 //! rewrite of its direction (translated address and port, RFC 1624 checksum deltas already
 //! oriented, the flags the fast path checks, a coarse refresh stamp), so that a hit reads one
-//! 32-byte entry (one cache line) and nothing else.
+//! 32-byte entry and nothing else: the table (`linetable.rs`) keeps keys in the entries, two
+//! per cache line, so a lookup that finds its entry in its first line reads one line.
 //!
 //! The session slab stays the authority: an entry is a cache of its session's rewrite data,
 //! written when the session is installed, updated when its frozen flag changes and removed
 //! with it; `Nat::check_invariants` verifies they agree.
 
+use crate::linetable::{LineEntry, LinePrefetcher, LineTable};
 use foldhash::fast::FixedState;
-use hashbrown::HashTable;
 use std::hash::BuildHasher;
 
 /// Session key: direction, protocol, local endpoint (internal on Out, external on In),
@@ -119,107 +120,47 @@ impl SEntry {
     }
 }
 
-/// Where a table's probe for a hash starts, to prefetch it before the lookup (so that the
-/// lookups of a batch overlap their memory latencies). It follows hashbrown's layout (control
-/// bytes at `ctrl`, bucket `i` just below at `ctrl - (i + 1) * size`, probes from
-/// `hash & (buckets - 1)`); it only issues prefetch hints, so a different layout would cost
-/// speed, never correctness. `mask == 0`: disabled.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Prefetcher {
-    ctrl: usize,
-    mask: usize,
-    size: usize,
-}
+/// Where an index's probe for a hash starts, to prefetch it before the lookup or insert (so
+/// that the lookups of a batch overlap their memory latencies): one line per probe.
+pub(crate) type Prefetcher = LinePrefetcher;
 
-impl Prefetcher {
-    /// Derives the layout from one occupied bucket of `table` (`hash` rehashes an entry).
-    fn of<T>(table: &HashTable<T>, hash: impl Fn(&T) -> u64, eq: impl Fn(&T, &T) -> bool) -> Self {
-        let buckets = table.num_buckets();
-        let size = core::mem::size_of::<T>();
-        let Some(e) = table.iter().next() else {
-            return Prefetcher::default();
-        };
-        if !buckets.is_power_of_two() || buckets < 16 {
-            return Prefetcher::default();
-        }
-        let Some(i) = table.find_bucket_index(hash(e), |x| eq(x, e)) else {
-            return Prefetcher::default();
-        };
-        Prefetcher {
-            ctrl: e as *const T as usize + (i + 1) * size,
-            mask: buckets - 1,
-            size,
-        }
-    }
-
-    /// [`of`](Self::of), also for a table that is allocated but empty (a fresh `reserve`):
-    /// `sentinel` is put in for the measurement and taken out again (the allocation and the
-    /// entries are unchanged).
-    fn of_seeded<T>(
-        table: &mut HashTable<T>,
-        sentinel: T,
-        hash: impl Fn(&T) -> u64,
-        eq: impl Fn(&T, &T) -> bool,
-    ) -> Self {
-        if !table.is_empty() || table.capacity() == 0 {
-            return Prefetcher::of(table, hash, eq);
-        }
-        let h = hash(&sentinel);
-        let buckets = table.num_buckets();
-        table.insert_unique(h, sentinel, |_| unreachable!("room for one entry"));
-        let pf = Prefetcher::of(table, &hash, &eq);
-        let removed = table.find_entry(h, |_| true).map(|o| o.remove());
-        debug_assert!(removed.is_ok() && table.is_empty() && table.num_buckets() == buckets);
-        pf
-    }
-
-    /// Hints the CPU to fetch the control bytes and the first bucket of `hash`'s probe.
+/// The session index's table entry: [`SEntry`], two per line.
+impl LineEntry for SEntry {
+    const EMPTY: SEntry = SEntry {
+        k0: u64::MAX,
+        rem: 0,
+        rport: 0,
+        stamp_hi: 0,
+        slot: 0,
+        addr: 0,
+        port: 0,
+        ip_delta: 0,
+        l4_delta: 0,
+        flags: 0,
+        stamp_lo: 0,
+    };
     #[inline(always)]
-    pub fn prefetch(&self, hash: u64) {
-        if self.mask == 0 {
-            return;
-        }
-        let pos = hash as usize & self.mask;
-        prefetch_line(self.ctrl.wrapping_add(pos));
-        prefetch_line(self.ctrl.wrapping_sub((pos + 1) * self.size));
+    fn is_empty(&self) -> bool {
+        self.k0 == u64::MAX
     }
+}
 
-    /// [`prefetch`](Self::prefetch) for an insert (the lines will be written).
+/// A mapping-index entry: packed key (see `mkey`) and mapping slot. 16 bytes, four per line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(16))]
+pub(crate) struct MEntry {
+    key: u64,
+    slot: u32,
+}
+
+impl LineEntry for MEntry {
+    const EMPTY: MEntry = MEntry {
+        key: u64::MAX,
+        slot: 0,
+    };
     #[inline(always)]
-    pub fn prefetch_insert(&self, hash: u64) {
-        if self.mask == 0 {
-            return;
-        }
-        let pos = hash as usize & self.mask;
-        prefetch_line_w(self.ctrl.wrapping_add(pos));
-        prefetch_line_w(self.ctrl.wrapping_sub((pos + 1) * self.size));
-    }
-}
-
-/// A [`Prefetcher`] kept for one table allocation, recomputed when the table was reallocated
-/// (which always changes its number of buckets).
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct PrefetcherCache {
-    pf: Prefetcher,
-    buckets: usize,
-}
-
-impl PrefetcherCache {
-    /// The prefetcher of `table`'s current allocation (`sentinel` makes one for an empty
-    /// table: see [`Prefetcher::of_seeded`]).
-    #[inline]
-    fn get<T>(
-        &mut self,
-        table: &mut HashTable<T>,
-        sentinel: impl FnOnce() -> T,
-        hash: impl Fn(&T) -> u64,
-        eq: impl Fn(&T, &T) -> bool,
-    ) -> Prefetcher {
-        if self.buckets != table.num_buckets() || self.pf.mask == 0 {
-            self.pf = Prefetcher::of_seeded(table, sentinel(), hash, eq);
-            self.buckets = table.num_buckets();
-        }
-        self.pf
+    fn is_empty(&self) -> bool {
+        self.key == u64::MAX
     }
 }
 
@@ -250,32 +191,22 @@ pub(crate) fn prefetch_line(addr: usize) {
 
 /// The hash index of sessions.
 pub(crate) struct SessionIndex {
-    table: HashTable<SEntry>,
+    table: LineTable<SEntry, 2>,
     hasher: FixedState,
-    /// The prefetcher for the table's current allocation.
-    pf: PrefetcherCache,
 }
 
 impl SessionIndex {
     pub fn new(hasher: FixedState) -> Self {
         SessionIndex {
-            table: HashTable::new(),
+            table: LineTable::new(),
             hasher,
-            pf: PrefetcherCache::default(),
         }
     }
 
-    /// The prefetcher of the current allocation (recomputed after the table was reallocated,
-    /// which always changes its number of buckets).
+    /// The prefetcher of the current allocation (stale once the table grows: hints only).
     #[inline]
-    pub fn prefetcher(&mut self) -> Prefetcher {
-        let hasher = &self.hasher;
-        self.pf.get(
-            &mut self.table,
-            || SEntry::new(SessionKey(0, 0), 0, 0, 0, 0, 0, 0),
-            |e| hasher.hash_one(e.key()),
-            |a, b| a.key() == b.key(),
-        )
+    pub fn prefetcher(&self) -> Prefetcher {
+        self.table.prefetcher()
     }
 
     /// Finds the entry of `key`, whose hash `hash` the caller computed (and prefetched).
@@ -320,27 +251,21 @@ impl SessionIndex {
 
     pub fn remove(&mut self, key: &SessionKey) -> Option<SEntry> {
         let h = self.hash(key);
-        match self.table.find_entry(h, |e| e.matches(key)) {
-            Ok(occ) => Some(occ.remove().0),
-            Err(_) => None,
-        }
+        let hasher = &self.hasher;
+        self.table
+            .remove(h, |e| e.matches(key), |x| hasher.hash_one(x.key()))
     }
 
     pub fn len(&self) -> usize {
         self.table.len()
     }
 
-    /// Room for `additional` more entries without growing; a new table's memory is touched
-    /// here rather than by the inserts (see [`grow_prefaulted`]).
+    /// Room for `additional` more entries without growing, not past room for `limit` unless
+    /// asked; a new table's memory is touched here rather than by the inserts.
     pub fn reserve(&mut self, additional: usize, limit: usize) {
         let hasher = &self.hasher;
-        grow_prefaulted(
-            &mut self.table,
-            additional,
-            limit,
-            SEntry::new(SessionKey(0, 0), 0, 0, 0, 0, 0, 0),
-            |x| hasher.hash_one(x.key()),
-        );
+        self.table
+            .reserve(additional, limit, |x| hasher.hash_one(x.key()));
     }
 
     pub fn capacity(&self) -> usize {
@@ -351,30 +276,22 @@ impl SessionIndex {
 /// The hash index of mappings: `(direction, protocol, address, port)` packed in a u64 ->
 /// mapping slot.
 pub(crate) struct MappingIndex {
-    table: HashTable<(u64, u32)>,
+    table: LineTable<MEntry, 4>,
     hasher: FixedState,
-    pf: PrefetcherCache,
 }
 
 impl MappingIndex {
     pub fn new(hasher: FixedState) -> Self {
         MappingIndex {
-            table: HashTable::new(),
+            table: LineTable::new(),
             hasher,
-            pf: PrefetcherCache::default(),
         }
     }
 
     /// The prefetcher of the current allocation (see [`SessionIndex::prefetcher`]).
     #[inline]
-    pub fn prefetcher(&mut self) -> Prefetcher {
-        let hasher = &self.hasher;
-        self.pf.get(
-            &mut self.table,
-            || (0, 0),
-            |e| hasher.hash_one(e.0),
-            |a, b| a.0 == b.0,
-        )
+    pub fn prefetcher(&self) -> Prefetcher {
+        self.table.prefetcher()
     }
 
     #[inline(always)]
@@ -384,9 +301,14 @@ impl MappingIndex {
 
     #[inline(always)]
     pub fn get(&self, key: &u64) -> Option<&u32> {
-        self.table
-            .find(self.hasher.hash_one(key), |e| e.0 == *key)
-            .map(|e| &e.1)
+        self.get_hashed(self.hash(key), key)
+    }
+
+    /// [`get`](Self::get) with the key's hash computed (and maybe prefetched) by the caller.
+    #[inline(always)]
+    pub fn get_hashed(&self, hash: u64, key: &u64) -> Option<&u32> {
+        debug_assert_eq!(hash, self.hash(key));
+        self.table.find(hash, |e| e.key == *key).map(|e| &e.slot)
     }
 
     #[inline]
@@ -407,15 +329,15 @@ impl MappingIndex {
         debug_assert!(self.get(&key).is_none(), "mapping key indexed twice");
         let hasher = &self.hasher;
         self.table
-            .insert_unique(hash, (key, slot), |e| hasher.hash_one(e.0));
+            .insert_unique(hash, MEntry { key, slot }, |e| hasher.hash_one(e.key));
     }
 
     pub fn remove(&mut self, key: &u64) -> Option<u32> {
-        let h = self.hasher.hash_one(key);
-        match self.table.find_entry(h, |e| e.0 == *key) {
-            Ok(occ) => Some(occ.remove().0.1),
-            Err(_) => None,
-        }
+        let h = self.hash(key);
+        let hasher = &self.hasher;
+        self.table
+            .remove(h, |e| e.key == *key, |e| hasher.hash_one(e.key))
+            .map(|e| e.slot)
     }
 
     pub fn len(&self) -> usize {
@@ -425,45 +347,9 @@ impl MappingIndex {
     /// Room for `additional` more entries without growing (memory touched here).
     pub fn reserve(&mut self, additional: usize, limit: usize) {
         let hasher = &self.hasher;
-        grow_prefaulted(&mut self.table, additional, limit, (0, 0), |x| {
-            hasher.hash_one(x.0)
-        });
+        self.table
+            .reserve(additional, limit, |e| hasher.hash_one(e.key));
     }
-}
-
-/// Makes room for `additional` more entries in `table`. If it must grow, the new table is
-/// allocated and its bucket memory written once, sequentially, before the entries move in:
-/// the page faults (the kernel zeroing fresh memory) happen here, in one pass, instead of
-/// one by one at random places during the inserts that follow (an import's). Grows to at
-/// least double (amortised), but not past room for `limit` entries unless asked to.
-fn grow_prefaulted<T: Copy>(
-    table: &mut HashTable<T>,
-    additional: usize,
-    limit: usize,
-    dummy: T,
-    hasher: impl Fn(&T) -> u64,
-) {
-    let want = table.len().saturating_add(additional);
-    if table.capacity() >= want {
-        return;
-    }
-    let doubled = table.capacity().saturating_mul(2).min(limit);
-    let mut fresh: HashTable<T> = HashTable::with_capacity(want.max(doubled));
-    let cap = fresh.capacity();
-    // The table has about cap * 8 / 7 buckets and puts an entry of hash h in the first free
-    // bucket from h modulo that: these hashes spread the dummies over every bucket, in order.
-    for i in 0..cap as u64 {
-        fresh.insert_unique(i * 8 / 7, dummy, |_| {
-            unreachable!("no growth below capacity")
-        });
-    }
-    fresh.clear();
-    debug_assert!(fresh.capacity() >= want, "capacity kept by clear");
-    for e in table.drain() {
-        let h = hasher(&e);
-        fresh.insert_unique(h, e, &hasher);
-    }
-    *table = fresh;
 }
 
 #[cfg(test)]
@@ -485,34 +371,26 @@ mod tests {
         idx
     }
 
-    /// The prefetcher's idea of the layout: an entry sits `(bucket + 1) * 32` bytes below the
-    /// control bytes, and most entries of a sparse table sit in their probe's first bucket.
+    /// Most entries of a sparse index sit in the line their hash picks, where the prefetcher
+    /// points: a lookup then reads that one line.
     #[test]
-    fn prefetcher_points_at_the_probed_buckets() {
-        let mut idx = index_of(20_000);
+    fn prefetcher_points_at_the_probed_lines() {
+        let idx = index_of(20_000);
         let pf = idx.prefetcher();
-        assert_ne!(pf.mask, 0);
         let mut first = 0;
         for i in 0..20_000 {
             let k = key(i);
-            let h = idx.hash(&k);
-            let b = idx.table.find_bucket_index(h, |e| e.key() == k).unwrap();
             let e = idx.get(&k).unwrap() as *const SEntry as usize;
-            assert_eq!(
-                e,
-                pf.ctrl - (b + 1) * 32,
-                "entry {i} not where the layout says"
-            );
-            first += (b == (h as usize & pf.mask)) as u32;
+            first += (e & !63 == pf.line_addr(idx.hash(&k))) as u32;
         }
         assert!(
-            first > 10_000,
-            "only {first} of 20000 entries in their first bucket"
+            first > 15_000,
+            "only {first} of 20000 entries in their first line"
         );
     }
 
     #[test]
-    fn prefaulted_growth_keeps_every_entry_and_respects_the_limit() {
+    fn reserve_keeps_every_entry_and_respects_the_limit() {
         let mut idx = index_of(1000);
         idx.reserve(5000, 12_000);
         assert!(idx.capacity() >= 6000);
@@ -520,13 +398,9 @@ mod tests {
         for i in 0..1000 {
             assert_eq!(idx.get(&key(i)).map(|e| e.slot), Some(i as u32));
         }
-        // No growth when there is room; the prefetcher follows a reallocation.
         let cap = idx.capacity();
         idx.reserve(10, 12_000);
-        assert_eq!(idx.capacity(), cap);
-        let pf = idx.prefetcher();
-        let e = idx.get(&key(3)).unwrap() as *const SEntry as usize;
-        assert!(e < pf.ctrl && pf.ctrl - e <= (pf.mask + 1) * 32);
+        assert_eq!(idx.capacity(), cap, "no growth when there is room");
         // Growth beyond the limit only as far as asked: 4000 + 1000 entries, not double.
         let mut small = index_of(1000);
         let before = small.capacity();
@@ -536,33 +410,34 @@ mod tests {
             "{}",
             small.capacity()
         );
+        // Removing and re-inserting keeps every other entry findable.
+        for i in (0..1000).step_by(2) {
+            assert_eq!(idx.remove(&key(i)).map(|e| e.slot), Some(i as u32));
+        }
+        for i in 0..1000 {
+            assert_eq!(idx.get(&key(i)).is_some(), i % 2 == 1, "key {i}");
+        }
     }
 
-    /// A reserved but empty table (a destination's first batch) gets a working prefetcher:
-    /// the first entry lands where it points, and the table stays empty and unmoved.
+    /// A reserved but empty index (a destination's first batch) has a working prefetcher.
     #[test]
-    fn prefetcher_of_an_empty_reserved_table() {
+    fn prefetcher_of_an_empty_reserved_index() {
         let mut idx = SessionIndex::new(FixedState::with_seed(9));
-        assert_eq!(idx.prefetcher().mask, 0, "no allocation yet");
+        assert_eq!(idx.prefetcher().line_addr(0), 0, "no allocation yet");
         idx.reserve(10_000, 10_000);
-        let buckets = idx.table.num_buckets();
         let pf = idx.prefetcher();
-        assert_ne!(pf.mask, 0);
-        assert_eq!((idx.len(), idx.table.num_buckets()), (0, buckets));
+        assert_eq!(idx.len(), 0);
         let k = key(77);
         idx.insert_new(SEntry::new(k, 5, 0, 0, 0, 0, 0));
-        let h = idx.hash(&k);
-        let b = idx.table.find_bucket_index(h, |e| e.key() == k).unwrap();
         let e = idx.get(&k).unwrap() as *const SEntry as usize;
-        assert_eq!(e, pf.ctrl - (b + 1) * 32);
         assert_eq!(
-            b,
-            h as usize & pf.mask,
-            "alone in the table: in its first bucket"
+            e & !63,
+            pf.line_addr(idx.hash(&k)),
+            "alone: in its first line"
         );
         let mut m = MappingIndex::new(FixedState::with_seed(9));
         m.reserve(100, 100);
-        assert_ne!(m.prefetcher().mask, 0);
+        assert_ne!(m.prefetcher().line_addr(0), 0);
         assert_eq!(m.len(), 0);
     }
 

@@ -44,6 +44,7 @@
 pub mod config;
 pub mod counters;
 mod index;
+mod linetable;
 mod nat;
 mod ports;
 pub mod record;

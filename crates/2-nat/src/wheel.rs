@@ -17,7 +17,10 @@ pub(crate) struct WheelEntry {
 
 pub(crate) struct Wheel {
     granularity_ns: u64,
-    /// Per bucket: the first node of its list (`NIL`: empty). Lists are LIFO.
+    /// `u64::MAX / granularity_ns`: divides by the granularity with a multiplication.
+    recip: u64,
+    /// Per bucket: the first node of its list (`NIL`: empty). Lists are LIFO. A power of two
+    /// of them, so a bucket is an absolute index masked.
     heads: Vec<u32>,
     /// Every entry lives in a node of this slab (one allocation, grown ahead by `reserve`, so
     /// pushes write sequential memory instead of growing one vector per bucket).
@@ -54,9 +57,10 @@ impl Default for Node {
 impl Wheel {
     /// A wheel that can hold deadlines up to `horizon_ns` ahead.
     pub fn new(granularity_ns: u64, horizon_ns: u64) -> Self {
-        let n = (horizon_ns / granularity_ns + 2) as usize;
+        let n = (horizon_ns / granularity_ns + 2).next_power_of_two() as usize;
         Wheel {
             granularity_ns,
+            recip: u64::MAX / granularity_ns,
             heads: vec![NIL; n],
             nodes: Vec::new(),
             free: NIL,
@@ -85,16 +89,30 @@ impl Wheel {
         }
     }
 
+    /// `ns / granularity_ns`, without a division instruction: the reciprocal's quotient is at
+    /// most two below the exact one, and the loop corrects it.
+    #[inline(always)]
+    fn ticks(&self, ns: u64) -> u64 {
+        let g = self.granularity_ns;
+        let mut q = ((ns as u128 * self.recip as u128) >> 64) as u64;
+        while ns - q * g >= g {
+            q += 1;
+        }
+        debug_assert_eq!(q, ns / g);
+        q
+    }
+
     /// Schedules `entry` to be looked at once `deadline` has passed (`now` is the present).
     #[inline]
     pub fn push(&mut self, now: Instant, deadline: Instant, entry: WheelEntry) {
         if self.len == 0 {
-            self.cursor = self.cursor.max(now.as_nanos() / self.granularity_ns);
+            self.cursor = self.cursor.max(self.ticks(now.as_nanos()));
         }
         let n = self.heads.len() as u64;
-        let idx =
-            (deadline.as_nanos() / self.granularity_ns).clamp(self.cursor, self.cursor + n - 1);
-        let b = (idx % n) as usize;
+        let idx = self
+            .ticks(deadline.as_nanos())
+            .clamp(self.cursor, self.cursor + n - 1);
+        let b = (idx & (n - 1)) as usize;
         let node = Node {
             entry,
             next: self.heads[b],
@@ -117,10 +135,10 @@ impl Wheel {
 
     /// Moves up to `budget` due entries into `out`; true if due entries remain.
     pub fn pop_due(&mut self, now: Instant, budget: usize, out: &mut Vec<WheelEntry>) -> bool {
-        let n = self.heads.len() as u64;
+        let mask = self.heads.len() as u64 - 1;
         let mut taken = 0;
         while self.len > 0 && (self.cursor + 1) * self.granularity_ns <= now.as_nanos() {
-            let b = (self.cursor % n) as usize;
+            let b = (self.cursor & mask) as usize;
             while self.heads[b] != NIL {
                 let at = self.heads[b];
                 let node = self.nodes[at as usize];
@@ -188,6 +206,40 @@ mod tests {
         w.pop_due(Instant::from_secs(1061), 10, &mut out);
         assert_eq!(out, vec![e(1)]);
         assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn reciprocal_division_is_exact() {
+        for g in [
+            1,
+            3,
+            1_000,
+            1_000_000_000,
+            999_999_937,
+            u64::MAX / 3,
+            u64::MAX,
+        ] {
+            let w = Wheel::new(g, g.saturating_mul(4));
+            for ns in [
+                0,
+                1,
+                g - 1,
+                g,
+                g.wrapping_add(1),
+                u64::MAX / 2,
+                u64::MAX - 1,
+                u64::MAX,
+            ] {
+                assert_eq!(w.ticks(ns), ns / g, "{ns} / {g}");
+            }
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            for _ in 0..10_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                assert_eq!(w.ticks(x), x / g, "{x} / {g}");
+            }
+        }
     }
 
     #[test]

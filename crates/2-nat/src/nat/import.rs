@@ -357,6 +357,8 @@ impl Nat {
         for (j, a) in recs.iter().enumerate().take(IMPORT_PREFETCH) {
             ahead[j % AHEAD_RING] = self.record_hashes(table, a, first_of_mapping(sc, j));
         }
+        // (subscriber, sessions of it installed and not counted yet).
+        let mut run = (0u32, 0u32);
         for (i, (r, &idx)) in recs.iter().zip(&sc.rec_mapping).enumerate() {
             let j = i + IMPORT_PREFETCH;
             if j < n {
@@ -403,8 +405,16 @@ impl Nat {
                 tcp: TcpState::from_u8(r.tcp_state),
                 inbound_opened: r.flags & FLAG_INBOUND_OPENED != 0,
             };
-            self.install_session_hashed(now, last_seen, new, hairpin, h.session);
+            self.install_session_uncounted(now, last_seen, new, hairpin, h.session);
+            // Sessions per subscriber, counted once per run of one subscriber's records.
+            let sub = u32::from_be_bytes(r.int_addr);
+            if sub != run.0 {
+                self.subscriber_sessions_added(run.0, run.1);
+                run = (sub, 0);
+            }
+            run.1 += 1;
         }
+        self.subscriber_sessions_added(run.0, run.1);
         debug_assert_eq!(
             self.mapping_count - mappings_before,
             sc.mappings.len() as u32

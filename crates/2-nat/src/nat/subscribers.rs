@@ -38,14 +38,19 @@ impl Nat {
         self.sub_sessions.get(&sub).copied().unwrap_or(0) < self.cfg.max_sessions_per_subscriber
     }
 
-    /// Counts a session of `sub` that is being installed (past the limit only on import).
+    /// Counts `added` sessions of `sub` that are being installed (past the limit only on
+    /// import: each one past it is counted in `sessions_over_subscriber_limit`).
     #[inline]
-    pub(super) fn subscriber_session_added(&mut self, sub: u32) {
-        let n = self.sub_sessions.entry(sub).or_insert(0);
-        *n += 1;
-        if *n > self.cfg.max_sessions_per_subscriber {
-            self.counters.sessions_over_subscriber_limit += 1;
+    pub(super) fn subscriber_sessions_added(&mut self, sub: u32, added: u32) {
+        if added == 0 {
+            return;
         }
+        let limit = self.cfg.max_sessions_per_subscriber;
+        let n = self.sub_sessions.entry(sub).or_insert(0);
+        let before = *n;
+        *n += added;
+        self.counters.sessions_over_subscriber_limit +=
+            u64::from(n.saturating_sub(before.max(limit)));
     }
 
     /// Counts a session of `sub` that is being removed (no entry is kept at zero).

@@ -260,6 +260,24 @@ impl Nat {
         hairpin: bool,
         hashes: IndexHashes,
     ) -> u32 {
+        let sub = self.mappings[new.mapping as usize].int_addr;
+        let slot = self.install_session_uncounted(now, last_seen, new, hairpin, hashes);
+        self.subscriber_sessions_added(sub, 1);
+        slot
+    }
+
+    /// [`install_session_hashed`](Self::install_session_hashed) without the per-subscriber
+    /// count: the caller must add the session with
+    /// [`subscriber_sessions_added`](Self::subscriber_sessions_added) before it next reads
+    /// the counts (an import counts a run of one subscriber's sessions at once).
+    pub(super) fn install_session_uncounted(
+        &mut self,
+        now: Instant,
+        last_seen: Instant,
+        new: NewSession,
+        hairpin: bool,
+        hashes: IndexHashes,
+    ) -> u32 {
         let NewSession {
             mapping: m,
             rem_addr,
@@ -368,7 +386,6 @@ impl Nat {
             ),
         );
         self.session_count += 1;
-        self.subscriber_session_added(int_addr);
         self.counters.sessions_created += 1;
         self.debug_check_counts();
         self.schedule(now, slot);
