@@ -28,33 +28,10 @@ impl Nat {
         ingress: Ingress,
     ) -> Verdict {
         let decrement_ttl = ingress == Ingress::FromNetwork;
-        let flow = match l4 {
-            L4::Tcp {
-                src_port,
-                dst_port,
-                flags,
-            } => Flow {
-                proto: proto::TCP,
-                lport: dst_port,
-                rport: src_port,
-                tcp_flags: flags,
-                icmp_request: false,
-            },
-            L4::Udp { src_port, dst_port } => Flow {
-                proto: proto::UDP,
-                lport: dst_port,
-                rport: src_port,
-                tcp_flags: 0,
-                icmp_request: false,
-            },
-            L4::Icmp { ty, ident, .. } => match icmp_kind(ty) {
-                IcmpKind::QueryReply => Flow {
-                    proto: proto::ICMP,
-                    lport: ident,
-                    rport: 0,
-                    tcp_flags: 0,
-                    icmp_request: false,
-                },
+        let flow = match Flow::of_ports(l4, Dir::In) {
+            Ok(flow) => flow,
+            Err((ty, ident)) => match icmp_kind(ty) {
+                IcmpKind::QueryReply => Flow::icmp_query(ident, false),
                 // Unsolicited queries to the external address are not answered.
                 IcmpKind::QueryRequest => return Verdict::Drop(DropReason::NoMapping),
                 IcmpKind::Error if self.subscriber_group(u32::from_be_bytes(h.src)).is_none() => {

@@ -17,33 +17,12 @@ impl Nat {
         l4: L4,
         hairpin: bool,
     ) -> Verdict {
-        let flow = match l4 {
-            L4::Tcp {
-                src_port,
-                dst_port,
-                flags,
-            } => Flow {
-                proto: proto::TCP,
-                lport: src_port,
-                rport: dst_port,
-                tcp_flags: flags,
-                icmp_request: false,
-            },
-            L4::Udp { src_port, dst_port } => Flow {
-                proto: proto::UDP,
-                lport: src_port,
-                rport: dst_port,
-                tcp_flags: 0,
-                icmp_request: false,
-            },
-            L4::Icmp { ty, ident, .. } => match icmp_kind(ty) {
-                IcmpKind::QueryRequest | IcmpKind::QueryReply => Flow {
-                    proto: proto::ICMP,
-                    lport: ident,
-                    rport: 0,
-                    tcp_flags: 0,
-                    icmp_request: icmp_kind(ty) == IcmpKind::QueryRequest,
-                },
+        let flow = match Flow::of_ports(l4, Dir::Out) {
+            Ok(flow) => flow,
+            Err((ty, ident)) => match icmp_kind(ty) {
+                IcmpKind::QueryRequest | IcmpKind::QueryReply => {
+                    Flow::icmp_query(ident, icmp_kind(ty) == IcmpKind::QueryRequest)
+                }
                 IcmpKind::Error => return self.icmp_error_out(now, pkt, h),
                 IcmpKind::Other => return Verdict::Drop(DropReason::UnsupportedIcmp),
             },

@@ -37,6 +37,44 @@ pub(super) struct Flow {
     pub(super) icmp_request: bool,
 }
 
+impl Flow {
+    /// The flow of a TCP or UDP packet travelling `dir` (inbound: the destination port is the
+    /// subscriber side's); an ICMP header comes back as `Err((type, identifier))`.
+    pub(super) fn of_ports(l4: L4, dir: Dir) -> Result<Flow, (u8, u16)> {
+        let (proto, src_port, dst_port, tcp_flags) = match l4 {
+            L4::Tcp {
+                src_port,
+                dst_port,
+                flags,
+            } => (proto::TCP, src_port, dst_port, flags),
+            L4::Udp { src_port, dst_port } => (proto::UDP, src_port, dst_port, 0),
+            L4::Icmp { ty, ident, .. } => return Err((ty, ident)),
+        };
+        let (lport, rport) = match dir {
+            Dir::Out => (src_port, dst_port),
+            Dir::In => (dst_port, src_port),
+        };
+        Ok(Flow {
+            proto,
+            lport,
+            rport,
+            tcp_flags,
+            icmp_request: false,
+        })
+    }
+
+    /// The flow of an ICMP query (`request`) or reply with this identifier.
+    pub(super) fn icmp_query(ident: u16, request: bool) -> Flow {
+        Flow {
+            proto: proto::ICMP,
+            lport: ident,
+            rport: 0,
+            tcp_flags: 0,
+            icmp_request: request,
+        }
+    }
+}
+
 /// What the batch path's first pass learns about a packet.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct FastMeta {
