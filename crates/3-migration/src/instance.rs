@@ -237,6 +237,37 @@ pub(crate) struct Mig<M> {
 }
 
 impl<M: Copy> Mig<M> {
+    /// A migration in phase `Prepare` with `peer` over a fresh channel; the group is not
+    /// known yet (a destination learns it from `Prepare`).
+    pub fn new(
+        id: MigrationId,
+        peer: InstanceId,
+        now: Instant,
+        algorithm: Algorithm,
+        side: Side<M>,
+    ) -> Mig<M> {
+        Mig {
+            id,
+            peer,
+            group: GroupId(u16::MAX),
+            gcfg: None,
+            gm: GroupMatch::NONE,
+            algorithm,
+            params: Params::default(),
+            chan: Channel::new(id, now),
+            phase: Phase::Prepare,
+            phases: Vec::new(),
+            terminal: false,
+            completed: false,
+            aborted: None,
+            split: false,
+            forced_forward: false,
+            listed: false,
+            st: Stats::default(),
+            side,
+        }
+    }
+
     pub fn role(&self) -> Role {
         match self.side {
             Side::Src(_) => Role::Source,
@@ -694,26 +725,7 @@ impl<M: Copy> Instance<M> {
             self.core.counters.replay_forgotten += 1;
         }
         self.source_restarted(now, from, id.epoch());
-        let mut m = Mig {
-            id,
-            peer: from,
-            group: GroupId(u16::MAX),
-            gcfg: None,
-            gm: GroupMatch::NONE,
-            algorithm,
-            params: Params::default(),
-            chan: Channel::new(id, now),
-            phase: Phase::Prepare,
-            phases: Vec::new(),
-            terminal: false,
-            completed: false,
-            aborted: None,
-            split: false,
-            forced_forward: false,
-            listed: false,
-            st: Stats::default(),
-            side: Side::Dst(Box::default()),
-        };
+        let mut m = Mig::new(id, from, now, algorithm, Side::Dst(Box::default()));
         m.on_frame(&mut self.core, now, frame, bytes.len());
         self.migs.insert(id, m);
         self.after_call(now);

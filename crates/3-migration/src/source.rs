@@ -1,6 +1,5 @@
 //! The source side of a migration: it drives every algorithm.
 
-use crate::channel::Channel;
 use crate::config::{MigrationConfig, Params, RateMode};
 use crate::instance::{Core, GroupMatch, Held, Mig, Route, Side};
 use crate::proto::{self, Algorithm, MappingKey, Message};
@@ -224,27 +223,15 @@ impl<M: Copy> Mig<M> {
             ..Src::default()
         };
         let mut m = Mig {
-            id,
-            peer: to,
             group,
             gm: GroupMatch::new(&gcfg),
             gcfg: Some(gcfg),
-            algorithm,
             params,
-            chan: Channel::new(id, now),
-            phase: Phase::Prepare,
-            phases: Vec::new(),
-            terminal: false,
-            completed: false,
-            aborted: None,
-            split: false,
-            forced_forward: false,
-            listed: false,
             st: Stats {
                 mappings_at_start: stats.mappings,
                 ..Stats::default()
             },
-            side: Side::Src(Box::new(src)),
+            ..Mig::new(id, to, now, algorithm, Side::Src(Box::new(src)))
         };
         m.chan.send(now, &Message::Prepare(prepare), &core.cfg);
         m.set_phase(core, now, Phase::Prepare);
