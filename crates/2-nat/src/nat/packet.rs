@@ -37,19 +37,26 @@ pub(super) struct Flow {
     pub(super) icmp_request: bool,
 }
 
+/// `(protocol, source port, destination port, TCP flags)` of a TCP or UDP header; an ICMP
+/// header comes back as `Err((type, identifier))`.
+#[inline(always)]
+pub(super) fn ports_of(l4: L4) -> Result<(u8, u16, u16, u8), (u8, u16)> {
+    match l4 {
+        L4::Tcp {
+            src_port,
+            dst_port,
+            flags,
+        } => Ok((proto::TCP, src_port, dst_port, flags)),
+        L4::Udp { src_port, dst_port } => Ok((proto::UDP, src_port, dst_port, 0)),
+        L4::Icmp { ty, ident, .. } => Err((ty, ident)),
+    }
+}
+
 impl Flow {
     /// The flow of a TCP or UDP packet travelling `dir` (inbound: the destination port is the
     /// subscriber side's); an ICMP header comes back as `Err((type, identifier))`.
     pub(super) fn of_ports(l4: L4, dir: Dir) -> Result<Flow, (u8, u16)> {
-        let (proto, src_port, dst_port, tcp_flags) = match l4 {
-            L4::Tcp {
-                src_port,
-                dst_port,
-                flags,
-            } => (proto::TCP, src_port, dst_port, flags),
-            L4::Udp { src_port, dst_port } => (proto::UDP, src_port, dst_port, 0),
-            L4::Icmp { ty, ident, .. } => return Err((ty, ident)),
-        };
+        let (proto, src_port, dst_port, tcp_flags) = ports_of(l4)?;
         let (lport, rport) = match dir {
             Dir::Out => (src_port, dst_port),
             Dir::In => (dst_port, src_port),
@@ -300,14 +307,9 @@ impl Nat {
         let src = u32::from_be_bytes(h.src);
         let dst = u32::from_be_bytes(h.dst);
         let inbound = self.group_by_ext.contains_key(&dst);
-        let (proto, sport, dport, tcp_flags) = match l4 {
-            L4::Tcp {
-                src_port,
-                dst_port,
-                flags,
-            } => (proto::TCP, src_port, dst_port, flags),
-            L4::Udp { src_port, dst_port } => (proto::UDP, src_port, dst_port, 0),
-            L4::Icmp { ty, ident, .. } => match (icmp_kind(ty), inbound) {
+        let (proto, sport, dport, tcp_flags) = match ports_of(l4) {
+            Ok(ports) => ports,
+            Err((ty, ident)) => match (icmp_kind(ty), inbound) {
                 (IcmpKind::QueryRequest | IcmpKind::QueryReply, false) => {
                     (proto::ICMP, ident, 0, 0)
                 }
