@@ -159,45 +159,21 @@ fn freeze_copy_under_iperf3_load_breaks_no_connection_and_leaves_nothing_behind(
     // migrated group (not one iperf3 uses), running as long as iperf3.
     let probes = PROBE_RATE * SECONDS;
     let probe_out = Path::new(&dir).join("ci-probe.json");
-    let mut echo = in_ns(
+    let mut echo = probe_echo(
         &srv,
-        FLOWSHIFT,
-        &[
-            "probe",
-            "echo",
-            "--bind",
-            &format!("203.0.113.11:{PROBE_PORT}"),
-            "--duration",
-            "40",
-            "--count",
-            &probes.to_string(),
-        ],
-    )
-    .stdout(Stdio::null())
-    .spawn()
-    .expect("probe echo starts");
+        &format!("203.0.113.11:{PROBE_PORT}"),
+        40,
+        Some(probes),
+    );
     wait_listening(&srv, PROBE_PORT, "-Hlun");
-    let mut prober = in_ns(
+    let mut prober = probe_sender(
         &sub,
-        FLOWSHIFT,
-        &[
-            "probe",
-            "send",
-            "--bind",
-            "100.64.0.8",
-            "--to",
-            &format!("203.0.113.11:{PROBE_PORT}"),
-            "--rate",
-            &PROBE_RATE.to_string(),
-            "--count",
-            &probes.to_string(),
-            "--out",
-            &probe_out.display().to_string(),
-        ],
-    )
-    .stdout(Stdio::null())
-    .spawn()
-    .expect("probe sender starts");
+        "100.64.0.8",
+        &format!("203.0.113.11:{PROBE_PORT}"),
+        PROBE_RATE,
+        probes,
+        &probe_out,
+    );
     let (streams, seconds) = (STREAMS.to_string(), SECONDS.to_string());
     let mut client = spawn_json(
         in_ns(

@@ -20,7 +20,7 @@ use common::*;
 use flowshift_lab::testbed::probe;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 /// Packets/s node capacity: the base load (4 groups x 50 probes/s x 2 packets) is 0.2 of it.
@@ -43,27 +43,7 @@ fn host(i: usize) -> String {
 
 fn sender(sub: &str, dir: &str, name: &str, i: usize, rate: u64, secs: u64) -> (Child, PathBuf) {
     let out = Path::new(dir).join(format!("ci-elastic-{name}-{i}.json"));
-    let c = in_ns(
-        sub,
-        FLOWSHIFT,
-        &[
-            "probe",
-            "send",
-            "--bind",
-            &host(i),
-            "--to",
-            ECHO,
-            "--rate",
-            &rate.to_string(),
-            "--count",
-            &(rate * secs).to_string(),
-            "--out",
-            &out.display().to_string(),
-        ],
-    )
-    .stdout(Stdio::null())
-    .spawn()
-    .expect("probe sender starts");
+    let c = probe_sender(sub, &host(i), ECHO, rate, rate * secs, &out);
     (c, out)
 }
 
@@ -131,14 +111,7 @@ fn a_surge_scales_out_onto_the_standby_node_and_the_fall_scales_back_in() {
     assert!(!node2_recorded(dir), "node 2's process does not run");
     assert_eq!(before["autoscale"]["enabled"], true, "{before}");
 
-    let mut echo = in_ns(
-        srv,
-        FLOWSHIFT,
-        &["probe", "echo", "--bind", ECHO, "--duration", "120"],
-    )
-    .stdout(Stdio::null())
-    .spawn()
-    .expect("probe echo starts");
+    let mut echo = probe_echo(srv, ECHO, 120, None);
     wait_for("the echo", Duration::from_secs(10), || {
         let o = in_ns(srv, "ss", &["-Hlun"]).output().ok()?;
         String::from_utf8_lossy(&o.stdout)

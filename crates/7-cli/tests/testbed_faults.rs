@@ -21,7 +21,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 const PROBE_PORT: &str = "7002";
@@ -111,45 +111,21 @@ fn controller_and_node_crashes_have_defined_outcomes() {
     let (sub, srv) = (format!("{prefix}sub"), format!("{prefix}srv"));
     let probes = PROBE_RATE * PROBE_SECONDS;
     let probe_out = Path::new(&dir).join("ci-fault-probe.json");
-    let mut echo = in_ns(
+    let mut echo = probe_echo(
         &srv,
-        FLOWSHIFT,
-        &[
-            "probe",
-            "echo",
-            "--bind",
-            &format!("203.0.113.11:{PROBE_PORT}"),
-            "--duration",
-            &(PROBE_SECONDS + 20).to_string(),
-            "--count",
-            &probes.to_string(),
-        ],
-    )
-    .stdout(Stdio::null())
-    .spawn()
-    .expect("probe echo starts");
+        &format!("203.0.113.11:{PROBE_PORT}"),
+        PROBE_SECONDS + 20,
+        Some(probes),
+    );
     std::thread::sleep(Duration::from_millis(500));
-    let mut prober = in_ns(
+    let mut prober = probe_sender(
         &sub,
-        FLOWSHIFT,
-        &[
-            "probe",
-            "send",
-            "--bind",
-            "100.64.0.7",
-            "--to",
-            &format!("203.0.113.11:{PROBE_PORT}"),
-            "--rate",
-            &PROBE_RATE.to_string(),
-            "--count",
-            &probes.to_string(),
-            "--out",
-            &probe_out.display().to_string(),
-        ],
-    )
-    .stdout(Stdio::null())
-    .spawn()
-    .expect("probe sender starts");
+        "100.64.0.7",
+        &format!("203.0.113.11:{PROBE_PORT}"),
+        PROBE_RATE,
+        probes,
+        &probe_out,
+    );
     std::thread::sleep(Duration::from_secs(1));
     let t0 = Instant::now();
 

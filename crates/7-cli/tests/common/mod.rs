@@ -2,7 +2,8 @@
 //! down on drop, commands inside a run's namespaces.
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The binary under test.
@@ -59,6 +60,41 @@ pub fn in_ns(ns: &str, program: &str, args: &[&str]) -> Command {
     c.args(["netns", "exec", ns, program]).args(args);
     c.stdin(Stdio::null());
     c
+}
+
+/// Starts `flowshift probe send` in `ns`: `rate` datagrams/s from `bind` to `to`, `count` in
+/// all, its record (replies with sequence numbers) written to `out`.
+pub fn probe_sender(ns: &str, bind: &str, to: &str, rate: u64, count: u64, out: &Path) -> Child {
+    let (rate, count, out) = (
+        rate.to_string(),
+        count.to_string(),
+        out.display().to_string(),
+    );
+    in_ns(
+        ns,
+        FLOWSHIFT,
+        &[
+            "probe", "send", "--bind", bind, "--to", to, "--rate", &rate, "--count", &count,
+            "--out", &out,
+        ],
+    )
+    .stdout(Stdio::null())
+    .spawn()
+    .expect("probe sender starts")
+}
+
+/// Starts `flowshift probe echo` in `ns` on `bind` for at most `seconds`, or until `count`
+/// probes came back when given.
+pub fn probe_echo(ns: &str, bind: &str, seconds: u64, count: Option<u64>) -> Child {
+    let (seconds, count) = (seconds.to_string(), count.map(|c| c.to_string()));
+    let mut args = vec!["probe", "echo", "--bind", bind, "--duration", &seconds];
+    if let Some(c) = &count {
+        args.extend(["--count", c]);
+    }
+    in_ns(ns, FLOWSHIFT, &args)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("probe echo starts")
 }
 
 /// A run's names: namespaces, directory, the controller's API and token.
