@@ -9,7 +9,7 @@ use flowshift_wire::Instant;
 use std::net::Ipv4Addr;
 use std::time::Instant as Wall;
 
-/// Like the `flowshift` binary (`crates/6-cli/src/alloc.rs`): allocations of 4 MiB and more are
+/// Like the `flowshift` binary (`crates/7-cli/src/alloc.rs`): allocations of 4 MiB and more are
 /// 2 MiB aligned and `MADV_HUGEPAGE`, so the tables' random accesses miss the TLB as rarely as
 /// in the daemon and in `bench transfer`.
 struct HugePages;
