@@ -1,7 +1,7 @@
 //! The node configuration ([`NodeConfig`], TOML) and the NAT instance it describes.
 //!
 //! ```toml
-//! id = 1                                   # instance id (1..65535), unique in the cluster
+//! id = 1                                   # instance id (0..=65535), unique in the cluster
 //! interface = "fsn1"                       # interface towards the switch (AF_PACKET)
 //! mac = "02:f5:00:00:00:01"                # this node's MAC as the switch/controller know it
 //! inside_next_hop = "02:f5:00:00:01:00"    # eth_dst of frames towards subscribers
