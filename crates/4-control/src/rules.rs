@@ -106,6 +106,12 @@ const COOKIE_STEER: u64 = 1 << 56;
 const COOKIE_RETURN: u64 = 2 << 56;
 const COOKIE_CHAIN: u64 = 3 << 56;
 
+/// The group whose steering rule carries `cookie` (the switch's per-rule counters of a group's
+/// two steering rules are its packets in both directions); `None` for other rules.
+pub fn steered_group(cookie: u64) -> Option<Ipv4Addr> {
+    (cookie & !0xffff_ffff == COOKIE_STEER).then(|| Ipv4Addr::from(cookie as u32))
+}
+
 /// Why a table cannot be computed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
@@ -362,5 +368,21 @@ pub(crate) mod tests {
             table(&topo(), &g),
             Err(RuleError::UnknownOwner(_, InstanceId(9)))
         ));
+    }
+
+    #[test]
+    fn steering_cookies_name_their_group_and_no_other_rule_does() {
+        let t = table(&topo(), &groups(InstanceId(0))).unwrap();
+        let steered: Vec<Ipv4Addr> = t.iter().filter_map(|r| steered_group(r.cookie)).collect();
+        let externals: Vec<Ipv4Addr> = groups(InstanceId(0)).iter().map(|g| g.external).collect();
+        assert_eq!(
+            steered.len(),
+            2 * externals.len(),
+            "two steering rules per group"
+        );
+        assert!(steered.iter().all(|g| externals.contains(g)));
+        for e in externals {
+            assert_eq!(steered.iter().filter(|&&g| g == e).count(), 2);
+        }
     }
 }

@@ -6,9 +6,12 @@
 //! **Load** of a node, from two consecutive status replies: packets/s from
 //! `counters.io.rx_packets` (frames taken from its ring, chained ones included) over the
 //! node's own uptime; busy from its packet thread's CPU time over the same span; sessions
-//! from its groups. A node reports no per-group packet counts, so a group's packets/s is the
-//! node's shared out by the group's share of the node's sessions (evenly when it has none).
-//! Only groups the orchestrator routes to the node count as the node's.
+//! from its groups. A group's packets/s comes from the switch: the packet counters of its two
+//! steering rules (both directions) in the flow statistics the controller polls every second,
+//! over the time between two replies (counted `group_rates_measured`). Without fresh switch
+//! counters for a group it is the node's rate shared out by the group's share of the node's
+//! sessions, evenly when it has none (`group_rates_estimated`). Only groups the orchestrator
+//! routes to the node count as the node's.
 //! **Life cycle.** Standby nodes (`standby = true`) are out of service at start. On
 //! `StartNode` the start command runs (if any) and the node is in service once it is
 //! connected; on `StopNode` it leaves service and the stop command runs once the node's next
@@ -18,9 +21,11 @@
 //! collected on later ticks.
 
 use crate::config::ClusterConfig;
+use crate::switch::FlowCounter;
 use flowshift_control::api::NodeStatus;
 use flowshift_control::autoscale::{Action, AutoscaleStatus, Autoscaler, GroupLoad, NodeLoad};
 use flowshift_control::orchestrator::{Orchestrator, Stage};
+use flowshift_control::rules::steered_group;
 use flowshift_migration::InstanceId;
 use flowshift_wire::Instant;
 use serde::{Deserialize, Serialize};
@@ -46,7 +51,28 @@ pub struct AutoscaleDriverCounters {
     pub commands_run: u64,
     /// Commands that could not start, exited non-zero, or were refused (too many running).
     pub commands_failed: u64,
+    /// Group loads taken from the switch's steering-rule counters.
+    #[serde(default)]
+    pub group_rates_measured: u64,
+    /// Group loads estimated from the node's rate split by session shares (no fresh switch
+    /// counters for the group).
+    #[serde(default)]
+    pub group_rates_estimated: u64,
 }
+
+/// Per-group packet rates from the switch's steering-rule counters: packets of both
+/// directions over the interval between two flow-statistics replies.
+#[derive(Default)]
+struct SwitchRates {
+    /// The last reply: when, and each group's packets.
+    last: Option<(Instant, BTreeMap<Ipv4Addr, u64>)>,
+    /// Rates between the last two replies, and when the later came.
+    pps: BTreeMap<Ipv4Addr, f64>,
+    pps_at: Option<Instant>,
+}
+
+/// How long switch rates stay usable (a few statistics intervals).
+const SWITCH_RATES_FRESH: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A node's counters at its last status.
 #[derive(Clone, Copy)]
@@ -67,6 +93,7 @@ pub(crate) struct Elastic {
     stopping: BTreeMap<InstanceId, u8>,
     last: BTreeMap<InstanceId, Last>,
     loads: BTreeMap<InstanceId, NodeLoad>,
+    rates: SwitchRates,
     /// The policy's migration in the orchestrator's list: (index, group).
     pending: Option<(usize, Ipv4Addr)>,
     children: Vec<(String, Child)>,
@@ -97,6 +124,7 @@ impl Elastic {
             stopping: BTreeMap::new(),
             last: BTreeMap::new(),
             loads: BTreeMap::new(),
+            rates: SwitchRates::default(),
             pending: None,
             children: Vec::new(),
             counters: AutoscaleDriverCounters::default(),
@@ -108,8 +136,45 @@ impl Elastic {
         self.in_service.get(&id).copied().unwrap_or(false)
     }
 
-    /// A node's status reply: computes its load from the change since its last one.
-    pub(crate) fn node_status(&mut self, id: InstanceId, s: &NodeStatus, orch: &Orchestrator) {
+    /// A flow-statistics reply taken at `at` (the same reply again changes nothing): each
+    /// group's packets are the sum of its steering rules' counters; rates come from the
+    /// change since the previous reply (a counter that went down, e.g. a rule re-added,
+    /// gives no rate for its group).
+    pub(crate) fn switch_flows(&mut self, at: Instant, flows: &[FlowCounter]) {
+        if self.rates.last.as_ref().is_some_and(|(t, _)| *t == at) {
+            return;
+        }
+        let mut packets: BTreeMap<Ipv4Addr, u64> = BTreeMap::new();
+        for f in flows {
+            if let Some(g) = steered_group(f.cookie) {
+                *packets.entry(g).or_default() += f.packets;
+            }
+        }
+        if let Some((t, prev)) = &self.rates.last {
+            let dt = at.saturating_since(*t).as_secs_f64();
+            if dt > 0.0 {
+                self.rates.pps = packets
+                    .iter()
+                    .filter_map(|(g, &n)| {
+                        let p = *prev.get(g)?;
+                        (n >= p).then(|| (*g, (n - p) as f64 / dt))
+                    })
+                    .collect();
+                self.rates.pps_at = Some(at);
+            }
+        }
+        self.rates.last = Some((at, packets));
+    }
+
+    /// A node's status reply at `received`: computes its load from the change since its last one;
+    /// a group's packet rate comes from the switch when it has fresh counters for it.
+    pub(crate) fn node_status(
+        &mut self,
+        received: Instant,
+        id: InstanceId,
+        s: &NodeStatus,
+        orch: &Orchestrator,
+    ) {
         if let Some(left) = self.stopping.get_mut(&id) {
             *left = 0;
             return;
@@ -136,16 +201,33 @@ impl Elastic {
             .collect();
         let sessions: u64 = owned.iter().map(|g| g.1).sum();
         let n = owned.len().max(1) as f64;
+        let fresh = self
+            .rates
+            .pps_at
+            .is_some_and(|t| received < t + SWITCH_RATES_FRESH);
         let groups = owned
             .iter()
-            .map(|&(external, gs)| GroupLoad {
-                external,
-                pps: if sessions > 0 {
-                    pps * gs as f64 / sessions as f64
-                } else {
-                    pps / n
-                },
-                sessions: gs,
+            .map(|&(external, gs)| {
+                let measured = fresh.then(|| self.rates.pps.get(&external)).flatten();
+                let pps = match measured {
+                    Some(&p) => {
+                        self.counters.group_rates_measured += 1;
+                        p
+                    }
+                    None => {
+                        self.counters.group_rates_estimated += 1;
+                        if sessions > 0 {
+                            pps * gs as f64 / sessions as f64
+                        } else {
+                            pps / n
+                        }
+                    }
+                };
+                GroupLoad {
+                    external,
+                    pps,
+                    sessions: gs,
+                }
             })
             .collect();
         self.loads.insert(
@@ -305,5 +387,116 @@ impl Elastic {
     /// The driver's counters.
     pub(crate) fn counters(&self) -> AutoscaleDriverCounters {
         self.counters.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowshift_control::status::GroupStatus;
+    use flowshift_nat::GroupMode;
+    use std::time::Duration;
+
+    const CLUSTER: &str = r#"
+openflow_listen = "unix:/run/x/of.sock"
+node_listen = "198.19.0.1:6700"
+api_listen = "unix:/run/x/api.sock"
+tls = { ca = "ca.pem", cert = "c.pem", key = "c.key" }
+[switch]
+inside_port = 1
+outside_port = 2
+[[nodes]]
+id = 1
+port = 3
+mac = "02:f5:00:00:00:01"
+[[nodes]]
+id = 2
+port = 4
+mac = "02:f5:00:00:00:02"
+[[groups]]
+external = "198.18.0.1"
+subscribers = "100.64.0.0/16"
+owner = 1
+[[groups]]
+external = "198.18.0.2"
+subscribers = "100.65.0.0/16"
+owner = 1
+[autoscale]
+enabled = true
+"#;
+
+    fn flows(g1: u64, g2: u64) -> Vec<FlowCounter> {
+        let steer = |ext: [u8; 4], packets| FlowCounter {
+            table_id: 0,
+            priority: 200,
+            cookie: (1 << 56) | u64::from(u32::from(Ipv4Addr::from(ext))),
+            match_: String::new(),
+            packets,
+            bytes: 0,
+            duration_s: 0.0,
+        };
+        // Each group has two steering rules (one per direction); another rule's counter
+        // must not count.
+        let mut other = steer([0, 0, 0, 0], 1_000_000);
+        other.cookie = 2 << 56;
+        vec![
+            steer([198, 18, 0, 1], g1 / 2),
+            steer([198, 18, 0, 1], g1 - g1 / 2),
+            steer([198, 18, 0, 2], g2),
+            other,
+        ]
+    }
+
+    fn status(uptime_s: f64, rx: u64) -> NodeStatus {
+        let group = |i: u8, sessions| GroupStatus {
+            external: Ipv4Addr::new(198, 18, 0, i),
+            mode: GroupMode::Active,
+            mappings: sessions,
+            sessions,
+        };
+        let mut s = NodeStatus {
+            id: InstanceId(1),
+            uptime_s,
+            groups: vec![group(1, 10), group(2, 90)],
+            ..NodeStatus::default()
+        };
+        s.counters.io.rx_packets = rx;
+        s
+    }
+
+    #[test]
+    fn group_rates_come_from_the_switch_when_fresh_and_from_session_shares_otherwise() {
+        let cfg = ClusterConfig::from_toml(CLUSTER).unwrap();
+        let orch = Orchestrator::new(cfg.topology(), cfg.group_routes()).unwrap();
+        let mut e = Elastic::new(&cfg).unwrap();
+        let t0 = Instant::from_secs(10);
+        let sec = Duration::from_secs(1);
+        let group_pps = |e: &Elastic| -> Vec<f64> {
+            e.loads[&InstanceId(1)]
+                .groups
+                .iter()
+                .map(|g| g.pps)
+                .collect()
+        };
+        // No switch counters yet: the node's 1,000 pps split 10:90 by sessions.
+        e.node_status(t0, InstanceId(1), &status(1.0, 0), &orch);
+        e.node_status(t0 + sec, InstanceId(1), &status(2.0, 1000), &orch);
+        assert_eq!(group_pps(&e), vec![100.0, 900.0]);
+        assert_eq!(e.counters.group_rates_estimated, 2);
+        // Two flow-statistics replies 1 s apart: group 1 carried 800 packets, group 2 200.
+        e.switch_flows(t0 + sec, &flows(5_000, 7_000));
+        e.switch_flows(t0 + sec, &flows(9_999, 9_999)); // the same reply again: ignored
+        e.switch_flows(t0 + 2 * sec, &flows(5_800, 7_200));
+        e.node_status(t0 + 2 * sec, InstanceId(1), &status(3.0, 2000), &orch);
+        assert_eq!(group_pps(&e), vec![800.0, 200.0]);
+        assert_eq!(e.counters.group_rates_measured, 2);
+        // Stale switch counters fall back to the estimate.
+        e.node_status(t0 + 9 * sec, InstanceId(1), &status(4.0, 3000), &orch);
+        assert_eq!(group_pps(&e), vec![100.0, 900.0]);
+        // A counter that went down (rule re-added) gives its group no rate (estimated); the
+        // other group's 100 packets over the 8 s since the last reply are 12.5 pps.
+        e.switch_flows(t0 + 10 * sec, &flows(100, 7_300));
+        e.node_status(t0 + 10 * sec, InstanceId(1), &status(5.0, 4000), &orch);
+        assert_eq!(group_pps(&e), vec![100.0, 12.5]);
     }
 }

@@ -872,7 +872,10 @@ impl Core {
                     .migration_started(now, external, Some(MigrationId(migration)));
             }
             (Purpose::Status, ReplyBody::Status(s)) => {
-                self.elastic.node_status(p.node, &s, &self.orch);
+                if let Some((at, flows)) = self.switch.flow_snapshot() {
+                    self.elastic.switch_flows(at, flows);
+                }
+                self.elastic.node_status(now, p.node, &s, &self.orch);
                 if let Some(n) = self.nodes.get_mut(&p.node) {
                     n.status = Some(*s);
                     n.status_pending = false;

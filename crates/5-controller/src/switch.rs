@@ -429,6 +429,11 @@ impl Switch {
 
     /// The status for the operator API; `rules` is the size of the controller's table. Times
     /// are controller time (s since start).
+    /// When the last flow-statistics reply came and its entries, if one has.
+    pub(crate) fn flow_snapshot(&self) -> Option<(Instant, &[FlowCounter])> {
+        self.stats_at.map(|at| (at, self.flows.as_slice()))
+    }
+
     pub(crate) fn status(&self, rules: usize) -> SwitchStatus {
         SwitchStatus {
             connected: self.connected(),
