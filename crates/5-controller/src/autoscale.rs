@@ -397,33 +397,13 @@ mod tests {
     use flowshift_nat::GroupMode;
     use std::time::Duration;
 
-    const CLUSTER: &str = r#"
-openflow_listen = "unix:/run/x/of.sock"
-node_listen = "198.19.0.1:6700"
-api_listen = "unix:/run/x/api.sock"
-tls = { ca = "ca.pem", cert = "c.pem", key = "c.key" }
-[switch]
-inside_port = 1
-outside_port = 2
-[[nodes]]
-id = 1
-port = 3
-mac = "02:f5:00:00:00:01"
-[[nodes]]
-id = 2
-port = 4
-mac = "02:f5:00:00:00:02"
-[[groups]]
-external = "198.18.0.1"
-subscribers = "100.64.0.0/16"
-owner = 1
-[[groups]]
-external = "198.18.0.2"
-subscribers = "100.65.0.0/16"
-owner = 1
-[autoscale]
-enabled = true
-"#;
+    /// The config tests' cluster with both groups on node 1 and the policy on.
+    fn cluster() -> ClusterConfig {
+        let text = crate::config::tests::GOOD
+            .replace("owner = 2", "owner = 1")
+            .replace("[params]", "[autoscale]\nenabled = true\n[params]");
+        ClusterConfig::from_toml(&text).unwrap()
+    }
 
     fn flows(g1: u64, g2: u64) -> Vec<FlowCounter> {
         let steer = |ext: [u8; 4], packets| FlowCounter {
@@ -466,7 +446,7 @@ enabled = true
 
     #[test]
     fn group_rates_come_from_the_switch_when_fresh_and_from_session_shares_otherwise() {
-        let cfg = ClusterConfig::from_toml(CLUSTER).unwrap();
+        let cfg = cluster();
         let orch = Orchestrator::new(cfg.topology(), cfg.group_routes()).unwrap();
         let mut e = Elastic::new(&cfg).unwrap();
         let t0 = Instant::from_secs(10);

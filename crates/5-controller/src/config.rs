@@ -446,10 +446,10 @@ impl ClusterConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    pub(crate) const GOOD: &str = r#"
 openflow_listen = "unix:/run/x/of.sock"
 node_listen = "198.19.0.1:6700"
 api_listen = "tcp:127.0.0.1:6780"
