@@ -231,6 +231,11 @@ pub struct IoCounters {
     pub tx_chained: u64,
     /// Packets to chain to a peer with no configured MAC (dropped).
     pub tx_chain_unknown_peer: u64,
+    /// GSO packets to chain cut into segments in software (the kernel cannot segment the
+    /// chain ethertype); each segment counts in `tx_chained`.
+    pub tx_chain_segmented: u64,
+    /// GSO packets to chain that could not be segmented (dropped).
+    pub tx_chain_unsegmentable: u64,
     /// Packets the instance handed back as dropped (`report_drops`; already counted by the
     /// NAT).
     pub dropped_reported: u64,

@@ -26,9 +26,10 @@ use crate::config::{MacAddr, NodeConfig};
 use crate::control::{Command, ControlLink, Outgoing};
 use crate::frame::{
     self, Class, ETH_HLEN, ETHERTYPE_CHAIN, ETHERTYPE_IPV4, FrameSink, Offload, Peers, RxFrame,
-    TxFrame,
+    TxFrame, VnetHdr,
 };
 use crate::pacing::GapMeter;
+use crate::segment;
 use crate::stats::{ControlCounters, Counter, IoCounters, SnapshotCell, TransferCounters};
 use crate::transfer::TransferLink;
 use flowshift_control::api::{GroupStatus, NodeMigration, NodeRequest, NodeStatus, ReplyBody};
@@ -89,6 +90,8 @@ pub struct Engine {
     pending: Vec<(Vec<u8>, Offload)>,
     pending_ingress: Ingress,
     io: IoCounters,
+    /// Scratch of [`Drain::split`], kept between drains.
+    split: Vec<(InstanceId, u64)>,
     links: Links,
     next_timeout: Instant,
     side_budget: usize,
@@ -118,6 +121,7 @@ impl Engine {
             pending: Vec::with_capacity(batch),
             pending_ingress: Ingress::Switch,
             io: IoCounters::default(),
+            split: Vec::new(),
             links,
             side_budget: cfg.side_budget.clamp(1, 1024) as usize,
             gaps: GapMeter::default(),
@@ -406,10 +410,17 @@ impl Engine {
             links: &self.links,
             sink,
             events: false,
+            split: std::mem::take(&mut self.split),
         };
         self.next_timeout = self.inst.drain(&mut d);
         d.eg.flush_tx(d.io, d.sink);
-        if d.events {
+        let (events, mut split) = (d.events, d.split);
+        for &(to, frames) in &split {
+            self.inst.chain_split(to, frames);
+        }
+        split.clear();
+        self.split = split;
+        if events {
             self.note_migrations();
         }
     }
@@ -540,6 +551,8 @@ struct Drain<'a, S> {
     sink: &'a mut S,
     /// A migration event was seen (the engine re-reads whether a migration runs).
     events: bool,
+    /// Chained packets sent as another number of frames (segmented: several; refused: 0).
+    split: Vec<(InstanceId, u64)>,
 }
 
 impl<S: FrameSink> Driver<Offload> for Drain<'_, S> {
@@ -564,11 +577,36 @@ impl<S: FrameSink> Driver<Offload> for Drain<'_, S> {
             }
             Output::Chain { to, mut pkt, meta } => match eg.peers.mac_of(to) {
                 Some(peer) => {
-                    self.io.tx_chained += 1;
                     let vnet = frame::finish(&mut pkt, meta);
                     let eth = frame::eth_header(peer, eg.mac, ETHERTYPE_CHAIN);
-                    let f = TxFrame::new(eg.vnet.then_some(vnet), eth, pkt);
-                    eg.queue_tx(f, self.io, self.sink);
+                    if eg.vnet && vnet.gso_type != 0 {
+                        // The kernel cannot segment a GSO frame of the chain ethertype.
+                        let (io, sink) = (&mut *self.io, &mut *self.sink);
+                        let cut = segment::segment(&pkt, vnet, |s| {
+                            io.tx_chained += 1;
+                            let f = TxFrame::new(Some(VnetHdr::default()), eth, s);
+                            eg.queue_tx(f, io, sink);
+                        });
+                        match cut {
+                            Ok(n) => {
+                                io.tx_chain_segmented += 1;
+                                self.split.push((to, n as u64));
+                            }
+                            Err(e) => {
+                                io.tx_chain_unsegmentable += 1;
+                                // Nothing was sent: the peer must not wait for it.
+                                self.split.push((to, 0));
+                                if io.tx_chain_unsegmentable.is_power_of_two() {
+                                    warn!(error = %e, "chained GSO packet dropped");
+                                }
+                            }
+                        }
+                        eg.recycle(pkt);
+                    } else {
+                        self.io.tx_chained += 1;
+                        let f = TxFrame::new(eg.vnet.then_some(vnet), eth, pkt);
+                        eg.queue_tx(f, self.io, self.sink);
+                    }
                 }
                 None => {
                     self.io.tx_chain_unknown_peer += 1;

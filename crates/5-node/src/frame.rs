@@ -254,8 +254,29 @@ pub fn finish(pkt: &mut [u8], tag: Offload) -> VnetHdr {
     }
     VnetHdr {
         flags: vnet.flags & VNET_F_NEEDS_CSUM,
+        hdr_len: if vnet.gso_type != 0 {
+            gso_header_len(pkt).unwrap_or(vnet.hdr_len)
+        } else {
+            vnet.hdr_len
+        },
         ..vnet
     }
+}
+
+/// Length of the Ethernet, IPv4 and TCP or UDP headers of a GSO packet (`pkt` starts at the
+/// IPv4 header), clamped to the frame: the `hdr_len` a GSO frame is sent with. AF_PACKET
+/// puts `hdr_len` bytes in the socket buffer's linear part and the rest in pages; with 0 it
+/// makes the whole frame linear, an order-4 allocation for 64 KiB that fails with `ENOMEM`
+/// once memory is fragmented (seen on the testbed: chained GSO frames refused).
+fn gso_header_len(pkt: &[u8]) -> Option<u16> {
+    let ihl = usize::from(*pkt.first()? & 0x0f) * 4;
+    let l4 = match *pkt.get(9)? {
+        proto::TCP => usize::from(*pkt.get(ihl + 12)? >> 4) * 4,
+        proto::UDP => 8,
+        _ => return None,
+    };
+    let len = (ETH_HLEN + ihl + l4).min(ETH_HLEN + pkt.len());
+    u16::try_from(len).ok()
 }
 
 /// Longest header a [`TxFrame`] carries: virtio-net header plus Ethernet header.
@@ -378,6 +399,30 @@ mod tests {
             Some(MacAddr([2, 0xf5, 0, 0, 0, 2]))
         );
         assert_eq!(p.mac_of(InstanceId(3)), None);
+    }
+
+    #[test]
+    fn gso_frames_are_sent_with_their_header_length() {
+        // A TCP GSO packet (IHL 5, data offset 8: 32-byte TCP header) received with hdr_len 0.
+        let mut ip = vec![0u8; 3000];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&3000u16.to_be_bytes());
+        ip[9] = 6;
+        ip[32] = 8 << 4;
+        let gso = VnetHdr {
+            flags: VNET_F_NEEDS_CSUM,
+            gso_type: 1,
+            hdr_len: 0,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let mut buf = Vec::new();
+        let tag = ingest(&ip, gso, &mut buf).unwrap();
+        assert_eq!(finish(&mut buf, tag).hdr_len, 14 + 20 + 32);
+        // Not GSO: the received hint is kept.
+        let tag = ingest(&ip, VnetHdr { gso_type: 0, ..gso }, &mut buf).unwrap();
+        assert_eq!(finish(&mut buf, tag).hdr_len, 0);
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod pacing;
+pub mod segment;
 pub mod stats;
 pub mod sys;
 pub mod transfer;
