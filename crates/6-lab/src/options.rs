@@ -78,6 +78,12 @@ pub struct Fig1cArgs {
     /// shaped link is the bottleneck.
     #[arg(long, value_enum, default_value = "off")]
     pub offload: Offload,
+    /// Testbed: the migration's `chain_quiet` in ms (how long the source must chain nothing
+    /// after the cutover before it sends the end-of-chain marker; the destination holds the
+    /// group's switch packets until then). Shorter holds less, but a straggler the switch
+    /// sends later is chained after the marker (counted) and may arrive out of order.
+    #[arg(long, default_value_t = 10.0)]
+    pub chain_quiet_ms: f64,
 }
 
 /// Switch and veth offloads.

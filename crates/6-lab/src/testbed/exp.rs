@@ -95,6 +95,9 @@ pub fn fig1c(args: &Fig1cArgs) -> Result<()> {
     if args.flows == 0 || args.flows > max_flows {
         bail!("--flows must be 1..={max_flows} on the testbed");
     }
+    if !(0.0..=1000.0).contains(&args.chain_quiet_ms) {
+        bail!("--chain-quiet-ms must be 0..=1000");
+    }
     if args.probe_rate == 0 || args.probe_rate > 20_000 {
         bail!("--probe-rate must be 1..=20000 per second");
     }
@@ -337,7 +340,8 @@ fn run_one(args: &Fig1cArgs, alg: Algorithm, duration: f64, migrate_at: f64) -> 
         tb.check_processes()?;
         sys::sleep(Duration::from_millis(20).min(migrate_deadline - Instant::now()))?;
     }
-    let p = params(alg);
+    let mut p = params(alg);
+    p.chain_quiet = Duration::from_secs_f64(args.chain_quiet_ms / 1e3);
     let req = MigrateRequest {
         group: layout::group_external(1),
         to: InstanceId(2),
