@@ -3,12 +3,14 @@
 //! ```toml
 //! openflow_listen = "unix:/run/x/of.sock"   # or "tcp:0.0.0.0:6653"; the switch connects here
 //! node_listen = "198.19.0.1:6700"           # nodes connect here
-//! api_listen = "unix:/run/x/api.sock"       # or "127.0.0.1:6780"
-//! api_token_file = "/etc/flowshift/api.token" # bearer token of the operator API (created
-//!                                            # with mode 0600 if missing; required for TCP)
+//! api_listen = "unix:/run/x/api.sock"       # or "127.0.0.1:6780": mutual TLS with `tls`,
+//!                                            # admitting operator.flowshift.internal only
+//! api_token_file = "/etc/flowshift/api.token" # optional bearer token of the operator API
+//!                                            # (created with mode 0600 if missing): a second
+//!                                            # factor on TCP
 //! state_file = "/var/lib/flowshift/controller-state.json" # ownership across restarts
 //! # The controller's credentials (paths relative to this file): nodes connect over mutual
-//! # TLS and must present certificates naming their ids.
+//! # TLS and must present certificates naming their ids; a TCP api_listen uses them too.
 //! tls = { ca = "pki/ca.pem", cert = "pki/controller.pem", key = "pki/controller.key" }
 //! openflow_tls = false                       # true: the switch must connect with TLS and a
 //!                                            # certificate naming switch.flowshift.internal
@@ -170,11 +172,13 @@ pub struct ClusterConfig {
     pub openflow_listen: Endpoint,
     /// Where nodes connect (JSON lines, `flowshift_control::api`).
     pub node_listen: Endpoint,
-    /// Where the operator API (HTTP/1.1 JSON) listens.
+    /// Where the operator API (HTTP/1.1 JSON) listens: TCP with mutual TLS (`tls`; the client
+    /// certificate must name `flowshift_trust::OPERATOR_NAME`), or an owner-only unix socket.
     pub api_listen: Endpoint,
     /// The operator API's bearer token (`flowshift_http::Token`'s file format); created with
-    /// mode 0600 on start if it does not exist. Required when `api_listen` is TCP; without
-    /// it a unix `api_listen` admits whoever may open its socket (owner only).
+    /// mode 0600 on start if it does not exist. Optional: on TCP a second factor after the
+    /// operator's certificate; without it a unix `api_listen` admits whoever may open its
+    /// socket (owner only).
     #[serde(default)]
     pub api_token_file: Option<PathBuf>,
     /// The controller's credentials: its certificate (naming
@@ -355,10 +359,6 @@ impl ClusterConfig {
         }
         if let Err(e) = self.autoscale.validate() {
             problems.push(e);
-        }
-        if matches!(self.api_listen, Endpoint::Tcp(_)) && self.api_token_file.is_none() {
-            problems
-                .push("api_listen is TCP: set api_token_file (the API's bearer token)".to_owned());
         }
         if problems.is_empty() {
             Ok(())
@@ -656,9 +656,13 @@ idle_max = 0
         assert!(e.contains("group 198.18.0.1 appears twice"), "{e}");
         let e = invalid(&GOOD.replace("tcp:127.0.0.1:6780", "unix:/run/x/of.sock"));
         assert!(e.contains("openflow_listen and api_listen"), "{e}");
-        // A TCP API needs its token; a unix one may rely on the socket's permissions.
+        // The token is optional: a TCP API authenticates the operator's certificate, a unix
+        // one relies on the socket's permissions.
         let no_token = GOOD.replace("api_token_file = \"/etc/flowshift/api.token\"\n", "");
-        assert!(invalid(&no_token).contains("set api_token_file"));
+        assert_eq!(
+            ClusterConfig::from_toml(&no_token).unwrap().api_token_file,
+            None
+        );
         let unix = no_token.replace("tcp:127.0.0.1:6780", "unix:/run/x/api.sock");
         assert_eq!(
             ClusterConfig::from_toml(&unix).unwrap().api_token_file,
