@@ -1,7 +1,8 @@
 //! The cluster configuration (`cluster.toml`) and the addresses the controller listens on.
 //!
 //! ```toml
-//! openflow_listen = "unix:/run/x/of.sock"   # or "tcp:0.0.0.0:6653"; the switch connects here
+//! openflow_listen = "unix:/run/x/of.sock"   # or "tcp:0.0.0.0:6653" (needs openflow_tls);
+//!                                            # the switch connects here
 //! node_listen = "198.19.0.1:6700"           # nodes connect here
 //! api_listen = "unix:/run/x/api.sock"       # or "127.0.0.1:6780": mutual TLS with `tls`,
 //!                                            # admitting operator.flowshift.internal only
@@ -14,6 +15,7 @@
 //! tls = { ca = "pki/ca.pem", cert = "pki/controller.pem", key = "pki/controller.key" }
 //! openflow_tls = false                       # true: the switch must connect with TLS and a
 //!                                            # certificate naming switch.flowshift.internal
+//!                                            # (required when openflow_listen is TCP)
 //! [switch]
 //! inside_port = 1                            # OpenFlow port towards subscribers
 //! outside_port = 2                           # OpenFlow port towards servers
@@ -188,6 +190,8 @@ pub struct ClusterConfig {
     pub tls: flowshift_trust::TlsFiles,
     /// Require TLS on `openflow_listen`, with a client certificate from the cluster CA naming
     /// `flowshift_trust::SWITCH_NAME` (Open vSwitch: `set-ssl` and an `ssl:` controller).
+    /// Required when `openflow_listen` is TCP (an unauthenticated switch could take over the
+    /// cluster's steering); a unix socket may go without (its permissions admit the peer).
     #[serde(default)]
     pub openflow_tls: bool,
     /// Switch wiring.
@@ -359,6 +363,14 @@ impl ClusterConfig {
         }
         if let Err(e) = self.autoscale.validate() {
             problems.push(e);
+        }
+        if matches!(self.openflow_listen, Endpoint::Tcp(_)) && !self.openflow_tls {
+            problems.push(
+                "openflow_listen is TCP without openflow_tls: anyone who reaches it could offer \
+                 a switch; set openflow_tls = true (the switch then presents its certificate, \
+                 switch.flowshift.internal) or listen on a unix socket (unix:/path)"
+                    .to_owned(),
+            );
         }
         if problems.is_empty() {
             Ok(())
@@ -668,6 +680,11 @@ idle_max = 0
             ClusterConfig::from_toml(&unix).unwrap().api_token_file,
             None
         );
+        // A TCP OpenFlow listener must authenticate the switch.
+        let of_tcp = GOOD.replace("unix:/run/x/of.sock", "tcp:0.0.0.0:6653");
+        assert!(invalid(&of_tcp).contains("openflow_listen is TCP without openflow_tls"));
+        let of_tls = of_tcp.replace("[switch]", "openflow_tls = true\n[switch]");
+        assert!(ClusterConfig::from_toml(&of_tls).unwrap().openflow_tls);
     }
 
     #[test]

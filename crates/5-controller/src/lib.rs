@@ -14,9 +14,9 @@
 //!   opens with a `Hello` whose id its certificate must name and that must match the
 //!   configuration (id and MAC), then gets requests and pushes migration events
 //!   (`flowshift_control::api`, JSON lines). Status is polled every 500 ms.
-//! * **Switch identity**: `openflow_tls` requires TLS with a certificate naming
-//!   `switch.flowshift.internal`; `[switch] datapath_id` pins the datapath (another one is
-//!   refused and never displaces the current switch).
+//! * **Switch identity**: `openflow_tls` (required on a TCP `openflow_listen`) requires TLS
+//!   with a certificate naming `switch.flowshift.internal`; `[switch] datapath_id` pins the
+//!   datapath (another one is refused and never displaces the current switch).
 //! * **Operator API** ([`http`]): HTTP/1.1 JSON on `api_listen`: TCP with mutual TLS (the
 //!   client certificate must name [`flowshift_trust::OPERATOR_NAME`]) or an owner-only unix
 //!   socket; axum on [`flowshift_http::serve`] (bounded connections per client and overall,

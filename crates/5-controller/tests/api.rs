@@ -30,7 +30,11 @@ fn raw(c: &Running, bytes: &[u8]) -> String {
 #[test]
 fn the_http_api_refuses_bad_requests_cleanly() {
     let dir = TempDir::new("http");
-    let c = start_controller(config("127.0.0.1:0", "127.0.0.1:0", &dir.sock("api.sock")));
+    let c = start_controller(config(
+        &dir.sock("of.sock"),
+        "127.0.0.1:0",
+        &dir.sock("api.sock"),
+    ));
     let (status, body) = c.api.request("GET", "/healthz", None).unwrap();
     assert_eq!(
         (status, body.as_slice()),
@@ -84,7 +88,8 @@ fn the_http_api_refuses_bad_requests_cleanly() {
 
 #[test]
 fn the_api_needs_the_token_from_the_configured_file() {
-    let c = start_controller(config("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"));
+    let of = TempDir::new("of");
+    let c = start_controller(config(&of.sock("of.sock"), "127.0.0.1:0", "127.0.0.1:0"));
     let path = c.token_file.clone().unwrap();
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
@@ -120,7 +125,8 @@ fn http_counters(
 
 #[test]
 fn a_tcp_api_admits_only_the_operators_certificate() {
-    let c = start_controller(config("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"));
+    let of = TempDir::new("of");
+    let c = start_controller(config(&of.sock("of.sock"), "127.0.0.1:0", "127.0.0.1:0"));
     let token = flowshift_controller::Token::load(c.token_file.as_deref().unwrap()).unwrap();
     let client = |p: Party| {
         ApiClient::new(c.api_endpoint.clone())
@@ -169,7 +175,8 @@ fn a_tcp_api_admits_only_the_operators_certificate() {
 
 #[test]
 fn half_sent_requests_cannot_lock_the_api_out() {
-    let c = start_controller(config("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"));
+    let of = TempDir::new("of");
+    let c = start_controller(config(&of.sock("of.sock"), "127.0.0.1:0", "127.0.0.1:0"));
     let limits = flowshift_controller::http::LIMITS;
     // Twice the overall bound of connections that send half a request head and stop, and as
     // many that never start their TLS handshake.
