@@ -161,7 +161,7 @@ fn bump(c: &AtomicU64) {
 }
 
 /// Serves `app` on `listener` until `shutdown` completes; then stops accepting and closes
-/// every connection.
+/// every connection. Plain HTTP on a TCP listener (no [`Auth::tls`]) is logged as a warning.
 pub async fn serve(
     listener: Listener,
     app: Router,
@@ -170,6 +170,12 @@ pub async fn serve(
     counters: Arc<ServerCounters>,
     shutdown: impl Future<Output = ()>,
 ) {
+    if matches!(listener, Listener::Tcp(_)) && auth.tls.is_none() {
+        warn!(
+            "serving plain HTTP on TCP {}: peers are not authenticated",
+            listener.local()
+        );
+    }
     let table = Arc::new(Mutex::new(Table::default()));
     let auth = Arc::new(auth);
     let mut conns = JoinSet::new();
