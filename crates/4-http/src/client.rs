@@ -1,8 +1,11 @@
 //! A blocking HTTP/1.1 client for TCP and unix socket endpoints (hyper's client connection on
 //! a private single-threaded tokio runtime): one request per connection, bounded answer size,
-//! one time limit for the whole exchange, an optional bearer token.
+//! one time limit for the whole exchange, an optional bearer token. With [`ClientTls`], TCP
+//! endpoints are reached over mutual TLS (the server's certificate name checked); unix
+//! sockets never use TLS.
 
 use crate::endpoint::Endpoint;
+use crate::tls::ClientTls;
 use crate::token::Token;
 use axum::http::{Method, Request, header};
 use bytes::Bytes;
@@ -54,6 +57,7 @@ pub enum HttpError {
 pub struct Client {
     endpoint: Endpoint,
     token: Option<Token>,
+    tls: Option<ClientTls>,
     timeout: Duration,
     max_response: usize,
 }
@@ -65,6 +69,7 @@ impl Client {
         Client {
             endpoint,
             token: None,
+            tls: None,
             timeout: Duration::from_secs(10),
             max_response: 64 << 20,
         }
@@ -74,6 +79,17 @@ impl Client {
     pub fn with_token(mut self, token: Option<Token>) -> Client {
         self.token = token;
         self
+    }
+
+    /// The same client using `tls` on TCP endpoints (without it, TCP is plain HTTP).
+    pub fn with_tls(mut self, tls: Option<ClientTls>) -> Client {
+        self.tls = tls;
+        self
+    }
+
+    /// Whether TCP exchanges use TLS.
+    pub fn has_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The same client with another limit per exchange (connect, send and receive).
@@ -132,7 +148,17 @@ impl Client {
                 let s = TcpStream::connect(hp.as_str()).await.map_err(connect_err)?;
                 // Best effort: only latency depends on it.
                 let _ = s.set_nodelay(true);
-                self.send(s, method, path, body).await
+                match &self.tls {
+                    None => self.send(s, method, path, body).await,
+                    Some(tls) => {
+                        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                        let s = connector
+                            .connect(tls.server_name.clone(), s)
+                            .await
+                            .map_err(|e| self.protocol(format!("TLS handshake: {e}")))?;
+                        self.send(s, method, path, body).await
+                    }
+                }
             }
             Endpoint::Unix(p) => {
                 let s = UnixStream::connect(p).await.map_err(connect_err)?;

@@ -13,14 +13,18 @@
 //!   [`read_body`], bounded by [`Limits::body_timeout`] and [`Limits::max_body`].
 //! * **Size**: request heads up to [`Limits::max_head`] bytes and [`MAX_HEADERS`] headers;
 //!   hyper answers larger or malformed heads itself (`bad_requests`).
-//! * **Authentication**: with a [`Token`], every request except the [`Auth::open_paths`]
-//!   must carry `Authorization: Bearer <token>`; others get 401 (`unauthorized`).
+//! * **Authentication**: with [`Auth::tls`], every TCP connection must complete a mutual-TLS
+//!   handshake within [`Limits::handshake_timeout`] (`handshake_timeouts`; failed handshakes,
+//!   e.g. no certificate or one from another CA: `handshake_failures`) and its verified peer
+//!   must be admitted ([`crate::tls`]; otherwise 403 and close: `forbidden`). A handshaking
+//!   connection counts as idle, so it can be evicted like a half-sent request head. With a
+//!   [`Token`], every request except the [`Auth::open_paths`] must also carry
+//!   `Authorization: Bearer <token>`; others get 401 (`unauthorized`).
 //!
-//! Each connection is its own task, so a slow client holds only its own slot. To serve TLS,
-//! wrap the accepted [`crate::Stream`] in the acceptor before [`serve`] hands it to hyper (the
-//! connection code is generic over the I/O type).
+//! Each connection is its own task, so a slow client holds only its own slot.
 
-use crate::listener::{Listener, Peer};
+use crate::listener::{Listener, Peer, Stream};
+use crate::tls::{Caller, PeerIdentity, ServerTls};
 use crate::token::Token;
 use axum::Router;
 use axum::body::Body;
@@ -56,6 +60,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Time allowed for [`read_body`] to read a request body.
     pub body_timeout: Duration,
+    /// Time allowed for a TLS handshake (from the connection's start).
+    pub handshake_timeout: Duration,
     /// Longest request head, in bytes (at least 8192: hyper's smallest read buffer).
     pub max_head: usize,
     /// Longest request body [`read_body`] accepts, in bytes.
@@ -69,6 +75,7 @@ impl Default for Limits {
             max_per_client: 32,
             header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
             max_head: 16 * 1024,
             max_body: 64 * 1024,
         }
@@ -78,6 +85,9 @@ impl Default for Limits {
 /// Who may call.
 #[derive(Clone, Debug, Default)]
 pub struct Auth {
+    /// Mutual TLS on TCP connections and who is admitted; `None`: plain HTTP (for unix
+    /// sockets, whose permissions admit the peer; TCP without it authenticates nobody).
+    pub tls: Option<ServerTls>,
     /// The bearer token required; `None`: every request is served (a unix socket whose file
     /// permissions admit only its owner, or a deliberately open endpoint).
     pub token: Option<Token>,
@@ -94,6 +104,9 @@ pub struct ServerCounters {
     timeouts: AtomicU64,
     bad_requests: AtomicU64,
     unauthorized: AtomicU64,
+    handshake_failures: AtomicU64,
+    handshake_timeouts: AtomicU64,
+    forbidden: AtomicU64,
 }
 
 /// A snapshot of [`ServerCounters`].
@@ -112,6 +125,12 @@ pub struct HttpCounters {
     pub bad_requests: u64,
     /// Requests refused for a missing or wrong bearer token (HTTP 401).
     pub unauthorized: u64,
+    /// TLS handshakes that failed (no client certificate, one the CA did not sign, not TLS).
+    pub handshake_failures: u64,
+    /// TLS handshakes not finished within [`Limits::handshake_timeout`].
+    pub handshake_timeouts: u64,
+    /// TLS connections whose verified certificate names a party not admitted here (HTTP 403).
+    pub forbidden: u64,
 }
 
 impl ServerCounters {
@@ -125,6 +144,9 @@ impl ServerCounters {
             timeouts: l(&self.timeouts),
             bad_requests: l(&self.bad_requests),
             unauthorized: l(&self.unauthorized),
+            handshake_failures: l(&self.handshake_failures),
+            handshake_timeouts: l(&self.handshake_timeouts),
+            forbidden: l(&self.forbidden),
         }
     }
 
@@ -139,7 +161,7 @@ fn bump(c: &AtomicU64) {
 }
 
 /// Serves `app` on `listener` until `shutdown` completes; then stops accepting and closes
-/// every connection.
+/// every connection. Plain HTTP on a TCP listener (no [`Auth::tls`]) is logged as a warning.
 pub async fn serve(
     listener: Listener,
     app: Router,
@@ -148,6 +170,12 @@ pub async fn serve(
     counters: Arc<ServerCounters>,
     shutdown: impl Future<Output = ()>,
 ) {
+    if matches!(listener, Listener::Tcp(_)) && auth.tls.is_none() {
+        warn!(
+            "serving plain HTTP on TCP {}: peers are not authenticated",
+            listener.local()
+        );
+    }
     let table = Arc::new(Mutex::new(Table::default()));
     let auth = Arc::new(auth);
     let mut conns = JoinSet::new();
@@ -280,21 +308,78 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run<I>(self, io: I, peer: Peer, limits: Limits, evicted: oneshot::Receiver<()>)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let _slot = SlotGuard {
+    async fn run(self, stream: Stream, peer: Peer, limits: Limits, evicted: oneshot::Receiver<()>) {
+        let slot = SlotGuard {
             id: self.id,
             table: self.table.clone(),
         };
+        let mut evicted = evicted;
+        let Some(tls) = self
+            .auth
+            .tls
+            .clone()
+            .filter(|_| matches!(peer, Peer::Tcp(_)))
+        else {
+            return self
+                .http(stream, Caller::Plain, peer, limits, evicted, slot)
+                .await;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+        let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream));
+        let stream = tokio::select! {
+            r = handshake => match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    bump(&self.counters.handshake_failures);
+                    debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    bump(&self.counters.handshake_timeouts);
+                    debug!(%peer, "TLS handshake not finished within {:?}", limits.handshake_timeout);
+                    return;
+                }
+            },
+            _ = &mut evicted => {
+                debug!(%peer, "handshaking connection closed to make room");
+                return;
+            }
+        };
+        let caller = crate::tls::caller(&tls, stream.get_ref().1.peer_certificates());
+        match &caller {
+            Caller::Forbidden(why) => {
+                bump(&self.counters.forbidden);
+                warn!(%peer, "TLS peer refused (403): {why}");
+            }
+            Caller::Admitted(id) => debug!(%peer, identity = %id, "TLS peer admitted"),
+            Caller::Plain => {}
+        }
+        self.http(stream, caller, peer, limits, evicted, slot).await;
+    }
+
+    /// Serves HTTP/1.1 on `io` until it closes, times out or is evicted.
+    async fn http<I>(
+        self,
+        io: I,
+        caller: Caller,
+        peer: Peer,
+        limits: Limits,
+        evicted: oneshot::Receiver<()>,
+        _slot: SlotGuard,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let counters = self.counters.clone();
+        // A refused peer gets one 403, then the connection closes.
+        let keep_alive = !matches!(caller, Caller::Forbidden(_));
+        let caller = Arc::new(caller);
         let (id, table, app, auth) = (self.id, self.table, self.app, self.auth);
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let busy = BusyGuard::new(id, &table);
             let (app, auth, counters) = (app.clone(), auth.clone(), counters.clone());
+            let caller = caller.clone();
             async move {
-                let answer = handle(app, &auth, &counters, req.map(Body::new)).await;
+                let answer = handle(app, &auth, &caller, &counters, req.map(Body::new)).await;
                 drop(busy);
                 answer
             }
@@ -305,7 +390,7 @@ impl Connection {
             .header_read_timeout(limits.header_timeout)
             .max_buf_size(limits.max_head.max(8192))
             .max_headers(MAX_HEADERS)
-            .keep_alive(true);
+            .keep_alive(keep_alive);
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::select! {
             result = conn => if let Err(e) = result {
@@ -321,13 +406,24 @@ impl Connection {
     }
 }
 
-/// Routes one request, after the authentication check.
+/// Routes one request, after the authentication checks (TLS identity, then bearer token).
 async fn handle(
     mut app: Router,
     auth: &Auth,
+    caller: &Caller,
     counters: &ServerCounters,
-    req: Request<Body>,
+    mut req: Request<Body>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
+    match caller {
+        Caller::Forbidden(why) => {
+            let message = format!("this client certificate is not admitted here: {why}");
+            return Ok(error_response(StatusCode::FORBIDDEN, &message));
+        }
+        Caller::Admitted(id) => {
+            req.extensions_mut().insert(PeerIdentity(id.clone()));
+        }
+        Caller::Plain => {}
+    }
     if let Some(token) = &auth.token
         && !auth.open_paths.contains(&req.uri().path())
     {

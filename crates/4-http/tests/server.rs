@@ -110,6 +110,7 @@ fn requests_need_the_token_except_on_open_paths() {
         tcp_any(),
         Limits::default(),
         Auth {
+            tls: None,
             token: Some(t.clone()),
             open_paths: vec!["/healthz"],
         },
@@ -164,6 +165,7 @@ fn half_sent_requests_cannot_lock_out_a_prompt_client() {
         tcp_any(),
         limits,
         Auth {
+            tls: None,
             token: Some(t.clone()),
             open_paths: vec![],
         },

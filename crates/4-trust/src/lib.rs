@@ -1,9 +1,12 @@
-//! The cluster's trust: one small CA, a certificate per node and one for the controller, and
-//! the mutual-TLS configurations every management-network listener and client uses.
+//! The cluster's trust: one small CA, a certificate per node and one for the controller (and
+//! the switch, the operator's CLI and the metrics scraper), and the mutual-TLS configurations
+//! every management-network listener and client uses.
 //!
 //! **Identity is a certificate name.** A node's certificate carries the DNS name
-//! [`node_name`]`(id)` (`node-7.flowshift.internal`), the controller's [`CONTROLLER_NAME`]; both
-//! are signed by the cluster CA ([`pki`]). A listener accepts a connection only when the peer
+//! [`node_name`]`(id)` (`node-7.flowshift.internal`), the controller's [`CONTROLLER_NAME`], the
+//! operator's [`OPERATOR_NAME`] (the operator API admits only it), the metrics scraper's
+//! [`MONITOR_NAME`] (a node's `/metrics` admits it and the operator); all are signed by the
+//! cluster CA ([`pki`]). A listener accepts a connection only when the peer
 //! presents a certificate chaining to the CA ([`Credentials::server_config`]); an id the peer
 //! *states* (a hello) is then checked against its certificate with [`peer_is`], so one node's
 //! key cannot speak for another. A client checks the server's name the usual way (the name it
@@ -30,6 +33,10 @@ pub const CONTROLLER_NAME: &str = "controller.flowshift.internal";
 /// The OpenFlow switch's certificate name (for an `ssl:` controller connection; Open vSwitch
 /// presents it, the controller checks it).
 pub const SWITCH_NAME: &str = "switch.flowshift.internal";
+/// The operator's certificate name: the `flowshift` CLI presents it to the operator API.
+pub const OPERATOR_NAME: &str = "operator.flowshift.internal";
+/// The metrics scraper's certificate name (Prometheus presents it to a node's `/metrics`).
+pub const MONITOR_NAME: &str = "monitor.flowshift.internal";
 
 /// The certificate name of node `id`.
 pub fn node_name(id: u16) -> String {
@@ -221,6 +228,16 @@ pub fn peer_is(certs: &[CertificateDer<'_>], name: &str) -> bool {
         Ok(ee) => ee.verify_is_valid_for_subject_name(&name).is_ok(),
         Err(_) => false,
     }
+}
+
+/// Which of `names` a (CA-verified) peer certificate chain carries: `Ok(name)` for the first
+/// one, else `Err` saying whom the endpoint admits. For `flowshift_http::ServerTls::admit`.
+pub fn admit_one_of(certs: &[CertificateDer<'_>], names: &[&str]) -> Result<String, String> {
+    names
+        .iter()
+        .find(|n| peer_is(certs, n))
+        .map(|n| (*n).to_owned())
+        .ok_or_else(|| format!("the certificate names none of {}", names.join(", ")))
 }
 
 /// The node id a (CA-verified) peer certificate names among `candidates`, if exactly one.

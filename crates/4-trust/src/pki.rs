@@ -1,14 +1,15 @@
 //! A small PKI for one cluster (`flowshift pki init` / `pki issue`): an ECDSA P-256 CA and
 //! leaf certificates whose DNS names are the parties' identities ([`crate::node_name`],
-//! [`crate::CONTROLLER_NAME`], [`crate::SWITCH_NAME`]).
+//! [`crate::CONTROLLER_NAME`], [`crate::SWITCH_NAME`], [`crate::OPERATOR_NAME`],
+//! [`crate::MONITOR_NAME`]).
 //!
 //! Files in the PKI folder ([`Layout`]): `ca.pem` (give to every party), `ca.key` (keep
 //! offline; needed only to issue), and `<name>.pem` / `<name>.key` per party, e.g.
-//! `node-3.pem`, `controller.key`, `switch.pem`. Keys are written with mode 0600. Rotation: issue a new
+//! `node-3.pem`, `controller.key`, `switch.pem`, `operator.pem`, `monitor.key`. Keys are written with mode 0600. Rotation: issue a new
 //! certificate for a party (`pki issue --force`) and restart it; a new CA means re-issuing
 //! every party.
 
-use crate::{CONTROLLER_NAME, SWITCH_NAME, TrustError, node_name};
+use crate::{CONTROLLER_NAME, MONITOR_NAME, OPERATOR_NAME, SWITCH_NAME, TrustError, node_name};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -34,6 +35,10 @@ pub enum Party {
     Controller,
     /// The OpenFlow switch (Open vSwitch's `ssl:` connection to the controller).
     Switch,
+    /// The operator (the `flowshift` CLI calling the operator API over TCP).
+    Operator,
+    /// The metrics scraper (Prometheus scraping the nodes' `/metrics`).
+    Monitor,
 }
 
 impl Party {
@@ -43,6 +48,8 @@ impl Party {
             Party::Node(id) => format!("node-{id}"),
             Party::Controller => "controller".into(),
             Party::Switch => "switch".into(),
+            Party::Operator => "operator".into(),
+            Party::Monitor => "monitor".into(),
         }
     }
 
@@ -52,6 +59,8 @@ impl Party {
             Party::Node(id) => node_name(id),
             Party::Controller => CONTROLLER_NAME.into(),
             Party::Switch => SWITCH_NAME.into(),
+            Party::Operator => OPERATOR_NAME.into(),
+            Party::Monitor => MONITOR_NAME.into(),
         }
     }
 }

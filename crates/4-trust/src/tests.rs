@@ -106,6 +106,37 @@ fn the_switch_has_its_own_name_and_files() {
 }
 
 #[test]
+fn operator_and_monitor_have_their_own_names_and_admission_checks_them() {
+    let dir = TempDir::new();
+    let parties = [
+        Party::Controller,
+        Party::Node(1),
+        Party::Operator,
+        Party::Monitor,
+    ];
+    pki::init(&dir.0, &parties, false).expect("pki init");
+    let l = Layout { dir: dir.0.clone() };
+    assert!(l.files(Party::Operator).cert.ends_with("operator.pem"));
+    assert!(l.files(Party::Monitor).key.ends_with("monitor.key"));
+    let ctl = creds(&l, Party::Controller);
+    let op = handshake(&ctl, &creds(&l, Party::Operator), CONTROLLER_NAME).expect("operator");
+    let mon = handshake(&ctl, &creds(&l, Party::Monitor), CONTROLLER_NAME).expect("monitor");
+    let node = handshake(&ctl, &creds(&l, Party::Node(1)), CONTROLLER_NAME).expect("node");
+    assert_eq!(
+        admit_one_of(&op, &[OPERATOR_NAME]).as_deref(),
+        Ok(OPERATOR_NAME)
+    );
+    assert_eq!(
+        admit_one_of(&mon, &[MONITOR_NAME, OPERATOR_NAME]).as_deref(),
+        Ok(MONITOR_NAME)
+    );
+    let refused = admit_one_of(&node, &[OPERATOR_NAME]).unwrap_err();
+    assert!(refused.contains(OPERATOR_NAME), "{refused}");
+    assert!(admit_one_of(&mon, &[OPERATOR_NAME]).is_err());
+    assert!(admit_one_of(&[], &[OPERATOR_NAME]).is_err());
+}
+
+#[test]
 fn a_server_with_the_wrong_name_is_refused() {
     let (_d, l) = cluster(&[1, 2]);
     let (n1, n2) = (creds(&l, Party::Node(1)), creds(&l, Party::Node(2)));

@@ -1,6 +1,7 @@
 //! A blocking client of the operator API (for the CLI, the testbed and tests), on
 //! [`flowshift_http::Client`]: TCP or unix socket, one request per connection, bounded answer
-//! size and time, the bearer token if given.
+//! size and time, the bearer token if given, and on TCP mutual TLS with the operator's
+//! credentials ([`ApiClient::with_operator`]).
 
 use crate::config::Endpoint;
 use crate::core::ControllerCounters;
@@ -8,7 +9,7 @@ use crate::switch::SwitchStatus;
 use axum::http::Method;
 use flowshift_control::api::{ClusterStatus, MigrateRequest, MigrateResponse};
 use flowshift_control::orchestrator::MigrationStatus;
-use flowshift_http::{Client, HttpError, Token};
+use flowshift_http::{Client, ClientTls, HttpError, Token};
 use flowshift_migration::InstanceId;
 use serde::de::DeserializeOwned;
 use std::net::Ipv4Addr;
@@ -52,6 +53,39 @@ impl ApiClient {
         ApiClient {
             http: self.http.with_token(token),
         }
+    }
+
+    /// The same client using `tls` on a TCP endpoint.
+    pub fn with_tls(self, tls: Option<ClientTls>) -> Self {
+        ApiClient {
+            http: self.http.with_tls(tls),
+        }
+    }
+
+    /// The same client presenting `operator`'s certificate on a TCP endpoint and expecting
+    /// the controller's ([`flowshift_trust::CONTROLLER_NAME`]). Fails if the credentials
+    /// are not the operator's (the controller would refuse them).
+    pub fn with_operator(self, operator: &flowshift_trust::Credentials) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            operator.is(flowshift_trust::OPERATOR_NAME),
+            "these TLS credentials are not the operator's (the certificate must name {})",
+            flowshift_trust::OPERATOR_NAME
+        );
+        let tls = ClientTls {
+            config: operator.client_config()?,
+            server_name: flowshift_trust::server_name(flowshift_trust::CONTROLLER_NAME)?,
+        };
+        Ok(self.with_tls(Some(tls)))
+    }
+
+    /// Whether calls to a TCP endpoint use TLS.
+    pub fn has_tls(&self) -> bool {
+        self.http.has_tls()
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        self.http.endpoint()
     }
 
     /// The same client with another time limit per call.

@@ -1,17 +1,21 @@
 //! The cluster configuration (`cluster.toml`) and the addresses the controller listens on.
 //!
 //! ```toml
-//! openflow_listen = "unix:/run/x/of.sock"   # or "tcp:0.0.0.0:6653"; the switch connects here
+//! openflow_listen = "unix:/run/x/of.sock"   # or "tcp:0.0.0.0:6653" (needs openflow_tls);
+//!                                            # the switch connects here
 //! node_listen = "198.19.0.1:6700"           # nodes connect here
-//! api_listen = "unix:/run/x/api.sock"       # or "127.0.0.1:6780"
-//! api_token_file = "/etc/flowshift/api.token" # bearer token of the operator API (created
-//!                                            # with mode 0600 if missing; required for TCP)
+//! api_listen = "unix:/run/x/api.sock"       # or "127.0.0.1:6780": mutual TLS with `tls`,
+//!                                            # admitting operator.flowshift.internal only
+//! api_token_file = "/etc/flowshift/api.token" # optional bearer token of the operator API
+//!                                            # (created with mode 0600 if missing): a second
+//!                                            # factor on TCP
 //! state_file = "/var/lib/flowshift/controller-state.json" # ownership across restarts
 //! # The controller's credentials (paths relative to this file): nodes connect over mutual
-//! # TLS and must present certificates naming their ids.
+//! # TLS and must present certificates naming their ids; a TCP api_listen uses them too.
 //! tls = { ca = "pki/ca.pem", cert = "pki/controller.pem", key = "pki/controller.key" }
 //! openflow_tls = false                       # true: the switch must connect with TLS and a
 //!                                            # certificate naming switch.flowshift.internal
+//!                                            # (required when openflow_listen is TCP)
 //! [switch]
 //! inside_port = 1                            # OpenFlow port towards subscribers
 //! outside_port = 2                           # OpenFlow port towards servers
@@ -170,11 +174,13 @@ pub struct ClusterConfig {
     pub openflow_listen: Endpoint,
     /// Where nodes connect (JSON lines, `flowshift_control::api`).
     pub node_listen: Endpoint,
-    /// Where the operator API (HTTP/1.1 JSON) listens.
+    /// Where the operator API (HTTP/1.1 JSON) listens: TCP with mutual TLS (`tls`; the client
+    /// certificate must name `flowshift_trust::OPERATOR_NAME`), or an owner-only unix socket.
     pub api_listen: Endpoint,
     /// The operator API's bearer token (`flowshift_http::Token`'s file format); created with
-    /// mode 0600 on start if it does not exist. Required when `api_listen` is TCP; without
-    /// it a unix `api_listen` admits whoever may open its socket (owner only).
+    /// mode 0600 on start if it does not exist. Optional: on TCP a second factor after the
+    /// operator's certificate; without it a unix `api_listen` admits whoever may open its
+    /// socket (owner only).
     #[serde(default)]
     pub api_token_file: Option<PathBuf>,
     /// The controller's credentials: its certificate (naming
@@ -184,6 +190,8 @@ pub struct ClusterConfig {
     pub tls: flowshift_trust::TlsFiles,
     /// Require TLS on `openflow_listen`, with a client certificate from the cluster CA naming
     /// `flowshift_trust::SWITCH_NAME` (Open vSwitch: `set-ssl` and an `ssl:` controller).
+    /// Required when `openflow_listen` is TCP (an unauthenticated switch could take over the
+    /// cluster's steering); a unix socket may go without (its permissions admit the peer).
     #[serde(default)]
     pub openflow_tls: bool,
     /// Switch wiring.
@@ -356,9 +364,13 @@ impl ClusterConfig {
         if let Err(e) = self.autoscale.validate() {
             problems.push(e);
         }
-        if matches!(self.api_listen, Endpoint::Tcp(_)) && self.api_token_file.is_none() {
-            problems
-                .push("api_listen is TCP: set api_token_file (the API's bearer token)".to_owned());
+        if matches!(self.openflow_listen, Endpoint::Tcp(_)) && !self.openflow_tls {
+            problems.push(
+                "openflow_listen is TCP without openflow_tls: anyone who reaches it could offer \
+                 a switch; set openflow_tls = true (the switch then presents its certificate, \
+                 switch.flowshift.internal) or listen on a unix socket (unix:/path)"
+                    .to_owned(),
+            );
         }
         if problems.is_empty() {
             Ok(())
@@ -656,14 +668,23 @@ idle_max = 0
         assert!(e.contains("group 198.18.0.1 appears twice"), "{e}");
         let e = invalid(&GOOD.replace("tcp:127.0.0.1:6780", "unix:/run/x/of.sock"));
         assert!(e.contains("openflow_listen and api_listen"), "{e}");
-        // A TCP API needs its token; a unix one may rely on the socket's permissions.
+        // The token is optional: a TCP API authenticates the operator's certificate, a unix
+        // one relies on the socket's permissions.
         let no_token = GOOD.replace("api_token_file = \"/etc/flowshift/api.token\"\n", "");
-        assert!(invalid(&no_token).contains("set api_token_file"));
+        assert_eq!(
+            ClusterConfig::from_toml(&no_token).unwrap().api_token_file,
+            None
+        );
         let unix = no_token.replace("tcp:127.0.0.1:6780", "unix:/run/x/api.sock");
         assert_eq!(
             ClusterConfig::from_toml(&unix).unwrap().api_token_file,
             None
         );
+        // A TCP OpenFlow listener must authenticate the switch.
+        let of_tcp = GOOD.replace("unix:/run/x/of.sock", "tcp:0.0.0.0:6653");
+        assert!(invalid(&of_tcp).contains("openflow_listen is TCP without openflow_tls"));
+        let of_tls = of_tcp.replace("[switch]", "openflow_tls = true\n[switch]");
+        assert!(ClusterConfig::from_toml(&of_tls).unwrap().openflow_tls);
     }
 
     #[test]

@@ -4,8 +4,13 @@
 //! lock the API out), request heads within 5 s, bodies of at most [`MAX_BODY`] bytes within
 //! 5 s.
 //!
-//! With `api_token_file` configured, every request except `GET /healthz` needs
-//! `Authorization: Bearer <token>` (401 otherwise, counted as `http_unauthorized`).
+//! On a TCP `api_listen` every connection is mutual TLS with the controller's credentials: the
+//! client must present a certificate from the cluster CA naming
+//! [`flowshift_trust::OPERATOR_NAME`] (no or a foreign certificate: refused in the handshake,
+//! `http.handshake_failures`; another party's: 403, `http.forbidden`; handshake within 5 s).
+//! A unix `api_listen` is owner-only and has no TLS. With `api_token_file` configured, every
+//! request except `GET /healthz` also needs `Authorization: Bearer <token>` (401 otherwise,
+//! counted as `http.unauthorized`): a second factor on TCP, the only one on a unix socket.
 //!
 //! | request | answer |
 //! |---|---|
@@ -17,7 +22,7 @@
 //! | `GET /switch` | [`crate::SwitchStatus`] (connection, counters, flow and port statistics) |
 //! | `GET /counters` | [`crate::ControllerCounters`] |
 //!
-//! Errors are `{"error": "..."}` with 400, 401, 404, 405, 408, 409, 413, 431, 502 or 503.
+//! Errors are `{"error": "..."}` with 400, 401, 403, 404, 405, 408, 409, 413, 431, 502 or 503.
 
 use crate::core::{ApiRequest, Inbox, Input, Reply, Shared};
 use axum::Router;
@@ -27,7 +32,7 @@ use axum::http::{StatusCode, Uri, header};
 use axum::response::Response;
 use axum::routing::{get, post};
 use flowshift_control::api::MigrateRequest;
-use flowshift_http::{Auth, Limits, Listener, Token, error_response, read_body};
+use flowshift_http::{Auth, Limits, Listener, ServerTls, Token, error_response, read_body};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -41,14 +46,21 @@ pub const LIMITS: Limits = Limits {
     max_per_client: 32,
     header_timeout: Duration::from_secs(5),
     body_timeout: Duration::from_secs(5),
+    handshake_timeout: Duration::from_secs(5),
     max_head: MAX_HEAD,
     max_body: MAX_BODY,
 };
 
-/// Serves the API on `listener` until the task is dropped.
-pub(crate) async fn serve(listener: Listener, inbox: Inbox, token: Option<Token>) {
+/// Serves the API on `listener` until the task is dropped (`tls`: on its TCP connections).
+pub(crate) async fn serve(
+    listener: Listener,
+    inbox: Inbox,
+    token: Option<Token>,
+    tls: Option<ServerTls>,
+) {
     let counters = inbox.shared.http.clone();
     let auth = Auth {
+        tls,
         token,
         open_paths: vec!["/healthz"],
     };

@@ -14,12 +14,13 @@
 //!   opens with a `Hello` whose id its certificate must name and that must match the
 //!   configuration (id and MAC), then gets requests and pushes migration events
 //!   (`flowshift_control::api`, JSON lines). Status is polled every 500 ms.
-//! * **Switch identity**: `openflow_tls` requires TLS with a certificate naming
-//!   `switch.flowshift.internal`; `[switch] datapath_id` pins the datapath (another one is
-//!   refused and never displaces the current switch).
-//! * **Operator API** ([`http`]): HTTP/1.1 JSON on `api_listen` (TCP or unix socket; a unix
-//!   socket is made owner-only), axum on [`flowshift_http::serve`] (bounded connections per
-//!   client and overall, head and body timeouts), a bearer token from `api_token_file`
+//! * **Switch identity**: `openflow_tls` (required on a TCP `openflow_listen`) requires TLS
+//!   with a certificate naming `switch.flowshift.internal`; `[switch] datapath_id` pins the
+//!   datapath (another one is refused and never displaces the current switch).
+//! * **Operator API** ([`http`]): HTTP/1.1 JSON on `api_listen`: TCP with mutual TLS (the
+//!   client certificate must name [`flowshift_trust::OPERATOR_NAME`]) or an owner-only unix
+//!   socket; axum on [`flowshift_http::serve`] (bounded connections per client and overall,
+//!   handshake, head and body timeouts), optionally a bearer token from `api_token_file`
 //!   (created with mode 0600 on first start); [`client::ApiClient`] is its client.
 //!
 //! * **Elastic policy** ([`autoscale`]): node loads from their status feed
@@ -61,6 +62,7 @@ use tracing::{info, warn};
 pub struct Controller {
     cfg: ClusterConfig,
     tls: TlsAcceptor,
+    api_tls: flowshift_http::ServerTls,
     openflow: Listener,
     nodes: Listener,
     api: Listener,
@@ -82,7 +84,15 @@ impl Controller {
                 flowshift_trust::CONTROLLER_NAME
             );
         }
-        let tls = TlsAcceptor::from(creds.server_config().context("tls")?);
+        let server_config = creds.server_config().context("tls")?;
+        let tls = TlsAcceptor::from(server_config.clone());
+        // The operator API admits the operator only (on TCP; a unix socket has no TLS).
+        let api_tls = flowshift_http::ServerTls {
+            config: server_config,
+            admit: Arc::new(|certs| {
+                flowshift_trust::admit_one_of(certs, &[flowshift_trust::OPERATOR_NAME])
+            }),
+        };
         let token = match &cfg.api_token_file {
             None => None,
             Some(path) => {
@@ -105,6 +115,7 @@ impl Controller {
         Ok(Controller {
             cfg,
             tls,
+            api_tls,
             openflow,
             nodes,
             api,
@@ -175,7 +186,7 @@ impl Controller {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(accept::switches(self.openflow, switch_tls, inbox.clone()));
         tasks.spawn(accept::nodes(self.nodes, self.tls, inbox.clone()));
-        tasks.spawn(http::serve(self.api, inbox, self.token));
+        tasks.spawn(http::serve(self.api, inbox, self.token, Some(self.api_tls)));
         core.run(rx, shutdown).await;
         // Dropping the accept loops drops the listeners (and removes unix socket files).
         tasks.shutdown().await;

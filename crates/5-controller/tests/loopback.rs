@@ -154,7 +154,8 @@ fn a_migration_installs_redirects_and_cuts_over_only_after_the_barrier() {
 
 #[test]
 fn a_flow_mod_error_is_not_taken_as_confirmation() {
-    let c = start_controller(config("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"));
+    let of = TempDir::new("of");
+    let c = start_controller(config(&of.sock("of.sock"), "127.0.0.1:0", "127.0.0.1:0"));
     let log = Log::default();
     let switch = FakeSwitch::connect(
         &c.openflow,
@@ -199,7 +200,8 @@ fn a_flow_mod_error_is_not_taken_as_confirmation() {
 
 #[test]
 fn a_switch_that_reconnects_gets_the_whole_table_and_confirms_the_redirect() {
-    let c = start_controller(config("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"));
+    let of = TempDir::new("of");
+    let c = start_controller(config(&of.sock("of.sock"), "127.0.0.1:0", "127.0.0.1:0"));
     let log = Log::default();
     let first = FakeSwitch::connect(
         &c.openflow,
@@ -234,7 +236,8 @@ fn a_switch_that_reconnects_gets_the_whole_table_and_confirms_the_redirect() {
 
 #[test]
 fn nodes_are_checked_and_misbehaving_ones_disconnected() {
-    let c = start_controller(config("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"));
+    let of = TempDir::new("of");
+    let c = start_controller(config(&of.sock("of.sock"), "127.0.0.1:0", "127.0.0.1:0"));
     let log = Log::default();
     let _switch = FakeSwitch::connect(&c.openflow, SwitchOptions::default(), log.clone());
 
@@ -326,7 +329,8 @@ fn wait_log(log: &Log, what: &str) {
 
 #[test]
 fn a_node_is_the_id_its_certificate_names_and_impostors_never_displace_it() {
-    let c = start_controller(config("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"));
+    let of = TempDir::new("of");
+    let c = start_controller(config(&of.sock("of.sock"), "127.0.0.1:0", "127.0.0.1:0"));
     let log = Log::default();
     let _switch = FakeSwitch::connect(&c.openflow, SwitchOptions::default(), log.clone());
     let _n1 = FakeNode::spawn(&c, 1, MAC1, NodeOptions::default(), log.clone());
@@ -455,8 +459,9 @@ fn a_node_is_the_id_its_certificate_names_and_impostors_never_displace_it() {
 #[test]
 fn a_pinned_controller_refuses_a_rogue_switch_and_keeps_the_legitimate_one() {
     let dpid = format!("datapath_id = \"{DPID:#x}\"");
+    let of = TempDir::new("of");
     let c = start_controller(config_with(
-        "127.0.0.1:0",
+        &of.sock("of.sock"),
         "127.0.0.1:0",
         "127.0.0.1:0",
         "",
@@ -470,7 +475,7 @@ fn a_pinned_controller_refuses_a_rogue_switch_and_keeps_the_legitimate_one() {
     let before = c.api.switch().unwrap();
     assert!(before.connected && before.synced);
 
-    // A rogue OpenFlow client on loopback: the real codec, another datapath id.
+    // A rogue OpenFlow client on the socket: the real codec, another datapath id.
     let rogue = FakeSwitch::connect(
         &c.openflow,
         SwitchOptions {

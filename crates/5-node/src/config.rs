@@ -8,8 +8,10 @@
 //! outside_next_hop = "02:f5:00:00:02:00"   # eth_dst of frames towards the outside
 //! controller = "198.19.0.1:6700"           # controller's node listener (the node connects)
 //! transfer_listen = "198.19.0.11:6800"     # state-transfer TCP listener
-//! metrics_listen = "198.19.0.11:9100"      # Prometheus GET /metrics (optional; omit = off)
-//! metrics_token_file = "/etc/flowshift/metrics.token"  # optional bearer token for /metrics
+//! metrics_listen = "198.19.0.11:9100"      # Prometheus GET /metrics over mutual TLS (`tls`;
+//!                                          # admits monitor. and operator.flowshift.internal;
+//!                                          # optional; omit = off)
+//! metrics_token_file = "/etc/flowshift/metrics.token"  # optional bearer token: a second factor
 //! vnet_hdr = true                          # PACKET_VNET_HDR (GSO frames pass); default true
 //! tls = { ca = "pki/ca.pem", cert = "pki/node-1.pem", key = "pki/node-1.key" }
 //!                                          # mutual TLS (`flowshift pki init`); relative to this file
@@ -88,15 +90,18 @@ pub struct NodeConfig {
     pub controller: SocketAddr,
     /// Where the node accepts state-transfer connections from its peers.
     pub transfer_listen: SocketAddr,
-    /// This node's TLS credentials (`flowshift pki init` writes them): every transfer and
-    /// control connection is mutual TLS, the certificate naming this node's id. Relative
+    /// This node's TLS credentials (`flowshift pki init` writes them): every transfer,
+    /// control and `/metrics` connection is mutual TLS, the certificate naming this node's id. Relative
     /// paths are taken from the configuration file's folder ([`load_config`]).
     pub tls: flowshift_trust::TlsFiles,
-    /// Prometheus endpoint (`GET /metrics`); `None`: off.
+    /// Prometheus endpoint (`GET /metrics`) over mutual TLS with [`NodeConfig::tls`]: the
+    /// scraper presents a certificate naming `flowshift_trust::MONITOR_NAME` (or the
+    /// operator's); `None`: off.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
-    /// Bearer token `/metrics` requires (created with mode 0600 if missing; Prometheus sends
-    /// it with `authorization: {credentials_file: ...}`); `None`: `/metrics` is open.
+    /// Bearer token `/metrics` requires after the certificate (created with mode 0600 if
+    /// missing; Prometheus sends it with `authorization: {credentials_file: ...}`); `None`:
+    /// the certificate alone admits.
     #[serde(default)]
     pub metrics_token_file: Option<PathBuf>,
     /// Exchange a virtio-net header with the kernel (`PACKET_VNET_HDR`): GSO super-frames and

@@ -17,13 +17,18 @@
 //!   `flowshift_group_mode{external,mode}` (1 for the current mode) and
 //!   `flowshift_migration_info{migration,role,phase}` (1 per migration the node knows);
 //! * the endpoint's own HTTP counters, `flowshift_metrics_http_<field>_total` (connections,
-//!   evicted, refused, timeouts, bad_requests, unauthorized).
+//!   evicted, refused, timeouts, bad_requests, unauthorized, handshake_failures,
+//!   handshake_timeouts, forbidden).
 //!
 //! Served by [`flowshift_http::serve`] (axum) on a single-threaded tokio runtime in its own
 //! thread, off the packet thread and idle between scrapes. Bounded: [`LIMITS`] (a slow or
 //! half-sent scrape holds only its own connection, and the longest-idle one is closed when a
-//! new scrape needs room). With `metrics_token_file`, scrapes need `Authorization: Bearer
-//! <token>` (401 otherwise, counted).
+//! new scrape needs room). Every scrape is mutual TLS with the node's credentials
+//! ([`server_tls`]): the scraper's certificate must come from the cluster CA (otherwise the
+//! handshake fails, counted) and name [`flowshift_trust::MONITOR_NAME`] or
+//! [`flowshift_trust::OPERATOR_NAME`] (otherwise 403, counted as `forbidden`). With
+//! `metrics_token_file`, scrapes also need `Authorization: Bearer <token>` (401 otherwise,
+//! counted): a second factor.
 
 use crate::stats::SnapshotCell;
 use axum::Router;
@@ -32,7 +37,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use flowshift_control::api::{GroupStatus, NodeStatus};
 use flowshift_control::status::integer_fields;
-use flowshift_http::{Auth, Limits, Listener, ServerCounters, Token};
+use flowshift_http::{Auth, Limits, Listener, ServerCounters, ServerTls, Token};
 use flowshift_migration::LossCause;
 use flowshift_nat::DropReason;
 use prometheus_client::collector::Collector;
@@ -54,6 +59,7 @@ pub const LIMITS: Limits = Limits {
     max_per_client: 8,
     header_timeout: Duration::from_secs(5),
     body_timeout: Duration::from_secs(5),
+    handshake_timeout: Duration::from_secs(5),
     max_head: 16 * 1024,
     max_body: 0,
 };
@@ -339,11 +345,29 @@ impl Drop for MetricsServer {
     }
 }
 
-/// Serves `/metrics` on `listener` from `snapshot` in a new thread, requiring `token` if
-/// given.
+/// The endpoint's TLS: the node's server configuration (client certificate from the cluster
+/// CA required), admitting the monitor and the operator.
+pub fn server_tls(creds: &flowshift_trust::Credentials) -> anyhow::Result<ServerTls> {
+    Ok(ServerTls {
+        config: creds.server_config()?,
+        admit: Arc::new(|certs| {
+            flowshift_trust::admit_one_of(
+                certs,
+                &[
+                    flowshift_trust::MONITOR_NAME,
+                    flowshift_trust::OPERATOR_NAME,
+                ],
+            )
+        }),
+    })
+}
+
+/// Serves `/metrics` on `listener` from `snapshot` in a new thread over mutual TLS (`tls`,
+/// see [`server_tls`]), requiring `token` too if given.
 pub fn start(
     listener: std::net::TcpListener,
     snapshot: Arc<SnapshotCell>,
+    tls: ServerTls,
     token: Option<Token>,
 ) -> std::io::Result<MetricsServer> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -371,6 +395,7 @@ pub fn start(
                     }),
                 );
                 let auth = Auth {
+                    tls: Some(tls),
                     token,
                     open_paths: Vec::new(),
                 };

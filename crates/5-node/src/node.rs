@@ -145,9 +145,18 @@ impl Node {
                 anyhow::Ok(token)
             })
             .transpose()?;
-        let metrics = metrics_listener
-            .map(|l| crate::metrics::start(l, snapshot.clone(), metrics_token))
-            .transpose()?;
+        let metrics = match metrics_listener {
+            Some(l) => {
+                let tls = crate::metrics::server_tls(&creds).context("[tls] for /metrics")?;
+                Some(crate::metrics::start(
+                    l,
+                    snapshot.clone(),
+                    tls,
+                    metrics_token,
+                )?)
+            }
+            None => None,
+        };
         let loop_cfg = LoopConfig {
             poll: cfg.poll,
             spin: Duration::from_micros(u64::from(cfg.spin_us)),

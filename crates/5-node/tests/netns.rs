@@ -10,7 +10,7 @@ use common::*;
 use flowshift_node::afpacket::{AfPacket, SocketConfig};
 use flowshift_node::frame::{ETH_HLEN, RxFrame, TxFrame, VnetHdr};
 use flowshift_node::{Node, NodeConfig};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -377,12 +377,17 @@ fn node_translates_frames_on_a_veth_between_namespaces() {
     );
     assert!(c.nat.translated_out >= 3 && c.nat.translated_in >= 1);
     assert_eq!(c.io.tx_errors, 0);
-    let mut http = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    // Scraped as the monitor, over mutual TLS (the node's certificate names node 1).
+    let scraper = metrics_client(
+        flowshift_http::Endpoint::Tcp(format!("127.0.0.1:{metrics_port}")),
+        1,
+        flowshift_trust::pki::Party::Monitor,
+    );
+    let (status, body) = scraper
+        .request(axum::http::Method::GET, "/metrics", None)
         .unwrap();
-    let mut text = String::new();
-    http.read_to_string(&mut text).unwrap();
-    assert!(text.starts_with("HTTP/1.1 200 OK"));
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
     assert!(text.contains("flowshift_nat_drops_total{reason=\"no_mapping\"} 1"));
     assert!(text.contains("# TYPE flowshift_rx_packets_total counter"));
     assert!(text.contains("flowshift_group_mappings{external=\"198.18.0.1\"} 2"));

@@ -94,6 +94,11 @@ struct ApiArgs {
     /// The cluster configuration (its api_listen and api_token_file are the defaults).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The operator's TLS credentials for a TCP API: a folder with `ca.pem`, `operator.pem`
+    /// and `operator.key` (`flowshift pki init` writes them). Default: $FLOWSHIFT_TLS_DIR,
+    /// else the folder of --config's `tls.ca`. A unix socket API needs none.
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
 }
 
 /// Arguments of `flowshift token`.
@@ -176,7 +181,32 @@ fn api_client(args: &ApiArgs) -> Result<ApiClient> {
         },
     };
     let token = token_file.as_deref().map(Token::load).transpose()?;
-    Ok(ApiClient::new(endpoint).with_token(token))
+    let client = ApiClient::new(endpoint.clone()).with_token(token);
+    if matches!(endpoint, Endpoint::Unix(_)) {
+        return Ok(client);
+    }
+    let env_tls = std::env::var_os("FLOWSHIFT_TLS_DIR").filter(|v| !v.is_empty());
+    let tls_dir = args
+        .tls_dir
+        .clone()
+        .or(env_tls.map(PathBuf::from))
+        .or_else(|| Some(cfg.as_ref()?.tls.ca.parent()?.to_path_buf()));
+    let Some(dir) = tls_dir else {
+        bail!(
+            "the API at {endpoint} is TCP, which admits only the operator's certificate: pass \
+             --tls-dir DIR or set FLOWSHIFT_TLS_DIR (DIR holds ca.pem, operator.pem and \
+             operator.key, from `flowshift pki init` or `flowshift pki issue --operator`)"
+        );
+    };
+    let files =
+        flowshift_trust::TlsFiles::in_dir(&dir, &flowshift_trust::pki::Party::Operator.stem());
+    let creds = flowshift_trust::Credentials::load(&files).with_context(|| {
+        format!(
+            "loading the operator's TLS credentials from {}",
+            dir.display()
+        )
+    })?;
+    client.with_operator(&creds)
 }
 
 /// Asks the running controller to migrate a group; with `--wait`, follows it to the end.

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 /// `flowshift pki ...`
 #[derive(Subcommand)]
 pub enum PkiCommand {
-    /// Create a new CA and certificates for the controller and every node of a cluster.
+    /// Create a new CA and certificates for the controller, every node of a cluster, the
+    /// operator (the CLI on a TCP API) and the monitor (the scraper of the nodes' /metrics).
     Init(InitArgs),
     /// Issue (or with --force, re-issue: rotate) certificates with an existing CA.
     Issue(IssueArgs),
@@ -17,8 +18,8 @@ pub enum PkiCommand {
 /// Arguments of `pki init`.
 #[derive(Args)]
 pub struct InitArgs {
-    /// Folder to write `ca.pem`, `ca.key`, `controller.{pem,key}`, `node-<id>.{pem,key}`
-    /// (and `switch.{pem,key}` with `--switch`).
+    /// Folder to write `ca.pem`, `ca.key`, `controller.{pem,key}`, `node-<id>.{pem,key}`,
+    /// `operator.{pem,key}`, `monitor.{pem,key}` (and `switch.{pem,key}` with `--switch`).
     #[arg(long, default_value = "pki")]
     pub dir: PathBuf,
     /// Take the node ids from this cluster configuration.
@@ -51,6 +52,14 @@ pub struct IssueArgs {
     /// Issue the OpenFlow switch's certificate too.
     #[arg(long)]
     pub switch: bool,
+    /// Issue the operator's certificate too (operator.flowshift.internal: the CLI's identity
+    /// on a TCP operator API).
+    #[arg(long)]
+    pub operator: bool,
+    /// Issue the monitor's certificate too (monitor.flowshift.internal: the scraper's
+    /// identity on the nodes' /metrics).
+    #[arg(long)]
+    pub monitor: bool,
     /// Replace existing certificates (rotation; restart the party afterwards).
     #[arg(long)]
     pub force: bool,
@@ -73,7 +82,7 @@ pub fn run(cmd: &PkiCommand) -> Result<()> {
                 bail!("no nodes: pass --cluster cluster.toml or --nodes 1,2");
             }
             let mut parties: Vec<Party> = ids.into_iter().map(Party::Node).collect();
-            parties.push(Party::Controller);
+            parties.extend([Party::Controller, Party::Operator, Party::Monitor]);
             if a.switch {
                 parties.push(Party::Switch);
             }
@@ -84,11 +93,20 @@ pub fn run(cmd: &PkiCommand) -> Result<()> {
             if a.controller {
                 parties.push(Party::Controller);
             }
-            if a.switch {
-                parties.push(Party::Switch);
+            for (wanted, p) in [
+                (a.switch, Party::Switch),
+                (a.operator, Party::Operator),
+                (a.monitor, Party::Monitor),
+            ] {
+                if wanted {
+                    parties.push(p);
+                }
             }
             if parties.is_empty() {
-                bail!("nothing to issue: pass --nodes, --controller and/or --switch");
+                bail!(
+                    "nothing to issue: pass --nodes, --controller, --switch, --operator and/or \
+                     --monitor"
+                );
             }
             pki::issue(&a.dir, &parties, a.force)?
         }

@@ -31,7 +31,8 @@ pub const MAC1: [u8; 6] = [2, 0xf5, 0, 0, 0, 1];
 pub const MAC2: [u8; 6] = [2, 0xf5, 0, 0, 0, 2];
 pub const DPID: u64 = 0x00fa_0002;
 
-/// Credentials for nodes 1, 2 and 9, the controller and the switch, shared by this test
+/// Credentials for nodes 1, 2 and 9, the controller, the switch, the operator and the
+/// monitor, shared by this test
 /// binary's tests (in cargo's per-crate temp folder under target/).
 pub fn pki() -> &'static ScratchPki {
     static PKI: OnceLock<ScratchPki> = OnceLock::new();
@@ -42,6 +43,8 @@ pub fn pki() -> &'static ScratchPki {
             Party::Node(9),
             Party::Controller,
             Party::Switch,
+            Party::Operator,
+            Party::Monitor,
         ];
         ScratchPki::new(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")), &parties)
             .expect("test PKI")
@@ -183,7 +186,7 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
 
 /// A controller on its own thread and runtime; stopped on drop.
 pub struct Running {
-    /// A client with the API token.
+    /// A client with the API token (and the operator's certificate on TCP).
     pub api: ApiClient,
     /// The API token file (removed on drop).
     pub token_file: Option<PathBuf>,
@@ -243,6 +246,8 @@ pub fn start_controller_in(cfg: ClusterConfig, netns: Option<String>) -> Running
     Running {
         api: ApiClient::new(api.clone())
             .with_token(token)
+            .with_operator(&creds(Party::Operator))
+            .expect("operator credentials")
             .with_timeout(Duration::from_secs(5)),
         token_file,
         api_endpoint: api,

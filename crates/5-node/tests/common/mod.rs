@@ -22,8 +22,8 @@ pub const OUTSIDE: [u8; 6] = [2, 0xf5, 0, 0, 2, 0];
 pub const EXT: [u8; 4] = [198, 18, 0, 1];
 pub const SERVER: [u8; 4] = [203, 0, 113, 10];
 
-/// Credentials for nodes 1..=3 and the controller, shared by this test binary's tests (in
-/// cargo's per-crate temp folder under target/).
+/// Credentials for nodes 1..=3, the controller, the operator and the monitor, shared by this
+/// test binary's tests (in cargo's per-crate temp folder under target/).
 pub fn pki() -> &'static ScratchPki {
     static PKI: OnceLock<ScratchPki> = OnceLock::new();
     PKI.get_or_init(|| {
@@ -32,9 +32,24 @@ pub fn pki() -> &'static ScratchPki {
             Party::Node(2),
             Party::Node(3),
             Party::Controller,
+            Party::Operator,
+            Party::Monitor,
         ];
         ScratchPki::new(Path::new(env!("CARGO_TARGET_TMPDIR")), &parties).expect("test PKI")
     })
+}
+
+/// A `/metrics` client of node `node`'s endpoint `ep` presenting `party`'s certificate.
+pub fn metrics_client(
+    ep: flowshift_http::Endpoint,
+    node: u16,
+    party: Party,
+) -> flowshift_http::Client {
+    let creds = flowshift_trust::Credentials::load(&pki().files(party)).unwrap();
+    flowshift_http::Client::new(ep).with_tls(Some(flowshift_http::ClientTls {
+        config: creds.client_config().unwrap(),
+        server_name: flowshift_trust::server_name(&flowshift_trust::node_name(node)).unwrap(),
+    }))
 }
 
 /// Accepts one control connection on `l` as a fake controller would: mutual TLS with

@@ -383,12 +383,15 @@ impl Testbed {
         }
 
         self.progress("configurations");
-        // A fresh CA and certificates for this run's nodes and controller (mutual TLS).
+        // A fresh CA and certificates for this run's nodes, controller and switch (mutual
+        // TLS), and for the operator and the monitor (clients of the nodes' /metrics).
         let mut parties: Vec<flowshift_trust::pki::Party> = (1..=l.nodes)
             .map(flowshift_trust::pki::Party::Node)
             .collect();
         parties.push(flowshift_trust::pki::Party::Controller);
         parties.push(flowshift_trust::pki::Party::Switch);
+        parties.push(flowshift_trust::pki::Party::Operator);
+        parties.push(flowshift_trust::pki::Party::Monitor);
         flowshift_trust::pki::init(&dir.join(layout::PKI_DIR), &parties, true)
             .context("creating the run's PKI")?;
         let copts = ConfigOptions {

@@ -293,6 +293,10 @@ fn print_summary(s: &bed::State) {
         "  controller {}:6700 in {}, API {}",
         s.controller, s.ns_mgmt, s.api
     );
+    println!(
+        "  pki        {} (monitor.pem/.key scrape /metrics; operator.pem/.key)",
+        s.dir.join(layout::PKI_DIR).display()
+    );
     for n in &s.node_list {
         let pid = s
             .processes
@@ -302,7 +306,7 @@ fn print_summary(s: &bed::State) {
                 format!("pid {}", p.pid)
             });
         println!(
-            "  node {}     {} in {} (port {}, MAC {}), mgmt {} (metrics :9100), {pid}",
+            "  node {}     {} in {} (port {}, MAC {}), mgmt {} (metrics :9100, TLS), {pid}",
             n.id, n.interface, n.netns, n.port, n.mac, n.mgmt
         );
     }
