@@ -433,15 +433,16 @@ impl<M: Copy> Instance<M> {
         self.core.id
     }
 
-    /// The driver carried one chained packet to `to` as `frames` packets (it segmented a GSO
-    /// packet the chain link cannot carry whole). The end-of-chain marker and `Done` count
-    /// what the peer receives, so the extra packets are added to the count sent to `to`; call
-    /// it before the next `handle_*` call, as the packet loop does after each drain.
+    /// The driver carried one chained packet to `to` as `frames` packets: several if it
+    /// segmented a GSO packet the chain link cannot carry whole, 0 if it could not send it at
+    /// all. The end-of-chain marker and `Done` count what the peer receives, so the count sent
+    /// to `to` is corrected by `frames - 1`; call it before the next `handle_*` call, as the
+    /// packet loop does after each drain.
     pub fn chain_split(&mut self, to: InstanceId, frames: u64) {
-        if frames > 1 {
-            *self.core.chain_tx.entry(to).or_default() += frames - 1;
-            self.core.counters.chained_out += frames - 1;
-        }
+        let sent = self.core.chain_tx.entry(to).or_default();
+        *sent = (*sent + frames).saturating_sub(1);
+        let out = &mut self.core.counters.chained_out;
+        *out = (*out + frames).saturating_sub(1);
     }
 
     /// The NAT (counters, `check_invariants`, tables).
