@@ -38,9 +38,9 @@ impl Hello {
 /// OFPT_ERROR.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ErrorMsg {
-    /// Error type ([`error_type`]).
+    /// Error type ([`error_type`](super::error_type)).
     pub err_type: u16,
-    /// Error code within the type ([`error_code`]).
+    /// Error code within the type ([`error_code`](super::error_code)).
     pub code: u16,
     /// Usually the start of the failed request (at least 64 bytes of it, or all of it).
     pub data: Vec<u8>,
@@ -86,7 +86,7 @@ pub struct PacketIn {
     pub buffer_id: u32,
     /// Full length of the packet.
     pub total_len: u16,
-    /// Why the packet was sent ([`packet_in_reason`]).
+    /// Why the packet was sent ([`packet_in_reason`](super::packet_in_reason)).
     pub reason: u8,
     /// Table that sent it.
     pub table_id: u8,
@@ -98,14 +98,14 @@ pub struct PacketIn {
     pub data: Vec<u8>,
 }
 
-/// OFPT_FLOW_REMOVED (sent for entries installed with [`FlowModFlags::SEND_FLOW_REM`]).
+/// OFPT_FLOW_REMOVED (sent for entries installed with [`FlowModFlags::SEND_FLOW_REM`](super::FlowModFlags::SEND_FLOW_REM)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowRemoved {
     /// Cookie of the entry.
     pub cookie: u64,
     /// Priority of the entry.
     pub priority: u16,
-    /// Why it was removed ([`flow_removed_reason`]).
+    /// Why it was removed ([`flow_removed_reason`](super::flow_removed_reason)).
     pub reason: u8,
     /// Its table.
     pub table_id: u8,

@@ -42,7 +42,7 @@ pub mod msg_type {
     pub const BARRIER_REPLY: u8 = 21;
 }
 
-/// Error types (OFPET_*) carried in [`ErrorMsg::err_type`].
+/// Error types (OFPET_*) carried in [`ErrorMsg::err_type`](super::ErrorMsg::err_type).
 pub mod error_type {
     /// Hello protocol failed.
     pub const HELLO_FAILED: u16 = 0;
@@ -157,7 +157,7 @@ pub mod error_code {
     }
 }
 
-/// Reasons of a [`PacketIn`] (OFPR_*).
+/// Reasons of a [`PacketIn`](super::PacketIn) (OFPR_*).
 pub mod packet_in_reason {
     /// No matching flow (table-miss entry).
     pub const NO_MATCH: u8 = 0;
@@ -167,7 +167,7 @@ pub mod packet_in_reason {
     pub const INVALID_TTL: u8 = 2;
 }
 
-/// Reasons of a [`FlowRemoved`] (OFPRR_*).
+/// Reasons of a [`FlowRemoved`](super::FlowRemoved) (OFPRR_*).
 pub mod flow_removed_reason {
     /// Idle timeout expired.
     pub const IDLE_TIMEOUT: u8 = 0;

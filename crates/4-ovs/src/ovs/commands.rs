@@ -49,7 +49,7 @@ impl Ovs {
         self.ofctl("dump-ports", &[])
     }
 
-    /// Whether veths keep their TX offloads ([`OvsOptions::userspace_tso`]).
+    /// Whether veths keep their TX offloads ([`OvsOptions::userspace_tso`](super::OvsOptions::userspace_tso)).
     pub fn userspace_tso(&self) -> bool {
         self.userspace_tso
     }
@@ -90,7 +90,7 @@ impl Ovs {
     /// Creates a veth pair with `port` inside the switch namespace and `peer` inside
     /// `peer_ns`, brings both up, turns off TX checksum offload on both (needed for TCP through
     /// the userspace datapath; skipped when `ethtool` is absent, and with
-    /// [`OvsOptions::userspace_tso`], which keeps the offloads), adds `port` to the bridge
+    /// [`OvsOptions::userspace_tso`](super::OvsOptions::userspace_tso), which keeps the offloads), adds `port` to the bridge
     /// (with OpenFlow port number `ofport` if given) and returns its OpenFlow port number.
     pub fn add_veth_port(
         &self,
