@@ -214,7 +214,7 @@ pub struct Params {
     pub chain_quiet: Duration,
     /// Freeze-copy: the longest a mapping should stay frozen, freeze to acknowledgement
     /// (default 1 ms). The source keeps at most a freeze budget of record bytes in flight and
-    /// sizes it from this target and the freeze times it measures (see `source.rs`). Zero
+    /// sizes it from this target and the freeze times it measures (see `source/messages.rs`). Zero
     /// turns the budget off: `batch_size`, `batch_max_bytes` and `batches_in_flight` alone
     /// apply.
     #[serde(rename = "freeze_target_us", with = "micros")]
