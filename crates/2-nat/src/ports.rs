@@ -68,6 +68,10 @@ pub(crate) enum ClaimError {
 pub(crate) struct PortBlocks {
     port_min: u16,
     block_size: u16,
+    /// `ceil(2^32 / block_size)`: `off * recip >> 32 == off / block_size` for every 16-bit
+    /// `off` (the error `off * (recip * block_size - 2^32)` stays below `2^32`), so a port's
+    /// block takes a multiplication, not a division.
+    recip: u64,
     words_per_bitmap: usize,
     max_per_subscriber: usize,
     owner: Vec<BlockOwner>,
@@ -83,6 +87,7 @@ impl PortBlocks {
         PortBlocks {
             port_min,
             block_size,
+            recip: (1u64 << 32).div_ceil(u64::from(block_size.max(1))),
             words_per_bitmap: words,
             max_per_subscriber: max_per_subscriber as usize,
             owner: vec![BlockOwner::Free; n],
@@ -103,9 +108,20 @@ impl PortBlocks {
     }
 
     pub fn block_of(&self, port: u16) -> Option<u32> {
-        let off = port.checked_sub(self.port_min)? as u32;
-        let b = off / self.block_size as u32;
+        let off = port.checked_sub(self.port_min)?;
+        let (b, _) = self.split(off);
         (b < self.n_blocks()).then_some(b)
+    }
+
+    /// (block, bit in the block) of port offset `off` (port minus `port_min`).
+    #[inline(always)]
+    fn split(&self, off: u16) -> (u32, usize) {
+        let b = ((u64::from(off) * self.recip) >> 32) as u32;
+        debug_assert_eq!(b, u32::from(off) / u32::from(self.block_size));
+        (
+            b,
+            (u32::from(off) - b * u32::from(self.block_size)) as usize,
+        )
     }
 
     pub fn owner(&self, block: u32) -> BlockOwner {
@@ -120,10 +136,13 @@ impl PortBlocks {
     }
 
     pub fn is_bound(&self, port: u16, proto: PortProto) -> bool {
-        let Some(b) = self.block_of(port) else {
+        let Some(off) = port.checked_sub(self.port_min) else {
             return false;
         };
-        let bit = (port - self.port_min) as usize % self.block_size as usize;
+        let (b, bit) = self.split(off);
+        if b >= self.n_blocks() {
+            return false;
+        }
         let w = self.bitmap_base(b, proto) + bit / 64;
         self.used[w] & (1u64 << (bit % 64)) != 0
     }
@@ -215,7 +234,7 @@ impl PortBlocks {
         if !self.is_bound(port, proto) {
             return None;
         }
-        let bit = (port - self.port_min) as usize % self.block_size as usize;
+        let (_, bit) = self.split(port - self.port_min);
         let w = self.bitmap_base(b, proto) + bit / 64;
         self.used[w] &= !(1u64 << (bit % 64));
         self.used_count[b as usize] -= 1;
@@ -285,11 +304,8 @@ impl PortBlocks {
         subscriber: u32,
     ) -> Option<BlockChange> {
         debug_assert_eq!(self.check_claim(port, proto, subscriber), Ok(()));
-        let off = (port - self.port_min) as usize;
-        let (b, bit) = (
-            off / self.block_size as usize,
-            off % self.block_size as usize,
-        );
+        let (b, bit) = self.split(port - self.port_min);
+        let b = b as usize;
         let change = if self.owner[b] == BlockOwner::Subscriber(subscriber) {
             None
         } else {

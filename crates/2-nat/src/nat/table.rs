@@ -38,7 +38,7 @@ impl Nat {
     /// each slab slot is live or on its free list, each live entry has two index entries, and
     /// the counts are within their bounds.
     #[inline]
-    fn debug_check_counts(&self) {
+    pub(super) fn debug_check_counts(&self) {
         debug_assert_eq!(
             self.sessions.len(),
             self.session_count as usize + self.session_free.len(),
@@ -528,7 +528,7 @@ pub(super) fn entry_flags(s_flags: u8) -> u8 {
 
 /// Puts `item` in a free slot of `slab` (keeping what `keep` copies from the slot's previous
 /// occupant, i.e. its generation) or at the end; returns the slot.
-fn slab_insert<T>(
+pub(super) fn slab_insert<T>(
     slab: &mut Vec<T>,
     free: &mut Vec<u32>,
     mut item: T,
