@@ -3,7 +3,7 @@
 //! lookup that finds its entry in its first line reads one line of memory. An insert reads
 //! one occupancy byte per line (a dense array that mostly stays cached) and writes the line
 //! without reading it, so a cold line costs a store miss, which does not stall the CPU. The
-//! session and mapping indexes (`index.rs`) use it: an import writes four index entries per
+//! session and mapping indexes (`index.rs`) use it: an import writes three index entries per
 //! record at random places, and a packet's lookup reads one, so the lines touched are the cost.
 //!
 //! Layout: a power-of-two number of lines; an entry of hash `h` lives in line `h & mask` or,

@@ -78,7 +78,15 @@ pub(crate) struct PortBlocks {
     used: Vec<u64>,
     used_count: Vec<u32>,
     subscribers: HashMap<u32, Vec<u32>>,
+    /// Per block, allocated the first time a mapping is recorded in it (then kept: at most
+    /// `n_blocks` of them): the slab slot of the mapping holding each port, by protocol
+    /// (`proto * block_size + bit`; [`NO_MAPPING`] where none). The inbound mapping lookup
+    /// (external port -> mapping) reads one entry here instead of a hash index.
+    mappings: Vec<Option<Box<[u32]>>>,
 }
+
+/// A port without a mapping in [`PortBlocks::mapping`]'s table.
+const NO_MAPPING: u32 = u32::MAX;
 
 impl PortBlocks {
     pub fn new(port_min: u16, block_size: u16, n_blocks: u32, max_per_subscriber: u16) -> Self {
@@ -94,6 +102,7 @@ impl PortBlocks {
             used: vec![0; n * PROTOS * words],
             used_count: vec![0; n],
             subscribers: HashMap::new(),
+            mappings: vec![None; n],
         }
     }
 
@@ -129,6 +138,35 @@ impl PortBlocks {
             .get(block as usize)
             .copied()
             .unwrap_or(BlockOwner::Reserved)
+    }
+
+    /// The mapping recorded for `port` (see [`set_mapping`](Self::set_mapping)).
+    #[inline]
+    pub fn mapping(&self, port: u16, proto: PortProto) -> Option<u32> {
+        let (b, bit) = self.split(port.checked_sub(self.port_min)?);
+        let t = self.mappings.get(b as usize)?.as_deref()?;
+        let slot = t[proto as usize * self.block_size as usize + bit];
+        (slot != NO_MAPPING).then_some(slot)
+    }
+
+    /// Records `slot` as the mapping holding `port` (in range), or none.
+    #[inline]
+    pub fn set_mapping(&mut self, port: u16, proto: PortProto, slot: Option<u32>) {
+        debug_assert!(port >= self.port_min, "port in range");
+        let (b, bit) = self.split(port - self.port_min);
+        let bs = self.block_size as usize;
+        let t = self.mappings[b as usize]
+            .get_or_insert_with(|| vec![NO_MAPPING; PROTOS * bs].into_boxed_slice());
+        t[proto as usize * bs + bit] = slot.unwrap_or(NO_MAPPING);
+    }
+
+    /// Ports with a mapping recorded (for invariant checks).
+    pub fn mapping_entries(&self) -> usize {
+        self.mappings
+            .iter()
+            .flatten()
+            .map(|t| t.iter().filter(|&&s| s != NO_MAPPING).count())
+            .sum()
     }
 
     fn bitmap_base(&self, block: u32, proto: PortProto) -> usize {

@@ -5,14 +5,15 @@
 //! mapping of a batch is new and unfrozen, so what those compute per call (the group, its
 //! external address, the checksum deltas of a mapping, the timeout of a class, table growth,
 //! counts) is worked out once per batch or per mapping here, and each record costs its slab
-//! slots, its four index entries and its wheel entry. The result is the same tables, counts
-//! and events as installing the records one by one (the crate's model tests compare them).
+//! slots, its three index entries, its port-table entry and its wheel entry. The result is
+//! the same tables, counts and events as installing the records one by one (the crate's
+//! model tests compare them).
 //!
 //! Software-pipelined: the index-key hashes of the record [`IMPORT_PREFETCH`] ahead are
 //! computed (once: the inserts reuse them) and the lines its inserts will write are
 //! prefetched, so the memory latencies of consecutive records overlap.
 
-use super::import::{AHEAD_RING, IMPORT_PREFETCH, ImportMapping, ImportScratch};
+use super::import::{AHEAD_RING, IMPORT_PREFETCH, ImportScratch};
 use super::table::{entry_flags, slab_insert};
 use super::{
     GroupId, ImportSummary, Mapping, NIL, Nat, S_HAIRPIN, S_INBOUND_OPENED, S_LIVE, Session, mkey,
@@ -102,43 +103,25 @@ impl Nat {
         }
     }
 
-    /// Installs the batch's mappings (validated, none present): claims each one's port, puts
-    /// it in the slab at the head of the group's list and in the mapping index; records its
-    /// slot and checksum deltas in `sc`. Counts are the caller's to add.
+    /// Installs the batch's mappings (validated, none present): claims each one's port and
+    /// records the mapping in the group's port table, puts it in the slab at the head of the
+    /// group's list and in the mapping index; records its slot and checksum deltas in `sc`.
+    /// Counts are the caller's to add.
     #[inline(never)]
     fn import_mappings(&mut self, g: GroupId, now: Instant, ext: u32, sc: &mut ImportScratch) {
         let pf = self.mapping_index.prefetcher();
-        let in_hash = |nat: &Nat, m: &ImportMapping| {
-            let h = nat
-                .mapping_index
-                .hash(&mkey(Dir::In, m.proto, ext, m.ext_port));
+        for m in sc.mappings.iter().take(IMPORT_PREFETCH) {
             pf.prefetch_insert(m.h_out);
-            pf.prefetch_insert(h);
-            h
-        };
-        let n = sc.mappings.len();
-        let mut ahead = [0u64; AHEAD_RING];
-        for (j, m) in sc.mappings.iter().enumerate().take(IMPORT_PREFETCH) {
-            ahead[j % AHEAD_RING] = in_hash(self, m);
         }
         let mut first = self.groups[g.0 as usize]
             .as_ref()
             .expect("validated")
             .first_mapping;
-        for i in 0..n {
+        for i in 0..sc.mappings.len() {
             if let Some(a) = sc.mappings.get(i + IMPORT_PREFETCH) {
-                ahead[(i + IMPORT_PREFETCH) % AHEAD_RING] = in_hash(self, a);
+                pf.prefetch_insert(a.h_out);
             }
             let m = sc.mappings[i];
-            let pp = PortProto::from_ip_proto(m.proto).expect("validated");
-            let change = self.groups[g.0 as usize]
-                .as_mut()
-                .expect("validated")
-                .ports
-                .claim_validated(m.ext_port, pp, m.int_addr);
-            if let Some(c) = change {
-                self.log_block(now, g.0, c, true);
-            }
             let new = Mapping {
                 int_addr: m.int_addr,
                 int_port: m.int_port,
@@ -163,15 +146,16 @@ impl Nat {
                 self.mappings[first as usize].prev = slot;
             }
             first = slot;
-            let mi = &mut self.mapping_index;
-            mi.insert_new_hashed(
+            let pp = PortProto::from_ip_proto(m.proto).expect("validated");
+            let ports = &mut self.groups[g.0 as usize].as_mut().expect("validated").ports;
+            let change = ports.claim_validated(m.ext_port, pp, m.int_addr);
+            ports.set_mapping(m.ext_port, pp, Some(slot));
+            if let Some(c) = change {
+                self.log_block(now, g.0, c, true);
+            }
+            self.mapping_index.insert_new_hashed(
                 m.h_out,
                 mkey(Dir::Out, m.proto, m.int_addr, m.int_port),
-                slot,
-            );
-            mi.insert_new_hashed(
-                ahead[i % AHEAD_RING],
-                mkey(Dir::In, m.proto, ext, m.ext_port),
                 slot,
             );
             let sm = &mut sc.mappings[i];

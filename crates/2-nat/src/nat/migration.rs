@@ -197,9 +197,10 @@ impl Nat {
         // A slab never holds more slots than its bound (free slots are reused first).
         grow_slab(&mut self.mappings, m_new, self.cfg.max_mappings as usize);
         grow_slab(&mut self.sessions, s_new, self.cfg.max_sessions as usize);
-        // Two index entries per mapping and per session.
+        // One index entry per mapping (its port table holds the inbound side), two per
+        // session.
         self.mapping_index
-            .reserve(2 * m, 2 * self.cfg.max_mappings as usize);
+            .reserve(m, self.cfg.max_mappings as usize);
         self.session_index
             .reserve(2 * s, 2 * self.cfg.max_sessions as usize);
         // One expiry entry per new session (a session has one per timeout class it went
