@@ -39,9 +39,9 @@ pub(super) struct Deltas {
 }
 
 impl Deltas {
-    /// As `install_session` computes them.
-    fn of(proto: u8, int_addr: u32, int_port: u16, ext: u32, ext_port: u16) -> Deltas {
-        let ip = Delta::NONE.replace_addr(int_addr.to_be_bytes(), ext.to_be_bytes());
+    /// As `install_session` computes them, from the address part `ip` (the internal address
+    /// replaced by the external one).
+    fn of(ip: Delta, proto: u8, int_port: u16, ext_port: u16) -> Deltas {
         let l4 = if proto == proto::ICMP {
             Delta::NONE.replace(int_port, ext_port)
         } else {
@@ -117,6 +117,9 @@ impl Nat {
             .as_ref()
             .expect("validated")
             .first_mapping;
+        let ext_be = ext.to_be_bytes();
+        // (subscriber, its address delta) of the last mapping.
+        let mut ip: Option<(u32, Delta)> = None;
         for i in 0..sc.mappings.len() {
             if let Some(a) = sc.mappings.get(i + IMPORT_PREFETCH) {
                 pf.prefetch_insert(a.h_out);
@@ -158,9 +161,19 @@ impl Nat {
                 mkey(Dir::Out, m.proto, m.int_addr, m.int_port),
                 slot,
             );
+            // The address part depends on the subscriber only (records come subscriber by
+            // subscriber).
+            let ip_delta = match ip {
+                Some((sub, d)) if sub == m.int_addr => d,
+                _ => {
+                    let d = Delta::NONE.replace_addr(m.int_addr.to_be_bytes(), ext_be);
+                    ip = Some((m.int_addr, d));
+                    d
+                }
+            };
             let sm = &mut sc.mappings[i];
             sm.slot = slot;
-            sm.deltas = Deltas::of(m.proto, m.int_addr, m.int_port, ext, m.ext_port);
+            sm.deltas = Deltas::of(ip_delta, m.proto, m.int_port, m.ext_port);
         }
         self.groups[g.0 as usize]
             .as_mut()

@@ -111,13 +111,16 @@ impl Nat {
         let m = self.live_mapping(id)?;
         let mut s = m.first_session;
         let mut n = 0;
+        out.reserve(m.sessions as usize * crate::record::RECORD_LEN);
+        let now_ns = now.as_nanos();
         while s != NIL {
             let sess = &self.sessions[s as usize];
             debug_assert!(
                 sess.flags & S_LIVE != 0 && sess.mapping == id.slot,
                 "a mapping's session list holds its live sessions"
             );
-            let idle = now.saturating_since(sess.last_seen).as_millis();
+            // Whole milliseconds idle (`saturating_since(..).as_millis()` in integer nanoseconds).
+            let idle = now_ns.saturating_sub(sess.last_seen.as_nanos()) / 1_000_000;
             let rec = StateRecord {
                 proto: m.proto,
                 tcp_state: sess.tcp,
