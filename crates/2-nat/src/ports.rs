@@ -78,10 +78,11 @@ pub(crate) struct PortBlocks {
     used: Vec<u64>,
     used_count: Vec<u32>,
     subscribers: HashMap<u32, Vec<u32>>,
-    /// Per block, allocated the first time a mapping is recorded in it (then kept: at most
-    /// `n_blocks` of them): the slab slot of the mapping holding each port, by protocol
-    /// (`proto * block_size + bit`; [`NO_MAPPING`] where none). The inbound mapping lookup
-    /// (external port -> mapping) reads one entry here instead of a hash index.
+    /// Per block, allocated the first time a mapping is recorded in it and dropped when its
+    /// last port is released (so memory follows the blocks in use): the slab slot of the
+    /// mapping holding each port, by protocol (`proto * block_size + bit`; [`NO_MAPPING`]
+    /// where none). The inbound mapping lookup (external port -> mapping) reads one entry here
+    /// instead of a hash index.
     mappings: Vec<Option<Box<[u32]>>>,
 }
 
@@ -155,8 +156,14 @@ impl PortBlocks {
         debug_assert!(port >= self.port_min, "port in range");
         let (b, bit) = self.split(port - self.port_min);
         let bs = self.block_size as usize;
-        let t = self.mappings[b as usize]
-            .get_or_insert_with(|| vec![NO_MAPPING; PROTOS * bs].into_boxed_slice());
+        let table = &mut self.mappings[b as usize];
+        let t = match (table, slot) {
+            (Some(t), _) => t,
+            (None, None) => return,
+            (table @ None, Some(_)) => {
+                table.insert(vec![NO_MAPPING; PROTOS * bs].into_boxed_slice())
+            }
+        };
         t[proto as usize * bs + bit] = slot.unwrap_or(NO_MAPPING);
     }
 
@@ -279,6 +286,14 @@ impl PortBlocks {
         if self.used_count[b as usize] != 0 {
             return None;
         }
+        // No port of the block is bound: none has a mapping.
+        debug_assert!(
+            self.mappings[b as usize]
+                .as_deref()
+                .is_none_or(|t| t.iter().all(|&s| s == NO_MAPPING)),
+            "mappings cleared before their ports are released"
+        );
+        self.mappings[b as usize] = None;
         match self.owner[b as usize] {
             BlockOwner::Subscriber(s) => {
                 self.owner[b as usize] = BlockOwner::Free;
@@ -466,6 +481,40 @@ mod tests {
         let rel = pb.release(p, PortProto::Tcp).unwrap();
         assert!(!rel.allocated);
         assert!(pb.allocate(10, PortProto::Tcp, &mut rng).is_ok());
+    }
+
+    #[test]
+    fn port_tables_record_mappings_and_go_with_their_block() {
+        // A block size that is not a power of two: the division by multiplication is exact.
+        let mut pb = PortBlocks::new(1000, 192, 300, 300);
+        for off in 0..=u16::MAX - 1000 {
+            let (b, bit) = pb.split(off);
+            assert_eq!(
+                (b, bit),
+                (off as u32 / 192, off as usize % 192),
+                "offset {off}"
+            );
+        }
+        let port = 1000 + 192 * 7 + 5;
+        assert!(pb.claim(port, PortProto::Udp, 9).is_some());
+        assert_eq!(pb.mapping(port, PortProto::Udp), None);
+        pb.set_mapping(port, PortProto::Udp, Some(42));
+        assert_eq!(pb.mapping(port, PortProto::Udp), Some(42));
+        assert_eq!(pb.mapping(port, PortProto::Tcp), None, "per protocol");
+        assert_eq!(pb.mapping(port + 1, PortProto::Udp), None);
+        assert_eq!(pb.mapping(999, PortProto::Udp), None, "below the range");
+        assert_eq!(pb.mapping_entries(), 1);
+        pb.set_mapping(port, PortProto::Udp, None);
+        assert_eq!(pb.mapping(port, PortProto::Udp), None);
+        assert!(pb.mappings[7].is_some());
+        assert!(pb.release(port, PortProto::Udp).is_some());
+        assert!(
+            pb.mappings[7].is_none(),
+            "the table goes with the block's last port"
+        );
+        pb.set_mapping(port, PortProto::Udp, None);
+        assert!(pb.mappings[7].is_none(), "clearing allocates nothing");
+        assert_eq!(pb.mapping_entries(), 0);
     }
 
     #[test]
