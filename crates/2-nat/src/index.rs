@@ -274,7 +274,8 @@ impl SessionIndex {
 }
 
 /// The hash index of mappings: `(direction, protocol, address, port)` packed in a u64 ->
-/// mapping slot.
+/// mapping slot. The NAT indexes the outbound (internal endpoint) keys only: a group's port
+/// blocks hold the mapping of each external port.
 pub(crate) struct MappingIndex {
     table: LineTable<MEntry, 4>,
     hasher: FixedState,

@@ -3,7 +3,7 @@
 //! lookup that finds its entry in its first line reads one line of memory. An insert reads
 //! one occupancy byte per line (a dense array that mostly stays cached) and writes the line
 //! without reading it, so a cold line costs a store miss, which does not stall the CPU. The
-//! session and mapping indexes (`index.rs`) use it: an import writes four index entries per
+//! session and mapping indexes (`index.rs`) use it: an import writes three index entries per
 //! record at random places, and a packet's lookup reads one, so the lines touched are the cost.
 //!
 //! Layout: a power-of-two number of lines; an entry of hash `h` lives in line `h & mask` or,
@@ -38,6 +38,8 @@ pub(crate) struct LineTable<E, const N: usize> {
     /// does not stall the CPU the way a load miss does. Lookups read the lines, not this.
     occ: Vec<u8>,
     len: usize,
+    /// [`capacity`](Self::capacity), kept so an insert's growth check is one comparison.
+    cap: usize,
 }
 
 /// Where a table's probe for a hash starts, to prefetch it before the lookup or insert. A hint
@@ -88,6 +90,7 @@ impl<E: LineEntry, const N: usize> LineTable<E, N> {
             lines: Vec::new(),
             occ: Vec::new(),
             len: 0,
+            cap: 0,
         }
     }
 
@@ -97,8 +100,10 @@ impl<E: LineEntry, const N: usize> LineTable<E, N> {
     }
 
     /// Entries the table holds before it must grow (3/4 of its slots).
+    #[inline(always)]
     pub fn capacity(&self) -> usize {
-        self.lines.len() * N / 4 * 3
+        debug_assert_eq!(self.cap, self.lines.len() * N / 4 * 3);
+        self.cap
     }
 
     /// Lines allocated.
@@ -270,6 +275,7 @@ impl<E: LineEntry, const N: usize> LineTable<E, N> {
             occ
         };
         self.occ = occ;
+        self.cap = lines * N / 4 * 3;
         let old = core::mem::replace(&mut self.lines, fresh);
         self.len = 0;
         for e in old

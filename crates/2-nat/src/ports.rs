@@ -68,13 +68,26 @@ pub(crate) enum ClaimError {
 pub(crate) struct PortBlocks {
     port_min: u16,
     block_size: u16,
+    /// `ceil(2^32 / block_size)`: `off * recip >> 32 == off / block_size` for every 16-bit
+    /// `off` (the error `off * (recip * block_size - 2^32)` stays below `2^32`), so a port's
+    /// block takes a multiplication, not a division.
+    recip: u64,
     words_per_bitmap: usize,
     max_per_subscriber: usize,
     owner: Vec<BlockOwner>,
     used: Vec<u64>,
     used_count: Vec<u32>,
     subscribers: HashMap<u32, Vec<u32>>,
+    /// Per block, allocated the first time a mapping is recorded in it and dropped when its
+    /// last port is released (so memory follows the blocks in use): the slab slot of the
+    /// mapping holding each port, by protocol (`proto * block_size + bit`; [`NO_MAPPING`]
+    /// where none). The inbound mapping lookup (external port -> mapping) reads one entry here
+    /// instead of a hash index.
+    mappings: Vec<Option<Box<[u32]>>>,
 }
+
+/// A port without a mapping in [`PortBlocks::mapping`]'s table.
+const NO_MAPPING: u32 = u32::MAX;
 
 impl PortBlocks {
     pub fn new(port_min: u16, block_size: u16, n_blocks: u32, max_per_subscriber: u16) -> Self {
@@ -83,12 +96,14 @@ impl PortBlocks {
         PortBlocks {
             port_min,
             block_size,
+            recip: (1u64 << 32).div_ceil(u64::from(block_size.max(1))),
             words_per_bitmap: words,
             max_per_subscriber: max_per_subscriber as usize,
             owner: vec![BlockOwner::Free; n],
             used: vec![0; n * PROTOS * words],
             used_count: vec![0; n],
             subscribers: HashMap::new(),
+            mappings: vec![None; n],
         }
     }
 
@@ -103,9 +118,20 @@ impl PortBlocks {
     }
 
     pub fn block_of(&self, port: u16) -> Option<u32> {
-        let off = port.checked_sub(self.port_min)? as u32;
-        let b = off / self.block_size as u32;
+        let off = port.checked_sub(self.port_min)?;
+        let (b, _) = self.split(off);
         (b < self.n_blocks()).then_some(b)
+    }
+
+    /// (block, bit in the block) of port offset `off` (port minus `port_min`).
+    #[inline(always)]
+    fn split(&self, off: u16) -> (u32, usize) {
+        let b = ((u64::from(off) * self.recip) >> 32) as u32;
+        debug_assert_eq!(b, u32::from(off) / u32::from(self.block_size));
+        (
+            b,
+            (u32::from(off) - b * u32::from(self.block_size)) as usize,
+        )
     }
 
     pub fn owner(&self, block: u32) -> BlockOwner {
@@ -115,15 +141,53 @@ impl PortBlocks {
             .unwrap_or(BlockOwner::Reserved)
     }
 
+    /// The mapping recorded for `port` (see [`set_mapping`](Self::set_mapping)).
+    #[inline]
+    pub fn mapping(&self, port: u16, proto: PortProto) -> Option<u32> {
+        let (b, bit) = self.split(port.checked_sub(self.port_min)?);
+        let t = self.mappings.get(b as usize)?.as_deref()?;
+        let slot = t[proto as usize * self.block_size as usize + bit];
+        (slot != NO_MAPPING).then_some(slot)
+    }
+
+    /// Records `slot` as the mapping holding `port` (in range), or none.
+    #[inline]
+    pub fn set_mapping(&mut self, port: u16, proto: PortProto, slot: Option<u32>) {
+        debug_assert!(port >= self.port_min, "port in range");
+        let (b, bit) = self.split(port - self.port_min);
+        let bs = self.block_size as usize;
+        let table = &mut self.mappings[b as usize];
+        let t = match (table, slot) {
+            (Some(t), _) => t,
+            (None, None) => return,
+            (table @ None, Some(_)) => {
+                table.insert(vec![NO_MAPPING; PROTOS * bs].into_boxed_slice())
+            }
+        };
+        t[proto as usize * bs + bit] = slot.unwrap_or(NO_MAPPING);
+    }
+
+    /// Ports with a mapping recorded (for invariant checks).
+    pub fn mapping_entries(&self) -> usize {
+        self.mappings
+            .iter()
+            .flatten()
+            .map(|t| t.iter().filter(|&&s| s != NO_MAPPING).count())
+            .sum()
+    }
+
     fn bitmap_base(&self, block: u32, proto: PortProto) -> usize {
         (block as usize * PROTOS + proto as usize) * self.words_per_bitmap
     }
 
     pub fn is_bound(&self, port: u16, proto: PortProto) -> bool {
-        let Some(b) = self.block_of(port) else {
+        let Some(off) = port.checked_sub(self.port_min) else {
             return false;
         };
-        let bit = (port - self.port_min) as usize % self.block_size as usize;
+        let (b, bit) = self.split(off);
+        if b >= self.n_blocks() {
+            return false;
+        }
         let w = self.bitmap_base(b, proto) + bit / 64;
         self.used[w] & (1u64 << (bit % 64)) != 0
     }
@@ -215,13 +279,21 @@ impl PortBlocks {
         if !self.is_bound(port, proto) {
             return None;
         }
-        let bit = (port - self.port_min) as usize % self.block_size as usize;
+        let (_, bit) = self.split(port - self.port_min);
         let w = self.bitmap_base(b, proto) + bit / 64;
         self.used[w] &= !(1u64 << (bit % 64));
         self.used_count[b as usize] -= 1;
         if self.used_count[b as usize] != 0 {
             return None;
         }
+        // No port of the block is bound: none has a mapping.
+        debug_assert!(
+            self.mappings[b as usize]
+                .as_deref()
+                .is_none_or(|t| t.iter().all(|&s| s == NO_MAPPING)),
+            "mappings cleared before their ports are released"
+        );
+        self.mappings[b as usize] = None;
         match self.owner[b as usize] {
             BlockOwner::Subscriber(s) => {
                 self.owner[b as usize] = BlockOwner::Free;
@@ -285,11 +357,8 @@ impl PortBlocks {
         subscriber: u32,
     ) -> Option<BlockChange> {
         debug_assert_eq!(self.check_claim(port, proto, subscriber), Ok(()));
-        let off = (port - self.port_min) as usize;
-        let (b, bit) = (
-            off / self.block_size as usize,
-            off % self.block_size as usize,
-        );
+        let (b, bit) = self.split(port - self.port_min);
+        let b = b as usize;
         let change = if self.owner[b] == BlockOwner::Subscriber(subscriber) {
             None
         } else {
@@ -412,6 +481,40 @@ mod tests {
         let rel = pb.release(p, PortProto::Tcp).unwrap();
         assert!(!rel.allocated);
         assert!(pb.allocate(10, PortProto::Tcp, &mut rng).is_ok());
+    }
+
+    #[test]
+    fn port_tables_record_mappings_and_go_with_their_block() {
+        // A block size that is not a power of two: the division by multiplication is exact.
+        let mut pb = PortBlocks::new(1000, 192, 300, 300);
+        for off in 0..=u16::MAX - 1000 {
+            let (b, bit) = pb.split(off);
+            assert_eq!(
+                (b, bit),
+                (off as u32 / 192, off as usize % 192),
+                "offset {off}"
+            );
+        }
+        let port = 1000 + 192 * 7 + 5;
+        assert!(pb.claim(port, PortProto::Udp, 9).is_some());
+        assert_eq!(pb.mapping(port, PortProto::Udp), None);
+        pb.set_mapping(port, PortProto::Udp, Some(42));
+        assert_eq!(pb.mapping(port, PortProto::Udp), Some(42));
+        assert_eq!(pb.mapping(port, PortProto::Tcp), None, "per protocol");
+        assert_eq!(pb.mapping(port + 1, PortProto::Udp), None);
+        assert_eq!(pb.mapping(999, PortProto::Udp), None, "below the range");
+        assert_eq!(pb.mapping_entries(), 1);
+        pb.set_mapping(port, PortProto::Udp, None);
+        assert_eq!(pb.mapping(port, PortProto::Udp), None);
+        assert!(pb.mappings[7].is_some());
+        assert!(pb.release(port, PortProto::Udp).is_some());
+        assert!(
+            pb.mappings[7].is_none(),
+            "the table goes with the block's last port"
+        );
+        pb.set_mapping(port, PortProto::Udp, None);
+        assert!(pb.mappings[7].is_none(), "clearing allocates nothing");
+        assert_eq!(pb.mapping_entries(), 0);
     }
 
     #[test]

@@ -105,11 +105,17 @@ impl Nat {
     /// than the last packet; the slack keeps expiry from ever coming before the timeout).
     #[inline]
     fn idle_limit(&self, class: u8) -> core::time::Duration {
+        core::time::Duration::from_nanos(self.idle_limit_ns(class))
+    }
+
+    /// [`idle_limit`](Self::idle_limit) in nanoseconds.
+    #[inline]
+    pub(super) fn idle_limit_ns(&self, class: u8) -> u64 {
         let slack = if self.lazy {
             1u64 << self.tick_shift
         } else {
             0
         };
-        core::time::Duration::from_nanos(self.timeout_ns[class as usize].saturating_add(slack))
+        self.timeout_ns[class as usize].saturating_add(slack)
     }
 }

@@ -1,6 +1,7 @@
-//! The two passes of an import: validate everything, then install (cannot fail).
+//! The validation pass of an import (changes nothing; the install pass that follows cannot
+//! fail: `import_install.rs`), and the scratch space both use.
 
-use super::table::{IndexHashes, NewSession};
+use super::import_install::Deltas;
 use super::{GroupId, ImportSummary, NIL, Nat, NatError, mkey, skey};
 use crate::index::{Prefetcher, SessionKey};
 use crate::ports::PortProto;
@@ -11,43 +12,44 @@ use flowshift_wire::packet::proto;
 use foldhash::fast::FixedState;
 
 /// How many records ahead an import prefetches the table slots it will touch.
-const IMPORT_PREFETCH: usize = 8;
+pub(super) const IMPORT_PREFETCH: usize = 8;
 
 /// Slots of the install pass's ring of precomputed hashes (a power of two above
 /// [`IMPORT_PREFETCH`]).
-const AHEAD_RING: usize = (IMPORT_PREFETCH + 1).next_power_of_two();
-
-/// The index-key hashes of one record: its session's, and its mapping's if the record is the
-/// first of its mapping in the batch (the one that installs it).
-#[derive(Clone, Copy, Debug, Default)]
-struct RecordHashes {
-    session: IndexHashes,
-    mapping: IndexHashes,
-}
+pub(super) const AHEAD_RING: usize = (IMPORT_PREFETCH + 1).next_power_of_two();
 
 /// A mapping of the batch being imported.
 #[derive(Clone, Copy, Debug)]
-struct ImportMapping {
-    proto: u8,
-    int_addr: u32,
-    int_port: u16,
-    ext_port: u16,
+pub(super) struct ImportMapping {
+    pub proto: u8,
+    pub int_addr: u32,
+    pub int_port: u16,
+    pub ext_port: u16,
     /// Records of the batch under it.
-    records: u32,
+    pub records: u32,
     /// Index of its first record.
-    first: u32,
+    pub first: u32,
     /// Its slot once installed.
-    slot: u32,
+    pub slot: u32,
+    /// Hash of its outbound mapping-index key (computed once, by the validation pass).
+    pub h_out: u64,
+    /// Its position in [`ImportScratch::keys`].
+    pub pos: u32,
+    /// Its sessions' checksum deltas (set with `slot`).
+    pub deltas: Deltas,
 }
 
 /// Scratch space of [`Nat::import`], kept between calls so a batch allocates nothing.
 #[derive(Default)]
 pub(super) struct ImportScratch {
-    /// (proto, internal address, internal port) -> index in `mappings`.
-    by_key: hashbrown::HashMap<u64, u32, FixedState>,
-    mappings: Vec<ImportMapping>,
+    /// Open-addressing set of the batch's mappings: (outbound mapping key, index in
+    /// `mappings`), key 0 for an empty slot (no mapping key is 0: its protocol is not), linear
+    /// probing from the key's hash (the mapping index's keyed hash, computed once per mapping
+    /// and reused by the install pass). A power of two of slots, at least twice the records.
+    pub keys: Vec<(u64, u32)>,
+    pub mappings: Vec<ImportMapping>,
     /// Per record: index in `mappings`.
-    rec_mapping: Vec<u32>,
+    pub rec_mapping: Vec<u32>,
     /// Bitmap over (port proto, external port): external ports of the batch.
     ext_ports: Vec<u64>,
     /// Per block of the group: `1 << 32 | subscriber` of the batch using it (0: none yet).
@@ -62,52 +64,35 @@ impl ImportScratch {
     /// Empty scratch space whose hash tables use `hasher`.
     pub(super) fn new(hasher: FixedState) -> ImportScratch {
         ImportScratch {
-            by_key: hashbrown::HashMap::with_hasher(hasher.clone()),
             remotes: hashbrown::HashSet::with_hasher(hasher),
             ext_ports: vec![0; 3 * 65536 / 64],
             ..ImportScratch::default()
         }
     }
+
+    /// The index in `mappings` of the mapping of outbound key `key` (hash `h`) if it is in the
+    /// set; else enters it with index `next` (at a position the caller records) and returns
+    /// `Err(position)`.
+    #[inline(always)]
+    fn key_entry(&mut self, h: u64, key: u64, next: u32) -> Result<u32, u32> {
+        debug_assert_ne!(key, 0);
+        let mask = self.keys.len() - 1;
+        // The high bits: the mapping index places by the low ones.
+        let mut p = (h >> 32) as usize & mask;
+        loop {
+            match self.keys[p] {
+                (0, _) => {
+                    self.keys[p] = (key, next);
+                    return Err(p as u32);
+                }
+                (k, idx) if k == key => return Ok(idx),
+                _ => p = (p + 1) & mask,
+            }
+        }
+    }
 }
 
 impl Nat {
-    /// The index-key hashes of record `r` of a batch for the group of external address `ext`
-    /// (its mapping's too if `mapping`), with the lines their inserts will write prefetched.
-    #[inline(always)]
-    fn record_hashes(
-        &self,
-        (ext, pf_s, pf_m): (u32, Prefetcher, Prefetcher),
-        r: &StateRecord,
-        mapping: bool,
-    ) -> RecordHashes {
-        let (int_addr, int_port, ext_port) = (
-            u32::from_be_bytes(r.int_addr),
-            r.int_port.get(),
-            r.ext_port.get(),
-        );
-        let (rem, rport) = (u32::from_be_bytes(r.rem_addr), r.rem_port.get());
-        let (si, mi) = (&self.session_index, &self.mapping_index);
-        let session = IndexHashes {
-            out: si.hash(&skey(Dir::Out, r.proto, int_addr, int_port, rem, rport)),
-            inn: si.hash(&skey(Dir::In, r.proto, ext, ext_port, rem, rport)),
-        };
-        pf_s.prefetch_insert(session.out);
-        pf_s.prefetch_insert(session.inn);
-        let mut h = RecordHashes {
-            session,
-            mapping: IndexHashes::default(),
-        };
-        if mapping {
-            h.mapping = IndexHashes {
-                out: mi.hash(&mkey(Dir::Out, r.proto, int_addr, int_port)),
-                inn: mi.hash(&mkey(Dir::In, r.proto, ext, ext_port)),
-            };
-            pf_m.prefetch_insert(h.mapping.out);
-            pf_m.prefetch_insert(h.mapping.inn);
-        }
-        h
-    }
-
     pub(super) fn import_all_or_nothing(
         &mut self,
         g: GroupId,
@@ -124,9 +109,14 @@ impl Nat {
         let checked = self.import_validate(g, recs, &mut sc, pf);
         let result = checked.map(|()| self.import_install(g, now, recs, &mut sc));
         // Leave the scratch empty (keeping its memory) for the next batch.
+        if result.is_err() {
+            // A refusal may leave a key entered for a mapping that was not pushed.
+            sc.keys.fill((0, 0));
+        }
         for m in &sc.mappings {
             let pp = PortProto::from_ip_proto(m.proto).map_or(0, |p| p as usize);
             sc.ext_ports[(pp << 16 | m.ext_port as usize) / 64] = 0;
+            sc.keys[m.pos as usize] = (0, 0);
         }
         for &b in &sc.blocks_touched {
             sc.block_sub[b as usize] = 0;
@@ -135,23 +125,24 @@ impl Nat {
             sc.ext_ports.iter().all(|&w| w == 0),
             "ext port bitmap cleared"
         );
+        debug_assert!(sc.keys.iter().all(|&(k, _)| k == 0), "key set cleared");
         sc.blocks_touched.clear();
         sc.mappings.clear();
         sc.rec_mapping.clear();
         // `clear` costs the table's capacity: do not let one huge batch slow later ones.
-        if sc.by_key.capacity() > 4 * recs.len().max(4096) {
-            sc.by_key = hashbrown::HashMap::with_hasher(sc.by_key.hasher().clone());
+        if sc.keys.len() > 8 * recs.len().max(4096) {
+            sc.keys = Vec::new();
         }
         if sc.remotes.capacity() > 4 * recs.len().max(4096) {
             sc.remotes = hashbrown::HashSet::with_hasher(sc.remotes.hasher().clone());
         }
-        sc.by_key.clear();
         sc.remotes.clear();
         self.import_scratch = sc;
         result
     }
 
     /// The validation pass of an import: every check, nothing changed but `sc`.
+    #[inline(never)]
     fn import_validate(
         &self,
         g: GroupId,
@@ -167,6 +158,10 @@ impl Nat {
             sc.block_sub.resize(n_blocks, 0);
         }
         sc.rec_mapping.reserve(recs.len());
+        let want = (2 * recs.len()).next_power_of_two().max(64);
+        if sc.keys.len() < want {
+            sc.keys = vec![(0, 0); want];
+        }
         let mut prev: Option<(u64, u32)> = None;
         // Whether a subscriber may have mappings here (it holds a block), for the last one asked.
         let mut holds: (u32, bool) = (0, group.ports.holds_blocks(0));
@@ -214,12 +209,14 @@ impl Nat {
             // Records of a mapping usually come together: skip the lookup for a run.
             // One probe of the scratch map: a key not seen yet is entered right away with the
             // index its mapping gets below (on a refusal the whole scratch is cleared).
-            let known = match prev {
-                Some((k, idx)) if k == mk => Some(idx),
+            let (known, h_out, pos) = match prev {
+                Some((k, idx)) if k == mk => (Some(idx), 0, 0),
                 _ => {
-                    let next = sc.mappings.len() as u32;
-                    let idx = *sc.by_key.entry(mk).or_insert(next);
-                    (idx != next).then_some(idx)
+                    let h = self.mapping_index.hash(&mk);
+                    match sc.key_entry(h, mk, sc.mappings.len() as u32) {
+                        Ok(idx) => (Some(idx), 0, 0),
+                        Err(pos) => (None, h, pos),
+                    }
                 }
             };
             let idx = match known {
@@ -304,8 +301,10 @@ impl Nat {
                         records: 1,
                         first: i as u32,
                         slot: NIL,
+                        h_out,
+                        pos,
+                        deltas: Deltas::default(),
                     });
-                    debug_assert_eq!(sc.by_key.get(&mk), Some(&idx));
                     idx
                 }
             };
@@ -318,112 +317,5 @@ impl Nat {
             return Err(refuse(0, "batch exceeds the table bounds"));
         }
         Ok(())
-    }
-
-    /// The install pass of an import (after [`import_validate`](Self::import_validate)
-    /// accepted the batch): cannot fail.
-    ///
-    /// Software-pipelined: the index-key hashes of the record [`IMPORT_PREFETCH`] ahead are
-    /// computed (once: the inserts reuse them) and the lines its inserts will write are
-    /// prefetched, so the memory latencies of consecutive records overlap.
-    fn import_install(
-        &mut self,
-        g: GroupId,
-        now: Instant,
-        recs: &[StateRecord],
-        sc: &mut ImportScratch,
-    ) -> ImportSummary {
-        debug_assert_eq!(sc.rec_mapping.len(), recs.len());
-        let (mappings_before, sessions_before) = (self.mapping_count, self.session_count);
-        // No table grows while installing (a no-op after a large enough `reserve`).
-        self.reserve(sc.mappings.len(), recs.len());
-        let ext = self.group(g).expect("validated").ext;
-        let table = (
-            ext,
-            self.session_index.prefetcher(),
-            self.mapping_index.prefetcher(),
-        );
-        // A remote outside the range of this NAT's external addresses is not hairpinned (the
-        // common case, decided without a lookup).
-        let (ext_lo, ext_hi) = self
-            .group_by_ext
-            .keys()
-            .fold((u32::MAX, 0), |(lo, hi), &a| (lo.min(a), hi.max(a)));
-        let n = recs.len();
-        let mut ahead = [RecordHashes::default(); AHEAD_RING];
-        let first_of_mapping = |sc: &ImportScratch, i: usize| {
-            sc.mappings[sc.rec_mapping[i] as usize].first == i as u32
-        };
-        for (j, a) in recs.iter().enumerate().take(IMPORT_PREFETCH) {
-            ahead[j % AHEAD_RING] = self.record_hashes(table, a, first_of_mapping(sc, j));
-        }
-        // (subscriber, sessions of it installed and not counted yet).
-        let mut run = (0u32, 0u32);
-        for (i, (r, &idx)) in recs.iter().zip(&sc.rec_mapping).enumerate() {
-            let j = i + IMPORT_PREFETCH;
-            if j < n {
-                let first = first_of_mapping(sc, j);
-                ahead[j % AHEAD_RING] = self.record_hashes(table, &recs[j], first);
-            }
-            let h = ahead[i % AHEAD_RING];
-            let m = &mut sc.mappings[idx as usize];
-            if m.slot == NIL {
-                debug_assert_eq!(
-                    m.first, i as u32,
-                    "a mapping is installed at its first record"
-                );
-                let pp = PortProto::from_ip_proto(m.proto).expect("validated");
-                let change = self
-                    .group_mut(g)
-                    .expect("validated")
-                    .ports
-                    .claim_validated(m.ext_port, pp, m.int_addr);
-                if let Some(c) = change {
-                    self.log_block(now, g.0, c, true);
-                }
-                m.slot = self.install_mapping(
-                    g.0,
-                    m.proto,
-                    m.int_addr,
-                    m.int_port,
-                    m.ext_port,
-                    Some(h.mapping),
-                );
-            }
-            let slot = m.slot;
-            debug_assert!(
-                self.mappings[slot as usize].live,
-                "installing under a live mapping"
-            );
-            let last_seen = now - core::time::Duration::from_millis(r.idle_ms.get() as u64);
-            let rem = u32::from_be_bytes(r.rem_addr);
-            let hairpin = (ext_lo..=ext_hi).contains(&rem) && self.group_by_ext.contains_key(&rem);
-            let new = NewSession {
-                mapping: slot,
-                rem_addr: rem,
-                rem_port: r.rem_port.get(),
-                tcp: TcpState::from_u8(r.tcp_state),
-                inbound_opened: r.flags & FLAG_INBOUND_OPENED != 0,
-            };
-            self.install_session_uncounted(now, last_seen, new, hairpin, h.session);
-            // Sessions per subscriber, counted once per run of one subscriber's records.
-            let sub = u32::from_be_bytes(r.int_addr);
-            if sub != run.0 {
-                self.subscriber_sessions_added(run.0, run.1);
-                run = (sub, 0);
-            }
-            run.1 += 1;
-        }
-        self.subscriber_sessions_added(run.0, run.1);
-        debug_assert_eq!(
-            self.mapping_count - mappings_before,
-            sc.mappings.len() as u32
-        );
-        debug_assert_eq!(self.session_count - sessions_before, recs.len() as u32);
-        self.counters.records_imported += recs.len() as u64;
-        ImportSummary {
-            mappings: sc.mappings.len() as u32,
-            sessions: recs.len() as u32,
-        }
     }
 }

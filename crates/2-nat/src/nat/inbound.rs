@@ -1,9 +1,10 @@
 //! Inbound packets (outside to subscriber), and the second half of a hairpin.
 
 use super::packet::Flow;
-use super::{GroupId, GroupMode, NIL, Nat, Verdict, mkey, skey};
+use super::{GroupId, GroupMode, NIL, Nat, Verdict, skey};
 use crate::config::Filtering;
 use crate::counters::DropReason;
+use crate::ports::PortProto;
 use crate::tcp::{Dir, TcpState};
 use flowshift_wire::Instant;
 use flowshift_wire::packet::{IcmpKind, Ipv4Header, L4, icmp_kind, proto, tcp_flags};
@@ -91,11 +92,15 @@ impl Nat {
             GroupMode::Moved => return Err(Verdict::ToPeer(GroupId(g))),
             GroupMode::Active | GroupMode::Draining => {}
         }
-        let m = match self
-            .mapping_index
-            .get(&mkey(Dir::In, flow.proto, dst, flow.lport))
-        {
-            Some(&m) => m,
+        // The group of external address `dst` (the caller looked it up) holds the mapping of
+        // each of its ports.
+        let m = match self.groups[g as usize].as_ref().and_then(|group| {
+            debug_assert_eq!(group.ext, dst, "the group of the destination");
+            group
+                .ports
+                .mapping(flow.lport, PortProto::from_ip_proto(flow.proto)?)
+        }) {
+            Some(m) => m,
             None if mode == GroupMode::Draining => return Err(Verdict::ToPeer(GroupId(g))),
             None => return Err(Verdict::Drop(DropReason::NoMapping)),
         };

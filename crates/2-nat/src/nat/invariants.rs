@@ -148,16 +148,20 @@ impl Nat {
                 .mapping_index
                 .get(&mkey(Dir::Out, m.proto, m.int_addr, m.int_port))
                 != Some(&(i as u32))
-                || self
-                    .mapping_index
-                    .get(&mkey(Dir::In, m.proto, group.ext, m.ext_port))
-                    != Some(&(i as u32))
+                || group.ports.mapping(m.ext_port, pp) != Some(i as u32)
             {
                 return Err(format!("mapping {i} not indexed under its keys"));
             }
         }
+        let port_entries: usize = self
+            .groups
+            .iter()
+            .flatten()
+            .map(|g| g.ports.mapping_entries())
+            .sum();
         if live_mappings != self.mapping_count
-            || self.mapping_index.len() != 2 * live_mappings as usize
+            || self.mapping_index.len() != live_mappings as usize
+            || port_entries != live_mappings as usize
         {
             return Err("mapping counts disagree".into());
         }

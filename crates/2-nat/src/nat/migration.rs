@@ -111,13 +111,16 @@ impl Nat {
         let m = self.live_mapping(id)?;
         let mut s = m.first_session;
         let mut n = 0;
+        out.reserve(m.sessions as usize * crate::record::RECORD_LEN);
+        let now_ns = now.as_nanos();
         while s != NIL {
             let sess = &self.sessions[s as usize];
             debug_assert!(
                 sess.flags & S_LIVE != 0 && sess.mapping == id.slot,
                 "a mapping's session list holds its live sessions"
             );
-            let idle = now.saturating_since(sess.last_seen).as_millis();
+            // Whole milliseconds idle (`saturating_since(..).as_millis()` in integer nanoseconds).
+            let idle = now_ns.saturating_sub(sess.last_seen.as_nanos()) / 1_000_000;
             let rec = StateRecord {
                 proto: m.proto,
                 tcp_state: sess.tcp,
@@ -197,9 +200,10 @@ impl Nat {
         // A slab never holds more slots than its bound (free slots are reused first).
         grow_slab(&mut self.mappings, m_new, self.cfg.max_mappings as usize);
         grow_slab(&mut self.sessions, s_new, self.cfg.max_sessions as usize);
-        // Two index entries per mapping and per session.
+        // One index entry per mapping (its port table holds the inbound side), two per
+        // session.
         self.mapping_index
-            .reserve(2 * m, 2 * self.cfg.max_mappings as usize);
+            .reserve(m, self.cfg.max_mappings as usize);
         self.session_index
             .reserve(2 * s, 2 * self.cfg.max_sessions as usize);
         // One expiry entry per new session (a session has one per timeout class it went

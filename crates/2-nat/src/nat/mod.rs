@@ -10,7 +10,8 @@
 //! * `icmp`: ICMP errors (RFC 5508); `fragments`: the fragment table;
 //! * `table`: the mapping and session slabs and indexes, install and remove;
 //! * `expiry`: the timer wheel and timeout classes;
-//! * `migration`: enumerate, freeze, export, remove, reserve; `import`: its two passes;
+//! * `migration`: enumerate, freeze, export, remove, reserve; `import`: its validation pass,
+//!   `import_install`: its install pass;
 //! * `subscribers`: per-subscriber session counts and their limit (RFC 6888 REQ-5);
 //! * `invariants`: [`Nat::check_invariants`].
 
@@ -19,6 +20,7 @@ mod fragments;
 mod groups;
 mod icmp;
 mod import;
+mod import_install;
 mod inbound;
 mod invariants;
 mod migration;

@@ -38,7 +38,7 @@ impl Nat {
     /// each slab slot is live or on its free list, each live entry has two index entries, and
     /// the counts are within their bounds.
     #[inline]
-    fn debug_check_counts(&self) {
+    pub(super) fn debug_check_counts(&self) {
         debug_assert_eq!(
             self.sessions.len(),
             self.session_count as usize + self.session_free.len(),
@@ -56,8 +56,8 @@ impl Nat {
         );
         debug_assert_eq!(
             self.mapping_index.len(),
-            2 * self.mapping_count as usize,
-            "two index entries per mapping"
+            self.mapping_count as usize,
+            "one index entry per mapping"
         );
         debug_assert!(self.session_count <= self.cfg.max_sessions, "session bound");
         debug_assert!(self.mapping_count <= self.cfg.max_mappings, "mapping bound");
@@ -114,11 +114,11 @@ impl Nat {
         if let Some(c) = change {
             self.log_block(now, g, c, false);
         }
-        Ok(self.install_mapping(g, proto, int_addr, int_port, ext_port, None))
+        Ok(self.install_mapping(g, proto, int_addr, int_port, ext_port))
     }
 
-    /// Inserts a mapping whose port is already bound in the group's blocks. `hashes`: its
-    /// index keys' hashes if the caller computed them (an import does, a few records ahead).
+    /// Inserts a mapping whose port is already bound in the group's blocks: in the slab, the
+    /// mapping index (outbound key) and the group's port table (inbound lookup).
     pub(super) fn install_mapping(
         &mut self,
         g: u16,
@@ -126,18 +126,11 @@ impl Nat {
         int_addr: u32,
         int_port: u16,
         ext_port: u16,
-        hashes: Option<IndexHashes>,
     ) -> u32 {
-        let group = self.groups[g as usize]
-            .as_mut()
-            .expect("caller checked the group");
-        let ext = group.ext;
-        let mi = &self.mapping_index;
-        let hashes = hashes.unwrap_or_else(|| IndexHashes {
-            out: mi.hash(&mkey(Dir::Out, proto, int_addr, int_port)),
-            inn: mi.hash(&mkey(Dir::In, proto, ext, ext_port)),
-        });
-        let first = group.first_mapping;
+        let first = self.groups[g as usize]
+            .as_ref()
+            .expect("caller checked the group")
+            .first_mapping;
         let m = Mapping {
             int_addr,
             int_port,
@@ -169,13 +162,11 @@ impl Nat {
             .expect("caller checked the group");
         group.first_mapping = slot;
         group.mappings += 1;
-        self.mapping_index.insert_new_hashed(
-            hashes.out,
-            mkey(Dir::Out, proto, int_addr, int_port),
-            slot,
-        );
-        self.mapping_index
-            .insert_new_hashed(hashes.inn, mkey(Dir::In, proto, ext, ext_port), slot);
+        let pp = PortProto::from_ip_proto(proto).expect("a bound port's protocol");
+        group.ports.set_mapping(ext_port, pp, Some(slot));
+        let key = mkey(Dir::Out, proto, int_addr, int_port);
+        let hash = self.mapping_index.hash(&key);
+        self.mapping_index.insert_new_hashed(hash, key, slot);
         self.mapping_count += 1;
         self.counters.mappings_created += 1;
         self.debug_check_counts();
@@ -486,13 +477,12 @@ impl Nat {
             group.first_mapping = next;
         }
         group.mappings -= 1;
-        let ext = group.ext;
-        let change =
-            PortProto::from_ip_proto(proto).and_then(|pp| group.ports.release(ext_port, pp));
+        let change = PortProto::from_ip_proto(proto).and_then(|pp| {
+            group.ports.set_mapping(ext_port, pp, None);
+            group.ports.release(ext_port, pp)
+        });
         self.mapping_index
             .remove(&mkey(Dir::Out, proto, int_addr, int_port));
-        self.mapping_index
-            .remove(&mkey(Dir::In, proto, ext, ext_port));
         if let Some(c) = change {
             self.log_block(now, g, c, cause == RemoveCause::Migrated);
         }
@@ -528,7 +518,7 @@ pub(super) fn entry_flags(s_flags: u8) -> u8 {
 
 /// Puts `item` in a free slot of `slab` (keeping what `keep` copies from the slot's previous
 /// occupant, i.e. its generation) or at the end; returns the slot.
-fn slab_insert<T>(
+pub(super) fn slab_insert<T>(
     slab: &mut Vec<T>,
     free: &mut Vec<u32>,
     mut item: T,
