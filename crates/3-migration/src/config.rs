@@ -38,9 +38,12 @@ pub struct MigrationConfig {
     /// Bytes a source may buffer per migration (default 8 MiB).
     pub freeze_buffer_bytes: u32,
     /// Switch packets a destination may hold per migration until the source's end-of-chain
-    /// marker (default 8192); overflow is a counted drop.
+    /// marker (default 32768); overflow is a counted drop. Size it for the group's packet rate
+    /// times the hold (`chain_quiet` plus the chain path's delay, about 15 ms): a switch that
+    /// queued a backlog releases it into the hold at once when the redirect lands.
     pub cutover_hold_packets: u32,
-    /// Bytes a destination may hold per migration (default 8 MiB).
+    /// Bytes a destination may hold per migration (default 32 MiB: 15 ms at 10 Gbit/s with
+    /// room for a backlog; GSO frames count with their whole length).
     pub cutover_hold_bytes: u32,
     /// After the end-of-chain marker, a destination still missing some of the chained packets
     /// it announces releases its hold once no chained packet has arrived for this long (taken
@@ -98,8 +101,8 @@ impl Default for MigrationConfig {
             peer_timeout: Duration::from_secs(10),
             freeze_buffer_packets: 8192,
             freeze_buffer_bytes: 8 << 20,
-            cutover_hold_packets: 8192,
-            cutover_hold_bytes: 8 << 20,
+            cutover_hold_packets: 32768,
+            cutover_hold_bytes: 32 << 20,
             chain_idle_release: Duration::from_millis(200),
             cutover_hold_max: Duration::from_secs(1),
             max_outputs: 65536,
