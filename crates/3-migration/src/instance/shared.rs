@@ -183,14 +183,7 @@ impl<M: Copy> Core<M> {
     /// Drops a packet for a migration reason: counted under the NAT's reason, and handed
     /// back if the driver asked for dropped packets.
     pub fn nat_drop(&mut self, cause: LossCause, pkt: Vec<u8>, meta: M) {
-        let r = match cause {
-            LossCause::GroupHalted => DropReason::GroupHalted,
-            LossCause::GroupDraining => DropReason::GroupDraining,
-            LossCause::FreezeBufferFull => DropReason::FreezeBufferFull,
-            LossCause::PrepareBufferFull => DropReason::PrepareBufferFull,
-            LossCause::ChainQueueFull => DropReason::ChainQueueFull,
-            LossCause::CutoverHoldFull => DropReason::CutoverHoldFull,
-        };
+        let r = cause.drop_reason();
         self.nat.counters_mut().drop(r);
         self.discard(pkt, meta, r);
     }
