@@ -125,20 +125,7 @@ impl Nat {
                 pf.prefetch_insert(a.h_out);
             }
             let m = sc.mappings[i];
-            let new = Mapping {
-                int_addr: m.int_addr,
-                int_port: m.int_port,
-                ext_port: m.ext_port,
-                proto: m.proto,
-                group: g.0,
-                live: true,
-                frozen: false,
-                generation: 0,
-                first_session: NIL,
-                sessions: 0,
-                next: first,
-                prev: NIL,
-            };
+            let new = Mapping::new_live(g.0, m.proto, m.int_addr, m.int_port, m.ext_port, first);
             let slot = slab_insert(
                 &mut self.mappings,
                 &mut self.mapping_free,

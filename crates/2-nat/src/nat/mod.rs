@@ -280,6 +280,34 @@ struct Mapping {
     prev: u32,
 }
 
+impl Mapping {
+    /// A live mapping with no session yet, at the head of its group's list (before `next`).
+    #[inline(always)]
+    fn new_live(
+        group: u16,
+        proto: u8,
+        int_addr: u32,
+        int_port: u16,
+        ext_port: u16,
+        next: u32,
+    ) -> Mapping {
+        Mapping {
+            int_addr,
+            int_port,
+            ext_port,
+            proto,
+            group,
+            live: true,
+            frozen: false,
+            generation: 0,
+            first_session: NIL,
+            sessions: 0,
+            next,
+            prev: NIL,
+        }
+    }
+}
+
 struct Group {
     ext: u32,
     net: u32,

@@ -131,20 +131,7 @@ impl Nat {
             .as_ref()
             .expect("caller checked the group")
             .first_mapping;
-        let m = Mapping {
-            int_addr,
-            int_port,
-            ext_port,
-            proto,
-            group: g,
-            live: true,
-            frozen: false,
-            generation: 0,
-            first_session: NIL,
-            sessions: 0,
-            next: first,
-            prev: NIL,
-        };
+        let m = Mapping::new_live(g, proto, int_addr, int_port, ext_port, first);
         debug_assert!(
             self.mapping_free
                 .last()
