@@ -216,9 +216,21 @@ impl SessionIndex {
         self.table.find_mut(hash, |e| e.matches(key))
     }
 
+    /// The hasher of the keys (a copy, to hash while the index is borrowed elsewhere).
+    #[inline]
+    pub fn hasher(&self) -> FixedState {
+        self.hasher.clone()
+    }
+
     #[inline(always)]
     pub fn hash(&self, key: &SessionKey) -> u64 {
         self.hasher.hash_one(key)
+    }
+
+    #[inline(always)]
+    pub fn get_hashed(&self, hash: u64, key: &SessionKey) -> Option<&SEntry> {
+        debug_assert_eq!(hash, self.hash(key));
+        self.table.find(hash, |e| e.matches(key))
     }
 
     #[inline(always)]
@@ -295,6 +307,12 @@ impl MappingIndex {
         self.table.prefetcher()
     }
 
+    /// The hasher of the keys (a copy, to hash while the index is borrowed elsewhere).
+    #[inline]
+    pub fn hasher(&self) -> FixedState {
+        self.hasher.clone()
+    }
+
     #[inline(always)]
     pub fn hash(&self, key: &u64) -> u64 {
         self.hasher.hash_one(key)
@@ -312,7 +330,7 @@ impl MappingIndex {
         self.table.find(hash, |e| e.key == *key).map(|e| &e.slot)
     }
 
-    #[inline]
+    #[cfg(test)]
     pub fn contains_key(&self, key: &u64) -> bool {
         self.get(key).is_some()
     }

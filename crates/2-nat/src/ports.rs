@@ -315,66 +315,64 @@ impl PortBlocks {
 
     /// Does `subscriber` hold any block? (If not, it has no mapping in this group: a mapping's
     /// port is bound, and a block with a bound port stays with its subscriber.)
+    #[cfg(test)]
     pub fn holds_blocks(&self, subscriber: u32) -> bool {
         self.subscribers.contains_key(&subscriber)
     }
 
-    /// Whether `port` could be claimed for `subscriber` (import), without changing anything.
-    pub fn check_claim(
-        &self,
-        port: u16,
-        proto: PortProto,
-        subscriber: u32,
-    ) -> Result<(), ClaimError> {
-        let b = self.block_of(port).ok_or(ClaimError::OutOfRange)?;
-        match self.owner[b as usize] {
-            BlockOwner::Subscriber(s) if s != subscriber => return Err(ClaimError::OwnedByOther),
-            _ => {}
-        }
-        if self.is_bound(port, proto) {
-            return Err(ClaimError::AlreadyBound);
-        }
-        Ok(())
-    }
-
-    /// Binds `port` for `subscriber` if [`check_claim`](Self::check_claim) allows it.
-    /// Returns the ownership change if the block was free or reserved.
-    #[cfg(test)]
-    pub fn claim(&mut self, port: u16, proto: PortProto, subscriber: u32) -> Option<BlockChange> {
-        self.check_claim(port, proto, subscriber).ok()?;
-        self.claim_validated(port, proto, subscriber)
-    }
-
-    /// Binds `port` for `subscriber`, whose claim was checked with
-    /// [`check_claim`](Self::check_claim) against the state it has now (an import's install
-    /// pass, after its validation pass covered the claims made in between): not checked again.
-    /// Returns the ownership change if the block was free or reserved.
+    /// Binds `port` for `subscriber` (an import of a mapping the peer allocated): refused if
+    /// the port is outside the range, in a block another subscriber holds, or bound already
+    /// (nothing changes then). A free or reserved block passes to the subscriber: the change
+    /// is returned with the block's owner before it, so that
+    /// [`unclaim_block`](Self::unclaim_block) can undo it.
     #[inline]
-    pub fn claim_validated(
+    pub fn claim(
         &mut self,
         port: u16,
         proto: PortProto,
         subscriber: u32,
-    ) -> Option<BlockChange> {
-        debug_assert_eq!(self.check_claim(port, proto, subscriber), Ok(()));
-        let (b, bit) = self.split(port - self.port_min);
-        let b = b as usize;
-        let change = if self.owner[b] == BlockOwner::Subscriber(subscriber) {
-            None
-        } else {
-            self.owner[b] = BlockOwner::Subscriber(subscriber);
-            self.subscribers
-                .entry(subscriber)
-                .or_default()
-                .push(b as u32);
-            Some(BlockChange {
-                block: b as u32,
-                subscriber,
-                allocated: true,
-            })
+    ) -> Result<Option<(BlockChange, BlockOwner)>, ClaimError> {
+        let off = port
+            .checked_sub(self.port_min)
+            .ok_or(ClaimError::OutOfRange)?;
+        let (b, bit) = self.split(off);
+        let before = *self.owner.get(b as usize).ok_or(ClaimError::OutOfRange)?;
+        if matches!(before, BlockOwner::Subscriber(s) if s != subscriber) {
+            return Err(ClaimError::OwnedByOther);
+        }
+        let w = self.bitmap_base(b, proto) + bit / 64;
+        if self.used[w] & (1u64 << (bit % 64)) != 0 {
+            return Err(ClaimError::AlreadyBound);
+        }
+        self.used[w] |= 1u64 << (bit % 64);
+        self.used_count[b as usize] += 1;
+        if before == BlockOwner::Subscriber(subscriber) {
+            return Ok(None);
+        }
+        self.owner[b as usize] = BlockOwner::Subscriber(subscriber);
+        self.subscribers.entry(subscriber).or_default().push(b);
+        let change = BlockChange {
+            block: b,
+            subscriber,
+            allocated: true,
         };
-        self.set_bit(b as u32, proto, bit);
-        change
+        Ok(Some((change, before)))
+    }
+
+    /// Undoes the ownership change of a [`claim`](Self::claim) whose ports were all released
+    /// since (which returned the block to the pool): the block goes back to `before`.
+    pub fn unclaim_block(&mut self, block: u32, before: BlockOwner) {
+        let b = block as usize;
+        debug_assert_eq!(
+            self.used_count[b], 0,
+            "no port of an unclaimed block is bound"
+        );
+        debug_assert_eq!(self.owner[b], BlockOwner::Free, "released to the pool");
+        debug_assert!(
+            !matches!(before, BlockOwner::Subscriber(_)),
+            "a claim takes free or reserved blocks"
+        );
+        self.owner[b] = before;
     }
 
     /// Marks free blocks as reserved for a peer. Fails (changing nothing) if any is not free.
@@ -496,7 +494,7 @@ mod tests {
             );
         }
         let port = 1000 + 192 * 7 + 5;
-        assert!(pb.claim(port, PortProto::Udp, 9).is_some());
+        assert!(matches!(pb.claim(port, PortProto::Udp, 9), Ok(Some(_))));
         assert_eq!(pb.mapping(port, PortProto::Udp), None);
         pb.set_mapping(port, PortProto::Udp, Some(42));
         assert_eq!(pb.mapping(port, PortProto::Udp), Some(42));
@@ -526,18 +524,36 @@ mod tests {
             let (p, _) = pb.allocate(5, PortProto::Udp, &mut rng).unwrap();
             assert_eq!(pb.block_of(p), Some(1));
         }
-        assert_eq!(pb.check_claim(1030, PortProto::Udp, 6), Ok(()));
-        assert!(pb.claim(1030, PortProto::Udp, 6).is_some());
+        let (change, before) = pb.claim(1030, PortProto::Udp, 6).unwrap().unwrap();
         assert_eq!(
-            pb.check_claim(1030, PortProto::Udp, 6),
+            (change.block, change.subscriber, before),
+            (0, 6, BlockOwner::Reserved)
+        );
+        assert_eq!(
+            pb.claim(1031, PortProto::Udp, 6),
+            Ok(None),
+            "its block already"
+        );
+        assert_eq!(
+            pb.claim(1030, PortProto::Udp, 6),
             Err(ClaimError::AlreadyBound)
         );
         assert_eq!(
-            pb.check_claim(1031, PortProto::Udp, 7),
+            pb.claim(1032, PortProto::Udp, 7),
             Err(ClaimError::OwnedByOther)
         );
         assert_eq!(
-            pb.check_claim(2000, PortProto::Udp, 7),
+            pb.claim(1000, PortProto::Udp, 7),
+            Err(ClaimError::OutOfRange)
+        );
+        // Undone: the ports released, the block is reserved again.
+        assert!(pb.release(1031, PortProto::Udp).is_none());
+        assert!(pb.release(1030, PortProto::Udp).is_some());
+        pb.unclaim_block(0, before);
+        assert_eq!(pb.owner(0), BlockOwner::Reserved);
+        assert!(!pb.holds_blocks(6));
+        assert_eq!(
+            pb.claim(2000, PortProto::Udp, 7),
             Err(ClaimError::OutOfRange)
         );
     }

@@ -394,12 +394,12 @@ fn import_records(nat: &mut Nat, recs: &[[u8; RECORD_LEN]]) -> Result<(u32, u32)
         .map(|s| (s.mappings, s.sessions))
 }
 
-/// The validation's shortcuts keep every refusal: a subscriber holding no block skips the
-/// mapping lookup (it can hold no mapping), one holding blocks is looked up; the one-probe
-/// scratch map still joins the records of a mapping that are not adjacent, and still refuses
-/// a mapping with two external ports and a session twice. A refused batch leaves nothing.
+/// The one-pass import keeps every refusal: a mapping present before the batch is refused
+/// (for a subscriber with blocks or without), the records of a batch's mapping that are not
+/// adjacent are joined, a mapping with two external ports and a session twice are refused.
+/// A refused batch leaves nothing.
 #[test]
-fn import_validation_shortcuts_keep_every_refusal() {
+fn one_pass_import_keeps_every_refusal() {
     let mut nat = Nat::new(config()).unwrap();
     nat.reserve(100, 100);
     // Subscriber 10's mapping has records before and after subscriber 11's.

@@ -1,37 +1,34 @@
-//! The install pass of an import, after the validation pass (`import.rs`) accepted the batch:
-//! cannot fail.
+//! The pass of an import (`import.rs`): each record checked, then installed, journalled.
 //!
 //! A dedicated path rather than `install_mapping` / `install_session` once per record: every
 //! mapping of a batch is new and unfrozen, so what those compute per call (the group, its
-//! external address, the checksum deltas of a mapping, the timeout of a class, table growth,
-//! counts) is worked out once per batch or per mapping here, and each record costs its slab
-//! slots, its three index entries, its port-table entry and its wheel entry. The result is
-//! the same tables, counts and events as installing the records one by one (the crate's
-//! model tests compare them).
+//! external address, the checksum deltas of a mapping, the timeout of a class, table growth)
+//! is worked out once per batch or per mapping here. The result after the commit is the same
+//! tables, counts and events as installing the records one by one (the crate's model tests
+//! compare them).
 //!
 //! Software-pipelined: the index-key hashes of the record [`IMPORT_PREFETCH`] ahead are
-//! computed (once: the inserts reuse them) and the lines its inserts will write are
-//! prefetched, so the memory latencies of consecutive records overlap.
+//! computed (once: lookups and inserts reuse them) and the lines they will touch prefetched,
+//! so the memory latencies of consecutive records overlap.
 
 use super::import::{AHEAD_RING, IMPORT_PREFETCH, ImportScratch};
 use super::table::{entry_flags, slab_insert};
 use super::{
-    GroupId, ImportSummary, Mapping, NIL, Nat, S_HAIRPIN, S_INBOUND_OPENED, S_LIVE, Session, mkey,
-    skey,
+    GroupId, Mapping, NIL, Nat, NatError, S_HAIRPIN, S_INBOUND_OPENED, S_LIVE, Session, mkey, skey,
 };
 use crate::index::SEntry;
-use crate::ports::PortProto;
-use crate::record::{FLAG_INBOUND_OPENED, StateRecord};
+use crate::ports::{ClaimError, PortProto};
+use crate::record::{FLAG_INBOUND_OPENED, RECORD_VERSION, StateRecord};
 use crate::tcp::{Dir, TcpState, TimeoutClass};
-use crate::wheel::WheelEntry;
 use flowshift_wire::Instant;
 use flowshift_wire::checksum::Delta;
 use flowshift_wire::packet::proto;
+use std::hash::BuildHasher;
 
 /// The checksum deltas of a mapping's sessions (they depend on the mapping only), raw, for
 /// the outbound entry and the inbound one.
 #[derive(Clone, Copy, Debug, Default)]
-pub(super) struct Deltas {
+struct Deltas {
     ip_out: u16,
     l4_out: u16,
     ip_in: u16,
@@ -69,159 +66,187 @@ fn class_table() -> [u8; 10] {
     t
 }
 
+/// The checks of a record on its own (the group's and the tables' come after).
+#[inline(always)]
+fn check_record(r: &StateRecord) -> Result<PortProto, &'static str> {
+    if r.version != RECORD_VERSION || r.reserved.get() != 0 || r.flags & !FLAG_INBOUND_OPENED != 0 {
+        return Err("unknown version or reserved bits set");
+    }
+    let pp = PortProto::from_ip_proto(r.proto).ok_or("unknown protocol")?;
+    match pp {
+        PortProto::Tcp if TcpState::from_u8(r.tcp_state).is_none() => Err("bad TCP state"),
+        PortProto::Tcp => Ok(pp),
+        _ if r.tcp_state != 0 => Err("TCP state on a non-TCP record"),
+        PortProto::Icmp if r.rem_port.get() != 0 => Err("ICMP record with a remote port"),
+        _ => Ok(pp),
+    }
+}
+
+/// The hashes of a record's three index keys: mapping, outbound session, inbound session.
+#[derive(Clone, Copy, Default)]
+struct Hashes {
+    map: u64,
+    out: u64,
+    inn: u64,
+}
+
+/// The mapping the current run of records belongs to.
+#[derive(Clone, Copy)]
+struct Current {
+    /// Its outbound mapping-index key (0: none yet; no real key is 0, its protocol is not).
+    key: u64,
+    slot: u32,
+    ext_port: u16,
+    deltas: Deltas,
+}
+
 impl Nat {
-    /// The install pass (see the module documentation): the mappings, then the sessions.
-    pub(super) fn import_install(
+    /// Checks and installs `recs` into group `g` (checked to exist) one by one, journalling
+    /// into `sc`; stops at the first refusal, whose error it returns (the caller undoes the
+    /// journal). Mappings get `importing` set; sessions get no expiry entry and the counts
+    /// are not touched (the commit's work).
+    #[inline(never)]
+    pub(super) fn import_records(
         &mut self,
         g: GroupId,
         now: Instant,
         recs: &[StateRecord],
         sc: &mut ImportScratch,
-    ) -> ImportSummary {
-        debug_assert_eq!(sc.rec_mapping.len(), recs.len());
-        let (n, n_maps) = (recs.len(), sc.mappings.len());
-        let (mappings_before, sessions_before) = (self.mapping_count, self.session_count);
-        // No table grows while installing (a no-op after a large enough `reserve`).
-        self.reserve(n_maps, n);
-        let ext = self.groups[g.0 as usize].as_ref().expect("validated").ext;
-        self.import_mappings(g, now, ext, sc);
-        self.import_sessions(g, now, ext, recs, sc);
-        let group = self.groups[g.0 as usize].as_mut().expect("validated");
-        group.mappings += n_maps as u32;
-        group.sessions += n as u32;
-        self.mapping_count += n_maps as u32;
-        self.session_count += n as u32;
-        self.counters.mappings_created += n_maps as u64;
-        self.counters.sessions_created += n as u64;
-        self.counters.records_imported += n as u64;
-        self.debug_check_counts();
-        debug_assert_eq!(self.mapping_count - mappings_before, n_maps as u32);
-        debug_assert_eq!(self.session_count - sessions_before, n as u32);
-        ImportSummary {
-            mappings: n_maps as u32,
-            sessions: n as u32,
-        }
-    }
-
-    /// Installs the batch's mappings (validated, none present): claims each one's port and
-    /// records the mapping in the group's port table, puts it in the slab at the head of the
-    /// group's list and in the mapping index; records its slot and checksum deltas in `sc`.
-    /// Counts are the caller's to add.
-    #[inline(never)]
-    fn import_mappings(&mut self, g: GroupId, now: Instant, ext: u32, sc: &mut ImportScratch) {
-        let pf = self.mapping_index.prefetcher();
-        for m in sc.mappings.iter().take(IMPORT_PREFETCH) {
-            pf.prefetch_insert(m.h_out);
-        }
-        let mut first = self.groups[g.0 as usize]
-            .as_ref()
-            .expect("validated")
-            .first_mapping;
+    ) -> Result<(), NatError> {
+        let refuse = |index: usize, why: &'static str| NatError::Import { index, why };
+        let gi = g.0 as usize;
+        let group = self.groups[gi].as_ref().expect("checked by the caller");
+        let (net, mask, ext) = (group.net, group.mask, group.ext);
         let ext_be = ext.to_be_bytes();
-        // (subscriber, its address delta) of the last mapping.
-        let mut ip: Option<(u32, Delta)> = None;
-        for i in 0..sc.mappings.len() {
-            if let Some(a) = sc.mappings.get(i + IMPORT_PREFETCH) {
-                pf.prefetch_insert(a.h_out);
-            }
-            let m = sc.mappings[i];
-            let new = Mapping::new_live(g.0, m.proto, m.int_addr, m.int_port, m.ext_port, first);
-            let slot = slab_insert(
-                &mut self.mappings,
-                &mut self.mapping_free,
-                new,
-                |old, new| new.generation = old.generation,
-            );
-            if first != NIL {
-                self.mappings[first as usize].prev = slot;
-            }
-            first = slot;
-            let pp = PortProto::from_ip_proto(m.proto).expect("validated");
-            let ports = &mut self.groups[g.0 as usize].as_mut().expect("validated").ports;
-            let change = ports.claim_validated(m.ext_port, pp, m.int_addr);
-            ports.set_mapping(m.ext_port, pp, Some(slot));
-            if let Some(c) = change {
-                self.log_block(now, g.0, c, true);
-            }
-            self.mapping_index.insert_new_hashed(
-                m.h_out,
-                mkey(Dir::Out, m.proto, m.int_addr, m.int_port),
-                slot,
-            );
-            // The address part depends on the subscriber only (records come subscriber by
-            // subscriber).
-            let ip_delta = match ip {
-                Some((sub, d)) if sub == m.int_addr => d,
-                _ => {
-                    let d = Delta::NONE.replace_addr(m.int_addr.to_be_bytes(), ext_be);
-                    ip = Some((m.int_addr, d));
-                    d
-                }
-            };
-            let sm = &mut sc.mappings[i];
-            sm.slot = slot;
-            sm.deltas = Deltas::of(ip_delta, m.proto, m.int_port, m.ext_port);
-        }
-        self.groups[g.0 as usize]
-            .as_mut()
-            .expect("validated")
-            .first_mapping = first;
-    }
-
-    /// Installs the batch's sessions under their mappings (installed by
-    /// [`import_mappings`](Self::import_mappings)): slab, index entries, wheel entry,
-    /// per-subscriber counts. The other counts are the caller's to add.
-    #[inline(never)]
-    fn import_sessions(
-        &mut self,
-        g: GroupId,
-        now: Instant,
-        ext: u32,
-        recs: &[StateRecord],
-        sc: &ImportScratch,
-    ) {
-        let pf = self.session_index.prefetcher();
-        // The hashes of a record's index keys, from the record alone (validated: its fields
-        // are its mapping's).
-        let hashes = |nat: &Nat, r: &StateRecord| {
-            let (rem, rport) = (u32::from_be_bytes(r.rem_addr), r.rem_port.get());
-            let (int_addr, int_port) = (u32::from_be_bytes(r.int_addr), r.int_port.get());
-            let si = &nat.session_index;
-            let out = si.hash(&skey(Dir::Out, r.proto, int_addr, int_port, rem, rport));
-            let inn = si.hash(&skey(Dir::In, r.proto, ext, r.ext_port.get(), rem, rport));
-            pf.prefetch_insert(out);
-            pf.prefetch_insert(inn);
-            (out, inn)
-        };
+        let mapping_room = self.cfg.max_mappings.saturating_sub(self.mapping_count) as usize;
         // A remote outside the range of this NAT's external addresses is not hairpinned (the
         // common case, decided without a lookup).
         let (ext_lo, ext_hi) = self
             .group_by_ext
             .keys()
             .fold((u32::MAX, 0), |(lo, hi), &a| (lo.min(a), hi.max(a)));
-        // Per timeout class: how long after its `last_seen` a session is checked (`schedule`).
-        let limit_ns = [0u8, 1, 2, 3].map(|c| self.idle_limit_ns(c));
         let class_of = class_table();
         let now_ns = now.as_nanos();
-        let mut ahead = [(0u64, 0u64); AHEAD_RING];
+        let (mpf, spf) = (
+            self.mapping_index.prefetcher(),
+            self.session_index.prefetcher(),
+        );
+        let (mh, sh) = (self.mapping_index.hasher(), self.session_index.hasher());
+        // From the record alone (a record whose fields are wrong is refused before they are
+        // used).
+        let hashes = |r: &StateRecord| {
+            let (rem, rport) = (u32::from_be_bytes(r.rem_addr), r.rem_port.get());
+            let (int_addr, int_port) = (u32::from_be_bytes(r.int_addr), r.int_port.get());
+            let h = Hashes {
+                map: mh.hash_one(mkey(Dir::Out, r.proto, int_addr, int_port)),
+                out: sh.hash_one(skey(Dir::Out, r.proto, int_addr, int_port, rem, rport)),
+                inn: sh.hash_one(skey(Dir::In, r.proto, ext, r.ext_port.get(), rem, rport)),
+            };
+            mpf.prefetch_insert(h.map);
+            spf.prefetch_insert(h.out);
+            spf.prefetch_insert(h.inn);
+            h
+        };
+        let mut ahead = [Hashes::default(); AHEAD_RING];
         for (j, r) in recs.iter().enumerate().take(IMPORT_PREFETCH) {
-            ahead[j % AHEAD_RING] = hashes(self, r);
+            ahead[j % AHEAD_RING] = hashes(r);
         }
-        // (subscriber, sessions of it installed and not counted yet).
+        let mut cur = Current {
+            key: 0,
+            slot: NIL,
+            ext_port: 0,
+            deltas: Deltas::default(),
+        };
+        // (subscriber, its address delta) of the last mapping installed.
+        let mut ip: (u32, Delta) = (0, Delta::NONE.replace_addr([0; 4], ext_be));
+        // (subscriber, sessions of it installed and not journalled yet).
         let mut run = (0u32, 0u32);
         for (i, r) in recs.iter().enumerate() {
             if let Some(a) = recs.get(i + IMPORT_PREFETCH) {
-                ahead[(i + IMPORT_PREFETCH) % AHEAD_RING] = hashes(self, a);
+                ahead[(i + IMPORT_PREFETCH) % AHEAD_RING] = hashes(a);
             }
-            let (h_out, h_in) = ahead[i % AHEAD_RING];
-            let m = &sc.mappings[sc.rec_mapping[i] as usize];
-            let (mslot, d) = (m.slot, m.deltas);
-            let (proto, int_addr, int_port, ext_port) =
-                (m.proto, m.int_addr, m.int_port, m.ext_port);
+            let h = ahead[i % AHEAD_RING];
+            let pp = check_record(r).map_err(|why| refuse(i, why))?;
+            let int_addr = u32::from_be_bytes(r.int_addr);
+            if int_addr & mask != net {
+                return Err(refuse(i, "subscriber outside the group's prefix"));
+            }
+            let (proto, int_port, ext_port) = (r.proto, r.int_port.get(), r.ext_port.get());
+            let mk = mkey(Dir::Out, proto, int_addr, int_port);
+            if mk != cur.key {
+                cur = match self.mapping_index.get_hashed(h.map, &mk) {
+                    Some(&slot) => {
+                        // Present: only a mapping of this batch may take more records.
+                        let m = &self.mappings[slot as usize];
+                        if !m.importing {
+                            return Err(refuse(i, "mapping already present"));
+                        }
+                        let ipd = Delta::NONE.replace_addr(m.int_addr.to_be_bytes(), ext_be);
+                        Current {
+                            key: mk,
+                            slot,
+                            ext_port: m.ext_port,
+                            deltas: Deltas::of(ipd, proto, int_port, m.ext_port),
+                        }
+                    }
+                    None => {
+                        if sc.mappings.len() >= mapping_room {
+                            return Err(refuse(0, "batch exceeds the table bounds"));
+                        }
+                        let ports = &mut self.groups[gi].as_mut().expect("checked").ports;
+                        match ports.claim(ext_port, pp, int_addr) {
+                            Ok(Some(change)) => sc.blocks.push(change),
+                            Ok(None) => {}
+                            Err(e) => {
+                                return Err(refuse(i, self.claim_refusal(gi, ext_port, pp, e)));
+                            }
+                        }
+                        let first = self.groups[gi].as_ref().expect("checked").first_mapping;
+                        let new = Mapping {
+                            importing: true,
+                            ..Mapping::new_live(g.0, proto, int_addr, int_port, ext_port, first)
+                        };
+                        let slot = slab_insert(
+                            &mut self.mappings,
+                            &mut self.mapping_free,
+                            new,
+                            |old, new| new.generation = old.generation,
+                        );
+                        if first != NIL {
+                            self.mappings[first as usize].prev = slot;
+                        }
+                        let group = self.groups[gi].as_mut().expect("checked");
+                        group.first_mapping = slot;
+                        group.ports.set_mapping(ext_port, pp, Some(slot));
+                        self.mapping_index.insert_new_hashed(h.map, mk, slot);
+                        sc.mappings.push(slot);
+                        // The address part depends on the subscriber only (records come
+                        // subscriber by subscriber).
+                        if ip.0 != int_addr {
+                            ip = (int_addr, Delta::NONE.replace_addr(r.int_addr, ext_be));
+                        }
+                        Current {
+                            key: mk,
+                            slot,
+                            ext_port,
+                            deltas: Deltas::of(ip.1, proto, int_port, ext_port),
+                        }
+                    }
+                };
+            }
+            if ext_port != cur.ext_port {
+                return Err(refuse(i, "one mapping with two external ports"));
+            }
             let rem = u32::from_be_bytes(r.rem_addr);
             let rport = r.rem_port.get();
+            let out_key = skey(Dir::Out, proto, int_addr, int_port, rem, rport);
+            let map = &self.mappings[cur.slot as usize];
+            // A mapping's sessions so far are this batch's: a duplicate is one of them.
+            if map.sessions != 0 && self.session_index.get_hashed(h.out, &out_key).is_some() {
+                return Err(refuse(i, "duplicate session"));
+            }
             let hairpin = (ext_lo..=ext_hi).contains(&rem) && self.group_by_ext.contains_key(&rem);
-            // Validated: a TCP record's state is 1..=7, any other's is 0.
+            // Checked: a TCP record's state is 1..=7, any other's is 0.
             let class = match proto {
                 proto::TCP => class_of[(r.tcp_state & 7) as usize],
                 proto::ICMP => class_of[9],
@@ -235,12 +260,13 @@ impl Nat {
                 flags |= S_INBOUND_OPENED;
             }
             let last_seen_ns = now_ns.saturating_sub(u64::from(r.idle_ms.get()) * 1_000_000);
-            let map = &mut self.mappings[mslot as usize];
+            let (mslot, d) = (cur.slot, cur.deltas);
             let first_session = map.first_session;
             let slot = match self.session_free.last() {
                 Some(&f) => f,
                 None => self.sessions.len() as u32,
             };
+            let map = &mut self.mappings[mslot as usize];
             map.first_session = slot;
             map.sessions += 1;
             let s = Session {
@@ -258,7 +284,7 @@ impl Nat {
                 proto,
                 tcp: r.tcp_state,
                 flags,
-                // Scheduled below (what `schedule` does for a new session).
+                // The expiry entry the commit pushes (what `schedule` does for a new session).
                 queued: 1 << class,
                 class,
                 next: first_session,
@@ -268,37 +294,49 @@ impl Nat {
                 new.generation = old.generation
             });
             debug_assert_eq!(put, slot);
-            let generation = self.sessions[slot as usize].generation;
             if first_session != NIL {
                 self.sessions[first_session as usize].prev = slot;
             }
+            sc.sessions.push(slot);
             let ef = entry_flags(flags);
-            let out_key = skey(Dir::Out, proto, int_addr, int_port, rem, rport);
             let in_key = skey(Dir::In, proto, ext, ext_port, rem, rport);
             let si = &mut self.session_index;
             si.insert_new_hashed(
-                h_out,
+                h.out,
                 SEntry::new(out_key, slot, ext, ext_port, d.ip_out, d.l4_out, ef),
             );
             si.insert_new_hashed(
-                h_in,
+                h.inn,
                 SEntry::new(in_key, slot, int_addr, int_port, d.ip_in, d.l4_in, ef),
             );
-            let deadline =
-                Instant::from_nanos(last_seen_ns.saturating_add(limit_ns[class as usize]));
-            let entry = WheelEntry {
-                slot,
-                generation,
-                class,
-            };
-            self.wheel.push(now, deadline, entry);
-            // Sessions per subscriber, counted once per run of one subscriber's records.
+            // Sessions per subscriber, journalled once per run of one subscriber's records.
             if int_addr != run.0 {
-                self.subscriber_sessions_added(run.0, run.1);
+                if run.1 != 0 {
+                    sc.runs.push(run);
+                }
                 run = (int_addr, 0);
             }
             run.1 += 1;
         }
-        self.subscriber_sessions_added(run.0, run.1);
+        if run.1 != 0 {
+            sc.runs.push(run);
+        }
+        Ok(())
+    }
+
+    /// Why a claim of an imported mapping's port was refused. A port bound by a mapping of
+    /// this batch is reported as such (the peer sent it twice).
+    #[cold]
+    fn claim_refusal(&self, gi: usize, port: u16, pp: PortProto, e: ClaimError) -> &'static str {
+        let ports = &self.groups[gi].as_ref().expect("checked").ports;
+        let in_batch = ports
+            .mapping(port, pp)
+            .is_some_and(|m| self.mappings[m as usize].importing);
+        match e {
+            ClaimError::OutOfRange => "external port outside the range",
+            _ if in_batch => "external port twice in the batch",
+            ClaimError::OwnedByOther => "port block held by another subscriber",
+            ClaimError::AlreadyBound => "external port already bound",
+        }
     }
 }

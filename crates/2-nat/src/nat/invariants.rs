@@ -117,6 +117,9 @@ impl Nat {
         let mut live_mappings = 0u32;
         let mut ext_seen: HashMap<(u32, u8, u16), u32> = HashMap::new();
         for (i, m) in self.mappings.iter().enumerate() {
+            if m.importing {
+                return Err(format!("mapping {i} still marked as importing"));
+            }
             if !m.live {
                 continue;
             }

@@ -10,8 +10,8 @@
 //! * `icmp`: ICMP errors (RFC 5508); `fragments`: the fragment table;
 //! * `table`: the mapping and session slabs and indexes, install and remove;
 //! * `expiry`: the timer wheel and timeout classes;
-//! * `migration`: enumerate, freeze, export, remove, reserve; `import`: its validation pass,
-//!   `import_install`: its install pass;
+//! * `migration`: enumerate, freeze, export, remove, reserve; `import`: an import's commit
+//!   and undo, `import_install`: its one pass (each record checked, then installed);
 //! * `subscribers`: per-subscriber session counts and their limit (RFC 6888 REQ-5);
 //! * `invariants`: [`Nat::check_invariants`].
 
@@ -273,6 +273,8 @@ struct Mapping {
     group: u16,
     live: bool,
     frozen: bool,
+    /// Installed by the import in progress (cleared when it commits; see `nat/import.rs`).
+    importing: bool,
     generation: u32,
     first_session: u32,
     sessions: u32,
@@ -299,6 +301,7 @@ impl Mapping {
             group,
             live: true,
             frozen: false,
+            importing: false,
             generation: 0,
             first_session: NIL,
             sessions: 0,
@@ -384,7 +387,6 @@ impl Nat {
             .unwrap_or(u64::MAX)
             .max(1);
         let hasher = FixedState::with_seed(cfg.hash_seed);
-        let hasher_import = FixedState::with_seed(cfg.hash_seed ^ 0x1a2b_3c4d_5e6f_7081);
         // Refresh tick: 2^21 ns (2.1 ms), or the largest power of two not above the timer
         // granularity if that is finer, so lazy refresh never delays expiry by a whole bucket.
         let tick_shift = (63 - gran.leading_zeros()).min(21);
@@ -419,7 +421,7 @@ impl Nat {
             halted: 0,
             tick_shift,
             lazy,
-            import_scratch: ImportScratch::new(hasher_import),
+            import_scratch: ImportScratch::default(),
             cfg,
         };
         for g in nat.cfg.groups.clone() {
