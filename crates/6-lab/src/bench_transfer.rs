@@ -118,6 +118,10 @@ struct Report {
     import_secs: f64,
     /// CPU time of the receiver thread inside `Nat::import` (0 if unavailable).
     import_cpu_secs: f64,
+    /// From the start until the receiver had its first complete frame (the pipeline's fill).
+    first_frame_secs: f64,
+    /// Receiver time blocked in `read` (waiting for data, copies included).
+    read_secs: f64,
     /// The destination's `Nat::reserve` before the transfer (not in `seconds`).
     reserve_secs: f64,
     /// `bytes` over `seconds + reserve_secs`: the transfer as if the reserve were on its
@@ -171,6 +175,10 @@ pub fn transfer(args: &TransferArgs) -> Result<()> {
             r.decode_import_secs, r.decode_secs, r.import_secs
         );
         println!(
+            "  receiver reads   {:>12.6} s  (blocked in read; first frame after {:.6} s)",
+            r.read_secs, r.first_frame_secs
+        );
+        println!(
             "  import on CPU    {:>12.6} s  (receiver thread's CPU time: {:.0} ns per record)",
             r.import_cpu_secs,
             r.import_cpu_secs * 1e9 / r.states as f64
@@ -195,7 +203,7 @@ fn timed_pass(
     groups: &[(GroupId, MigrationId, GroupId)],
     batch_records: u32,
     max_bytes: u64,
-) -> Result<(SendStats, RecvStats, f64)> {
+) -> Result<(SendStats, RecvStats, f64, f64)> {
     let (tx, rx) = tcp_pair()?;
     let (sent, recv, start) = std::thread::scope(|s| {
         let receiver = std::thread::Builder::new()
@@ -219,7 +227,10 @@ fn timed_pass(
     if (recv.frames, recv.bytes, recv.records) != (sent.frames, sent.bytes, sent.records) {
         bail!("sent {sent:?}, received {recv:?}");
     }
-    Ok((sent, recv, (recv.finished - start).as_secs_f64()))
+    let first = recv
+        .first_frame
+        .map_or(0.0, |t| t.saturating_duration_since(start).as_secs_f64());
+    Ok((sent, recv, (recv.finished - start).as_secs_f64(), first))
 }
 
 /// Set-up, timed transfer, peers, verification.
@@ -231,7 +242,7 @@ fn run(args: &TransferArgs) -> Result<Report> {
     let mut setup = setup(args.states)?;
     // Upper bound of the stream: one frame per record.
     let max_bytes = args.states as u64 * (HEADER_LEN + 4 + RECORD_LEN) as u64;
-    let (sent, recv, seconds) = {
+    let (sent, recv, seconds, first_frame_secs) = {
         let Setup {
             src, dst, groups, ..
         } = &mut setup;
@@ -241,7 +252,7 @@ fn run(args: &TransferArgs) -> Result<Report> {
         bail!("sent {sent:?}, expected {} records", args.states);
     }
     // The same export, framing, TCP and decoding, without the import (the NAT is untouched).
-    let (_, _, no_import_seconds) = timed_pass(
+    let (_, _, no_import_seconds, _) = timed_pass(
         &setup.src,
         None,
         &setup.groups,
@@ -272,6 +283,8 @@ fn run(args: &TransferArgs) -> Result<Report> {
         decode_secs: recv.decode.as_secs_f64(),
         import_secs: recv.import.as_secs_f64(),
         import_cpu_secs: recv.import_cpu.as_secs_f64(),
+        first_frame_secs,
+        read_secs: recv.read.as_secs_f64(),
         reserve_secs: setup.reserve_secs,
         bytes_per_sec_incl_reserve: sent.bytes as f64 / (seconds + setup.reserve_secs),
         no_import_seconds,

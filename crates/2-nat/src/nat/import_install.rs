@@ -100,12 +100,18 @@ struct Current {
     deltas: Deltas,
 }
 
+/// Why the pass stopped: a record's own fault, or a port claim refused (the message is
+/// worked out afterwards, when the tables can be read again).
+enum Stop {
+    Refused(usize, &'static str),
+    Claim(usize, u16, PortProto, ClaimError),
+}
+
 impl Nat {
     /// Checks and installs `recs` into group `g` (checked to exist) one by one, journalling
     /// into `sc`; stops at the first refusal, whose error it returns (the caller undoes the
     /// journal). Mappings get `importing` set; sessions get no expiry entry and the counts
     /// are not touched (the commit's work).
-    #[inline(never)]
     pub(super) fn import_records(
         &mut self,
         g: GroupId,
@@ -113,25 +119,54 @@ impl Nat {
         recs: &[StateRecord],
         sc: &mut ImportScratch,
     ) -> Result<(), NatError> {
-        let refuse = |index: usize, why: &'static str| NatError::Import { index, why };
-        let gi = g.0 as usize;
-        let group = self.groups[gi].as_ref().expect("checked by the caller");
-        let (net, mask, ext) = (group.net, group.mask, group.ext);
-        let ext_be = ext.to_be_bytes();
-        let mapping_room = self.cfg.max_mappings.saturating_sub(self.mapping_count) as usize;
+        match self.import_pass(g, now, recs, sc) {
+            Ok(()) => Ok(()),
+            Err(Stop::Refused(index, why)) => Err(NatError::Import { index, why }),
+            Err(Stop::Claim(index, port, pp, e)) => Err(NatError::Import {
+                index,
+                why: self.claim_refusal(g.0 as usize, port, pp, e),
+            }),
+        }
+    }
+
+    /// The loop of [`import_records`](Self::import_records), on disjoint borrows of the
+    /// tables (so that their pointers stay in registers across the stores).
+    #[inline(never)]
+    fn import_pass(
+        &mut self,
+        g: GroupId,
+        now: Instant,
+        recs: &[StateRecord],
+        sc: &mut ImportScratch,
+    ) -> Result<(), Stop> {
+        let Nat {
+            cfg,
+            groups,
+            group_by_ext,
+            sessions,
+            session_free,
+            mappings,
+            mapping_free,
+            mapping_count,
+            session_index,
+            mapping_index,
+            ..
+        } = self;
+        let mapping_room = cfg.max_mappings.saturating_sub(*mapping_count) as usize;
         // A remote outside the range of this NAT's external addresses is not hairpinned (the
         // common case, decided without a lookup).
-        let (ext_lo, ext_hi) = self
-            .group_by_ext
+        let (ext_lo, ext_hi) = group_by_ext
             .keys()
             .fold((u32::MAX, 0), |(lo, hi), &a| (lo.min(a), hi.max(a)));
+        let group = groups[g.0 as usize]
+            .as_mut()
+            .expect("checked by the caller");
+        let (net, mask, ext) = (group.net, group.mask, group.ext);
+        let ext_be = ext.to_be_bytes();
         let class_of = class_table();
         let now_ns = now.as_nanos();
-        let (mpf, spf) = (
-            self.mapping_index.prefetcher(),
-            self.session_index.prefetcher(),
-        );
-        let (mh, sh) = (self.mapping_index.hasher(), self.session_index.hasher());
+        let (mpf, spf) = (mapping_index.prefetcher(), session_index.prefetcher());
+        let (mh, sh) = (mapping_index.hasher(), session_index.hasher());
         // From the record alone (a record whose fields are wrong is refused before they are
         // used).
         let hashes = |r: &StateRecord| {
@@ -166,20 +201,20 @@ impl Nat {
                 ahead[(i + IMPORT_PREFETCH) % AHEAD_RING] = hashes(a);
             }
             let h = ahead[i % AHEAD_RING];
-            let pp = check_record(r).map_err(|why| refuse(i, why))?;
+            let pp = check_record(r).map_err(|why| Stop::Refused(i, why))?;
             let int_addr = u32::from_be_bytes(r.int_addr);
             if int_addr & mask != net {
-                return Err(refuse(i, "subscriber outside the group's prefix"));
+                return Err(Stop::Refused(i, "subscriber outside the group's prefix"));
             }
             let (proto, int_port, ext_port) = (r.proto, r.int_port.get(), r.ext_port.get());
             let mk = mkey(Dir::Out, proto, int_addr, int_port);
             if mk != cur.key {
-                cur = match self.mapping_index.get_hashed(h.map, &mk) {
+                cur = match mapping_index.get_hashed(h.map, &mk) {
                     Some(&slot) => {
                         // Present: only a mapping of this batch may take more records.
-                        let m = &self.mappings[slot as usize];
+                        let m = &mappings[slot as usize];
                         if !m.importing {
-                            return Err(refuse(i, "mapping already present"));
+                            return Err(Stop::Refused(i, "mapping already present"));
                         }
                         let ipd = Delta::NONE.replace_addr(m.int_addr.to_be_bytes(), ext_be);
                         Current {
@@ -191,34 +226,27 @@ impl Nat {
                     }
                     None => {
                         if sc.mappings.len() >= mapping_room {
-                            return Err(refuse(0, "batch exceeds the table bounds"));
+                            return Err(Stop::Refused(0, "batch exceeds the table bounds"));
                         }
-                        let ports = &mut self.groups[gi].as_mut().expect("checked").ports;
-                        match ports.claim(ext_port, pp, int_addr) {
+                        match group.ports.claim(ext_port, pp, int_addr) {
                             Ok(Some(change)) => sc.blocks.push(change),
                             Ok(None) => {}
-                            Err(e) => {
-                                return Err(refuse(i, self.claim_refusal(gi, ext_port, pp, e)));
-                            }
+                            Err(e) => return Err(Stop::Claim(i, ext_port, pp, e)),
                         }
-                        let first = self.groups[gi].as_ref().expect("checked").first_mapping;
+                        let first = group.first_mapping;
                         let new = Mapping {
                             importing: true,
                             ..Mapping::new_live(g.0, proto, int_addr, int_port, ext_port, first)
                         };
-                        let slot = slab_insert(
-                            &mut self.mappings,
-                            &mut self.mapping_free,
-                            new,
-                            |old, new| new.generation = old.generation,
-                        );
+                        let slot = slab_insert(mappings, mapping_free, new, |old, new| {
+                            new.generation = old.generation
+                        });
                         if first != NIL {
-                            self.mappings[first as usize].prev = slot;
+                            mappings[first as usize].prev = slot;
                         }
-                        let group = self.groups[gi].as_mut().expect("checked");
                         group.first_mapping = slot;
                         group.ports.set_mapping(ext_port, pp, Some(slot));
-                        self.mapping_index.insert_new_hashed(h.map, mk, slot);
+                        mapping_index.insert_new_hashed(h.map, mk, slot);
                         sc.mappings.push(slot);
                         // The address part depends on the subscriber only (records come
                         // subscriber by subscriber).
@@ -235,17 +263,18 @@ impl Nat {
                 };
             }
             if ext_port != cur.ext_port {
-                return Err(refuse(i, "one mapping with two external ports"));
+                return Err(Stop::Refused(i, "one mapping with two external ports"));
             }
             let rem = u32::from_be_bytes(r.rem_addr);
             let rport = r.rem_port.get();
             let out_key = skey(Dir::Out, proto, int_addr, int_port, rem, rport);
-            let map = &self.mappings[cur.slot as usize];
+            let (mslot, d) = (cur.slot, cur.deltas);
+            let map = &mut mappings[mslot as usize];
             // A mapping's sessions so far are this batch's: a duplicate is one of them.
-            if map.sessions != 0 && self.session_index.get_hashed(h.out, &out_key).is_some() {
-                return Err(refuse(i, "duplicate session"));
+            if map.sessions != 0 && session_index.get_hashed(h.out, &out_key).is_some() {
+                return Err(Stop::Refused(i, "duplicate session"));
             }
-            let hairpin = (ext_lo..=ext_hi).contains(&rem) && self.group_by_ext.contains_key(&rem);
+            let hairpin = (ext_lo..=ext_hi).contains(&rem) && group_by_ext.contains_key(&rem);
             // Checked: a TCP record's state is 1..=7, any other's is 0.
             let class = match proto {
                 proto::TCP => class_of[(r.tcp_state & 7) as usize],
@@ -260,13 +289,11 @@ impl Nat {
                 flags |= S_INBOUND_OPENED;
             }
             let last_seen_ns = now_ns.saturating_sub(u64::from(r.idle_ms.get()) * 1_000_000);
-            let (mslot, d) = (cur.slot, cur.deltas);
             let first_session = map.first_session;
-            let slot = match self.session_free.last() {
+            let slot = match session_free.last() {
                 Some(&f) => f,
-                None => self.sessions.len() as u32,
+                None => sessions.len() as u32,
             };
-            let map = &mut self.mappings[mslot as usize];
             map.first_session = slot;
             map.sessions += 1;
             let s = Session {
@@ -290,22 +317,21 @@ impl Nat {
                 next: first_session,
                 prev: NIL,
             };
-            let put = slab_insert(&mut self.sessions, &mut self.session_free, s, |old, new| {
+            let put = slab_insert(sessions, session_free, s, |old, new| {
                 new.generation = old.generation
             });
             debug_assert_eq!(put, slot);
             if first_session != NIL {
-                self.sessions[first_session as usize].prev = slot;
+                sessions[first_session as usize].prev = slot;
             }
             sc.sessions.push(slot);
             let ef = entry_flags(flags);
             let in_key = skey(Dir::In, proto, ext, ext_port, rem, rport);
-            let si = &mut self.session_index;
-            si.insert_new_hashed(
+            session_index.insert_new_hashed(
                 h.out,
                 SEntry::new(out_key, slot, ext, ext_port, d.ip_out, d.l4_out, ef),
             );
-            si.insert_new_hashed(
+            session_index.insert_new_hashed(
                 h.inn,
                 SEntry::new(in_key, slot, int_addr, int_port, d.ip_in, d.l4_in, ef),
             );

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Records in the first batch the sender exports (then twice as many each batch, up to the
+/// batch size asked for).
+const FIRST_BATCH: usize = 256;
+
 /// What the sender measured.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct SendStats {
@@ -23,7 +27,9 @@ pub(super) fn send(
     stream: &TcpStream,
 ) -> Result<SendStats> {
     let mut st = SendStats::default();
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER, stream);
+    // Unbuffered: each frame is one write, and leaves as soon as it is encoded (the receiver
+    // imports it while the next is exported).
+    let mut out = stream;
     let mut records: Vec<u8> = Vec::with_capacity(batch_records * RECORD_LEN);
     for &(g, migration, _) in groups {
         let t = WallClock::now();
@@ -33,10 +39,12 @@ pub(super) fn send(
         let mut batch = 0u32;
         let mut ids = ids.iter().peekable();
         while ids.peek().is_some() {
-            // Export whole mappings until the batch is full.
+            // Export whole mappings until the batch is full. The first batches are smaller
+            // (doubling up to `batch_records`), so the receiver starts importing sooner.
             let t = WallClock::now();
             let mut n = 0usize;
-            while n < batch_records {
+            let limit = batch_records.min(FIRST_BATCH << st.frames.min(16));
+            while n < limit {
                 let Some(&id) = ids.next() else { break };
                 n += src.export_mapping(id, NOW, &mut records)? as usize;
             }
@@ -71,8 +79,6 @@ pub(super) fn send(
         }
     }
     let t = WallClock::now();
-    out.flush().context("sending")?;
-    drop(out);
     stream.shutdown(Shutdown::Write).context("shutdown")?;
     st.send += t.elapsed();
     Ok(st)
@@ -90,6 +96,10 @@ pub(super) struct RecvStats {
     pub(super) import_cpu: Duration,
     /// When the last batch was imported.
     pub(super) finished: WallClock,
+    /// When the first complete frame was in the buffer (`None`: no frame).
+    pub(super) first_frame: Option<WallClock>,
+    /// Time blocked in `read` (waiting for the sender or the kernel), copies included.
+    pub(super) read: Duration,
 }
 
 /// Receives frames until end of stream, importing each batch into `dst` (decoding only if
@@ -114,6 +124,8 @@ pub(super) fn receive<R: Read>(
         import: Duration::ZERO,
         import_cpu: Duration::ZERO,
         finished: WallClock::now(),
+        first_frame: None,
+        read: Duration::ZERO,
     };
     let mut buf = vec![0u8; 2 * READ_CHUNK];
     let (mut lo, mut hi) = (0usize, 0usize);
@@ -126,6 +138,7 @@ pub(super) fn receive<R: Read>(
                 break;
             }
             let t = WallClock::now();
+            st.first_frame.get_or_insert(t);
             let frame = proto::decode(&buf[lo..lo + len]).context("bad frame")?;
             let t2 = WallClock::now();
             st.decode += t2 - t;
@@ -175,7 +188,10 @@ pub(super) fn receive<R: Read>(
         if end == hi {
             bail!("receive buffer full"); // unreachable: a pending frame always fits
         }
-        let n = match input.read(&mut buf[hi..end]) {
+        let t = WallClock::now();
+        let got = input.read(&mut buf[hi..end]);
+        st.read += t.elapsed();
+        let n = match got {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("receiving"),
