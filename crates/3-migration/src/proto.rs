@@ -104,6 +104,18 @@ pub enum Algorithm {
     FreezeCopy,
 }
 
+impl Algorithm {
+    /// The algorithm's kebab-case name, as in JSON and on the command line (`stop-copy`,
+    /// `pre-copy`, `freeze-copy`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::StopCopy => "stop-copy",
+            Algorithm::PreCopy => "pre-copy",
+            Algorithm::FreezeCopy => "freeze-copy",
+        }
+    }
+}
+
 /// Why a migration was abandoned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -2,6 +2,14 @@
 //! [`flowshift_http::Client`]: TCP or unix socket, one request per connection, bounded answer
 //! size and time, the bearer token if given, and on TCP mutual TLS with the operator's
 //! credentials ([`ApiClient::with_operator`]).
+//!
+//! The operator's tool (`flowshift migrate`, `flowshift status`) is built from the pieces
+//! here: [`select`] finds the controller and its credentials, [`wait`] follows a migration
+//! to its end, [`render`] turns answers into the text the tool prints.
+
+pub mod render;
+pub mod select;
+pub mod wait;
 
 use crate::config::Endpoint;
 use crate::core::ControllerCounters;

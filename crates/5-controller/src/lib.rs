@@ -21,7 +21,9 @@
 //!   client certificate must name [`flowshift_trust::OPERATOR_NAME`]) or an owner-only unix
 //!   socket; axum on [`flowshift_http::serve`] (bounded connections per client and overall,
 //!   handshake, head and body timeouts), optionally a bearer token from `api_token_file`
-//!   (created with mode 0600 on first start); [`client::ApiClient`] is its client.
+//!   (created with mode 0600 on first start); [`client::ApiClient`] is its client, and
+//!   [`client`] also holds the operator tool's logic (choosing the controller, waiting for
+//!   a migration, rendering answers as text) so the CLI only parses and prints.
 //!
 //! * **Elastic policy** ([`autoscale`]): node loads from their status feed
 //!   [`Autoscaler`](flowshift_control::autoscale::Autoscaler); its decisions become

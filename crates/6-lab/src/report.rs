@@ -9,13 +9,9 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Name used in reports.
+/// Name used in reports: [`Algorithm::as_str`].
 pub fn algorithm_name(a: Algorithm) -> &'static str {
-    match a {
-        Algorithm::FreezeCopy => "freeze-copy",
-        Algorithm::StopCopy => "stop-copy",
-        Algorithm::PreCopy => "pre-copy",
-    }
+    a.as_str()
 }
 
 pub(crate) fn round(x: f64, d: i32) -> f64 {

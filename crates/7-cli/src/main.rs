@@ -1,4 +1,4 @@
-//! `flowshift`: the command-line front end (layer 6). Subcommands map to the drivers below.
+//! `flowshift`: the command-line front end (layer 7). Subcommands map to the drivers below.
 
 mod alloc;
 mod cmd_controller;
