@@ -7,6 +7,12 @@ use super::*;
 /// batch size asked for).
 const FIRST_BATCH: usize = 256;
 
+/// Most records of the batch after `sent` frames: [`FIRST_BATCH`], doubling, up to
+/// `batch_records`.
+pub(super) fn batch_limit(sent: u64, batch_records: usize) -> usize {
+    batch_records.min(FIRST_BATCH << sent.min(16))
+}
+
 /// What the sender measured.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct SendStats {
@@ -43,7 +49,7 @@ pub(super) fn send(
             // (doubling up to `batch_records`), so the receiver starts importing sooner.
             let t = WallClock::now();
             let mut n = 0usize;
-            let limit = batch_records.min(FIRST_BATCH << st.frames.min(16));
+            let limit = batch_limit(st.frames, batch_records);
             while n < limit {
                 let Some(&id) = ids.next() else { break };
                 n += src.export_mapping(id, NOW, &mut records)? as usize;

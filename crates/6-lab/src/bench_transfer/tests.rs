@@ -11,12 +11,38 @@ fn args(states: u32, batch_records: u32) -> TransferArgs {
     }
 }
 
+/// Frames the sender makes of groups of `records` one-record mappings, batches of at most
+/// `batch` records (the first ones smaller).
+fn frames_for(records: &[u64], batch: usize) -> u64 {
+    let mut frames = 0;
+    for &n in records {
+        let mut left = n;
+        while left > 0 {
+            left -= left.min(batch_limit(frames, batch) as u64);
+            frames += 1;
+        }
+    }
+    frames
+}
+
+#[test]
+fn the_first_batches_ramp_up_to_the_batch_size() {
+    let sizes: Vec<usize> = (0..6).map(|f| batch_limit(f, 4096)).collect();
+    assert_eq!(sizes, [256, 512, 1024, 2048, 4096, 4096]);
+    assert_eq!(batch_limit(0, 100), 100);
+    assert_eq!(batch_limit(u64::MAX, 1 << 30), 256 << 16);
+    assert_eq!(
+        frames_for(&[5_000], 512),
+        1 + 5_000u64.saturating_sub(256).div_ceil(512)
+    );
+}
+
 #[test]
 fn small_transfer_moves_every_state_intact() {
     let r = run(&args(5_000, 512)).expect("transfer");
     assert_eq!(r.states, 5_000);
     assert_eq!(r.groups, 1);
-    assert_eq!(r.frames, 5_000u64.div_ceil(512));
+    assert_eq!(r.frames, frames_for(&[5_000], 512));
     // Headers, batch numbers and 24 bytes per record: nothing else on the wire.
     assert_eq!(
         r.bytes,
@@ -32,10 +58,7 @@ fn transfer_spanning_groups_and_odd_batches() {
     let n = per_group + 777;
     let r = run(&args(n, 1000)).expect("transfer");
     assert_eq!(r.groups, 2);
-    assert_eq!(
-        r.frames,
-        (per_group as u64).div_ceil(1000) + 777u64.div_ceil(1000)
-    );
+    assert_eq!(r.frames, frames_for(&[per_group as u64, 777], 1000));
 }
 
 #[test]
