@@ -26,7 +26,13 @@ impl fmt::Display for ClusterView<'_> {
         writeln!(f)?;
         writeln!(f, "{:<16} {:<20} {:>5}", "GROUP", "SUBSCRIBERS", "OWNER")?;
         for g in &s.groups {
-            writeln!(f, "{:<16} {:<20} {:>5}", g.external, g.subscribers, g.owner)?;
+            writeln!(
+                f,
+                "{:<16} {:<20} {:>5}",
+                g.external,
+                g.subscribers.to_string(),
+                g.owner
+            )?;
         }
         writeln!(f)?;
         writeln!(

@@ -251,8 +251,8 @@ fn the_cluster_shows_groups_nodes_and_migrations() {
     let want = r#"controller up 12.3 s; switch 0x00000000000000fa connected, 9 rules installed
 
 GROUP            SUBSCRIBERS          OWNER
-198.18.0.1       100.64.0.0/16     2
-198.18.0.2       100.65.0.0/16     1
+198.18.0.1       100.64.0.0/16            2
+198.18.0.2       100.65.0.0/16            1
 
 NODE  CONNECTED  UPTIME_S GROUPS  MAPPINGS   RX_PACKETS   TX_PACKETS     DROPS  MIG_LOSS
 1     yes          3600.0      2     65012    123456789    123456700        42         6
@@ -272,8 +272,8 @@ fn the_elastic_policy_shows_its_last_five_decisions_newest_first() {
     let want = r#"controller up 12.3 s; switch 0x00000000000000fa connected, 9 rules installed
 
 GROUP            SUBSCRIBERS          OWNER
-198.18.0.1       100.64.0.0/16     2
-198.18.0.2       100.65.0.0/16     1
+198.18.0.1       100.64.0.0/16            2
+198.18.0.2       100.65.0.0/16            1
 
 NODE  CONNECTED  UPTIME_S GROUPS  MAPPINGS   RX_PACKETS   TX_PACKETS     DROPS  MIG_LOSS
 1     yes          3600.0      2     65012    123456789    123456700        42         6
