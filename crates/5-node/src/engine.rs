@@ -22,37 +22,25 @@
 //!
 //! Time is the caller's: a [`flowshift_wire::Instant`] (ns since the node started).
 
-use crate::config::{MacAddr, NodeConfig};
-use crate::control::{Command, ControlLink, Outgoing};
-use crate::frame::{
-    self, Class, ETH_HLEN, ETHERTYPE_CHAIN, ETHERTYPE_IPV4, FrameSink, Offload, Peers, RxFrame,
-    TxFrame, VnetHdr,
-};
+mod commands;
+mod drain;
+mod egress;
+mod status;
+
+use crate::config::NodeConfig;
+use crate::control::{Command, ControlLink};
+use crate::frame::{self, Class, ETH_HLEN, FrameSink, Offload, Peers, RxFrame};
 use crate::pacing::GapMeter;
-use crate::segment;
-use crate::stats::{ControlCounters, Counter, IoCounters, SnapshotCell, TransferCounters};
+use crate::stats::{ControlCounters, IoCounters, SnapshotCell, TransferCounters};
 use crate::transfer::TransferLink;
-use flowshift_control::api::{GroupStatus, NodeMigration, NodeRequest, NodeStatus, ReplyBody};
-use flowshift_control::status::{CpuCounters, NodeCounters};
-use flowshift_migration::{
-    AbortOutcome, Direction, Driver, Ingress, Instance, InstanceId, MigrationEvent, MigrationId,
-    Output, Params, Phase,
-};
-use flowshift_nat::BlockAction;
+use egress::Egress;
+use flowshift_migration::{Ingress, Instance, InstanceId, Params, Phase};
 use flowshift_wire::Instant;
 use std::sync::Arc;
-use std::sync::mpsc::TrySendError;
 use std::time::Duration;
-use tracing::{info, warn};
 
-/// Most recycled packet buffers kept (with [`POOL_BUF_MAX`]: at most 128 MiB).
-const POOL_MAX: usize = 1024;
-/// Largest buffer kept for reuse (a GSO frame's).
-const POOL_BUF_MAX: usize = 128 << 10;
 /// Capacity of a fresh packet buffer (an MTU-sized packet).
 const BUF_INITIAL: usize = 2048;
-/// Times a full socket is waited for (1 ms each) before the rest of a batch is dropped.
-const TX_WAITS: u32 = 2;
 
 /// The engine's connections to the other threads.
 pub struct Links {
@@ -68,19 +56,6 @@ pub struct Links {
     pub control_counters: Arc<ControlCounters>,
 }
 
-/// The sending side of the packet thread: addresses, the frames waiting for the socket and
-/// the recycled buffers.
-struct Egress {
-    mac: MacAddr,
-    inside: MacAddr,
-    outside: MacAddr,
-    peers: Peers,
-    vnet: bool,
-    batch: usize,
-    tx: Vec<TxFrame>,
-    pool: Vec<Vec<u8>>,
-}
-
 /// See the module documentation.
 pub struct Engine {
     inst: Instance<Offload>,
@@ -90,7 +65,7 @@ pub struct Engine {
     pending: Vec<(Vec<u8>, Offload)>,
     pending_ingress: Ingress,
     io: IoCounters,
-    /// Scratch of [`Drain::split`], kept between drains.
+    /// Scratch of [`drain::Drain::split`], kept between drains.
     split: Vec<(InstanceId, u64)>,
     links: Links,
     next_timeout: Instant,
@@ -322,349 +297,6 @@ impl Engine {
         if now >= self.next_timeout {
             self.inst.handle_timeout(now);
             self.drain(now, sink);
-        }
-    }
-
-    // ------------------------------------------------------------------------------ commands
-
-    /// Executes one controller request.
-    pub fn command(&mut self, now: Instant, body: NodeRequest) -> Result<ReplyBody, String> {
-        let r = self.execute(now, body);
-        self.note_migrations();
-        r
-    }
-
-    fn execute(&mut self, now: Instant, body: NodeRequest) -> Result<ReplyBody, String> {
-        match body {
-            NodeRequest::StartMigration {
-                external,
-                to,
-                algorithm,
-                params,
-            } => {
-                if self.eg.peers.mac_of(to).is_none() {
-                    return Err(format!(
-                        "node {to} is not a configured peer of node {}",
-                        self.id
-                    ));
-                }
-                let params = params.unwrap_or_else(|| self.params.clone());
-                let id = self
-                    .inst
-                    .start_migration_at(now, external, to, algorithm, params)
-                    .map_err(|e| format!("node {}: {e}", self.id))?;
-                info!(migration = id.0, %external, %to, ?algorithm, "migration started");
-                Ok(ReplyBody::Started { migration: id.0 })
-            }
-            NodeRequest::CutoverDone { migration } => self
-                .inst
-                .cutover_done(now, MigrationId(migration))
-                .map(|()| ReplyBody::Ok)
-                .map_err(|e| e.to_string()),
-            NodeRequest::Abort { migration } => self
-                .inst
-                .abort(now, MigrationId(migration))
-                .map(|o| ReplyBody::Aborted {
-                    reverted: o == AbortOutcome::Reverted,
-                })
-                .map_err(|e| e.to_string()),
-            NodeRequest::AdoptGroup {
-                external,
-                subscribers,
-            } => {
-                let cfg = flowshift_nat::GroupConfig {
-                    external,
-                    subscribers,
-                };
-                self.inst.adopt_group(now, cfg).map_err(|e| e.to_string())?;
-                warn!(%external, %subscribers, "adopted group (its owner was re-homed here)");
-                Ok(ReplyBody::Ok)
-            }
-            NodeRequest::ReleaseGroup { external } => {
-                let sessions = self.inst.release_group(now, external);
-                warn!(%external, sessions, "released group (re-homed elsewhere)");
-                Ok(ReplyBody::Released { sessions })
-            }
-            NodeRequest::Status => Ok(ReplyBody::Status(Box::new(self.status(now)))),
-            NodeRequest::Report { migration } => {
-                let r = self
-                    .inst
-                    .report(MigrationId(migration))
-                    .ok_or_else(|| format!("node {} knows no migration {migration}", self.id))?;
-                serde_json::to_value(r)
-                    .map(ReplyBody::Report)
-                    .map_err(|e| e.to_string())
-            }
-        }
-    }
-
-    // --------------------------------------------------------------------------- draining
-
-    /// Drains the instance (outputs, transfer frames, events, mapping-log events), sends the
-    /// queued frames, and re-reads the next timeout.
-    pub fn drain<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
-        let mut d = Drain {
-            now,
-            eg: &mut self.eg,
-            io: &mut self.io,
-            links: &self.links,
-            sink,
-            events: false,
-            split: std::mem::take(&mut self.split),
-        };
-        self.next_timeout = self.inst.drain(&mut d);
-        d.eg.flush_tx(d.io, d.sink);
-        let (events, mut split) = (d.events, d.split);
-        for &(to, frames) in &split {
-            self.inst.chain_split(to, frames);
-        }
-        split.clear();
-        self.split = split;
-        if events {
-            self.note_migrations();
-        }
-    }
-
-    // ------------------------------------------------------------------------------ status
-
-    /// The node's status (every counter; see [`crate::stats`] for the names). The counters
-    /// `cpu_packet_thread_*` are the calling thread's: call it on the packet thread.
-    pub fn status(&self, now: Instant) -> NodeStatus {
-        let nat = self.inst.nat();
-        let groups = nat
-            .group_ids()
-            .into_iter()
-            .filter_map(|g| {
-                let cfg = nat.group_config(g).ok()?;
-                let st = nat.group_stats(g).ok()?;
-                let mode = nat.group_mode(g).ok()?;
-                Some(GroupStatus {
-                    external: cfg.external,
-                    mode,
-                    mappings: st.mappings,
-                    sessions: st.sessions,
-                })
-            })
-            .collect();
-        let migrations = self
-            .inst
-            .migrations()
-            .into_iter()
-            .map(|(id, role, phase)| NodeMigration {
-                migration: id.0,
-                role,
-                phase,
-            })
-            .collect();
-        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let (poll, poll_max) = self.gaps.counters();
-        let counters = NodeCounters {
-            nat: nat.counters().clone(),
-            losses: NodeCounters::losses_from(nat.counters()),
-            migration: self.inst.counters().clone(),
-            io: self.io.clone(),
-            transfer: self.links.transfer_counters.map(Counter::get),
-            control: self.links.control_counters.map(Counter::get),
-            poll,
-            poll_max,
-            cpu: CpuCounters {
-                packet_thread_us: us(crate::sys::thread_cpu_time()),
-                process_us: us(crate::sys::process_cpu_time()),
-                packet_thread_preemptions: crate::sys::thread_preemptions(),
-            },
-        };
-        NodeStatus {
-            id: self.id,
-            uptime_s: now.as_secs_f64(),
-            groups,
-            migrations,
-            counters,
-        }
-    }
-
-    /// Replaces the shared snapshot (skipped if a reader holds it right now).
-    pub fn publish(&mut self, now: Instant) {
-        self.links.snapshot.try_publish(self.status(now));
-    }
-}
-
-impl Egress {
-    fn queue_tx<S: FrameSink>(&mut self, f: TxFrame, io: &mut IoCounters, sink: &mut S) {
-        self.tx.push(f);
-        if self.tx.len() >= self.batch {
-            self.flush_tx(io, sink);
-        }
-    }
-
-    /// Sends the queued frames; a socket that stays full drops the rest (counted).
-    fn flush_tx<S: FrameSink>(&mut self, io: &mut IoCounters, sink: &mut S) {
-        let mut tx = std::mem::take(&mut self.tx);
-        let (mut off, mut waits) = (0, 0);
-        while off < tx.len() {
-            match sink.send(&tx[off..]) {
-                Ok(0) if waits < TX_WAITS => {
-                    waits += 1;
-                    sink.wait_writable(Duration::from_millis(1));
-                }
-                Ok(0) => {
-                    io.tx_queue_full += (tx.len() - off) as u64;
-                    break;
-                }
-                Ok(n) => {
-                    for f in &tx[off..off + n] {
-                        io.tx_packets += 1;
-                        io.tx_bytes += f.wire_len() as u64;
-                    }
-                    off += n;
-                }
-                Err(e) => {
-                    io.tx_errors += 1;
-                    if io.tx_errors.is_power_of_two() {
-                        warn!(error = %e, len = tx[off].wire_len(), total = io.tx_errors, "send refused a frame");
-                    }
-                    off += 1;
-                }
-            }
-        }
-        for f in tx.drain(..) {
-            self.recycle(f.pkt);
-        }
-        self.tx = tx;
-    }
-
-    fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.pool.len() < POOL_MAX && buf.capacity() <= POOL_BUF_MAX {
-            buf.clear();
-            self.pool.push(buf);
-        }
-    }
-}
-
-/// The engine as the instance's [`Driver`] for one drain: translated and chained packets
-/// become frames for the socket (the offload tag gives their virtio-net header), transfer
-/// frames go to the transfer threads, events to the log and the controller.
-struct Drain<'a, S> {
-    now: Instant,
-    eg: &'a mut Egress,
-    io: &'a mut IoCounters,
-    links: &'a Links,
-    sink: &'a mut S,
-    /// A migration event was seen (the engine re-reads whether a migration runs).
-    events: bool,
-    /// Chained packets sent as another number of frames (segmented: several; refused: 0).
-    split: Vec<(InstanceId, u64)>,
-}
-
-impl<S: FrameSink> Driver<Offload> for Drain<'_, S> {
-    fn output(&mut self, out: Output<Offload>) {
-        let eg = &mut *self.eg;
-        match out {
-            Output::Send { mut pkt, meta, dir } => {
-                let vnet = frame::finish(&mut pkt, meta);
-                let dst = match dir {
-                    Direction::ToInside => {
-                        self.io.tx_to_inside += 1;
-                        eg.inside
-                    }
-                    Direction::ToOutside => {
-                        self.io.tx_to_outside += 1;
-                        eg.outside
-                    }
-                };
-                let eth = frame::eth_header(dst, eg.mac, ETHERTYPE_IPV4);
-                let f = TxFrame::new(eg.vnet.then_some(vnet), eth, pkt);
-                eg.queue_tx(f, self.io, self.sink);
-            }
-            Output::Chain { to, mut pkt, meta } => match eg.peers.mac_of(to) {
-                Some(peer) => {
-                    let vnet = frame::finish(&mut pkt, meta);
-                    let eth = frame::eth_header(peer, eg.mac, ETHERTYPE_CHAIN);
-                    if eg.vnet && vnet.gso_type != 0 {
-                        // The kernel cannot segment a GSO frame of the chain ethertype.
-                        let (io, sink) = (&mut *self.io, &mut *self.sink);
-                        let cut = segment::segment(&pkt, vnet, |s| {
-                            io.tx_chained += 1;
-                            let f = TxFrame::new(Some(VnetHdr::default()), eth, s);
-                            eg.queue_tx(f, io, sink);
-                        });
-                        match cut {
-                            Ok(n) => {
-                                io.tx_chain_segmented += 1;
-                                self.split.push((to, n as u64));
-                            }
-                            Err(e) => {
-                                io.tx_chain_unsegmentable += 1;
-                                // Nothing was sent: the peer must not wait for it.
-                                self.split.push((to, 0));
-                                if io.tx_chain_unsegmentable.is_power_of_two() {
-                                    warn!(error = %e, "chained GSO packet dropped");
-                                }
-                            }
-                        }
-                        eg.recycle(pkt);
-                    } else {
-                        self.io.tx_chained += 1;
-                        let f = TxFrame::new(eg.vnet.then_some(vnet), eth, pkt);
-                        eg.queue_tx(f, self.io, self.sink);
-                    }
-                }
-                None => {
-                    self.io.tx_chain_unknown_peer += 1;
-                    eg.recycle(pkt);
-                }
-            },
-            Output::Dropped { pkt, .. } => {
-                self.io.dropped_reported += 1;
-                eg.recycle(pkt);
-            }
-        }
-    }
-
-    fn transmit(&mut self, to: InstanceId, frame: Vec<u8>) {
-        // Packets first: what the outputs queued leaves before the transfer frames.
-        if !self.eg.tx.is_empty() {
-            self.eg.flush_tx(self.io, self.sink);
-        }
-        if !self.links.transfer.send(to, frame) {
-            self.io.transfer_out_refused += 1;
-        }
-    }
-
-    fn event(&mut self, event: MigrationEvent) {
-        self.events = true;
-        let now = self.now;
-        info!(
-            target: "flowshift::migration",
-            at_ns = now.as_nanos(),
-            event = %serde_json::to_string(&event).unwrap_or_default(),
-            "migration event"
-        );
-        match self.links.control.events.try_send(Outgoing::Event {
-            at_ns: now.as_nanos(),
-            event,
-        }) {
-            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-            Err(TrySendError::Full(_)) => self.io.control_events_dropped += 1,
-        }
-    }
-
-    fn nat_event(&mut self, ev: flowshift_nat::Event) {
-        match ev {
-            flowshift_nat::Event::PortBlock(b) => info!(
-                target: "flowshift::mapping",
-                time_ns = b.time.as_nanos(),
-                action = %match b.action {
-                    BlockAction::Allocated => "allocated",
-                    BlockAction::Released => "released",
-                    BlockAction::MigratedIn => "migrated_in",
-                    BlockAction::MigratedOut => "migrated_out",
-                },
-                subscriber = %b.subscriber,
-                external = %b.external,
-                first_port = b.first_port,
-                last_port = b.last_port,
-                "port block"
-            ),
         }
     }
 }
