@@ -115,7 +115,7 @@ impl Core {
                 info!(node = %id, node_ns = at_ns, ?event, "migration event");
                 // A source waiting for a cutover this controller does not know of (it restarted
                 // before persisting the redirect) re-reports `AwaitingCutover`; the orchestrator
-                // adopts that migration and finishes it (`orchestrator/recovery.rs`).
+                // adopts that migration and finishes it (`orchestrator/recovery/rehome.rs`).
                 let adopting = match &event {
                     MigrationEvent::AwaitingCutover { migration, .. } => {
                         (!self.knows(*migration)).then_some(*migration)
