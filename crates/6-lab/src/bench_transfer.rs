@@ -118,6 +118,8 @@ struct Report {
     import_secs: f64,
     /// CPU time of the receiver thread inside `Nat::import` (0 if unavailable).
     import_cpu_secs: f64,
+    /// From the start until the sender had written its first frame.
+    first_write_secs: f64,
     /// From the start until the receiver had its first complete frame (the pipeline's fill).
     first_frame_secs: f64,
     /// Receiver time blocked in `read` (waiting for data, copies included).
@@ -175,8 +177,9 @@ pub fn transfer(args: &TransferArgs) -> Result<()> {
             r.decode_import_secs, r.decode_secs, r.import_secs
         );
         println!(
-            "  receiver reads   {:>12.6} s  (blocked in read; first frame after {:.6} s)",
-            r.read_secs, r.first_frame_secs
+            "  receiver reads   {:>12.6} s  (blocked in read; first frame written after {:.6} s, \
+             received after {:.6} s)",
+            r.read_secs, r.first_write_secs, r.first_frame_secs
         );
         println!(
             "  import on CPU    {:>12.6} s  (receiver thread's CPU time: {:.0} ns per record)",
@@ -203,16 +206,21 @@ fn timed_pass(
     groups: &[(GroupId, MigrationId, GroupId)],
     batch_records: u32,
     max_bytes: u64,
-) -> Result<(SendStats, RecvStats, f64, f64)> {
+) -> Result<(SendStats, RecvStats, f64, [f64; 2])> {
     let (tx, rx) = tcp_pair()?;
+    // The clock starts once the receiver thread runs (starting a thread is not part of a
+    // transfer: a destination's receiver is up before the first batch).
+    let ready = std::sync::Barrier::new(2);
     let (sent, recv, start) = std::thread::scope(|s| {
         let receiver = std::thread::Builder::new()
             .name("xfer-recv".into())
-            .spawn_scoped(s, move || {
+            .spawn_scoped(s, || {
                 let rx = rx; // closed when the receiver returns, whatever happens
+                ready.wait();
                 receive(&rx, dst, groups, max_bytes)
             })
             .context("spawning the receiver")?;
+        ready.wait();
         let start = WallClock::now();
         let sent = send(src, groups, batch_records as usize, &tx);
         drop(tx); // on error, the receiver sees the end of the stream
@@ -227,9 +235,9 @@ fn timed_pass(
     if (recv.frames, recv.bytes, recv.records) != (sent.frames, sent.bytes, sent.records) {
         bail!("sent {sent:?}, received {recv:?}");
     }
-    let first = recv
-        .first_frame
-        .map_or(0.0, |t| t.saturating_duration_since(start).as_secs_f64());
+    let since =
+        |t: Option<WallClock>| t.map_or(0.0, |t| t.saturating_duration_since(start).as_secs_f64());
+    let first = [since(sent.first_write), since(recv.first_frame)];
     Ok((sent, recv, (recv.finished - start).as_secs_f64(), first))
 }
 
@@ -242,7 +250,7 @@ fn run(args: &TransferArgs) -> Result<Report> {
     let mut setup = setup(args.states)?;
     // Upper bound of the stream: one frame per record.
     let max_bytes = args.states as u64 * (HEADER_LEN + 4 + RECORD_LEN) as u64;
-    let (sent, recv, seconds, first_frame_secs) = {
+    let (sent, recv, seconds, [first_write_secs, first_frame_secs]) = {
         let Setup {
             src, dst, groups, ..
         } = &mut setup;
@@ -283,6 +291,7 @@ fn run(args: &TransferArgs) -> Result<Report> {
         decode_secs: recv.decode.as_secs_f64(),
         import_secs: recv.import.as_secs_f64(),
         import_cpu_secs: recv.import_cpu.as_secs_f64(),
+        first_write_secs,
         first_frame_secs,
         read_secs: recv.read.as_secs_f64(),
         reserve_secs: setup.reserve_secs,

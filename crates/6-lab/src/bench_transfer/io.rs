@@ -23,6 +23,8 @@ pub(super) struct SendStats {
     pub(super) encode: Duration,
     /// Writing to the socket, blocked time included.
     pub(super) send: Duration,
+    /// When the first frame was written.
+    pub(super) first_write: Option<WallClock>,
 }
 
 /// Exports every group of `src` in batches, frames and writes them; shuts the write side.
@@ -72,6 +74,7 @@ pub(super) fn send(
             let t3 = WallClock::now();
             st.encode += t3 - t2;
             out.write_all(&wire).context("sending a frame")?;
+            st.first_write.get_or_insert_with(WallClock::now);
             st.send += t3.elapsed();
             if let Message::Batch { records: r, .. } = frame.msg {
                 records = r; // reuse the allocation
