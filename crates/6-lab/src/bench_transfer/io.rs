@@ -265,7 +265,7 @@ pub(super) fn tcp_pair() -> Result<(TcpStream, TcpStream)> {
     set_buffers(&listener)?;
     let addr = listener.local_addr()?;
     let tx = TcpStream::connect(addr).context("connect")?;
-    let (rx, _) = listener.accept().context("accept")?;
+    let rx = accept_own(&listener, &tx)?;
     for s in [&tx, &rx] {
         s.set_nodelay(true)?;
         set_buffers(s)?;
@@ -273,6 +273,16 @@ pub(super) fn tcp_pair() -> Result<(TcpStream, TcpStream)> {
         s.set_write_timeout(Some(IO_TIMEOUT))?;
     }
     Ok((tx, rx))
+}
+
+/// Accepts `tx`'s connection on `listener`, refusing any other: the accepted peer must be
+/// `tx`'s own (kernel-assigned) local address, which no other socket can hold meanwhile.
+pub(super) fn accept_own(listener: &TcpListener, tx: &TcpStream) -> Result<TcpStream> {
+    let (rx, peer) = listener.accept().context("accept")?;
+    if peer != tx.local_addr()? {
+        bail!("an unexpected peer {peer} connected to the benchmark's listener");
+    }
+    Ok(rx)
 }
 
 /// Copies `bytes` bytes over a fresh loopback pair in writes of `chunk` bytes; seconds from the

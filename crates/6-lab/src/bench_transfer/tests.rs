@@ -166,3 +166,16 @@ fn receiver_refuses_bad_streams() {
     receive(&good[..], Some(&mut s.dst), &s.groups, u64::MAX).unwrap();
     assert_eq!(s.dst.mapping_count(), 300);
 }
+
+#[test]
+fn the_listener_refuses_a_peer_that_is_not_the_benchmark_socket() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let intruder = TcpStream::connect(addr).unwrap();
+    let ours = TcpStream::connect(addr).unwrap();
+    let err = accept_own(&listener, &ours).unwrap_err();
+    assert!(err.to_string().contains("unexpected peer"), "{err}");
+    // Its own connection is accepted.
+    assert!(accept_own(&listener, &ours).is_ok());
+    drop(intruder);
+}
