@@ -214,15 +214,14 @@ pub fn ovs_dir(dir: &Path) -> std::path::PathBuf {
     dir.join("ovs")
 }
 
-/// The controller's OpenFlow socket: inside the switch's directory, because `ovs-vswitchd`
-/// only connects to unix sockets under its run directory.
 /// The operator API's bearer token file (written by `testbed up` before the controller
 /// starts).
 pub fn api_token_file(dir: &Path) -> std::path::PathBuf {
     dir.join("api.token")
 }
 
-/// The controller's OpenFlow socket.
+/// The controller's OpenFlow socket: inside the switch's directory, because `ovs-vswitchd`
+/// only connects to unix sockets under its run directory.
 pub fn openflow_socket(dir: &Path) -> std::path::PathBuf {
     ovs_dir(dir).join("of.sock")
 }
