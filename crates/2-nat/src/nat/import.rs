@@ -18,7 +18,7 @@ use crate::wheel::WheelEntry;
 use flowshift_wire::Instant;
 
 /// How many records ahead an import hashes and prefetches the table lines it will touch.
-pub(super) const IMPORT_PREFETCH: usize = 8;
+pub(super) const IMPORT_PREFETCH: usize = 4;
 
 /// Slots of the ring of precomputed hashes (a power of two above [`IMPORT_PREFETCH`]).
 pub(super) const AHEAD_RING: usize = (IMPORT_PREFETCH + 1).next_power_of_two();
