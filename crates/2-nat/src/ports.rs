@@ -344,8 +344,7 @@ impl PortBlocks {
         if self.used[w] & (1u64 << (bit % 64)) != 0 {
             return Err(ClaimError::AlreadyBound);
         }
-        self.used[w] |= 1u64 << (bit % 64);
-        self.used_count[b as usize] += 1;
+        self.set_bit(b, proto, bit);
         if before == BlockOwner::Subscriber(subscriber) {
             return Ok(None);
         }
