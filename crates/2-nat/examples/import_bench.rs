@@ -10,9 +10,9 @@ use std::net::Ipv4Addr;
 use std::time::Instant as Wall;
 
 /// Like the `flowshift` binary (`crates/7-cli/src/alloc.rs`): allocations of 4 MiB and more are
-/// 2 MiB aligned and `MADV_HUGEPAGE`, so the tables' random accesses miss the TLB as rarely as
-/// in the daemon and in `bench transfer`.
-struct HugePages;
+/// 2 MiB aligned, so the tables (which ask for huge pages themselves) get whole ones and their
+/// random accesses miss the TLB as rarely as in the daemon and in `bench transfer`.
+struct HugeAligned;
 
 fn huge(l: std::alloc::Layout) -> std::alloc::Layout {
     if l.size() < 4 << 20 || l.align() >= 2 << 20 {
@@ -24,16 +24,10 @@ fn huge(l: std::alloc::Layout) -> std::alloc::Layout {
 
 // SAFETY: forwarded to `System` with a layout at least as large and aligned as asked, the same
 // one recomputed on `dealloc` (`realloc` is the trait's default: alloc, copy, dealloc).
-unsafe impl std::alloc::GlobalAlloc for HugePages {
+unsafe impl std::alloc::GlobalAlloc for HugeAligned {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        let h = huge(layout);
-        // SAFETY: `h` is non-zero-sized (as `layout`).
-        let p = unsafe { std::alloc::System.alloc(h) };
-        if h.align() != layout.align() && !p.is_null() {
-            // SAFETY: `p..p + size` is the live block just allocated; only a paging hint.
-            unsafe { libc::madvise(p.cast(), h.size(), libc::MADV_HUGEPAGE) };
-        }
-        p
+        // SAFETY: `huge(layout)` is non-zero-sized (as `layout`).
+        unsafe { std::alloc::System.alloc(huge(layout)) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
@@ -43,7 +37,7 @@ unsafe impl std::alloc::GlobalAlloc for HugePages {
 }
 
 #[global_allocator]
-static ALLOC: HugePages = HugePages;
+static ALLOC: HugeAligned = HugeAligned;
 
 fn main() {
     let mut args = std::env::args().skip(1);

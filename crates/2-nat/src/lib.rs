@@ -45,6 +45,7 @@ pub mod config;
 pub mod counters;
 mod index;
 mod linetable;
+mod memory;
 mod nat;
 mod ports;
 pub mod record;

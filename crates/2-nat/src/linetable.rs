@@ -266,11 +266,13 @@ impl<E: LineEntry, const N: usize> LineTable<E, N> {
         let slots = entries.max(1).saturating_mul(4).div_ceil(3);
         let lines = slots.div_ceil(N).next_power_of_two().max(2);
         let mut fresh: Vec<Line<E, N>> = Vec::with_capacity(lines);
+        crate::memory::advise_huge(fresh.spare_capacity_mut());
         fresh.resize(lines, Line([E::EMPTY; N]));
         // Written (not `vec![0; n]`, which maps lazily zeroed pages): faults happen here.
         #[allow(clippy::slow_vector_initialization)]
         let occ = {
             let mut occ = Vec::with_capacity(lines);
+            crate::memory::advise_huge(occ.spare_capacity_mut());
             occ.resize(lines, 0u8);
             occ
         };

@@ -84,6 +84,7 @@ impl Wheel {
         let want = self.nodes.len() + new_nodes;
         self.nodes
             .reserve_exact(want.max(2 * self.nodes.capacity()) - self.nodes.len());
+        crate::memory::advise_huge(self.nodes.spare_capacity_mut());
         for n in self.nodes.spare_capacity_mut() {
             n.write(Node::default());
         }

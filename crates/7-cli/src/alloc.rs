@@ -1,11 +1,13 @@
-//! The binary's global allocator: the system allocator, with large allocations (flow tables,
-//! packet rings) aligned to 2 MiB and marked `MADV_HUGEPAGE`, so that random table lookups
-//! miss the TLB less (the kernel's transparent huge pages are often `madvise`-only). Purely an
-//! optimisation: if the kernel refuses, the memory is used with normal pages.
+//! The binary's global allocator: the system allocator, with large allocations aligned to
+//! 2 MiB, so that the NAT's tables, which ask for transparent huge pages for themselves right
+//! before they first write them (`flowshift_nat`'s `memory` module), are backed by whole huge
+//! pages (fewer TLB misses on random lookups). Nothing is advised here: other large blocks (a
+//! migration's scratch maps, filled on the packet thread) would fault huge pages in lazily,
+//! and such a fault can stall for milliseconds while the kernel compacts memory.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-/// Allocations at least this large are huge-page backed.
+/// Allocations at least this large are 2 MiB aligned.
 const HUGE_THRESHOLD: usize = 4 << 20;
 const HUGE_ALIGN: usize = 2 << 20;
 
@@ -23,15 +25,6 @@ fn huge_layout(layout: Layout) -> Option<Layout> {
     .ok()
 }
 
-fn advise(ptr: *mut u8, len: usize) {
-    if !ptr.is_null() {
-        // SAFETY: `ptr..ptr+len` is a live allocation we own; madvise only sets a paging hint.
-        unsafe {
-            libc::madvise(ptr.cast(), len, libc::MADV_HUGEPAGE);
-        }
-    }
-}
-
 // SAFETY: every call is forwarded to `System` with a layout at least as large and as aligned
 // as requested, and `dealloc`/`realloc` recompute the same layout from the caller's.
 unsafe impl GlobalAlloc for HugePageAlloc {
@@ -39,9 +32,7 @@ unsafe impl GlobalAlloc for HugePageAlloc {
         match huge_layout(layout) {
             Some(h) => {
                 // SAFETY: `h` has non-zero size.
-                let p = unsafe { System.alloc(h) };
-                advise(p, h.size());
-                p
+                unsafe { System.alloc(h) }
             }
             // SAFETY: forwarded unchanged.
             None => unsafe { System.alloc(layout) },
@@ -52,9 +43,7 @@ unsafe impl GlobalAlloc for HugePageAlloc {
         match huge_layout(layout) {
             Some(h) => {
                 // SAFETY: `h` has non-zero size.
-                let p = unsafe { System.alloc_zeroed(h) };
-                advise(p, h.size());
-                p
+                unsafe { System.alloc_zeroed(h) }
             }
             // SAFETY: forwarded unchanged.
             None => unsafe { System.alloc_zeroed(layout) },

@@ -25,6 +25,13 @@ impl Nat {
         Ok(out)
     }
 
+    /// The group's most recently created mapping, if it has any: removing it and asking again
+    /// empties a group in slices, without listing its mappings first.
+    pub fn group_newest_mapping(&self, g: GroupId) -> Result<Option<MappingId>, NatError> {
+        let m = self.group(g)?.first_mapping;
+        Ok((m != NIL).then(|| self.mapping_id(m)))
+    }
+
     /// A mapping's summary.
     pub fn mapping_info(&self, id: MappingId) -> Result<MappingInfo, NatError> {
         let m = self.live_mapping(id)?;
@@ -198,8 +205,18 @@ impl Nat {
         let m_new = m.saturating_sub(self.mapping_free.len());
         let s_new = s.saturating_sub(self.session_free.len());
         // A slab never holds more slots than its bound (free slots are reused first).
-        grow_slab(&mut self.mappings, m_new, self.cfg.max_mappings as usize);
-        grow_slab(&mut self.sessions, s_new, self.cfg.max_sessions as usize);
+        grow_slab(
+            &mut self.mappings,
+            &mut self.mapping_free,
+            m_new,
+            self.cfg.max_mappings as usize,
+        );
+        grow_slab(
+            &mut self.sessions,
+            &mut self.session_free,
+            s_new,
+            self.cfg.max_sessions as usize,
+        );
         // One index entry per mapping (its port table holds the inbound side), two per
         // session.
         self.mapping_index
