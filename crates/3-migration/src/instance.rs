@@ -23,7 +23,7 @@ mod shared;
 mod transfer;
 
 pub(crate) use mig::{Mig, Side};
-pub(crate) use shared::{Core, GroupMatch, Held, Route};
+pub(crate) use shared::{Core, FrozenFor, GroupMatch, Held, Route};
 
 /// Most acknowledgements for forgotten migrations waiting for `poll_transmit`.
 const MAX_LOOSE_ACKS: usize = 256;

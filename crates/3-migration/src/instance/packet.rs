@@ -144,13 +144,13 @@ impl<M: Copy> Instance<M> {
     }
 
     fn hold(&mut self, now: Instant, id: MappingId, pkt: Vec<u8>, meta: M) {
-        let Some(&(mig, batch)) = self.core.frozen.get(&id) else {
+        let Some(&(mig, why)) = self.core.frozen.get(&id) else {
             self.core.counters.internal_errors += 1;
             self.core.nat_drop(LossCause::FreezeBufferFull, pkt, meta);
             return;
         };
         match self.migs.get_mut(&mig) {
-            Some(m) => m.src_hold(&mut self.core, now, batch, pkt, meta),
+            Some(m) => m.src_hold(&mut self.core, now, why, pkt, meta),
             None => {
                 self.core.counters.internal_errors += 1;
                 self.core.nat_drop(LossCause::FreezeBufferFull, pkt, meta);

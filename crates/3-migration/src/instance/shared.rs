@@ -57,6 +57,16 @@ pub(crate) struct Route {
     pub buffering: bool,
 }
 
+/// Why a source keeps a mapping frozen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FrozenFor {
+    /// Exported in this batch, not acknowledged yet: its packets are held.
+    Batch(u32),
+    /// Acknowledged: the destination's now, to be removed here in a later slice; its packets
+    /// are chained to the destination meanwhile (after the batch's held ones).
+    Moved,
+}
+
 /// A data packet an instance keeps for later, with the driver's tag and when it arrived.
 pub(crate) struct Held<M> {
     pub at: Instant,
@@ -73,8 +83,8 @@ pub(crate) struct Core<M> {
     /// Drop reports (`Output::Dropped`) in `outputs`.
     pub reports: usize,
     pub events: VecDeque<MigrationEvent>,
-    /// Frozen mappings: which migration and batch.
-    pub frozen: HashMap<MappingId, (MigrationId, u32)>,
+    /// Frozen mappings: which migration, and why.
+    pub frozen: HashMap<MappingId, (MigrationId, FrozenFor)>,
     pub routes: Vec<Route>,
     pub chain_tx: HashMap<InstanceId, u64>,
     pub chain_rx: HashMap<InstanceId, u64>,

@@ -111,6 +111,8 @@ impl<M: Copy> Mig<M> {
     /// Not revertible and cannot go on: keep what is held here (see the crate docs).
     pub(crate) fn src_give_up(&mut self, core: &mut Core<M>, now: Instant, reason: AbortReason) {
         let g = self.group;
+        // Acknowledged mappings are the destination's: not served here any more.
+        self.src_retire_all(core, now);
         let flights = std::mem::take(&mut self.src().flights);
         let mut in_doubt = 0;
         for f in flights.into_values() {

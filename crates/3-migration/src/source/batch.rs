@@ -3,7 +3,7 @@
 
 use super::{Copied, Flight, ScanGoal};
 use crate::Phase;
-use crate::instance::{Core, Mig, Side};
+use crate::instance::{Core, FrozenFor, Mig, Side};
 use crate::proto::{self, Algorithm, MappingKey, Message};
 use flowshift_nat::MappingId;
 use flowshift_wire::Instant;
@@ -78,7 +78,7 @@ impl<M: Copy> Mig<M> {
                     if core.nat.set_frozen(id, true).is_err() {
                         core.counters.internal_errors += 1;
                     }
-                    core.frozen.insert(id, (id_self, batch));
+                    core.frozen.insert(id, (id_self, FrozenFor::Batch(batch)));
                 } else {
                     let key = MappingKey {
                         proto: info.proto,
@@ -146,6 +146,7 @@ impl<M: Copy> Mig<M> {
         if self.src_ref().scan.is_some() {
             return;
         }
+        self.src().pump_due = false;
         loop {
             let unacked = self.chan.unacked();
             let s = self.src();
@@ -172,7 +173,7 @@ impl<M: Copy> Mig<M> {
             self.chan
                 .send(now, &Message::Batch { batch, records }, &core.cfg);
         }
-        if !self.src().flights.is_empty() {
+        if !self.src().flights.is_empty() || !self.src().retiring.is_empty() {
             return;
         }
         match self.phase {

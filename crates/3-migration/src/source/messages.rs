@@ -2,12 +2,12 @@
 //! acknowledgements (with the freeze budget they adjust), removal of committed copies,
 //! readiness, cutover, the chain's end and the drain.
 
-use super::{REMOVE_SLICE, Src};
-use crate::instance::{Core, Mig, Route};
-use crate::proto::{self, Algorithm, MappingKey, Message};
+use super::{REMOVE_SLICE_SESSIONS, Removal, Src};
+use crate::instance::{Core, FrozenFor, Mig, Route};
+use crate::proto::{self, Algorithm, Message};
 use crate::{AbortReason, MigrationEvent, Phase};
 use core::time::Duration;
-use flowshift_nat::{GroupMode, MappingId, RemoveCause};
+use flowshift_nat::{GroupMode, RemoveCause};
 use flowshift_wire::Instant;
 
 impl<M: Copy> Mig<M> {
@@ -78,7 +78,7 @@ impl<M: Copy> Mig<M> {
                 || flight
                     .ids
                     .iter()
-                    .all(|(_, m)| core.frozen.get(m) == Some(&(id, batch))),
+                    .all(|(_, m)| core.frozen.get(m) == Some(&(id, FrozenFor::Batch(batch)))),
             "a flight's mappings are frozen for it"
         );
         debug_assert!(self.algorithm == Algorithm::FreezeCopy || flight.held.is_empty());
@@ -95,15 +95,14 @@ impl<M: Copy> Mig<M> {
             return;
         }
         if a.ok {
-            let mut moved = 0;
-            for (_, id) in &flight.ids {
-                core.frozen.remove(id);
-                match core.nat.remove_mapping(*id, now, RemoveCause::Migrated) {
-                    Ok(_) => moved += 1,
-                    Err(_) => core.counters.internal_errors += 1,
-                }
+            // The destination's now: removed here in slices (`src_retire_step`, from
+            // `handle_timeout`), its packets chained meanwhile.
+            for (_, m) in &flight.ids {
+                core.frozen.insert(*m, (id, FrozenFor::Moved));
             }
-            self.st.transferred += moved;
+            self.src()
+                .retiring
+                .extend(flight.ids.iter().map(|(_, id)| *id));
             let freeze = now - flight.sent_at;
             self.st.max_freeze = self.st.max_freeze.max(freeze);
             self.st.note_batch(
@@ -155,7 +154,41 @@ impl<M: Copy> Mig<M> {
             s.retry_at = Some(now + retry);
         }
         self.src_ref().check_buffers();
+        // The next batch goes out now; the removals follow in `handle_timeout` calls.
         self.src_pump(core, now);
+    }
+
+    /// Freeze-copy: removes up to [`REMOVE_SLICE_SESSIONS`] sessions of acknowledged
+    /// mappings, then sends what the window allows (and, once nothing is in flight or left to
+    /// remove, moves on).
+    pub(super) fn src_retire_step(&mut self, core: &mut Core<M>, now: Instant) {
+        self.src_retire(core, now, REMOVE_SLICE_SESSIONS);
+        self.src_pump(core, now);
+    }
+
+    /// Removes every acknowledged mapping left (a migration that gives up: what the
+    /// destination holds must not be served here as well).
+    pub(super) fn src_retire_all(&mut self, core: &mut Core<M>, now: Instant) {
+        self.src_retire(core, now, u32::MAX);
+    }
+
+    /// Removes acknowledged mappings, oldest first, until `max_sessions` sessions are gone
+    /// (the mapping that crosses it is removed whole) or none is left.
+    fn src_retire(&mut self, core: &mut Core<M>, now: Instant, max_sessions: u32) {
+        let mut removed = 0u32;
+        while removed < max_sessions {
+            let Some(id) = self.src().retiring.pop_front() else {
+                break;
+            };
+            core.frozen.remove(&id);
+            match core.nat.remove_mapping(id, now, RemoveCause::Migrated) {
+                Ok(n) => {
+                    removed = removed.saturating_add(n);
+                    self.st.transferred += 1;
+                }
+                Err(_) => core.counters.internal_errors += 1,
+            }
+        }
     }
 
     fn src_commit_ack(&mut self, core: &mut Core<M>, now: Instant, c: proto::CommitAck) {
@@ -178,40 +211,42 @@ impl<M: Copy> Mig<M> {
             self.st.halted = now - t;
             self.st.max_freeze = self.st.halted;
         }
-        let copied = std::mem::take(&mut self.src().copied);
-        let mut keyed: Vec<(MappingKey, MappingId)> =
-            copied.iter().map(|(id, c)| (c.key, *id)).collect();
-        keyed.sort_unstable_by_key(|(k, _)| *k);
-        let ids = keyed.into_iter().map(|(_, id)| id).collect();
-        self.src().removing = Some((ids, 0));
+        let copies = std::mem::take(&mut self.src().copied).len() as u32;
+        self.src().removing = Some(Removal { copies, removed: 0 });
         self.src_remove_step(core, now);
     }
 
-    /// Removes the next [`REMOVE_SLICE`] copies; after the last, the source is ready for the
-    /// cutover.
+    /// Removes the group's mappings (the copies: a halted or moved group creates none), newest
+    /// first, up to [`REMOVE_SLICE_SESSIONS`] sessions per call; after the last, the source is
+    /// ready for the cutover. A copy that expired here meanwhile is gone already: fine, the
+    /// destination's copy expires there too.
     pub(super) fn src_remove_step(&mut self, core: &mut Core<M>, now: Instant) {
-        let Some((ids, mut pos)) = self.src().removing.take() else {
+        let Some(mut r) = self.src().removing.take() else {
             return;
         };
-        debug_assert!(pos < ids.len() || ids.is_empty(), "removal past its end");
-        let end = (pos + REMOVE_SLICE).min(ids.len());
-        for id in &ids[pos..end] {
-            // A mapping that expired here after its last copy is gone already: fine, the
-            // destination's copy expires there too.
-            let _ = core.nat.remove_mapping(*id, now, RemoveCause::Migrated);
+        let mut sessions = 0u32;
+        while sessions < REMOVE_SLICE_SESSIONS {
+            let Ok(Some(id)) = core.nat.group_newest_mapping(self.group) else {
+                if r.removed > r.copies {
+                    // Cannot happen: more mappings than copies.
+                    core.counters.internal_errors += 1;
+                    self.st.in_doubt = r.removed - r.copies;
+                }
+                self.src_ready(core, now);
+                return;
+            };
+            match core.nat.remove_mapping(id, now, RemoveCause::Migrated) {
+                Ok(n) => sessions = sessions.saturating_add(n.max(1)),
+                Err(_) => {
+                    // The newest mapping is live: cannot happen.
+                    core.counters.internal_errors += 1;
+                    self.src_ready(core, now);
+                    return;
+                }
+            }
+            r.removed += 1;
         }
-        pos = end;
-        if pos < ids.len() {
-            self.src().removing = Some((ids, pos));
-            return;
-        }
-        let left = core.nat.group_stats(self.group).map_or(0, |s| s.mappings);
-        if left != 0 {
-            // Cannot happen: a halted or moved group creates no mapping.
-            core.counters.internal_errors += 1;
-            self.st.in_doubt = left;
-        }
-        self.src_ready(core, now);
+        self.src().removing = Some(r);
     }
 
     pub(super) fn src_ready(&mut self, core: &mut Core<M>, now: Instant) {

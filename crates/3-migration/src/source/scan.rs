@@ -104,10 +104,13 @@ impl<M: Copy> Mig<M> {
                     .map(|(b, (last, ids))| (last, b, ids))
                     .collect();
                 order.sort_by_key(|(last, b, _)| (*last, *b));
-                self.src().queue = order
-                    .into_iter()
-                    .flat_map(|(_, b, ids)| ids.into_iter().map(move |id| (b, id)))
-                    .collect();
+                let total = order.iter().map(|(_, _, ids)| ids.len()).sum();
+                let queue = &mut self.src().queue;
+                queue.clear();
+                queue.reserve(total);
+                for (_, b, ids) in order {
+                    queue.extend(ids.into_iter().map(|id| (b, id)));
+                }
                 debug_assert!(
                     self.src_ref().queue.len() <= scan.ids.len(),
                     "the freeze order holds scanned mappings only"
@@ -119,7 +122,13 @@ impl<M: Copy> Mig<M> {
                     core.counters.internal_errors += 1;
                     return;
                 }
-                self.src_pump(core, now);
+                if self.src_ref().queue.is_empty() {
+                    self.src_pump(core, now);
+                } else {
+                    // Building the order was this call's slice: the batches go out from the
+                    // next call on (`src_timeout`).
+                    self.src().pump_due = true;
+                }
             }
             ScanGoal::Round {
                 round,
@@ -145,7 +154,10 @@ impl<M: Copy> Mig<M> {
         } else {
             self.set_phase(core, now, Phase::Rounds);
         }
+        let mappings = core.nat.group_stats(g).map_or(0, |s| s.mappings) as usize;
         let s = self.src();
+        // Sized once for the whole group rather than grown (and rehashed) mid-round.
+        s.copied.reserve(mappings.saturating_sub(s.copied.len()));
         let round = s.next_round_number();
         s.round_started = now;
         s.next_round = None;

@@ -54,6 +54,10 @@ impl<M: Copy> Mig<M> {
         let g = self.group;
         let remaining = core.nat.group_stats(g).map_or(0, |s| s.mappings);
         self.st.expired_idle = self.st.mappings_at_start.saturating_sub(remaining);
+        // Every mapping left is frozen, then retired: sized once here rather than grown (and
+        // rehashed) in the middle of the batches.
+        core.frozen.reserve(remaining as usize);
+        self.src().retiring.reserve(remaining as usize);
         self.set_phase(core, now, Phase::FreezeCopy);
         self.src_begin_scan(core, now, ScanGoal::FreezeOrder(BTreeMap::new()));
     }
@@ -85,6 +89,10 @@ impl<M: Copy> Mig<M> {
         if self.chan.unacked() == 0 && now >= self.chan.last_sent + core.cfg.keepalive {
             self.chan.send(now, &Message::Ping, &core.cfg);
         }
+        if !self.src_ref().retiring.is_empty() {
+            self.src_retire_step(core, now);
+            return;
+        }
         if self.src_ref().scan.is_some() {
             self.src_scan_step(core, now);
             return;
@@ -110,7 +118,9 @@ impl<M: Copy> Mig<M> {
                 }
             }
             Phase::Idle if now >= self.src_ref().next_sample => self.src_idle_sample(core, now),
-            Phase::FreezeCopy if self.src_ref().retry_at.is_some_and(|t| t <= now) => {
+            Phase::FreezeCopy
+                if self.src_ref().retry_at.is_some_and(|t| t <= now) || self.src_ref().pump_due =>
+            {
                 self.src_pump(core, now)
             }
             Phase::Rounds | Phase::StopCopy => {
@@ -141,10 +151,13 @@ impl<M: Copy> Mig<M> {
         }
         let own = match self.phase {
             // A scan or a removal goes on at the next call.
-            _ if s.scan.is_some() || s.removing.is_some() => Some(Instant::ZERO),
+            _ if s.scan.is_some() || s.removing.is_some() || !s.retiring.is_empty() => {
+                Some(Instant::ZERO)
+            }
             Phase::Prepare => Some(s.prepared_at + cfg.prepare_timeout),
             Phase::AwaitCutover => Some(s.overdue_at),
             Phase::Idle => Some(s.next_sample),
+            Phase::FreezeCopy if s.pump_due => Some(Instant::ZERO),
             Phase::FreezeCopy => s.retry_at,
             Phase::Rounds | Phase::StopCopy => s.next_round.map(|(at, _)| at),
             Phase::Drain if !s.chain_end_sent => Some(self.src_chain_end_due(s)),
