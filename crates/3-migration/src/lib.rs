@@ -84,9 +84,11 @@
 //!   halved or doubled per batch), so the bytes in flight track what the measured transfer
 //!   rate moves within the target. Packets that touch a frozen mapping come back from the NAT as `Hold` and
 //!   are buffered (bounded; overflow is a counted `FreezeBufferFull` drop); on the batch's
-//!   acknowledgement the source removes the mappings and chains the buffered packets, in
-//!   arrival order, before any later packet of those flows. When it holds nothing more of the
-//!   group it emits `ReadyForCutover`.
+//!   acknowledgement the source chains the buffered packets, in arrival order, before any
+//!   later packet of those flows, and marks the mappings moved: a later packet of theirs is
+//!   chained at once, and `handle_timeout` removes them `REMOVE_SLICE_SESSIONS` sessions per
+//!   call (so the packet thread never spends a whole batch's removal in one call). When it
+//!   holds nothing more of the group it emits `ReadyForCutover`.
 //!
 //! # Cutover and ordering
 //!

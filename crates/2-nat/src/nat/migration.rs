@@ -13,6 +13,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use zerocopy::IntoBytes;
 use zerocopy::network_endian::{U16, U32};
 
+/// Sessions whose index lines a walk over a mapping's sessions prefetches ahead of the one it
+/// works on (two lines each).
+const SESSION_LOOKAHEAD: usize = 4;
+
 impl Nat {
     /// The mappings of a group, most recently created first.
     pub fn group_mappings(&self, g: GroupId) -> Result<Vec<MappingId>, NatError> {
@@ -30,6 +34,12 @@ impl Nat {
     pub fn group_newest_mapping(&self, g: GroupId) -> Result<Option<MappingId>, NatError> {
         let m = self.group(g)?.first_mapping;
         Ok((m != NIL).then(|| self.mapping_id(m)))
+    }
+
+    /// A mapping's number of sessions (what [`mapping_info`](Self::mapping_info) says, without
+    /// walking the sessions for their last packet).
+    pub fn mapping_sessions(&self, id: MappingId) -> Result<u32, NatError> {
+        Ok(self.live_mapping(id)?.sessions)
     }
 
     /// A mapping's summary.
@@ -60,7 +70,9 @@ impl Nat {
         m.frozen = frozen;
         let ext = self.groups[m.group as usize].as_ref().map_or(0, |g| g.ext);
         let mut s = m.first_session;
+        let mut ahead = self.prefetch_sessions_ahead(s, ext);
         while s != NIL {
+            ahead = self.prefetch_next_session(ahead, ext);
             let sess = &mut self.sessions[s as usize];
             debug_assert!(
                 sess.flags & S_LIVE != 0 && sess.mapping == id.slot,
@@ -163,12 +175,45 @@ impl Nat {
         let m = self.live_mapping(id)?;
         let n = m.sessions;
         let mut s = m.first_session;
+        let ext = self.groups[m.group as usize].as_ref().map_or(0, |g| g.ext);
+        let mut ahead = self.prefetch_sessions_ahead(s, ext);
         while s != NIL {
+            ahead = self.prefetch_next_session(ahead, ext);
             let next = self.sessions[s as usize].next;
             self.remove_session(now, s, cause);
             s = next;
         }
         Ok(n)
+    }
+
+    /// Prefetches the index lines of the first [`SESSION_LOOKAHEAD`] sessions of a mapping's
+    /// list from `first`, for a walk that updates or removes both index entries of each
+    /// (`ext`: the group's external address); returns the session to prefetch next.
+    fn prefetch_sessions_ahead(&self, first: u32, ext: u32) -> u32 {
+        let mut ahead = first;
+        for _ in 0..SESSION_LOOKAHEAD {
+            ahead = self.prefetch_next_session(ahead, ext);
+        }
+        ahead
+    }
+
+    /// Prefetches (for writing) the two index lines of session `s` (none for `NIL`) and
+    /// returns the next session of its list. A hint: the walk's misses then overlap.
+    #[inline]
+    fn prefetch_next_session(&self, s: u32, ext: u32) -> u32 {
+        if s == NIL {
+            return NIL;
+        }
+        let sess = &self.sessions[s as usize];
+        let pf = self.session_index.prefetcher();
+        let (p, ia, ip) = (sess.proto, sess.int_addr, sess.int_port);
+        let (ra, rp) = (sess.rem_addr, sess.rem_port);
+        pf.prefetch_insert(self.session_index.hash(&skey(Dir::Out, p, ia, ip, ra, rp)));
+        pf.prefetch_insert(
+            self.session_index
+                .hash(&skey(Dir::In, p, ext, sess.ext_port, ra, rp)),
+        );
+        sess.next
     }
 
     /// Installs records exported by a peer into group `g`, all or nothing: on error nothing is

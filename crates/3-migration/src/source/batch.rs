@@ -48,8 +48,8 @@ impl<M: Copy> Mig<M> {
                 .queue
                 .iter()
                 .take(run_len)
-                .filter_map(|(_, id)| core.nat.mapping_info(*id).ok())
-                .map(|i| i.sessions as usize * REC)
+                .filter_map(|(_, id)| core.nat.mapping_sessions(*id).ok())
+                .map(|n| n as usize * REC)
                 .sum();
             if !ids.is_empty()
                 && (ids.len() + run_len > max_n
@@ -61,11 +61,11 @@ impl<M: Copy> Mig<M> {
                 let Some(&(k, id)) = s.queue.front() else {
                     break 'runs;
                 };
-                let Ok(info) = core.nat.mapping_info(id) else {
+                let Ok(sessions) = core.nat.mapping_sessions(id) else {
                     s.queue.pop_front(); // died meanwhile
                     continue;
                 };
-                if records.len() + info.sessions as usize * REC > FRAME_ROOM {
+                if records.len() + sessions as usize * REC > FRAME_ROOM {
                     self.st.blocks_split += 1;
                     break 'runs;
                 }
@@ -79,7 +79,7 @@ impl<M: Copy> Mig<M> {
                         core.counters.internal_errors += 1;
                     }
                     core.frozen.insert(id, (id_self, FrozenFor::Batch(batch)));
-                } else {
+                } else if let Ok(info) = core.nat.mapping_info(id) {
                     let key = MappingKey {
                         proto: info.proto,
                         addr: info.internal.ip().octets(),
