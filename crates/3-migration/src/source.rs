@@ -36,6 +36,8 @@ pub(crate) struct Flight<M> {
 /// goes on in `handle_timeout` calls, between the driver's packet batches, so a large group
 /// never keeps the packet thread away for long.
 pub(crate) const SCAN_SLICE: usize = 4096;
+/// At most this many sessions' worth of mappings per scan call (about 0.5 ms at 1M states).
+pub(crate) const SCAN_SLICE_SESSIONS: u32 = 8192;
 /// Sessions a source removes per call once the destination holds them (freeze-copy's
 /// acknowledged batches, stop-copy's and pre-copy's copies after the commit): the removal goes
 /// on in `handle_timeout` calls, between packet batches (a mapping's sessions go together).

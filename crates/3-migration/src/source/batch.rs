@@ -183,7 +183,7 @@ impl<M: Copy> Mig<M> {
                     self.src_ready(core, now);
                 } else {
                     // Mappings not in the order (cannot happen while draining): take them too.
-                    self.src_begin_scan(core, now, ScanGoal::FreezeOrder(BTreeMap::new()));
+                    self.src_begin_scan(core, ScanGoal::FreezeOrder(BTreeMap::new()));
                 }
             }
             Phase::Rounds | Phase::StopCopy if self.src_ref().round.is_some() => {

@@ -1,7 +1,7 @@
 //! The source's work that grows with the group's size, done in slices between packet batches:
 //! scanning the group (freeze order, stop-copy and pre-copy rounds), and the rounds themselves.
 
-use super::{RoundReport, SCAN_SLICE};
+use super::{RoundReport, SCAN_SLICE, SCAN_SLICE_SESSIONS};
 use crate::instance::{Core, Mig, Side};
 use crate::proto::{self, Algorithm, MappingKey, Message};
 use crate::{MigrationEvent, Phase};
@@ -31,14 +31,16 @@ pub(super) struct Scan {
 }
 
 impl<M: Copy> Mig<M> {
-    /// Starts scanning the group's mappings and runs the first slice.
-    pub(super) fn src_begin_scan(&mut self, core: &mut Core<M>, now: Instant, goal: ScanGoal) {
+    /// Starts scanning the group's mappings: lists them (this call's work); the slices follow
+    /// from the next call on (`src_timeout`).
+    pub(super) fn src_begin_scan(&mut self, core: &mut Core<M>, goal: ScanGoal) {
         let ids = core.nat.group_mappings(self.group).unwrap_or_default();
         self.src().scan = Some(Box::new(Scan { ids, pos: 0, goal }));
-        self.src_scan_step(core, now);
     }
 
-    /// Examines the next [`SCAN_SLICE`] mappings; at the end of the scan, moves on (freeze
+    /// Examines the next [`SCAN_SLICE`] mappings, or fewer once they held
+    /// [`SCAN_SLICE_SESSIONS`] sessions (a mapping's sessions are walked for its last packet);
+    /// at the end of the scan, moves on (freeze
     /// order: start sending; round: finish the round's set-up and start sending).
     ///
     /// Freeze order: port block by port block (a block's mappings always travel in one batch,
@@ -52,13 +54,15 @@ impl<M: Copy> Mig<M> {
             return;
         };
         debug_assert!(scan.pos <= scan.ids.len(), "scan position inside the scan");
-        let end = (scan.pos + SCAN_SLICE).min(scan.ids.len());
         let copied = &mut self.src().copied;
-        for i in scan.pos..end {
-            let id = scan.ids[i];
+        let (start, mut next, mut sessions) = (scan.pos, scan.pos, 0u32);
+        while next < scan.ids.len() && next - start < SCAN_SLICE && sessions < SCAN_SLICE_SESSIONS {
+            let (i, id) = (next, scan.ids[next]);
+            next += 1;
             let Ok(info) = core.nat.mapping_info(id) else {
                 continue;
             };
+            sessions = sessions.saturating_add(info.sessions);
             match &mut scan.goal {
                 ScanGoal::FreezeOrder(blocks) => {
                     if core.frozen.contains_key(&id) {
@@ -92,7 +96,7 @@ impl<M: Copy> Mig<M> {
                 },
             }
         }
-        scan.pos = end;
+        scan.pos = next;
         if scan.pos < scan.ids.len() {
             self.src().scan = Some(scan);
             return;
@@ -168,7 +172,7 @@ impl<M: Copy> Mig<M> {
             new: 0,
             dirty: 0,
         };
-        self.src_begin_scan(core, now, goal);
+        self.src_begin_scan(core, goal);
     }
 
     /// A round's scan is complete: delete what died, then send the new and dirty mappings.

@@ -59,7 +59,7 @@ impl<M: Copy> Mig<M> {
         core.frozen.reserve(remaining as usize);
         self.src().retiring.reserve(remaining as usize);
         self.set_phase(core, now, Phase::FreezeCopy);
-        self.src_begin_scan(core, now, ScanGoal::FreezeOrder(BTreeMap::new()));
+        self.src_begin_scan(core, ScanGoal::FreezeOrder(BTreeMap::new()));
     }
 
     pub(crate) fn src_timeout(&mut self, core: &mut Core<M>, now: Instant) {
