@@ -36,6 +36,10 @@ pub(crate) struct Flight<M> {
 /// goes on in `handle_timeout` calls, between the driver's packet batches, so a large group
 /// never keeps the packet thread away for long.
 pub(crate) const SCAN_SLICE: usize = 4096;
+/// Record bytes a source exports per call at most (about 2,700 records, one testbed batch): a
+/// window of several batches fills over several calls. A single batch may exceed it (a port
+/// block's run travels whole).
+pub(crate) const PUMP_SLICE_BYTES: usize = 64 << 10;
 /// At most this many sessions' worth of mappings per scan call (about 0.5 ms at 1M states).
 pub(crate) const SCAN_SLICE_SESSIONS: u32 = 8192;
 /// Sessions a source removes per call once the destination holds them (freeze-copy's
@@ -89,7 +93,8 @@ pub(crate) struct Src<M> {
     window: VecDeque<(u32, u32)>,
     /// Freeze-copy: a refused batch's mappings wait until then.
     retry_at: Option<Instant>,
-    /// Freeze-copy: a scan built the freeze order; the next call sends (`src_pump`).
+    /// The next call sends (`src_pump`): a scan built the freeze order, or the last call
+    /// exported its slice with room left in the window.
     pump_due: bool,
     refusals: u32,
     acked_any: bool,

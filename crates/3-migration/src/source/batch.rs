@@ -1,7 +1,7 @@
 //! Building and sending the source's batches: the export of whole port-block runs, and the
 //! window that paces them (batches in flight, the freeze budget).
 
-use super::{Copied, Flight, ScanGoal};
+use super::{Copied, Flight, PUMP_SLICE_BYTES, ScanGoal};
 use crate::Phase;
 use crate::instance::{Core, FrozenFor, Mig, Side};
 use crate::proto::{self, Algorithm, MappingKey, Message};
@@ -147,7 +147,13 @@ impl<M: Copy> Mig<M> {
             return;
         }
         self.src().pump_due = false;
+        let mut exported = 0usize;
         loop {
+            if exported >= PUMP_SLICE_BYTES {
+                // The window has room for more: the next call sends it.
+                self.src().pump_due = true;
+                return;
+            }
             let unacked = self.chan.unacked();
             let s = self.src();
             if s.retry_at.is_some_and(|t| t > now) {
@@ -170,6 +176,7 @@ impl<M: Copy> Mig<M> {
             let Some((batch, records)) = self.src_build_batch(core, now, max_bytes) else {
                 break;
             };
+            exported += records.len();
             self.chan
                 .send(now, &Message::Batch { batch, records }, &core.cfg);
         }

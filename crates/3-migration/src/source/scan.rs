@@ -217,7 +217,8 @@ impl<M: Copy> Mig<M> {
             self.chan
                 .send(now, &Message::Delete(chunk.to_vec()), &core.cfg);
         }
-        self.src_pump(core, now);
+        // The scan's last slice was this call's work: the batches go out from the next call.
+        self.src().pump_due = true;
     }
 
     pub(super) fn src_round_done(&mut self, core: &mut Core<M>, now: Instant) {

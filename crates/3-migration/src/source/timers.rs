@@ -118,9 +118,8 @@ impl<M: Copy> Mig<M> {
                 }
             }
             Phase::Idle if now >= self.src_ref().next_sample => self.src_idle_sample(core, now),
-            Phase::FreezeCopy
-                if self.src_ref().retry_at.is_some_and(|t| t <= now) || self.src_ref().pump_due =>
-            {
+            _ if self.src_ref().pump_due => self.src_pump(core, now),
+            Phase::FreezeCopy if self.src_ref().retry_at.is_some_and(|t| t <= now) => {
                 self.src_pump(core, now)
             }
             Phase::Rounds | Phase::StopCopy => {
@@ -150,14 +149,17 @@ impl<M: Copy> Mig<M> {
             t = t.min(self.chan.last_sent + cfg.keepalive);
         }
         let own = match self.phase {
-            // A scan or a removal goes on at the next call.
-            _ if s.scan.is_some() || s.removing.is_some() || !s.retiring.is_empty() => {
+            // A scan, a removal or the sending of a window goes on at the next call.
+            _ if s.scan.is_some()
+                || s.removing.is_some()
+                || !s.retiring.is_empty()
+                || s.pump_due =>
+            {
                 Some(Instant::ZERO)
             }
             Phase::Prepare => Some(s.prepared_at + cfg.prepare_timeout),
             Phase::AwaitCutover => Some(s.overdue_at),
             Phase::Idle => Some(s.next_sample),
-            Phase::FreezeCopy if s.pump_due => Some(Instant::ZERO),
             Phase::FreezeCopy => s.retry_at,
             Phase::Rounds | Phase::StopCopy => s.next_round.map(|(at, _)| at),
             Phase::Drain if !s.chain_end_sent => Some(self.src_chain_end_due(s)),
