@@ -40,8 +40,8 @@ impl<M: Copy> Mig<M> {
 
     /// Examines the next [`SCAN_SLICE`] mappings, or fewer once they held
     /// [`SCAN_SLICE_SESSIONS`] sessions (a mapping's sessions are walked for its last packet);
-    /// at the end of the scan, moves on (freeze
-    /// order: start sending; round: finish the round's set-up and start sending).
+    /// at the end of the scan, moves on (freeze order: built; round: set up), and the next
+    /// call starts sending.
     ///
     /// Freeze order: port block by port block (a block's mappings always travel in one batch,
     /// see `src_build_batch`), the idlest block (oldest most recent packet among its
