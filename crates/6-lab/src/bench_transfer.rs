@@ -34,10 +34,14 @@
 //! pair with the same options and the same write and read sizes (`raw_bytes_per_sec`;
 //! `ratio = bytes_per_sec / raw_bytes_per_sec`), and the same transfer with a receiver that
 //! decodes and checks every frame but imports nothing (`no_import_bytes_per_sec`: what the
-//! export, the framing and the transport cost without the destination's table inserts).
+//! export, the framing and the transport cost without the destination's table inserts). And
+//! the index peer (`peer`): the same records' three index keys inserted into `hashbrown` maps
+//! and nothing else (`index_peer_cpu_secs`, `index_peer_bytes_per_sec`; `import_vs_index_peer`
+//! above 1 means the NAT's whole import is cheaper than those inserts alone).
 //!
 //! Files: this one runs the benchmark and reports; `setup` builds the two NATs and the
-//! records and verifies the result; `io` holds the timed sender and receiver and the raw copy.
+//! records and verifies the result; `io` holds the timed sender and receiver and the raw copy;
+//! `peer` the index peer.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -53,6 +57,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant as WallClock};
 
 mod io;
+mod peer;
 mod setup;
 #[cfg(test)]
 mod tests;
@@ -134,6 +139,13 @@ struct Report {
     raw_seconds: f64,
     raw_bytes_per_sec: f64,
     ratio: f64,
+    /// CPU time of the index peer: three `hashbrown` inserts per record, nothing else.
+    index_peer_cpu_secs: f64,
+    /// `bytes` over `index_peer_cpu_secs`: a ceiling for a receiver that only did those inserts.
+    index_peer_bytes_per_sec: f64,
+    /// `index_peer_cpu_secs / import_cpu_secs` (wall-clock import time where the thread clock
+    /// is unavailable): above 1, the NAT's whole import costs less than the peer's inserts.
+    import_vs_index_peer: f64,
     sampled_flows: u32,
     profile: &'static str,
 }
@@ -166,6 +178,13 @@ pub fn transfer(args: &TransferArgs) -> Result<()> {
             "  without import   {:>12.3} GB/s  ({:.6} s: export, framing, TCP, decode)",
             r.no_import_bytes_per_sec / 1e9,
             r.no_import_seconds
+        );
+        println!(
+            "  index peer       {:>12.3} GB/s  ({:.6} s on CPU: 3 hashbrown inserts per record, \
+             nothing else; import is {:.2}x its speed)",
+            r.index_peer_bytes_per_sec / 1e9,
+            r.index_peer_cpu_secs,
+            r.import_vs_index_peer
         );
         println!("  export           {:>12.6} s  (sender)", r.export_secs);
         println!(
@@ -271,6 +290,12 @@ fn run(args: &TransferArgs) -> Result<Report> {
     let chunk = sent.bytes.div_ceil(sent.frames.max(1)) as usize;
     let raw_seconds = raw_copy(sent.bytes, chunk)?;
     let sampled = verify(&mut setup, args.states)?;
+    let index_peer_cpu_secs = peer::index_peer(&setup.src, &setup.groups)?;
+    let import_secs = if recv.import_cpu.is_zero() {
+        recv.import
+    } else {
+        recv.import_cpu
+    };
 
     let bytes_per_sec = sent.bytes as f64 / seconds;
     let raw_bytes_per_sec = sent.bytes as f64 / raw_seconds;
@@ -301,6 +326,9 @@ fn run(args: &TransferArgs) -> Result<Report> {
         raw_seconds,
         raw_bytes_per_sec,
         ratio: bytes_per_sec / raw_bytes_per_sec,
+        index_peer_cpu_secs,
+        index_peer_bytes_per_sec: sent.bytes as f64 / index_peer_cpu_secs,
+        import_vs_index_peer: index_peer_cpu_secs / import_secs.as_secs_f64(),
         sampled_flows: sampled,
         profile: if cfg!(debug_assertions) {
             "debug"
