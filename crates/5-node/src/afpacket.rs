@@ -364,6 +364,7 @@ impl RxRing {
                     vlan: h.tp_status & libc::TP_STATUS_VLAN_VALID != 0,
                     outgoing: sll.sll_pkttype == libc::PACKET_OUTGOING,
                     csum_not_ready: h.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0,
+                    stamp_ns: u64::from(h.tp_sec) * 1_000_000_000 + u64::from(h.tp_nsec),
                 });
                 frames += 1;
                 off += h.tp_next_offset as usize;

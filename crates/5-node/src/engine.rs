@@ -20,8 +20,12 @@
 //!   [`Engine::ring_done`], [`Engine::note_sleep`]); the engine keeps the poll-gap counters
 //!   ([`crate::pacing::GapMeter`]) and notes whether a migration is running.
 //!
-//! Time is the caller's: a [`flowshift_wire::Instant`] (ns since the node started).
+//! Time is the caller's: a [`flowshift_wire::Instant`] (ns since the node started). Given the
+//! realtime clock at each iteration ([`Engine::stamp_clock`]), a received batch reaches the
+//! instance at its first frame's kernel receive stamp instead (`engine/arrival.rs`), so the
+//! time a packet waited in the ring counts in the waits the migration reports.
 
+mod arrival;
 mod commands;
 mod drain;
 mod egress;
@@ -33,6 +37,7 @@ use crate::frame::{self, Class, ETH_HLEN, FrameSink, Offload, Peers, RxFrame};
 use crate::pacing::GapMeter;
 use crate::stats::{ControlCounters, IoCounters, SnapshotCell, TransferCounters};
 use crate::transfer::TransferLink;
+use arrival::ArrivalClock;
 use egress::Egress;
 use flowshift_migration::{Ingress, Instance, InstanceId, Params, Phase};
 use flowshift_wire::Instant;
@@ -64,6 +69,9 @@ pub struct Engine {
     params: Params,
     pending: Vec<(Vec<u8>, Offload)>,
     pending_ingress: Ingress,
+    /// Arrival of the pending batch's first frame.
+    pending_at: Option<Instant>,
+    arrival: ArrivalClock,
     io: IoCounters,
     /// Scratch of [`drain::Drain::split`], kept between drains.
     split: Vec<(InstanceId, u64)>,
@@ -95,6 +103,8 @@ impl Engine {
             params: cfg.params.clone(),
             pending: Vec::with_capacity(batch),
             pending_ingress: Ingress::Switch,
+            pending_at: None,
+            arrival: ArrivalClock::default(),
             io: IoCounters::default(),
             split: Vec::new(),
             links,
@@ -144,6 +154,12 @@ impl Engine {
     /// gap since the previous one ended, if any.
     pub fn ring_start(&mut self, now: Instant) -> Option<Duration> {
         self.gaps.ring_start(now, self.migrating)
+    }
+
+    /// The loop iteration of time `now` began when the realtime clock read `realtime_ns`:
+    /// frames stamped by the kernel are handed to the instance at their arrival from now on.
+    pub fn stamp_clock(&mut self, now: Instant, realtime_ns: u64) {
+        self.arrival.start(now, realtime_ns);
     }
 
     /// A ring stage ended at `now`.
@@ -214,6 +230,9 @@ impl Engine {
             self.flush_rx(now, sink);
             self.pending_ingress = ingress;
         }
+        if self.pending.is_empty() {
+            self.pending_at = Some(self.arrival.arrival(now, f.stamp_ns));
+        }
         let mut buf = self
             .eg
             .pool
@@ -231,13 +250,16 @@ impl Engine {
         }
     }
 
-    /// Hands the collected batch to the instance and drains it.
+    /// Hands the collected batch to the instance, at its first frame's arrival (at most
+    /// `now`), and drains it.
     pub fn flush_rx<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
         if self.pending.is_empty() {
             return;
         }
+        let at = self.pending_at.take().map_or(now, |t| t.min(now));
+        self.arrival.handed(at);
         self.inst
-            .handle_batch(now, &mut self.pending, self.pending_ingress);
+            .handle_batch(at, &mut self.pending, self.pending_ingress);
         self.drain(now, sink);
     }
 

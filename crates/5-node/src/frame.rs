@@ -340,6 +340,8 @@ pub struct RxFrame<'a> {
     pub outgoing: bool,
     /// The kernel had not completed its checksum (`TP_STATUS_CSUMNOTREADY`).
     pub csum_not_ready: bool,
+    /// When the kernel received it: `CLOCK_REALTIME` ns from the ring (0: not stamped).
+    pub stamp_ns: u64,
 }
 
 impl<'a> RxFrame<'a> {
@@ -352,6 +354,7 @@ impl<'a> RxFrame<'a> {
             vlan: false,
             outgoing: false,
             csum_not_ready: false,
+            stamp_ns: 0,
         }
     }
 }

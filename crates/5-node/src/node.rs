@@ -243,6 +243,7 @@ fn packet_loop(
     let mut deferred = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let now = clock();
+        engine.stamp_clock(now, realtime_ns());
         engine.ring_start(now);
         let mut work = rx.poll(RX_BLOCKS_PER_ITERATION, |f| engine.rx_frame(now, f, tx));
         engine.flush_rx(now, tx);
@@ -314,4 +315,12 @@ pub fn run(cfg: NodeConfig) -> Result<NodeStatus> {
         return Err(anyhow!("the packet thread stopped unexpectedly"));
     }
     Ok(status)
+}
+
+/// The realtime clock (what the kernel stamps ring frames with), ns since the epoch; 0 if
+/// unavailable (frames are then handed over at the loop's time).
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0))
 }

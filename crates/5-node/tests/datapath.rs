@@ -222,3 +222,55 @@ fn frames_are_classified_by_ethertype_and_source_mac() {
         (2, flowshift_nat::GroupMode::Active)
     );
 }
+
+/// With the realtime clock given, a batch reaches the NAT at its first frame's kernel stamp
+/// (the thread may have read the ring late): the new mapping is stamped with the arrival,
+/// kept between the previous iteration and `now`.
+#[test]
+fn a_batch_reaches_the_nat_at_its_kernel_arrival_stamp() {
+    let cfg = config(1, true, "127.0.0.1:1", "127.0.0.1:2", "");
+    let (mut e, _ends) = engine(&cfg);
+    let mut cap = Capture::default();
+    const REAL: u64 = 1_800_000_000_000_000_000;
+    let ms = Instant::from_millis;
+    e.stamp_clock(ms(10), REAL);
+    e.stamp_clock(ms(20), REAL + 10_000_000);
+    let last_seen = |e: &flowshift_node::engine::Engine, port: u16| {
+        let nat = e.instance().nat();
+        let g = nat.group_id(EXT.into()).unwrap();
+        nat.group_mappings(g)
+            .unwrap()
+            .into_iter()
+            .map(|id| nat.mapping_info(id).unwrap())
+            .find(|m| m.internal.port() == port)
+            .map(|m| m.last_seen)
+    };
+    // Received 4 ms before this iteration began.
+    let syn = tcp_frame(INSIDE, NODE1, SUB, 40000, SERVER, 80, true, &[]);
+    let f = RxFrame {
+        stamp_ns: REAL + 6_000_000,
+        ..RxFrame::plain(&syn, None)
+    };
+    e.rx_frame(ms(20), f, &mut cap);
+    e.flush_rx(ms(20), &mut cap);
+    assert_eq!(cap.take().len(), 1);
+    assert_eq!(last_seen(&e, 40000), Some(ms(16)));
+    // A stamp from before the previous iteration: the NAT's time does not go back past it.
+    let syn = tcp_frame(INSIDE, NODE1, SUB, 40001, SERVER, 80, true, &[]);
+    let f = RxFrame {
+        stamp_ns: REAL - 5_000_000,
+        ..RxFrame::plain(&syn, None)
+    };
+    e.rx_frame(ms(20), f, &mut cap);
+    e.flush_rx(ms(20), &mut cap);
+    assert_eq!(
+        last_seen(&e, 40001),
+        Some(ms(16)),
+        "not before the last batch"
+    );
+    // Unstamped: the caller's time.
+    let syn = tcp_frame(INSIDE, NODE1, SUB, 40002, SERVER, 80, true, &[]);
+    e.rx_frame(ms(20), RxFrame::plain(&syn, None), &mut cap);
+    e.flush_rx(ms(20), &mut cap);
+    assert_eq!(last_seen(&e, 40002), Some(ms(20)));
+}
