@@ -137,6 +137,10 @@ pub(super) fn analyse(args: &Fig1cArgs, alg: Algorithm, c: Collected) -> RunOut 
         "reordered": pa.reordered,
         "reordered_forward": pa.reordered_forward,
         "reordered_return": pa.reordered_return,
+        "reordered_at_ms": {
+            "forward": pa.reordered_forward_ms.iter().take(200).map(|&t| round(t, 1)).collect::<Vec<_>>(),
+            "return": pa.reordered_return_ms.iter().take(200).map(|&t| round(t, 1)).collect::<Vec<_>>(),
+        },
         "duplicates": pa.duplicates,
         "send_errors": probe_rec.send_errors,
         "baseline_rtt_ms": round(p_base, 3),

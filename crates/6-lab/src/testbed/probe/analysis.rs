@@ -39,6 +39,10 @@ pub struct Analysis {
     pub answers: Vec<Answer>,
     /// Send times (ms) of the lost probes.
     pub lost_ms: Vec<f64>,
+    /// Send times (ms) of the probes counted in `reordered_forward`.
+    pub reordered_forward_ms: Vec<f64>,
+    /// Send times (ms) of the probes counted in `reordered_return`.
+    pub reordered_return_ms: Vec<f64>,
 }
 
 /// Analyses `rec` with times relative to `origin_ns` (Unix ns).
@@ -66,6 +70,7 @@ pub fn analyse(rec: &ProbeRecord, origin_ns: u64) -> Analysis {
         max_seq = max_seq.max(Some(r[0]));
         if max_idx.is_some_and(|m| r[3] < m) {
             a.reordered_return += 1;
+            a.reordered_return_ms.push(ms(rec.send_ns[r[0] as usize]));
         }
         max_idx = max_idx.max(Some(r[3]));
     }
@@ -76,6 +81,7 @@ pub fn analyse(rec: &ProbeRecord, origin_ns: u64) -> Analysis {
     for r in &at_echo {
         if m.is_some_and(|m| r[0] < m) {
             a.reordered_forward += 1;
+            a.reordered_forward_ms.push(ms(rec.send_ns[r[0] as usize]));
         }
         m = m.max(Some(r[0]));
     }
@@ -164,6 +170,8 @@ mod tests {
             "1 (echoed 2nd) came back after later echoes"
         );
         assert_eq!(a.lost_ms, vec![2.0]);
+        assert_eq!(a.reordered_forward_ms, vec![3.0], "probe 3, sent at 3 ms");
+        assert_eq!(a.reordered_return_ms, vec![1.0], "probe 1, sent at 1 ms");
         let three = a.answers.iter().find(|x| x.seq == 3).unwrap();
         assert!((three.rtt_ms - 3.0).abs() < 1e-9);
         assert!((three.forward_ms - 2.0).abs() < 1e-9);
