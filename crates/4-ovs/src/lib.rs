@@ -27,7 +27,10 @@
 //! **Offloads.** By default every veth gets `tx off` (TCP through the plain userspace datapath
 //! needs it). With [`OvsOptions::userspace_tso`] the bridge runs with
 //! `other_config:userspace-tso-enable=true` and veths keep their offloads, so GSO frames pass
-//! through the switch.
+//! through the switch. Both ends of every veth port steer received packets by flow hash
+//! ([`Netns::steer_by_flow`]): without it, a sender that moves between CPUs can have a veth
+//! deliver two packets of one flow out of order (the testbed saw about one reordered probe in
+//! three 10-second runs, none with steering).
 //!
 //! A unix-socket controller target (`unix:<path>`) works across namespaces;
 //! [`Ovs::controller_socket_path`] suggests a path inside the private directory. Bind the

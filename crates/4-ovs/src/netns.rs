@@ -108,6 +108,26 @@ impl Netns {
         run(self.command(program).args(args), COMMAND_TIMEOUT)
     }
 
+    /// Steers the packets `dev` receives to CPUs by flow hash (receive packet steering:
+    /// every online CPU, up to 32, in each receive queue's `rps_cpus`). A veth hands a packet
+    /// to the backlog of the CPU its sender runs on; a sender that moves between CPUs can
+    /// then have two packets of one flow overtake each other. With steering, a flow's packets
+    /// share one backlog. `Ok(false)`: the kernel has no steering (no `rps_cpus` files).
+    pub fn steer_by_flow(&self, dev: &str) -> Result<bool, OvsError> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(32));
+        let mask = format!("{:x}", u64::MAX >> (64 - cpus));
+        let script = r#"set -e; found=false
+for q in /sys/class/net/"$1"/queues/rx-*/rps_cpus; do
+  [ -e "$q" ] || continue; echo "$2" > "$q"; found=true
+done
+echo "$found""#;
+        let out = run(
+            self.command("sh").args(["-c", script, "sh", dev, &mask]),
+            COMMAND_TIMEOUT,
+        )?;
+        Ok(out.trim() == "true")
+    }
+
     /// Runs `ip -n <name> args`.
     pub fn ip_cmd(&self, args: &[&str]) -> Result<String, OvsError> {
         run(

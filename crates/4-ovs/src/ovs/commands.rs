@@ -92,6 +92,8 @@ impl Ovs {
     /// the userspace datapath; skipped when `ethtool` is absent, and with
     /// [`OvsOptions::userspace_tso`](super::OvsOptions::userspace_tso), which keeps the offloads), adds `port` to the bridge
     /// (with OpenFlow port number `ofport` if given) and returns its OpenFlow port number.
+    /// Both ends steer received packets by flow hash ([`Netns::steer_by_flow`]; skipped
+    /// where the kernel lacks it), so the pair never reorders a flow.
     pub fn add_veth_port(
         &self,
         port: &str,
@@ -118,6 +120,8 @@ impl Ovs {
         ])?;
         self.netns.ip_cmd(&["link", "set", port, "up"])?;
         peer_ns.ip_cmd(&["link", "set", peer, "up"])?;
+        self.netns.steer_by_flow(port)?;
+        peer_ns.steer_by_flow(peer)?;
         if let Some(ethtool) = self.tools.ethtool.as_ref().filter(|_| !self.userspace_tso) {
             run(
                 self.netns.command(ethtool).args(["-K", port, "tx", "off"]),
