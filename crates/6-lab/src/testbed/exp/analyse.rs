@@ -117,6 +117,12 @@ pub(super) fn analyse(args: &Fig1cArgs, alg: Algorithm, c: Collected) -> RunOut 
         .iter()
         .filter(|&&t| t >= req_ms && t <= mig_end + 1000.0)
         .count();
+    // Reordered probes sent in the same window as the losses counted against the migration.
+    let reordered_migration = pa
+        .reordered_ms
+        .iter()
+        .filter(|&&t| t >= req_ms && t <= mig_end + 1000.0)
+        .count();
     let window = (req_ms - 1000.0, mig_end + 2000.0);
     let in_window = |t: f64| t >= window.0 && t <= window.1;
     let rtt_plot: Vec<(f64, f64)> = pa
@@ -135,9 +141,11 @@ pub(super) fn analyse(args: &Fig1cArgs, alg: Algorithm, c: Collected) -> RunOut 
         "lost_during_migration": lost_migration,
         "lost_at_ms": pa.lost_ms.iter().take(200).map(|&t| round(t, 1)).collect::<Vec<_>>(),
         "reordered": pa.reordered,
+        "reordered_during_migration": reordered_migration,
         "reordered_forward": pa.reordered_forward,
         "reordered_return": pa.reordered_return,
         "reordered_at_ms": {
+            "end_to_end": pa.reordered_ms.iter().take(200).map(|&t| round(t, 1)).collect::<Vec<_>>(),
             "forward": pa.reordered_forward_ms.iter().take(200).map(|&t| round(t, 1)).collect::<Vec<_>>(),
             "return": pa.reordered_return_ms.iter().take(200).map(|&t| round(t, 1)).collect::<Vec<_>>(),
         },

@@ -39,6 +39,8 @@ pub struct Analysis {
     pub answers: Vec<Answer>,
     /// Send times (ms) of the lost probes.
     pub lost_ms: Vec<f64>,
+    /// Send times (ms) of the probes counted in `reordered`.
+    pub reordered_ms: Vec<f64>,
     /// Send times (ms) of the probes counted in `reordered_forward`.
     pub reordered_forward_ms: Vec<f64>,
     /// Send times (ms) of the probes counted in `reordered_return`.
@@ -66,6 +68,7 @@ pub fn analyse(rec: &ProbeRecord, origin_ns: u64) -> Analysis {
         *slot = Some(*r);
         if max_seq.is_some_and(|m| r[0] < m) {
             a.reordered += 1;
+            a.reordered_ms.push(ms(rec.send_ns[r[0] as usize]));
         }
         max_seq = max_seq.max(Some(r[0]));
         if max_idx.is_some_and(|m| r[3] < m) {
@@ -170,6 +173,7 @@ mod tests {
             "1 (echoed 2nd) came back after later echoes"
         );
         assert_eq!(a.lost_ms, vec![2.0]);
+        assert_eq!(a.reordered_ms, vec![3.0, 1.0]);
         assert_eq!(a.reordered_forward_ms, vec![3.0], "probe 3, sent at 3 ms");
         assert_eq!(a.reordered_return_ms, vec![1.0], "probe 1, sent at 1 ms");
         let three = a.answers.iter().find(|x| x.seq == 3).unwrap();
