@@ -16,24 +16,18 @@
 
 use super::*;
 
-/// Exported records of every group, with the external address the group's batches name.
-fn exported(src: &Nat, groups: &[(GroupId, MigrationId, GroupId)]) -> Result<Vec<(u32, Vec<u8>)>> {
-    let mut out = Vec::with_capacity(groups.len());
-    for (i, &(sg, _, _)) in groups.iter().enumerate() {
-        let ext = u32::from(Layout::external(i as u32));
-        let mut bytes = Vec::new();
-        for id in src.group_mappings(sg)? {
-            src.export_mapping(id, NOW, &mut bytes)?;
-        }
-        out.push((ext, bytes));
-    }
-    Ok(out)
-}
-
 /// CPU seconds (wall seconds where the thread clock is unavailable) the peer's inserts took.
 pub(super) fn index_peer(src: &Nat, groups: &[(GroupId, MigrationId, GroupId)]) -> Result<f64> {
-    let batches = exported(src, groups)?;
-    let records: usize = batches.iter().map(|(_, b)| b.len() / RECORD_LEN).sum();
+    // Each group's records, in the order the transfer sends them, with the external address
+    // its batches name.
+    let mut batches = Vec::with_capacity(groups.len());
+    for (i, &(sg, _, _)) in groups.iter().enumerate() {
+        batches.push((
+            u32::from(Layout::external(i as u32)),
+            export_group(src, sg)?,
+        ));
+    }
+    let records: usize = batches.iter().map(|(_, recs)| recs.len()).sum();
     let mut mappings: HashMap<u64, u64> = HashMap::with_capacity(records);
     let mut sessions: HashMap<(u64, u64), [u64; 2]> = HashMap::with_capacity(2 * records);
     // Write the maps' memory once (page faults are set-up, as in the NAT's `reserve`).
@@ -45,9 +39,9 @@ pub(super) fn index_peer(src: &Nat, groups: &[(GroupId, MigrationId, GroupId)]) 
     mappings.clear();
     sessions.clear();
     let (wall, cpu) = (WallClock::now(), thread_cpu());
-    for (ext, bytes) in &batches {
+    for (ext, recs) in &batches {
         let ext = u64::from(*ext);
-        for r in bytes.chunks_exact(RECORD_LEN) {
+        for r in recs {
             let proto = u64::from(r[0]);
             let be32 =
                 |o: usize| u64::from(u32::from_be_bytes([r[o], r[o + 1], r[o + 2], r[o + 3]]));

@@ -182,16 +182,21 @@ pub(super) fn packet(proto: u8, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> R
     Ok(out)
 }
 
-/// Exports every mapping of group `g`, records sorted.
-pub(super) fn export_sorted(nat: &Nat, g: GroupId) -> Result<Vec<[u8; RECORD_LEN]>> {
+/// Exports every mapping of group `g`, records in the order a transfer sends them.
+pub(super) fn export_group(nat: &Nat, g: GroupId) -> Result<Vec<[u8; RECORD_LEN]>> {
     let mut bytes = Vec::new();
     for id in nat.group_mappings(g)? {
         nat.export_mapping(id, NOW, &mut bytes)?;
     }
-    let mut recs: Vec<[u8; RECORD_LEN]> = bytes
+    Ok(bytes
         .chunks_exact(RECORD_LEN)
         .map(|c| c.try_into().expect("chunks_exact gives whole records"))
-        .collect();
+        .collect())
+}
+
+/// Exports every mapping of group `g`, records sorted.
+pub(super) fn export_sorted(nat: &Nat, g: GroupId) -> Result<Vec<[u8; RECORD_LEN]>> {
+    let mut recs = export_group(nat, g)?;
     recs.sort_unstable();
     Ok(recs)
 }

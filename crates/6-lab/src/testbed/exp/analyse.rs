@@ -112,17 +112,11 @@ pub(super) fn analyse(args: &Fig1cArgs, alg: Algorithm, c: Collected) -> RunOut 
     // The probe stream (wall clock -> experiment clock).
     let pa = probe::analyse(&probe_rec, wall0_ns);
     let (p_base, p_p99, p_max) = probe::added_delay(&pa.answers, req_ms, f64::INFINITY);
-    let lost_migration = pa
-        .lost_ms
-        .iter()
-        .filter(|&&t| t >= req_ms && t <= mig_end + 1000.0)
-        .count();
-    // Reordered probes sent in the same window as the losses counted against the migration.
-    let reordered_migration = pa
-        .reordered_ms
-        .iter()
-        .filter(|&&t| t >= req_ms && t <= mig_end + 1000.0)
-        .count();
+    // Losses and reorders counted against the migration: probes sent from the request to
+    // done + 1 s.
+    let in_migration = |t: &&f64| **t >= req_ms && **t <= mig_end + 1000.0;
+    let lost_migration = pa.lost_ms.iter().filter(in_migration).count();
+    let reordered_migration = pa.reordered_ms.iter().filter(in_migration).count();
     let window = (req_ms - 1000.0, mig_end + 2000.0);
     let in_window = |t: f64| t >= window.0 && t <= window.1;
     let rtt_plot: Vec<(f64, f64)> = pa
